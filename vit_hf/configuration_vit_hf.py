@@ -1,0 +1,258 @@
+"""Configuration of the einops Vision Transformer (`model_type="vit_hf"`).
+
+Field names follow transformers' `ViTConfig` (hidden_size, num_hidden_layers, ...) so HF tooling and readers
+know them; the switches that ViTConfig lacks use timm's / big_vision's vocabulary, and together they cover every
+plain-ViT checkpoint family (original ViT, AugReg, DeiT, DeiT-3, CLIP towers, SigLIP, big_vision, registers).
+
+This file is copied flat next to the weights by `save_pretrained` (remote code): it imports only transformers.
+"""
+
+from __future__ import annotations
+
+from transformers import PretrainedConfig
+
+# Size presets: (hidden_size, num_hidden_layers, num_attention_heads, intermediate_size).
+# Ti/S/B/L/H from the ViT and DeiT papers; "test" is odd on purpose (head_dim != heads, mlp != 4 * width)
+# so that a swapped (h d) axis or an mlp/width mix-up cannot go unnoticed.
+PRESETS: dict[str, tuple[int, int, int, int]] = {
+    "test": (32, 2, 4, 37),
+    "tiny": (192, 12, 3, 768),
+    "small": (384, 12, 6, 1536),
+    "base": (768, 12, 12, 3072),
+    "large": (1024, 24, 16, 4096),
+    "huge": (1280, 32, 16, 5120),
+}
+_PRESET_ALIASES = {"ti": "tiny", "s": "small", "b": "base", "l": "large", "h": "huge", "mu": "test"}
+
+POOLINGS = ("token", "mean", "map", "none")
+POS_EMBED_TYPES = ("learned", "sincos2d", "none")
+# Position-table resampling algorithms (reference/conversion-formats.md §2.6), by the library whose results they
+# reproduce: name -> (torch interpolate mode, align_corners, antialias).
+POS_EMBED_INTERPOLATIONS: dict[str, tuple[str, bool, bool]] = {
+    "timm": ("bicubic", False, True),  # timm checkpoint_filter_fn / dynamic_img_size: resample_abs_pos_embed defaults
+    "timm_npz": ("bilinear", False, False),  # timm _load_weights (npz path)
+    "google": ("bilinear", True, False),  # scipy.ndimage.zoom(order=1): corner-aligned linear, vit_jax & big_vision
+    "hf": ("bicubic", False, False),  # transformers ViTEmbeddings.interpolate_pos_encoding
+}
+# Activation names are transformers' ACT2FN keys; the timm / JAX spellings people type are accepted too.
+_ACT_ALIASES = {"gelu_tanh": "gelu_pytorch_tanh", "gelu_exact": "gelu", "quickgelu": "quick_gelu"}
+
+
+def _pair(x: int | list[int] | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(x, int):
+        return (x, x)
+    x = tuple(int(v) for v in x)
+    if len(x) != 2:
+        raise ValueError(f"expected an int or a (height, width) pair, got {x}")
+    return x
+
+
+class VitHfConfig(PretrainedConfig):
+    r"""Configuration of [`VitHfModel`] / [`VitHfForImageClassification`].
+
+    Args:
+        hidden_size: token width D.
+        num_hidden_layers: number of transformer blocks.
+        num_attention_heads: heads per attention layer (D must be divisible by it).
+        intermediate_size: MLP hidden width.
+        hidden_act: MLP activation, an `ACT2FN` name: `"gelu"` (exact erf, timm/PyTorch), `"gelu_pytorch_tanh"`
+            (tanh approximation, JAX/Flax's `nn.gelu`), `"quick_gelu"` (OpenAI CLIP).
+        hidden_dropout_prob: dropout after the attention and MLP projections and on the embeddings.
+        attention_probs_dropout_prob: dropout on the attention probabilities.
+        initializer_range: std of the truncated normal used for Linear/Conv weights and learned positions.
+        layer_norm_eps: LayerNorm epsilon; 1e-6 for ViT/timm/Flax (not torch's 1e-5 nor ViTConfig's 1e-12).
+        image_size: `int` or `(height, width)`; the size the position table is made for.
+        patch_size: `int` or `(height, width)`.
+        num_channels: input channels.
+        qkv_bias: bias on the fused qkv projection.
+        proj_bias: bias on the attention output projection and both MLP layers (timm `proj_bias`).
+        patch_bias: bias on the patch projection; `None` means `not pre_norm` (timm ties them).
+        class_token: prepend a learned class token.
+        num_register_tokens: learned register tokens after the class token (Darcet et al., timm `reg_tokens`).
+        no_embed_class: positions cover the patches only and are added before the prefix tokens are concatenated
+            (big_vision, DeiT-3, FlexiViT, DINOv2-style); `False` is the original ViT (concat, then add).
+        pos_embed_type: `"learned"`, `"sincos2d"` (fixed MoCo-v3 / big_vision table, not stored) or `"none"`.
+        pos_embed_interpolation: algorithm used to resample the position table at run time
+            (`interpolate_pos_encoding=True`) and by `resize_position_embeddings`: one of `"timm"`, `"timm_npz"`,
+            `"google"`, `"hf"`.
+        pre_norm: LayerNorm on the tokens before the first block (CLIP `ln_pre`, timm `norm_pre`).
+        final_norm: LayerNorm after the last block (`norm`, or `fc_norm` after pooling when `fc_norm` is set).
+        pooling: `"token"` (first token after the final norm: the class token, or big_vision `pool_type='0'`
+            without one), `"mean"` (average of the patch tokens), `"map"` (multi-head attention pooling with a
+            learned probe, SigLIP), or `"none"` (no pooled output; the head is then unavailable).
+        fc_norm: apply the final LayerNorm after pooling instead of on all tokens (timm `fc_norm`, MAE / BEiT
+            style). `None` picks timm's default: `True` for `"mean"` pooling, else `False`. Google GAP models
+            normalise before averaging: convert those with `fc_norm=False`.
+        pool_include_prefix: let `"mean"` / `"map"` pooling see the class/register tokens (timm <= 1.0.15
+            `map` behaviour).
+        qk_norm: LayerNorm over the head dimension of queries and keys.
+        layer_scale_init_value: enables LayerScale (`ls1.gamma`, `ls2.gamma`) initialised to this value.
+        representation_size: tanh(Linear) "pre-logits" layer of this width between pooling and head (original
+            ImageNet-21k ViT releases, big_vision `rep_size`).
+        drop_path_rate: stochastic depth, linearly increasing over the blocks up to this rate.
+        classifier_dropout: dropout before the classification head.
+    """
+
+    model_type = "vit_hf"
+
+    def __init__(
+        self,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 3072,
+        hidden_act: str = "gelu",
+        hidden_dropout_prob: float = 0.0,
+        attention_probs_dropout_prob: float = 0.0,
+        initializer_range: float = 0.02,
+        layer_norm_eps: float = 1e-6,
+        image_size: int | tuple[int, int] = 224,
+        patch_size: int | tuple[int, int] = 16,
+        num_channels: int = 3,
+        qkv_bias: bool = True,
+        proj_bias: bool = True,
+        patch_bias: bool | None = None,
+        class_token: bool = True,
+        num_register_tokens: int = 0,
+        no_embed_class: bool = False,
+        pos_embed_type: str = "learned",
+        pos_embed_interpolation: str = "timm",
+        pre_norm: bool = False,
+        final_norm: bool = True,
+        pooling: str = "token",
+        fc_norm: bool | None = None,
+        pool_include_prefix: bool = False,
+        qk_norm: bool = False,
+        layer_scale_init_value: float | None = None,
+        representation_size: int | None = None,
+        drop_path_rate: float = 0.0,
+        classifier_dropout: float = 0.0,
+        **kwargs,
+    ):
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = _ACT_ALIASES.get(hidden_act, hidden_act)
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.initializer_range = initializer_range
+        self.layer_norm_eps = layer_norm_eps
+        # Stored as lists so config.json round-trips to the same value; `_pair` gives tuples to the model.
+        self.image_size = image_size if isinstance(image_size, int) else list(_pair(image_size))
+        self.patch_size = patch_size if isinstance(patch_size, int) else list(_pair(patch_size))
+        self.num_channels = num_channels
+        self.qkv_bias = qkv_bias
+        self.proj_bias = proj_bias
+        self.patch_bias = (not pre_norm) if patch_bias is None else patch_bias
+        self.class_token = class_token
+        self.num_register_tokens = num_register_tokens
+        self.no_embed_class = no_embed_class
+        self.pos_embed_type = pos_embed_type
+        self.pos_embed_interpolation = pos_embed_interpolation
+        self.pre_norm = pre_norm
+        self.final_norm = final_norm
+        self.pooling = pooling
+        self.fc_norm = (pooling == "mean") if fc_norm is None else fc_norm
+        self.pool_include_prefix = pool_include_prefix
+        self.qk_norm = qk_norm
+        self.layer_scale_init_value = layer_scale_init_value
+        self.representation_size = representation_size
+        self.drop_path_rate = drop_path_rate
+        self.classifier_dropout = classifier_dropout
+        super().__init__(**kwargs)
+        self.validate_architecture()
+
+    # ------------------------------------------------------------------ derived quantities
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return _pair(self.image_size)
+
+    @property
+    def patch_hw(self) -> tuple[int, int]:
+        return _pair(self.patch_size)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        (h, w), (ph, pw) = self.image_hw, self.patch_hw
+        return (h // ph, w // pw)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return int(self.class_token) + self.num_register_tokens
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def pooled_size(self) -> int:
+        """Width of `pooler_output`, i.e. the classification head's input."""
+        return self.representation_size or self.hidden_size
+
+    def validate_architecture(self) -> None:
+        """Raise a `ValueError` that names the field and the fix for any inconsistent setting."""
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) is not divisible by num_attention_heads "
+                f"({self.num_attention_heads}): choose heads so that hidden_size / heads is an integer head_dim"
+            )
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling={self.pooling!r} is not one of {POOLINGS}")
+        if self.pos_embed_type not in POS_EMBED_TYPES:
+            raise ValueError(f"pos_embed_type={self.pos_embed_type!r} is not one of {POS_EMBED_TYPES}")
+        if self.pos_embed_interpolation not in POS_EMBED_INTERPOLATIONS:
+            raise ValueError(
+                f"pos_embed_interpolation={self.pos_embed_interpolation!r} is not one of "
+                f"{tuple(POS_EMBED_INTERPOLATIONS)}"
+            )
+        if self.pos_embed_type == "sincos2d" and self.hidden_size % 4:
+            raise ValueError(f"pos_embed_type='sincos2d' needs hidden_size divisible by 4, got {self.hidden_size}")
+        (h, w), (ph, pw) = self.image_hw, self.patch_hw
+        if h % ph or w % pw:
+            raise ValueError(
+                f"image_size {h}x{w} is not divisible by patch_size {ph}x{pw}: pick an image size that is a "
+                f"multiple of the patch size"
+            )
+        if self.num_register_tokens < 0:
+            raise ValueError(f"num_register_tokens must be >= 0, got {self.num_register_tokens}")
+        if self.fc_norm and self.pooling == "none":
+            raise ValueError("fc_norm=True needs a pooling ('token', 'mean' or 'map'), got pooling='none'")
+        try:  # transformers is importable wherever this config is; ACT2FN is its activation registry
+            from transformers.activations import ACT2FN
+        except ImportError:  # pragma: no cover
+            return
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(
+                f"hidden_act={self.hidden_act!r} is not a transformers activation; use 'gelu' (exact), "
+                f"'gelu_pytorch_tanh' (JAX/Flax tanh GELU) or 'quick_gelu' (OpenAI CLIP)"
+            )
+
+    @classmethod
+    def from_preset(cls, name: str, **kwargs) -> VitHfConfig:
+        """Build a config from a size preset: `"base"`, `"small"`, ..., or big_vision's `"B/16"` / `"base/16"`.
+
+        Keyword arguments override any field (e.g. `image_size=384, num_labels=10`).
+        """
+        size, _, patch = name.strip().lower().partition("/")
+        size = _PRESET_ALIASES.get(size, size)
+        if size not in PRESETS:
+            raise ValueError(
+                f"unknown preset {name!r}: choose one of {sorted(PRESETS)} (optionally with a patch size, e.g. "
+                f"'base/16')"
+            )
+        d, depth, heads, mlp = PRESETS[size]
+        fields = dict(hidden_size=d, num_hidden_layers=depth, num_attention_heads=heads, intermediate_size=mlp)
+        if patch:
+            if not patch.isdigit():
+                raise ValueError(f"preset {name!r}: the part after '/' must be a patch size, e.g. 'base/16'")
+            fields["patch_size"] = int(patch)
+        if size == "test":
+            fields.update(image_size=32, patch_size=int(patch) if patch else 8)
+        fields.update(kwargs)
+        return cls(**fields)
+
+
+__all__ = ["VitHfConfig", "PRESETS", "POS_EMBED_INTERPOLATIONS"]
+
+VitHfConfig.register_for_auto_class()

@@ -1,0 +1,359 @@
+"""Image processor of the einops ViT: one definition of the eval and train transforms, used by `pipeline`, evaluation
+and training alike.
+
+The eval transform is timm's (`transforms_imagenet_eval`): resize to `size / crop_pct` (shortest edge for a square
+target, "cover" for a non-square one), centre-crop to `size`, scale to [0, 1], normalise. With `crop_pct=1.0` and a
+square input it is a plain resize. The train transform is RandomResizedCrop + horizontal flip with the same resample
+filter and normalisation, drawn from torch's RNG so that `accelerate`'s checkpoints restore it.
+
+Works with PIL only (no torchvision). Grey, grey+alpha, palette, RGBA, CMYK and 16-bit images are converted to the
+model's channels; alpha is composited onto white (as transformers' `convert_to_rgb` does).
+
+Remote code: copied flat next to the weights; imports only numpy, PIL, torch and transformers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+from transformers.processing_utils import ImagesKwargs
+
+# timm / torchvision interpolation names -> PIL filters
+RESAMPLE = {
+    "nearest": PIL.Image.Resampling.NEAREST,
+    "bilinear": PIL.Image.Resampling.BILINEAR,
+    "bicubic": PIL.Image.Resampling.BICUBIC,
+    "lanczos": PIL.Image.Resampling.LANCZOS,
+    "box": PIL.Image.Resampling.BOX,
+    "hamming": PIL.Image.Resampling.HAMMING,
+}
+IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
+INCEPTION_MEAN = (0.5, 0.5, 0.5)  # Google ViT: inputs in [-1, 1]
+INCEPTION_STD = (0.5, 0.5, 0.5)
+
+
+class VitHfImagesKwargs(ImagesKwargs, total=False):
+    crop_pct: float | None
+    num_channels: int
+    train_crop_scale: Sequence[float]
+    train_crop_ratio: Sequence[float]
+    train_hflip: float
+
+
+def _resample_filter(resample: int | str) -> int:
+    if isinstance(resample, str):
+        if resample not in RESAMPLE:
+            raise ValueError(f"unknown resample {resample!r}: choose one of {sorted(RESAMPLE)}")
+        return int(RESAMPLE[resample])
+    return int(resample)
+
+
+def _array_to_pil(array: np.ndarray) -> PIL.Image.Image:
+    """HWC / CHW / HW array (uint8, uint16, bool or float in [0, 1]) -> 8-bit PIL image."""
+    if array.ndim == 3 and array.shape[0] in (1, 2, 3, 4) and array.shape[-1] not in (1, 2, 3, 4):
+        array = np.moveaxis(array, 0, -1)  # CHW -> HWC
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (2, 3, 4)):
+        raise ValueError(
+            f"cannot read an image from an array of shape {array.shape}: expected (H, W), (H, W, C) or (C, H, W) "
+            f"with C in 1..4"
+        )
+    if array.dtype == np.uint8:
+        pass
+    elif array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    elif array.dtype == np.uint16:
+        array = (array // 257).astype(np.uint8)
+    elif np.issubdtype(array.dtype, np.floating):
+        # Floats are read as [0, 1] images (ToTensor's range); an image already in [0, 255] is accepted too.
+        scale = 255.0 if float(np.nanmax(array)) <= 1.0 else 1.0
+        array = np.clip(np.rint(array * scale), 0, 255).astype(np.uint8)
+    elif np.issubdtype(array.dtype, np.integer):
+        array = np.clip(array, 0, 255).astype(np.uint8)
+    else:
+        raise ValueError(f"unsupported image array dtype {array.dtype}")
+    if array.ndim == 3 and array.shape[-1] == 2:  # grey + alpha: fromarray has no 2-channel default
+        return PIL.Image.merge("LA", [PIL.Image.fromarray(np.ascontiguousarray(array[..., i])) for i in (0, 1)])
+    return PIL.Image.fromarray(np.ascontiguousarray(array))  # (H, W) -> L, (H, W, 3) -> RGB, (H, W, 4) -> RGBA
+
+
+def to_pil_image(image: Any) -> PIL.Image.Image:
+    """Accept a PIL image, a numpy array or a torch tensor and return a PIL image (no mode conversion yet)."""
+    if isinstance(image, PIL.Image.Image):
+        return image
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu()
+        if image.dtype == torch.bfloat16:
+            image = image.float()
+        image = image.numpy()
+    if isinstance(image, np.ndarray):
+        return _array_to_pil(image)
+    raise TypeError(f"expected a PIL image, numpy array or torch tensor, got {type(image).__name__}")
+
+
+def convert_channels(image: PIL.Image.Image, num_channels: int) -> PIL.Image.Image:
+    """Convert any PIL mode to "RGB" (3 channels) or "L" (1 channel); alpha is composited onto white."""
+    if num_channels not in (1, 3):
+        raise ValueError(f"images can be converted to 1 or 3 channels, not {num_channels}")
+    target = "RGB" if num_channels == 3 else "L"
+    if image.mode == target:
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16/32-bit grey: PIL's convert("L") clips instead of rescaling, so rescale to 8 bits ourselves.
+        array = np.asarray(image, dtype=np.float64)
+        peak = array.max() if array.size else 0.0
+        scale = 1.0 / 257.0 if peak > 255 else (255.0 if image.mode == "F" and peak <= 1.0 else 1.0)
+        image = PIL.Image.fromarray(np.clip(np.rint(array * scale), 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        background = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = PIL.Image.alpha_composite(background, rgba)
+    return image.convert(target)
+
+
+def _normalize(image: PIL.Image.Image, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 HWC -> float32 CHW in [0, 1] (divided by 255 as ToTensor does), then (x - mean) / std in float32."""
+    array = np.asarray(image, dtype=np.uint8)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    x = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div(255)
+    mean_t = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    return x.sub(mean_t).div(std_t)
+
+
+class EvalTransform:
+    """timm's eval transform on PIL images: resize to size / crop_pct, centre crop, to tensor, normalise."""
+
+    def __init__(self, size, crop_pct, resample, mean, std, num_channels):
+        self.size = (int(size["height"]), int(size["width"]))
+        self.crop_pct = 1.0 if crop_pct is None else float(crop_pct)
+        self.resample = _resample_filter(resample)
+        self.mean, self.std, self.num_channels = tuple(mean), tuple(std), num_channels
+
+    def resize(self, image: PIL.Image.Image) -> PIL.Image.Image:
+        th, tw = self.size
+        sh, sw = math.floor(th / self.crop_pct), math.floor(tw / self.crop_pct)
+        w, h = image.size
+        if sh == sw:
+            # torchvision Resize(int): the shorter edge becomes `sh`, the longer one is truncated
+            short, long = (w, h) if w <= h else (h, w)
+            new_short, new_long = sh, int(sh * long / short)
+            new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+        else:
+            # timm ResizeKeepRatio: scale so the image covers the (non-square) target, rounding each side
+            ratio = min(h / sh, w / sw)
+            new_h, new_w = round(h / ratio), round(w / ratio)
+        if (new_w, new_h) == (w, h):
+            return image
+        return image.resize((new_w, new_h), resample=self.resample)
+
+    def crop(self, image: PIL.Image.Image) -> PIL.Image.Image:
+        th, tw = self.size
+        w, h = image.size
+        if (w, h) == (tw, th):
+            return image
+        if w < tw or h < th:  # torchvision pads with zeros before cropping; resize makes this rare
+            padded = PIL.Image.new(image.mode, (max(w, tw), max(h, th)))
+            padded.paste(image, ((max(w, tw) - w) // 2, (max(h, th) - h) // 2))
+            image, (w, h) = padded, padded.size
+        top, left = int(round((h - th) / 2.0)), int(round((w - tw) / 2.0))
+        return image.crop((left, top, left + tw, top + th))
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        image = convert_channels(to_pil_image(image), self.num_channels)
+        return _normalize(self.crop(self.resize(image)), self.mean, self.std)
+
+
+class TrainTransform:
+    """RandomResizedCrop (torchvision's sampling) + horizontal flip + normalise, randomness from torch's RNG."""
+
+    def __init__(self, size, resample, mean, std, num_channels, scale, ratio, hflip):
+        self.size = (int(size["height"]), int(size["width"]))
+        self.resample = _resample_filter(resample)
+        self.mean, self.std, self.num_channels = tuple(mean), tuple(std), num_channels
+        self.scale, self.ratio, self.hflip = tuple(scale), tuple(ratio), float(hflip)
+
+    def crop_box(self, width: int, height: int) -> tuple[int, int, int, int]:
+        area = width * height
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            target_area = area * (self.scale[0] + (self.scale[1] - self.scale[0]) * torch.rand(()).item())
+            aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * torch.rand(()).item())
+            w = int(round(math.sqrt(target_area * aspect)))
+            h = int(round(math.sqrt(target_area / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                top = int(torch.randint(0, height - h + 1, ()).item())
+                left = int(torch.randint(0, width - w + 1, ()).item())
+                return left, top, left + w, top + h
+        # Fallback: the largest centred crop within the ratio bounds (torchvision's behaviour)
+        in_ratio = width / height
+        if in_ratio < min(self.ratio):
+            w, h = width, int(round(width / min(self.ratio)))
+        elif in_ratio > max(self.ratio):
+            w, h = int(round(height * max(self.ratio))), height
+        else:
+            w, h = width, height
+        top, left = (height - h) // 2, (width - w) // 2
+        return left, top, left + w, top + h
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        image = convert_channels(to_pil_image(image), self.num_channels)
+        box = self.crop_box(*image.size)
+        image = image.resize(self.size[::-1], resample=self.resample, box=box)
+        if self.hflip > 0 and torch.rand(()).item() < self.hflip:
+            image = image.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT)
+        return _normalize(image, self.mean, self.std)
+
+
+class VitHfImageProcessor(BaseImageProcessor):
+    r"""Image processor for [`VitHfForImageClassification`].
+
+    Args:
+        size: `{"height": H, "width": W}` (or an int) of the model input.
+        crop_pct: centre-crop fraction of the eval transform (timm `crop_pct`); `1.0` resizes straight to `size`.
+        resample: PIL filter (int or name) for resizing; timm's ViTs use bicubic.
+        image_mean, image_std: normalisation; Google ViTs use 0.5 / 0.5 (inputs in [-1, 1]).
+        num_channels: 3 (RGB) or 1 (grey); every input is converted to it.
+        train_crop_scale, train_crop_ratio, train_hflip: RandomResizedCrop scale/ratio and flip probability of the
+            train transform.
+
+    Example:
+    ```python
+    >>> processor = VitHfImageProcessor(size=224)
+    >>> processor(images=[pil_image], return_tensors="pt").pixel_values.shape
+    torch.Size([1, 3, 224, 224])
+    ```
+    """
+
+    model_input_names = ["pixel_values"]
+    valid_kwargs = VitHfImagesKwargs
+
+    def __init__(
+        self,
+        size: int | dict[str, int] = 224,
+        crop_pct: float | None = 0.9,
+        resample: int | str = PIL.Image.Resampling.BICUBIC,
+        image_mean: Sequence[float] = INCEPTION_MEAN,
+        image_std: Sequence[float] = INCEPTION_STD,
+        num_channels: int = 3,
+        train_crop_scale: Sequence[float] = (0.08, 1.0),
+        train_crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
+        train_hflip: float = 0.5,
+        **kwargs,
+    ):
+        for legacy in ("do_resize", "do_rescale", "do_normalize", "do_center_crop", "rescale_factor", "crop_size"):
+            kwargs.pop(legacy, None)  # always on / derived here; tolerated so ViTImageProcessor configs load
+        super().__init__(**kwargs)
+        if isinstance(size, int):
+            size = {"height": size, "width": size}
+        elif isinstance(size, (list, tuple)):
+            size = {"height": int(size[0]), "width": int(size[1])}
+        if "shortest_edge" in size:
+            size = {"height": size["shortest_edge"], "width": size["shortest_edge"]}
+        self.size = {"height": int(size["height"]), "width": int(size["width"])}
+        if crop_pct is not None and not 0 < crop_pct <= 1:
+            raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
+        self.crop_pct = crop_pct
+        self.resample = _resample_filter(resample)
+        if len(image_mean) != num_channels or len(image_std) != num_channels:
+            raise ValueError(
+                f"image_mean/image_std have {len(image_mean)}/{len(image_std)} values for {num_channels} channel(s)"
+            )
+        self.image_mean = [float(v) for v in image_mean]
+        self.image_std = [float(v) for v in image_std]
+        self.num_channels = num_channels
+        self.train_crop_scale = [float(v) for v in train_crop_scale]
+        self.train_crop_ratio = [float(v) for v in train_crop_ratio]
+        self.train_hflip = float(train_hflip)
+
+    @classmethod
+    def from_model_config(cls, config, **kwargs) -> VitHfImageProcessor:
+        """Defaults from a model config: its image size and channel count (mean/std stay the processor's)."""
+        h, w = config.image_hw
+        kwargs.setdefault("size", {"height": h, "width": w})
+        kwargs.setdefault("num_channels", config.num_channels)
+        if config.num_channels == 1:
+            kwargs.setdefault("image_mean", [INCEPTION_MEAN[0]])
+            kwargs.setdefault("image_std", [INCEPTION_STD[0]])
+        return cls(**kwargs)
+
+    # ------------------------------------------------------------------ the one source of truth
+    def eval_transforms(self) -> EvalTransform:
+        """The per-image transform used by `preprocess` (and so by `pipeline`) and by evaluation in training."""
+        return EvalTransform(self.size, self.crop_pct, self.resample, self.image_mean, self.image_std, self.num_channels)
+
+    def train_transforms(self) -> TrainTransform:
+        return TrainTransform(
+            self.size,
+            self.resample,
+            self.image_mean,
+            self.image_std,
+            self.num_channels,
+            self.train_crop_scale,
+            self.train_crop_ratio,
+            self.train_hflip,
+        )
+
+    def preprocess(self, images: Any, return_tensors: str | None = "pt", **kwargs) -> BatchFeature:
+        """Preprocess one image or a batch (PIL images, HWC/CHW numpy arrays or torch tensors, a 4-D batch too).
+
+        Keyword arguments override the processor's attributes for this call (e.g. `size=384`).
+        """
+        unknown = set(kwargs) - set(VitHfImagesKwargs.__annotations__) - {"data_format", "input_data_format"}
+        if unknown:
+            raise TypeError(f"unexpected keyword argument(s) {sorted(unknown)} for {type(self).__name__}.preprocess")
+        processor = self
+        overrides = {k: v for k, v in kwargs.items() if k in VitHfImagesKwargs.__annotations__ and v is not None}
+        if overrides:
+            fields = {k: getattr(self, k) for k in ("size", "crop_pct", "resample", "image_mean", "image_std")}
+            fields.update(num_channels=self.num_channels)
+            fields.update({k: v for k, v in overrides.items() if k in fields})
+            processor = type(self)(**fields)
+        transform = processor.eval_transforms()
+        batch = [transform(image) for image in _as_image_list(images)]
+        if not batch:
+            raise ValueError("no images were given")
+        if return_tensors in ("pt", None) or return_tensors == "torch":
+            pixel_values = torch.stack(batch)
+        elif return_tensors == "np":
+            pixel_values = torch.stack(batch).numpy()
+        else:
+            raise ValueError(f"return_tensors={return_tensors!r} is not supported; use 'pt' or 'np'")
+        return BatchFeature(data={"pixel_values": pixel_values})
+
+    def __call__(self, images: Any = None, *args, **kwargs) -> BatchFeature:
+        return self.preprocess(images, *args, **kwargs)
+
+
+def _as_image_list(images: Any) -> list:
+    """A single image, a list/tuple of images, or a 4-D array/tensor batch -> list of single images."""
+    if images is None:
+        raise ValueError("images is None: pass a PIL image, an array, a tensor, or a list of them")
+    if isinstance(images, (PIL.Image.Image, str)):
+        if isinstance(images, str):
+            raise TypeError("pass loaded images (PIL/numpy/torch), not a path; `pipeline` loads paths and URLs")
+        return [images]
+    if isinstance(images, (np.ndarray, torch.Tensor)):
+        return list(images) if images.ndim == 4 else [images]
+    if isinstance(images, Iterable):
+        out = []
+        for image in images:
+            out.extend(_as_image_list(image) if isinstance(image, (list, tuple)) else [image])
+        return out
+    raise TypeError(f"cannot read images from a {type(images).__name__}")
+
+
+VitHfImageProcessor.register_for_auto_class("AutoImageProcessor")
+
+__all__ = ["VitHfImageProcessor", "EvalTransform", "TrainTransform", "convert_channels", "to_pil_image"]

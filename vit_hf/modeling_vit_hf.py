@@ -1,0 +1,572 @@
+"""The Vision Transformer (Dosovitskiy et al., 2021, arXiv:2010.11929) in einops, as a transformers model.
+
+The formulation is the einops one of the code review in `shared/seed/` (patchify with a `Rearrange` + linear
+projection, class token, learned positions, fused-qkv multi-head attention split with `rearrange`), with the
+seed's defects removed: softmax over the keys (not the heads), `head_dim ** -0.5` applied to the logits before
+the softmax, the fused qkv split as `(qkv h d)` (timm's and Google's layout), out-of-place residuals and position
+adds, LayerNorm eps from the config (1e-6 for ViT), heads from the config, and ViT's head (final norm, then the
+class token) instead of the blog's mean-pooling head. The semantics are timm's `VisionTransformer`
+(timm/models/vision_transformer.py) and Google's vit_jax / big_vision models; parameter names are timm's state-dict
+keys (under the `vit.` prefix in the classification model), so timm conversion is a rename-free copy.
+
+Remote code: this file is copied flat next to the weights; it imports only torch, einops, transformers and its
+sibling configuration module.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .configuration_vit_hf import POS_EMBED_INTERPOLATIONS, VitHfConfig
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Position tables
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def sincos_2d_position_embedding(grid: tuple[int, int], dim: int, temperature: float = 10_000.0) -> torch.Tensor:
+    """Fixed 2-D sin-cos table of big_vision's `posemb_sincos_2d` (MoCo-v3), shape (1, gh * gw, dim), float64.
+
+    Order of the four bands is `[sin x, cos x, sin y, cos y]` with x the column index (not stored in checkpoints, so
+    the order is part of the model's definition).
+    """
+    gh, gw = grid
+    y, x = torch.meshgrid(torch.arange(gh, dtype=torch.float64), torch.arange(gw, dtype=torch.float64), indexing="ij")
+    omega = 1.0 / temperature ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4 - 1))
+    x = rearrange(x, "gh gw -> (gh gw) 1") * omega
+    y = rearrange(y, "gh gw -> (gh gw) 1") * omega
+    return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)[None]
+
+
+def resample_position_embedding(
+    pos_embed: torch.Tensor,
+    old_grid: tuple[int, int],
+    new_grid: tuple[int, int],
+    num_prefix_tokens: int = 0,
+    algorithm: str = "timm",
+) -> torch.Tensor:
+    """Resample a (1, prefix + gh * gw, D) position table to a new grid; prefix rows are kept unchanged.
+
+    `algorithm` names the library whose resampling is reproduced (see `POS_EMBED_INTERPOLATIONS`): `"timm"`
+    (bicubic, antialiased), `"timm_npz"` (bilinear), `"google"` (scipy `zoom(order=1)` == corner-aligned bilinear),
+    `"hf"` (bicubic). The interpolation runs in float32 at least (bf16/fp16 tables are upcast, then cast back).
+    """
+    if algorithm not in POS_EMBED_INTERPOLATIONS:
+        raise ValueError(f"unknown resampling algorithm {algorithm!r}: choose one of {tuple(POS_EMBED_INTERPOLATIONS)}")
+    if tuple(old_grid) == tuple(new_grid):
+        return pos_embed
+    expected = num_prefix_tokens + old_grid[0] * old_grid[1]
+    if pos_embed.shape[1] != expected:
+        raise ValueError(
+            f"position table has {pos_embed.shape[1]} rows but a {old_grid[0]}x{old_grid[1]} grid with "
+            f"{num_prefix_tokens} prefix token(s) needs {expected}"
+        )
+    mode, align_corners, antialias = POS_EMBED_INTERPOLATIONS[algorithm]
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    compute_dtype = torch.promote_types(grid.dtype, torch.float32)
+    grid = rearrange(grid.to(compute_dtype), "b (gh gw) d -> b d gh gw", gh=old_grid[0], gw=old_grid[1])
+    grid = F.interpolate(grid, size=tuple(new_grid), mode=mode, align_corners=align_corners, antialias=antialias)
+    grid = rearrange(grid, "b d gh gw -> b (gh gw) d").to(pos_embed.dtype)
+    return torch.cat([prefix, grid], dim=1)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Layers
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class PatchEmbed(nn.Module):
+    """Cut the image into P x P patches and project each with one GEMM (the seed's `Rearrange` + `Linear`).
+
+    The weight is kept as a Conv2d (`proj.weight` [D, C, P, P], timm's key and layout) but applied as a linear
+    map on `(c ph pw)`-flattened patches: the same numbers as the convolution, as a single matmul.
+    """
+
+    def __init__(self, config: VitHfConfig):
+        super().__init__()
+        self.patch_size = config.patch_hw
+        self.proj = nn.Conv2d(
+            config.num_channels,
+            config.hidden_size,
+            kernel_size=self.patch_size,
+            stride=self.patch_size,
+            bias=config.patch_bias,
+        )
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        ph, pw = self.patch_size
+        patches = rearrange(pixel_values, "b c (gh ph) (gw pw) -> b (gh gw) (c ph pw)", ph=ph, pw=pw)
+        weight = rearrange(self.proj.weight, "d c ph pw -> d (c ph pw)")
+        return F.linear(patches, weight, self.proj.bias)
+
+
+class LayerScale(nn.Module):
+    """Per-channel residual-branch scale of CaiT / DeiT-3 (timm `ls1.gamma`)."""
+
+    def __init__(self, config: VitHfConfig):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.empty(config.hidden_size))
+        self.init_value = config.layer_scale_init_value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the residual branch per sample, rescaling the survivors (identity in eval)."""
+
+    def __init__(self, drop_prob: float):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q k^T * head_dim^-0.5) v over the keys (last axis), in einops notation.
+
+    Returns the output as (b, n, h, d), the layout of transformers' attention interface, and the weights.
+    """
+    scores = torch.einsum("b h q d, b h k d -> b h q k", query, key) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    # The softmax runs in float32 whatever the compute dtype, so bf16/fp16 attention stays normalised.
+    weights = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    out = torch.einsum("b h q k, b h k d -> b q h d", weights, value)
+    return out, weights
+
+
+def _attention_interface(config: VitHfConfig, need_weights: bool) -> Callable:
+    # Attention maps exist only on the eager path; when asked for, that call falls back to eager whatever the backend.
+    if need_weights or config._attn_implementation in (None, "eager"):
+        return eager_attention_forward
+    return ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager_attention_forward)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection (timm `attn.qkv` rows ordered `(qkv h d)`)."""
+
+    is_causal = False
+
+    def __init__(self, config: VitHfConfig):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_probs_dropout_prob
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
+        self.q_norm = nn.LayerNorm(self.head_dim, eps=config.layer_norm_eps) if config.qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(self.head_dim, eps=config.layer_norm_eps) if config.qk_norm else nn.Identity()
+        self.proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.proj_bias)
+        self.proj_drop = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: torch.Tensor, output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        q, k, v = rearrange(self.qkv(x), "b n (qkv h d) -> qkv b h n d", qkv=3, h=self.num_heads)
+        q, k = self.q_norm(q), self.k_norm(k)
+        attention = _attention_interface(self.config, output_attentions)
+        out, weights = attention(
+            self,
+            q,
+            k,
+            v,
+            None,
+            scaling=self.scaling,
+            dropout=self.attention_dropout if self.training else 0.0,
+        )
+        out = self.proj_drop(self.proj(rearrange(out, "b n h d -> b n (h d)")))
+        return out, weights
+
+
+class Mlp(nn.Module):
+    def __init__(self, config: VitHfConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.proj_bias)
+        self.act = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.proj_bias)
+        self.drop = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class Block(GradientCheckpointingLayer):
+    """Pre-norm transformer block: x + ls1(attn(norm1(x))), then x + ls2(mlp(norm2(x)))."""
+
+    def __init__(self, config: VitHfConfig, drop_path: float = 0.0):
+        super().__init__()
+        layer_scale = config.layer_scale_init_value is not None
+        self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attn = Attention(config)
+        self.ls1 = LayerScale(config) if layer_scale else nn.Identity()
+        self.drop_path1 = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = Mlp(config)
+        self.ls2 = LayerScale(config) if layer_scale else nn.Identity()
+        self.drop_path2 = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor, output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attn_out, weights = self.attn(self.norm1(x), output_attentions)
+        x = x + self.drop_path1(self.ls1(attn_out))
+        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        return x, weights
+
+
+class AttentionPool(nn.Module):
+    """Multi-head attention pooling (MAP) with a learned probe: big_vision `MAPHead`, timm `AttentionPoolLatent`."""
+
+    def __init__(self, config: VitHfConfig):
+        super().__init__()
+        d = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.latent = nn.Parameter(torch.empty(1, 1, d))
+        self.q = nn.Linear(d, d)
+        self.kv = nn.Linear(d, 2 * d)
+        self.proj = nn.Linear(d, d)
+        self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.mlp = Mlp(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = rearrange(self.q(self.latent), "1 l (h d) -> 1 h l d", h=self.num_heads).expand(x.shape[0], -1, -1, -1)
+        k, v = rearrange(self.kv(x), "b n (kv h d) -> kv b h n d", kv=2, h=self.num_heads)
+        out = F.scaled_dot_product_attention(q, k, v)
+        x = self.proj(rearrange(out, "b h l d -> b l (h d)"))
+        x = x + self.mlp(self.norm(x))
+        return x[:, 0]
+
+
+class RepresentationLayer(nn.Module):
+    """tanh(Linear) "pre-logits" of the original ImageNet-21k ViT releases (timm <= 0.5 `pre_logits.fc`)."""
+
+    def __init__(self, config: VitHfConfig):
+        super().__init__()
+        self.fc = nn.Linear(config.hidden_size, config.representation_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.fc(x))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class VitHfPreTrainedModel(PreTrainedModel):
+    config_class = VitHfConfig
+    config: VitHfConfig
+    base_model_prefix = "vit"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["Block"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, with an `auto_map` that names the config, the base model and the
+        classification model whichever of them is saved (transformers writes only the saved class's entry), so that
+        `AutoModel` and `AutoModelForImageClassification` both load the folder with `trust_remote_code=True`."""
+        auto_map = dict(getattr(self.config, "auto_map", None) or {})
+        for auto_class, cls in (
+            ("AutoConfig", VitHfConfig),
+            ("AutoModel", VitHfModel),
+            ("AutoModelForImageClassification", VitHfForImageClassification),
+        ):
+            # keep cross-repo references ("owner/repo--module.Class") that a Hub load may have written
+            auto_map.setdefault(auto_class, f"{cls.__module__.split('.')[-1]}.{cls.__name__}")
+        self.config.auto_map = auto_map
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """timm's default ViT init, through `transformers.initialization` (which skips loaded tensors)."""
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, LayerScale):
+            init.constant_(module.gamma, module.init_value)
+        elif isinstance(module, AttentionPool):
+            init.trunc_normal_(module.latent, std=module.latent.shape[-1] ** -0.5)
+        elif isinstance(module, VitHfModel):
+            if module.pos_embed is not None:
+                init.trunc_normal_(module.pos_embed, std=std)
+            if module.cls_token is not None:
+                init.normal_(module.cls_token, std=1e-6)
+            if module.reg_token is not None:
+                init.normal_(module.reg_token, std=1e-6)
+
+
+class VitHfModel(VitHfPreTrainedModel):
+    """The ViT trunk: patch embedding, prefix tokens, positions, blocks, final norm and pooling.
+
+    Returns `last_hidden_state` (all tokens after the final norm, or before `fc_norm` when that is used),
+    `pooler_output` (the pooled features the classification head reads: token / mean / MAP pooling, then
+    `fc_norm` and the representation layer when configured), and optionally `hidden_states` / `attentions`.
+
+    Example:
+    ```python
+    >>> from vit_hf import VitHfConfig, VitHfModel
+    >>> model = VitHfModel(VitHfConfig.from_preset("test"))
+    >>> model(torch.randn(2, 3, 32, 32)).pooler_output.shape
+    torch.Size([2, 32])
+    ```
+    """
+
+    def __init__(self, config: VitHfConfig):
+        super().__init__(config)
+        d = config.hidden_size
+        self.patch_embed = PatchEmbed(config)
+        self.cls_token = nn.Parameter(torch.empty(1, 1, d)) if config.class_token else None
+        self.reg_token = nn.Parameter(torch.empty(1, config.num_register_tokens, d)) if config.num_register_tokens else None
+        num_pos = config.grid_size[0] * config.grid_size[1] + (0 if config.no_embed_class else config.num_prefix_tokens)
+        self.pos_embed = nn.Parameter(torch.empty(1, num_pos, d)) if config.pos_embed_type == "learned" else None
+        self.pos_drop = nn.Dropout(config.hidden_dropout_prob)
+        self.norm_pre = nn.LayerNorm(d, eps=config.layer_norm_eps) if config.pre_norm else nn.Identity()
+        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        self.blocks = nn.ModuleList([Block(config, drop_path=r) for r in rates])
+        final_norm = config.final_norm and not config.fc_norm
+        self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps) if final_norm else nn.Identity()
+        self.attn_pool = AttentionPool(config) if config.pooling == "map" else None
+        self.fc_norm = nn.LayerNorm(d, eps=config.layer_norm_eps) if config.final_norm and config.fc_norm else nn.Identity()
+        self.pre_logits = RepresentationLayer(config) if config.representation_size else nn.Identity()
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.patch_embed
+
+    # -------------------------------------------------------------- resolution
+    def _check_pixel_values(self, pixel_values: torch.Tensor | None, interpolate_pos_encoding: bool) -> None:
+        cfg = self.config
+        if pixel_values is None:
+            raise ValueError("pixel_values is required: pass a (batch, channels, height, width) tensor")
+        if pixel_values.ndim != 4:
+            hint = " (a single image? add the batch axis with pixel_values[None])" if pixel_values.ndim == 3 else ""
+            raise ValueError(
+                f"pixel_values must be 4-D (batch, channels, height, width), got shape {tuple(pixel_values.shape)}"
+                f"{hint}"
+            )
+        b, c, h, w = pixel_values.shape
+        if b == 0:
+            raise ValueError("pixel_values is an empty batch (batch size 0): pass at least one image")
+        if c != cfg.num_channels:
+            raise ValueError(
+                f"pixel_values has {c} channel(s) but the model expects {cfg.num_channels} (config.num_channels): "
+                f"preprocess images with the model's image processor, which converts grey/RGBA/palette images"
+            )
+        ph, pw = cfg.patch_hw
+        if h % ph or w % pw:
+            raise ValueError(
+                f"image size {h}x{w} is not divisible by the patch size {ph}x{pw}: resize or crop to a multiple of "
+                f"the patch size (the image processor does this)"
+            )
+        if (h, w) != cfg.image_hw and self.pos_embed is not None and not interpolate_pos_encoding:
+            ih, iw = cfg.image_hw
+            raise ValueError(
+                f"image size {h}x{w} does not match the model's {ih}x{iw} (config.image_size): pass "
+                f"interpolate_pos_encoding=True to resample the positions for this call, or call "
+                f"model.resize_position_embeddings(({h}, {w})) to change the model's resolution for good"
+            )
+
+    def _positions_for(self, grid: tuple[int, int], dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+        """Position table (1, rows, D) for this grid: the learned table (resampled if needed) or sincos2d."""
+        cfg = self.config
+        if cfg.pos_embed_type == "sincos2d":
+            return sincos_2d_position_embedding(grid, cfg.hidden_size).to(device=device, dtype=dtype)
+        if self.pos_embed is None:
+            return None
+        prefix = 0 if cfg.no_embed_class else cfg.num_prefix_tokens
+        return resample_position_embedding(self.pos_embed, cfg.grid_size, grid, prefix, cfg.pos_embed_interpolation)
+
+    @torch.no_grad()
+    def resize_position_embeddings(self, image_size: int | tuple[int, int], algorithm: str | None = None) -> None:
+        """Resample the learned position table for a new image size, for good, and update `config.image_size`.
+
+        Args:
+            image_size: new `int` or `(height, width)`; must be divisible by the patch size.
+            algorithm: resampling algorithm (`"timm"`, `"timm_npz"`, `"google"`, `"hf"`); default
+                `config.pos_embed_interpolation`. The choice is recorded in the config.
+        """
+        cfg = self.config
+        new_hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        ph, pw = cfg.patch_hw
+        if new_hw[0] % ph or new_hw[1] % pw:
+            raise ValueError(f"image size {new_hw} is not divisible by the patch size {(ph, pw)}")
+        algorithm = algorithm or cfg.pos_embed_interpolation
+        if self.pos_embed is not None:
+            prefix = 0 if cfg.no_embed_class else cfg.num_prefix_tokens
+            new_grid = (new_hw[0] // ph, new_hw[1] // pw)
+            table = resample_position_embedding(self.pos_embed.data, cfg.grid_size, new_grid, prefix, algorithm)
+            self.pos_embed = nn.Parameter(table, requires_grad=self.pos_embed.requires_grad)
+        cfg.image_size = image_size if isinstance(image_size, int) else list(new_hw)
+        cfg.pos_embed_interpolation = algorithm
+
+    # -------------------------------------------------------------- forward
+    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Patch tokens with prefix tokens and positions, in the configured order (before `norm_pre`)."""
+        cfg = self.config
+        x = self.patch_embed(pixel_values)
+        grid = (pixel_values.shape[-2] // cfg.patch_hw[0], pixel_values.shape[-1] // cfg.patch_hw[1])
+        pos = self._positions_for(grid, x.dtype, x.device)
+        prefix = []
+        if self.cls_token is not None:
+            prefix.append(repeat(self.cls_token, "1 n d -> b n d", b=x.shape[0]).to(x.dtype))
+        if self.reg_token is not None:
+            prefix.append(repeat(self.reg_token, "1 n d -> b n d", b=x.shape[0]).to(x.dtype))
+        # Original ViT: concat prefix, then add positions (the table has prefix slots). big_vision / DeiT-3 /
+        # sincos2d: positions cover only the patches and are added before the prefix tokens join.
+        patches_only = cfg.no_embed_class or cfg.pos_embed_type == "sincos2d"
+        if pos is not None and patches_only:
+            x = x + pos
+        x = torch.cat([*prefix, x], dim=1) if prefix else x
+        if pos is not None and not patches_only:
+            x = x + pos
+        return self.pos_drop(x)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor | None:
+        cfg = self.config
+        tokens = x if cfg.pool_include_prefix else x[:, cfg.num_prefix_tokens :]
+        if cfg.pooling == "token":
+            return x[:, 0]
+        if cfg.pooling == "mean":
+            return tokens.mean(dim=1)
+        if cfg.pooling == "map":
+            return self.attn_pool(tokens)
+        return None
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        interpolate_pos_encoding: bool = False,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        self._check_pixel_values(pixel_values, interpolate_pos_encoding)
+        pixel_values = pixel_values.to(self.patch_embed.proj.weight.dtype)
+
+        x = self.norm_pre(self.embed(pixel_values))
+        all_hidden = (x,) if output_hidden_states else None
+        all_attn = () if output_attentions else None
+        for block in self.blocks:
+            x, weights = block(x, output_attentions)
+            if output_hidden_states:
+                all_hidden += (x,)
+            if output_attentions:
+                all_attn += (weights,)
+        x = self.norm(x)
+        pooled = self.pool(x)
+        if pooled is not None:
+            pooled = self.pre_logits(self.fc_norm(pooled))
+        if not return_dict:
+            return tuple(v for v in (x, pooled, all_hidden, all_attn) if v is not None)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=x, pooler_output=pooled, hidden_states=all_hidden, attentions=all_attn
+        )
+
+
+class VitHfForImageClassification(VitHfPreTrainedModel):
+    """ViT with a linear head on the pooled features; loss by `config.problem_type` (single/multi-label, regression).
+
+    Example:
+    ```python
+    >>> from vit_hf import VitHfConfig, VitHfForImageClassification
+    >>> model = VitHfForImageClassification(VitHfConfig.from_preset("test", num_labels=10))
+    >>> model(torch.randn(2, 3, 32, 32)).logits.shape
+    torch.Size([2, 10])
+    ```
+    """
+
+    def __init__(self, config: VitHfConfig):
+        super().__init__(config)
+        if config.pooling == "none" and config.num_labels > 0:
+            raise ValueError("pooling='none' gives no pooled features for a classification head: set a pooling")
+        self.vit = VitHfModel(config)
+        self.head_drop = nn.Dropout(config.classifier_dropout)
+        self.head = nn.Linear(config.pooled_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        interpolate_pos_encoding: bool = False,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutput | tuple:
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        outputs = self.vit(
+            pixel_values,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            return_dict=True,
+        )
+        logits = self.head(self.head_drop(outputs.pooler_output))
+        loss = None
+        if labels is not None:
+            if self.config.num_labels == 0:
+                raise ValueError("labels were given but the model has no head (num_labels=0)")
+            loss = self.loss_function(labels.to(logits.device), logits, self.config)
+        if not return_dict:
+            rest = tuple(v for v in (outputs.hidden_states, outputs.attentions) if v is not None)
+            return ((loss,) if loss is not None else ()) + (logits,) + rest
+        return ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+__all__ = [
+    "VitHfPreTrainedModel",
+    "VitHfModel",
+    "VitHfForImageClassification",
+    "resample_position_embedding",
+    "sincos_2d_position_embedding",
+]
+
+# Written into config.json's `auto_map` by `save_pretrained`. This sets an attribute on the classes only: nothing is
+# registered with the Auto factories in-process (a local registration would beat a saved folder's auto_map).
+VitHfModel.register_for_auto_class("AutoModel")
+VitHfForImageClassification.register_for_auto_class("AutoModelForImageClassification")
