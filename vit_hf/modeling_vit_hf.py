@@ -15,7 +15,6 @@ sibling configuration module.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
