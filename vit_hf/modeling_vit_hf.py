@@ -155,8 +155,9 @@ def eager_attention_forward(
     scores = torch.einsum("b h q d, b h k d -> b h q k", query, key) * scaling
     if attention_mask is not None:
         scores = scores + attention_mask
-    # The softmax runs in float32 whatever the compute dtype, so bf16/fp16 attention stays normalised.
-    weights = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+    # The softmax runs in at least float32 (bf16/fp16 attention stays normalised; float64 stays float64, which
+    # transformers' own eager path, always float32, would not).
+    weights = scores.softmax(dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(query.dtype)
     weights = F.dropout(weights, p=dropout, training=module.training)
     out = torch.einsum("b h q k, b h k d -> b q h d", weights, value)
     return out, weights
