@@ -1,0 +1,139 @@
+"""The image processor: timm-exact eval transform, every image mode and input type, train transform, no torchvision."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from vit_hf import VitHfConfig, VitHfImageProcessor
+
+
+def photo(w: int, h: int, seed: int = 0, mode: str = "RGB") -> PIL.Image.Image:
+    rng = np.random.default_rng(seed)
+    # smooth gradients plus noise: resampling filters give visibly different results on such images
+    yy, xx = np.mgrid[:h, :w]
+    base = np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) * 127 / (w + h)], -1)
+    img = np.clip(base + rng.normal(0, 30, base.shape), 0, 255).astype(np.uint8)
+    return PIL.Image.fromarray(img).convert(mode)
+
+
+@pytest.mark.parametrize(
+    "size,crop_pct,interpolation",
+    [(32, 0.9, "bicubic"), (32, 1.0, "bilinear"), (24, 0.875, "bicubic"), ((32, 48), 0.9, "bicubic")],
+)
+def test_eval_transform_equals_timm(size, crop_pct, interpolation):
+    """Same pixels as timm's `transforms_imagenet_eval` for the same pretrained_cfg (timm is in the dev extra)."""
+    from timm.data import create_transform
+
+    timm_tf = create_transform(
+        input_size=(3, *size) if isinstance(size, tuple) else (3, size, size),
+        crop_pct=crop_pct,
+        interpolation=interpolation,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+    )
+    ours = VitHfImageProcessor(
+        size=size, crop_pct=crop_pct, resample=interpolation, image_mean=(0.485, 0.456, 0.406),
+        image_std=(0.229, 0.224, 0.225),
+    )
+    for i, (w, h) in enumerate([(64, 48), (37, 91), (32, 32), (50, 20)]):
+        image = photo(w, h, seed=i)
+        expected = timm_tf(image)
+        got = ours(image).pixel_values[0]
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "PA", "RGBA", "CMYK", "I;16", "I", "F", "1", "YCbCr"])
+def test_every_image_mode_becomes_rgb(mode):
+    processor = VitHfImageProcessor(size=16, crop_pct=1.0)
+    image = photo(20, 18).convert(mode) if mode not in ("I;16", "I", "F") else None
+    if mode == "I;16":
+        image = PIL.Image.fromarray((np.arange(20 * 18).reshape(18, 20) * 150).astype(np.uint16))
+    elif mode == "I":
+        image = photo(20, 18).convert("L").convert("I")
+    elif mode == "F":
+        image = PIL.Image.fromarray(np.linspace(0, 1, 20 * 18, dtype=np.float32).reshape(18, 20))
+    pixel_values = processor(image).pixel_values
+    assert pixel_values.shape == (1, 3, 16, 16)
+    assert torch.isfinite(pixel_values).all()
+    assert pixel_values.min() >= -1.0 - 1e-6 and pixel_values.max() <= 1.0 + 1e-6
+    assert pixel_values.std() > 0.01, f"{mode} image lost its content"
+
+
+def test_alpha_is_composited_on_white_and_grey_models_get_one_channel():
+    transparent = PIL.Image.new("RGBA", (16, 16), (0, 0, 0, 0))
+    rgb = VitHfImageProcessor(size=16, crop_pct=1.0)(transparent).pixel_values
+    torch.testing.assert_close(rgb, torch.ones_like(rgb))  # white, normalised with mean=std=0.5
+    grey = VitHfImageProcessor.from_model_config(VitHfConfig.from_preset("test", num_channels=1), crop_pct=1.0)
+    assert grey(photo(40, 30)).pixel_values.shape == (1, 1, 32, 32)
+
+
+def test_numpy_torch_and_batches_match_pil():
+    processor = VitHfImageProcessor(size=16, crop_pct=0.9)
+    image = photo(30, 22)
+    array = np.asarray(image)
+    expected = processor(image).pixel_values
+    for variant in (array, array.transpose(2, 0, 1), torch.from_numpy(array.copy()), array.astype(np.float32) / 255):
+        torch.testing.assert_close(processor(variant).pixel_values, expected, rtol=0, atol=0)
+    batch = processor([image, photo(18, 40, seed=1)]).pixel_values
+    assert batch.shape == (2, 3, 16, 16)
+    stacked = processor(np.stack([array, array])).pixel_values
+    torch.testing.assert_close(stacked, torch.cat([expected, expected]))
+    assert isinstance(processor(image, return_tensors="np").pixel_values, np.ndarray)
+
+
+def test_bad_inputs_raise_clear_errors():
+    processor = VitHfImageProcessor(size=16)
+    with pytest.raises(ValueError, match="no images"):
+        processor([])
+    with pytest.raises(ValueError, match="cannot read an image"):
+        processor(np.zeros((5, 6, 7, 8, 9)))
+    with pytest.raises(TypeError, match="not a path"):
+        processor("cat.png")
+    with pytest.raises(ValueError, match="crop_pct"):
+        VitHfImageProcessor(crop_pct=1.5)
+
+
+def test_train_transform_is_seeded_by_torch_and_shaped_like_eval():
+    processor = VitHfImageProcessor(size=24, train_crop_scale=(0.3, 1.0))
+    train = processor.train_transforms()
+    image = photo(50, 40)
+    torch.manual_seed(3)
+    a = [train(image) for _ in range(4)]
+    torch.manual_seed(3)
+    b = [train(image) for _ in range(4)]
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+        assert x.shape == (3, 24, 24)
+    assert not torch.equal(a[0], a[1])  # really random between draws
+    eval_tf = processor.eval_transforms()
+    assert torch.equal(eval_tf(image), processor(image).pixel_values[0])  # the pipeline path is the eval transform
+
+
+def test_save_load_round_trip(tmp_path):
+    processor = VitHfImageProcessor(size=(24, 40), crop_pct=0.95, resample="bilinear", train_hflip=0.0)
+    processor.save_pretrained(tmp_path)
+    loaded = VitHfImageProcessor.from_pretrained(tmp_path)
+    image = photo(60, 30)
+    assert loaded.to_dict() == processor.to_dict()
+    assert torch.equal(loaded(image).pixel_values, processor(image).pixel_values)
+
+
+def test_works_without_torchvision(tmp_path):
+    code = """
+import sys
+sys.modules["torchvision"] = None  # any import of torchvision now fails
+import numpy as np, PIL.Image
+from vit_hf import VitHfImageProcessor
+p = VitHfImageProcessor(size=16)
+print(tuple(p(PIL.Image.fromarray(np.zeros((20, 20, 3), np.uint8))).pixel_values.shape))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("(1, 3, 16, 16)")

@@ -1,0 +1,97 @@
+"""A saved folder loads as remote code on a machine that has torch, einops and transformers but not vit_hf."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from isolated import last_json_line, run_isolated
+
+from vit_hf import VitHfConfig, VitHfForImageClassification, VitHfImageProcessor
+from vit_hf.packaging import HubFolderError, check_hub_folder
+
+LABELS = ["sneaker", "bag", "coat"]
+
+
+def save_folder(path):
+    config = VitHfConfig.from_preset(
+        "test", num_labels=3, id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)}
+    )
+    torch.manual_seed(0)
+    model = VitHfForImageClassification(config).eval()
+    processor = VitHfImageProcessor.from_model_config(config)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return model, processor
+
+
+@pytest.mark.parametrize("dirname", ["plain", "my.model-v1.0"])
+def test_folder_loads_in_a_process_without_vit_hf(tmp_path, dirname):
+    folder = tmp_path / dirname
+    model, processor = save_folder(folder)
+    check_hub_folder(folder)
+    image = PIL.Image.fromarray((np.random.default_rng(0).random((40, 52, 3)) * 255).astype("uint8"))
+    image.save(tmp_path / "image.png")
+    with torch.no_grad():
+        expected = model(**processor(image)).logits[0].tolist()
+
+    proc = run_isolated(
+        f"""
+        import json, PIL.Image, torch
+        from transformers import (AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification,
+                                  pipeline)
+        folder = {str(folder)!r}
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+        base = AutoModel.from_pretrained(folder, trust_remote_code=True)
+        model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
+        processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+        image = PIL.Image.open({str(tmp_path / "image.png")!r})
+        with torch.no_grad():
+            logits = model(**processor(image, return_tensors="pt")).logits[0].tolist()
+        preds = pipeline("image-classification", model=folder, trust_remote_code=True)(image)
+        print(json.dumps(dict(
+            modules=[type(o).__module__ for o in (config, base, model, processor)],
+            base=type(base).__name__, logits=logits, labels=[p["label"] for p in preds],
+        )))
+        """,
+        cwd=tmp_path,
+    )
+    out = last_json_line(proc)
+    assert all(m.startswith("transformers_modules.") for m in out["modules"]), out["modules"]
+    assert out["base"] == "VitHfModel"
+    np.testing.assert_allclose(out["logits"], expected, rtol=0, atol=1e-6)
+    assert sorted(out["labels"]) == sorted(LABELS)
+
+
+def test_saved_config_names_every_auto_class(tmp_path):
+    save_folder(tmp_path)
+    auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
+    assert auto_map == {
+        "AutoConfig": "configuration_vit_hf.VitHfConfig",
+        "AutoModel": "modeling_vit_hf.VitHfModel",
+        "AutoModelForImageClassification": "modeling_vit_hf.VitHfForImageClassification",
+    }
+    processor_map = json.loads((tmp_path / "preprocessor_config.json").read_text())["auto_map"]
+    assert processor_map == {"AutoImageProcessor": "image_processing_vit_hf.VitHfImageProcessor"}
+
+
+def test_packaging_check_names_what_is_missing(tmp_path):
+    save_folder(tmp_path)
+    (tmp_path / "modeling_vit_hf.py").unlink()
+    with pytest.raises(HubFolderError, match="modeling_vit_hf.py is missing"):
+        check_hub_folder(tmp_path)
+
+
+def test_importing_vit_hf_registers_nothing_with_the_auto_factories():
+    """A local registration would beat a saved folder's auto_map (transformers#45698)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    import vit_hf  # noqa: F401
+
+    assert "vit_hf" not in CONFIG_MAPPING
+    with pytest.raises((KeyError, ValueError)):
+        AutoConfig.for_model("vit_hf")
