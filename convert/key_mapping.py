@@ -1,0 +1,214 @@
+"""Declarative Google (.npz, Flax layout) -> vit_hf key tables, and the small named tensor transforms they use.
+
+A `Rule` says: the Flax parameter named `source` (a template; `{i}` is the block index) becomes the vit_hf
+parameter `target` after `transform`, optionally as part `part` of `parts` arrays concatenated along axis 0 (the
+fused `attn.qkv` = [q; k; v] and `attn_pool.kv` = [k; v] rows, reference/conversion-formats.md §2.4).
+
+Names here are *canonical*: the npz prefix (`params/`, `opt/target/`, `img/`, ...) is stripped, a scan-stacked
+`Transformer/encoderblock/...` is split into `encoderblock_{i}`, and an old inlined MAP head is moved under
+`MAPHead_0/` before matching (that canonicalisation lives in `convert/google.py`). Templates are invertible, so a
+missing target parameter is reported by the npz name that should have provided it.
+
+Two block naming schemes exist (§2.2, pitfall P5): the original vit_jax releases use pre-Linen numbering
+(`LayerNorm_0`, `MultiHeadDotProductAttention_1`, `LayerNorm_2`, `MlpBlock_3`), Linen code and big_vision use
+per-class numbering (`LayerNorm_0`, `MultiHeadDotProductAttention_0`, `LayerNorm_1`, `MlpBlock_0`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Named tensor transforms (Flax layout -> torch layout). Each checks the rank it relies on: a reshape of the wrong
+# rank could otherwise succeed and scramble the numbers silently.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _expect_ndim(a: np.ndarray, ndim: int, what: str) -> None:
+    if a.ndim != ndim:
+        raise ValueError(f"expected a {ndim}-D {what}, got shape {tuple(a.shape)}")
+
+
+def copy(a: np.ndarray) -> np.ndarray:
+    """Same layout on both sides (LayerNorm scale/bias, dense biases, cls token, position table, MAP probe)."""
+    return a
+
+
+def conv_hwio_to_oihw(a: np.ndarray) -> np.ndarray:
+    """Flax Conv kernel (P, P, C, D) -> torch Conv2d weight [D, C, P, P]."""
+    _expect_ndim(a, 4, "conv kernel (P, P, C, D)")
+    return a.transpose(3, 2, 0, 1)
+
+
+def dense_kernel(a: np.ndarray) -> np.ndarray:
+    """Flax Dense kernel (in, out) -> torch Linear weight [out, in]."""
+    _expect_ndim(a, 2, "dense kernel (in, out)")
+    return a.T
+
+
+def heads_in_kernel(a: np.ndarray) -> np.ndarray:
+    """DenseGeneral(features=(H, Dh)) kernel (D, H, Dh) -> Linear weight [H*Dh, D], rows ordered (h d)."""
+    _expect_ndim(a, 3, "query/key/value kernel (D, H, Dh)")
+    return a.reshape(a.shape[0], -1).T
+
+
+def heads_out_kernel(a: np.ndarray) -> np.ndarray:
+    """DenseGeneral(axis=(-2, -1)) kernel (H, Dh, D) -> Linear weight [D, H*Dh], columns ordered (h d)."""
+    _expect_ndim(a, 3, "attention out kernel (H, Dh, D)")
+    return a.reshape(-1, a.shape[-1]).T
+
+
+def heads_bias(a: np.ndarray) -> np.ndarray:
+    """query/key/value bias (H, Dh) -> [H*Dh], ordered (h d)."""
+    _expect_ndim(a, 2, "query/key/value bias (H, Dh)")
+    return a.reshape(-1)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Rules
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    """`source` (canonical Flax name template) -> `target` (vit_hf state-dict key template).
+
+    `part`/`parts`: this array is row block `part` of `parts` concatenated (in order) into `target`.
+    """
+
+    source: str
+    target: str
+    transform: Callable[[np.ndarray], np.ndarray] = copy
+    part: int = 0
+    parts: int = 1
+
+    @property
+    def source_regex(self) -> re.Pattern:
+        return _template_regex(self.source, sep="/")
+
+    @property
+    def target_regex(self) -> re.Pattern:
+        return _template_regex(self.target, sep=".")
+
+
+def _template_regex(template: str, sep: str) -> re.Pattern:
+    # `{i}` is the only placeholder: a block index. Everything else is literal.
+    return re.compile("^" + re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)") + "$")
+
+
+def _layer_norm(source: str, target: str) -> list[Rule]:
+    return [Rule(f"{source}/scale", f"{target}.weight"), Rule(f"{source}/bias", f"{target}.bias")]
+
+
+def _dense(source: str, target: str) -> list[Rule]:
+    return [Rule(f"{source}/kernel", f"{target}.weight", dense_kernel), Rule(f"{source}/bias", f"{target}.bias")]
+
+
+def _mlp(source: str, target: str) -> list[Rule]:
+    return _dense(f"{source}/Dense_0", f"{target}.fc1") + _dense(f"{source}/Dense_1", f"{target}.fc2")
+
+
+def _attention(source: str, target: str, fused: dict[str, tuple[str, int, int]]) -> list[Rule]:
+    """Flax MultiHeadDotProductAttention: `fused` maps query/key/value to (target Linear, part, parts)."""
+    rules = []
+    for name, (linear, part, parts) in fused.items():
+        rules.append(Rule(f"{source}/{name}/kernel", f"{target}.{linear}.weight", heads_in_kernel, part, parts))
+        rules.append(Rule(f"{source}/{name}/bias", f"{target}.{linear}.bias", heads_bias, part, parts))
+    rules.append(Rule(f"{source}/out/kernel", f"{target}.proj.weight", heads_out_kernel))
+    rules.append(Rule(f"{source}/out/bias", f"{target}.proj.bias"))
+    return rules
+
+
+# Self-attention: q, k, v fused into `attn.qkv` rows [q; k; v]. MAP head: q alone, k and v fused into `kv` [k; v].
+_SELF_ATTENTION = {"query": ("qkv", 0, 3), "key": ("qkv", 1, 3), "value": ("qkv", 2, 3)}
+_POOL_ATTENTION = {"query": ("q", 0, 1), "key": ("kv", 0, 2), "value": ("kv", 1, 2)}
+
+
+def _block_rules(attention: str, norm2: str, mlp: str) -> list[Rule]:
+    src, dst = "Transformer/encoderblock_{i}", "vit.blocks.{i}"
+    return (
+        _layer_norm(f"{src}/LayerNorm_0", f"{dst}.norm1")
+        + _attention(f"{src}/{attention}", f"{dst}.attn", _SELF_ATTENTION)
+        + _layer_norm(f"{src}/{norm2}", f"{dst}.norm2")
+        + _mlp(f"{src}/{mlp}", f"{dst}.mlp")
+    )
+
+
+# Position tables: three historical locations, all into `vit.pos_embed`; which one was found decides the cls-slot
+# convention and the provenance note (convert/google.py post-processes the table).
+POS_EMBED_SOURCES = {
+    "Transformer/posembed_input/pos_embedding": "vision_transformer (vit_jax) AddPositionEmbs",
+    "pos_embedding": "big_vision top-level pos_embedding",
+    "Transformer/pos_embedding": "big_vision before 2022 (Transformer/pos_embedding)",
+}
+
+STEM_RULES: list[Rule] = [
+    Rule("embedding/kernel", "vit.patch_embed.proj.weight", conv_hwio_to_oihw),
+    Rule("embedding/bias", "vit.patch_embed.proj.bias"),
+    Rule("cls", "vit.cls_token"),
+    *(Rule(source, "vit.pos_embed") for source in POS_EMBED_SOURCES),
+]
+
+HEAD_RULES: list[Rule] = [
+    *_layer_norm("Transformer/encoder_norm", "vit.norm"),
+    *_dense("pre_logits", "vit.pre_logits.fc"),
+    *_dense("head", "head"),
+]
+
+MAP_HEAD_RULES: list[Rule] = [
+    Rule("MAPHead_0/probe", "vit.attn_pool.latent"),
+    *_attention("MAPHead_0/MultiHeadDotProductAttention_0", "vit.attn_pool", _POOL_ATTENTION),
+    *_layer_norm("MAPHead_0/LayerNorm_0", "vit.attn_pool.norm"),
+    *_mlp("MAPHead_0/MlpBlock_0", "vit.attn_pool.mlp"),
+]
+
+# The two block naming schemes (pitfall P5), detected independently of the position-table location.
+BLOCK_NAMING = {
+    "pre-linen": dict(attention="MultiHeadDotProductAttention_1", norm2="LayerNorm_2", mlp="MlpBlock_3"),
+    "linen": dict(attention="MultiHeadDotProductAttention_0", norm2="LayerNorm_1", mlp="MlpBlock_0"),
+}
+
+
+def rules_for(naming: str) -> list[Rule]:
+    """The full table for one block naming scheme ('pre-linen' or 'linen')."""
+    return STEM_RULES + _block_rules(**BLOCK_NAMING[naming]) + HEAD_RULES + MAP_HEAD_RULES
+
+
+# Keys that identify features vit_hf cannot represent; matched on canonical names, reported by name.
+UNSUPPORTED_FEATURES: dict[str, str] = {
+    r"^conv_root/": "hybrid ResNet backbone (conv_root): R50/R26+ViT hybrids are not supported",
+    r"^gn_root/": "hybrid ResNet backbone (gn_root): R50/R26+ViT hybrids are not supported",
+    r"^block\d+/unit\d+/": "hybrid ResNet backbone stages (block*/unit*): hybrids are not supported",
+    r"^Transformer/encoderblock_\d+/MultiHeadDotProductAttention_\d+/(query|key)_ln/": "qk-norm in Flax attention",
+    r"^txt/": "a text tower (two-tower LiT/SigLIP file): select the image tower with --prefix img/ or path.npz:img",
+}
+
+
+def source_for(target: str, rules: list[Rule]) -> list[str]:
+    """The canonical npz name(s) that provide `target` under `rules` (for 'missing key' messages)."""
+    found = []
+    for rule in rules:
+        m = rule.target_regex.match(target)
+        if m:
+            found.append(rule.source.format(**m.groupdict()))
+    return found
+
+
+__all__ = [
+    "Rule",
+    "rules_for",
+    "source_for",
+    "BLOCK_NAMING",
+    "POS_EMBED_SOURCES",
+    "UNSUPPORTED_FEATURES",
+    "copy",
+    "conv_hwio_to_oihw",
+    "dense_kernel",
+    "heads_in_kernel",
+    "heads_out_kernel",
+    "heads_bias",
+]
