@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from convert.common import (
     ConversionError,
@@ -60,12 +61,20 @@ UNSUPPORTED_KEYS: list[tuple[str, str]] = [
     (r"^patch_embed\.norm\.", "a norm inside the patch embedding (timm embed_norm_layer)"),
     (r"^(dist_token|head_dist\.)", "a distillation token (DeiT distilled, VisionTransformerDistilled)"),
     (r"^attn_pool\.(q_norm|k_norm|pos_embed)", "an attention pool with qk-norm or positions (AttentionPoolLatent)"),
-    (r"^attn_pool\.(?!latent$|q\.|kv\.|proj\.|norm\.|mlp\.fc[12]\.)",
-     "an attention pool other than timm's AttentionPoolLatent (e.g. global_pool='prr')"),
-    (r"^mask_token$", "a DINOv2-style checkpoint (mask_token): load it with timm.create_model(..., pretrained_cfg_"
-                      "overlay=dict(file=...)) and convert the resulting model's state_dict()"),
-    (r"^(module\.)?visual\.", "an OpenAI / OpenCLIP checkpoint layout (visual.*): load it into timm first (its "
-                              "checkpoint_filter_fn converts it) and convert the resulting state_dict()"),
+    (
+        r"^attn_pool\.(?!latent$|q\.|kv\.|proj\.|norm\.|mlp\.fc[12]\.)",
+        "an attention pool other than timm's AttentionPoolLatent (e.g. global_pool='prr')",
+    ),
+    (
+        r"^mask_token$",
+        "a DINOv2-style checkpoint (mask_token): load it with timm.create_model(..., pretrained_cfg_"
+        "overlay=dict(file=...)) and convert the resulting model's state_dict()",
+    ),
+    (
+        r"^(module\.)?visual\.",
+        "an OpenAI / OpenCLIP checkpoint layout (visual.*): load it into timm first (its "
+        "checkpoint_filter_fn converts it) and convert the resulting state_dict()",
+    ),
     (r"^rope\.|\.rope\.", "rotary position embeddings (EVA-style)"),
 ]
 
@@ -75,7 +84,8 @@ KEY_RULES: list[tuple[str, str]] = [
     (r"^patch_embed\.proj\.(weight|bias)$", r"vit.patch_embed.proj.\1"),
     (r"^(norm_pre|norm|fc_norm)\.(weight|bias)$", r"vit.\1.\2"),
     (
-        r"^blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.q_norm|attn\.k_norm|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)$",
+        r"^blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.q_norm|attn\.k_norm|attn\.proj|mlp\.fc1|mlp\.fc2)"
+        r"\.(weight|bias)$",
         r"vit.blocks.\1.\2.\3",
     ),
     (r"^blocks\.(\d+)\.(ls1|ls2)\.gamma$", r"vit.blocks.\1.\2.gamma"),
@@ -225,8 +235,9 @@ class TimmArch:
         if config.pooling == "token" and not config.class_token:
             problems.append("pooling='token' without a class token (timm asserts class_token for global_pool='token')")
         if config.patch_bias != (not config.pre_norm):
-            problems.append(f"patch_bias={config.patch_bias} with pre_norm={config.pre_norm} (timm ties patch bias to "
-                            f"not pre_norm)")
+            problems.append(
+                f"patch_bias={config.patch_bias} with pre_norm={config.pre_norm} (timm ties patch bias to not pre_norm)"
+            )
         if config.pooling == "map" and not config.proj_bias:
             problems.append("pooling='map' with proj_bias=False (timm's AttentionPoolLatent MLP always has biases)")
         if config.hidden_act not in ACT_FROM_HF:
@@ -305,7 +316,8 @@ class TimmArch:
             if json_safe:
                 raise ConversionError(
                     f"LayerNorm eps {self.eps} differs from timm's default {TIMM_EPS}: timm needs "
-                    f"norm_layer=partial(timm.layers.LayerNorm, eps={self.eps}), which a JSON file of kwargs cannot hold"
+                    f"norm_layer=partial(timm.layers.LayerNorm, eps={self.eps}), which a JSON file of kwargs cannot "
+                    f"hold"
                 )
             from functools import partial
 
@@ -325,7 +337,9 @@ class TimmArch:
 
         name = type(model).__name__
         if type(model) is not VisionTransformer:
-            raise ConversionError(f"timm model class {name} is not a plain VisionTransformer; vit_hf cannot represent it")
+            raise ConversionError(
+                f"timm model class {name} is not a plain VisionTransformer; vit_hf cannot represent it"
+            )
         block = model.blocks[0]
         checks = [
             (all(type(b) is Block for b in model.blocks), "a block type other than timm's Block"),
@@ -391,7 +405,7 @@ class TimmArch:
         model = _empty_model(self.to_config())
         shapes = {}
         for key, value in model.state_dict().items():
-            shapes[key[len("vit."):] if key.startswith("vit.") else key] = tuple(value.shape)
+            shapes[key[len("vit.") :] if key.startswith("vit.") else key] = tuple(value.shape)
         return shapes
 
 
@@ -410,7 +424,7 @@ def _empty_model(config: VitHfConfig) -> VitHfForImageClassification:
 
 
 def _build(config: VitHfConfig, state: Mapping[str, torch.Tensor]) -> VitHfForImageClassification:
-    """`convert.common.build_model` (strict check, adopt the tensors with assign=True), with the same meta workaround."""
+    """`convert.common.build_model` (strict check, adopt the tensors with assign=True), with the meta workaround."""
     try:
         return build_model(config, state)
     except NotImplementedError:
@@ -437,6 +451,14 @@ def _grid_for(n: int, hints: list[tuple[int, int]]) -> tuple[int, int] | None:
             return tuple(hint)
     side = _square_side(n)
     return (side, side) if side else None
+
+
+def _near_square_factors(n: int, max_aspect: float = 2.0) -> tuple[int, int] | None:
+    """A non-square h x w = n with aspect ratio at most `max_aspect` (a grid someone might train at), if any."""
+    for h in range(math.isqrt(n), 0, -1):
+        if n % h == 0 and n // h != h:
+            return (h, n // h) if n // h <= max_aspect * h else None
+    return None
 
 
 def _pair(size: int | tuple[int, int] | list[int] | None) -> tuple[int, int] | None:
@@ -531,14 +553,27 @@ def infer_arch(
                 f"pos_embed has {rows} rows: both a {options[0][1]} grid with {prefix} prefix slot(s) and a "
                 f"{options[1][1]} grid without fit; pass --image-size HxW (the checkpoint's own size) or --model-name"
             )
-        no_embed_class, grid, _ = options[0]
-        notes.append(f"grid {grid[0]}x{grid[1]} from pos_embed ({rows} rows, {prefix} prefix token(s), "
-                     f"{'no ' if no_embed_class else ''}prefix slots)")
+        no_embed_class, grid, hinted = options[0]
+        alternative = _near_square_factors(rows - prefix) if no_embed_class and not hinted else None
+        if alternative:
+            # s*s rows read as patches-only could as well be an (s-1)x(s+1)-like grid plus prefix slots: ask.
+            raise ConversionError(
+                f"pos_embed has {rows} rows: either a {grid[0]}x{grid[1]} grid without prefix slots (no_embed_class, "
+                f"as DeiT-3 / FlexiViT) or a {alternative[0]}x{alternative[1]} grid with {prefix} prefix slot(s). Pass "
+                f"--image-size {grid[0] * ph}x{grid[1] * pw} or {alternative[0] * ph}x{alternative[1] * pw} (the "
+                f"checkpoint's own size), or --model-name"
+            )
+        notes.append(
+            f"grid {grid[0]}x{grid[1]} from pos_embed ({rows} rows, {prefix} prefix token(s), "
+            f"{'no ' if no_embed_class else ''}prefix slots)"
+        )
         pos_embed = "learn"
     else:
         if not hints:
-            raise ConversionError("the checkpoint has no pos_embed, so the image size cannot be inferred: pass "
-                                  "--image-size (or --model-name)")
+            raise ConversionError(
+                "the checkpoint has no pos_embed, so the image size cannot be inferred: pass "
+                "--image-size (or --model-name)"
+            )
         grid, pos_embed = hints[0], "none"
 
     has_attn_pool = "attn_pool.latent" in state
@@ -552,16 +587,20 @@ def infer_arch(
         if global_pool == "map" and not has_attn_pool:
             raise ConversionError("--global-pool map needs the attention pool, but the checkpoint has no attn_pool.*")
         if global_pool != "map" and has_attn_pool:
-            raise ConversionError(f"the checkpoint has an attention pool (attn_pool.*): its pooling is 'map', not "
-                                  f"--global-pool {global_pool}")
+            raise ConversionError(
+                f"the checkpoint has an attention pool (attn_pool.*): its pooling is 'map', not "
+                f"--global-pool {global_pool}"
+            )
         pool = global_pool
     elif has_attn_pool:
         pool = "map"
         notes.append("pooling 'map' from attn_pool.*")
     elif has_fc_norm:
         pool = "avg"
-        notes.append("pooling 'avg' (mean of patch tokens, then fc_norm) from fc_norm.* (timm's default for avg); "
-                     "pass --global-pool token for a class-token model with fc_norm")
+        notes.append(
+            "pooling 'avg' (mean of patch tokens, then fc_norm) from fc_norm.* (timm's default for avg); "
+            "pass --global-pool token for a class-token model with fc_norm"
+        )
     elif class_token:
         pool = "token"
         notes.append("pooling 'token' from cls_token")
@@ -701,38 +740,56 @@ def _processor(config: VitHfConfig, data_cfg: dict | None) -> tuple[VitHfImagePr
     processor = VitHfImageProcessor.from_model_config(
         config, image_mean=mean, image_std=std, resample=cfg["interpolation"], crop_pct=cfg["crop_pct"]
     )
-    text = (f"{origin}: mean {tuple(cfg['mean'])}, std {tuple(cfg['std'])}, {cfg['interpolation']}, "
-            f"crop_pct {cfg['crop_pct']}")
+    text = (
+        f"{origin}: mean {tuple(cfg['mean'])}, std {tuple(cfg['std'])}, {cfg['interpolation']}, "
+        f"crop_pct {cfg['crop_pct']}"
+    )
     return processor, text
 
 
 def _verify(
     arch: TimmArch,
-    timm_state: dict[str, torch.Tensor],
+    timm_state: Mapping[str, torch.Tensor],
     config: VitHfConfig,
     model_name: str | None,
+    source_pos: tuple[torch.Tensor, tuple[int, int]] | None = None,
 ) -> list[dict]:
     """Compare vit_hf with timm on `fixed_batch` in float32 and float64; ConversionError if over tolerance.
 
-    Both models adopt the same (cast) tensors, so a pass adds at most one copy of the weights per dtype. The timm
-    reference for a representation layer (which timm >= 0.6 lacks) is timm's pooled features, then tanh(Linear) and the
-    head applied here by hand.
+    Both models adopt the same (cast) tensors, so a pass adds at most one copy of the weights per dtype. When the
+    positions were resampled, `source_pos` (the stored table and its grid) is resampled for the timm model by timm's
+    own `resample_abs_pos_embed`, so the check covers our resampling too. The timm reference for a representation layer
+    (which timm >= 0.6 lacks) is timm's pooled features, then tanh(Linear) and the head applied here by hand.
     """
     timm = _import_timm("--verify")
+    from timm.layers import resample_abs_pos_embed
     from timm.models.vision_transformer import VisionTransformer
 
-    rows = []
     rep = arch.representation_size
+    ref_pos = None
+    if source_pos is not None:
+        table, old_grid = source_pos
+        prefix = 0 if arch.no_embed_class else arch.num_prefix_tokens
+        ref_pos = resample_abs_pos_embed(
+            table, new_size=list(arch.grid), old_size=list(old_grid), num_prefix_tokens=prefix
+        )
+    rows = []
     for dtype, tol in ((torch.float32, 1e-4), (torch.float64, 1e-9)):
         cast = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in timm_state.items()}
-        ref_arch = dataclasses.replace(arch, representation_size=None, num_classes=0 if rep else arch.num_classes)
+        ref_state = {
+            k: v for k, v in cast.items() if not k.startswith("pre_logits.") and not (rep and k.startswith("head."))
+        }
+        if ref_pos is not None:
+            ref_state["pos_embed"] = ref_pos.to(dtype)
         with torch.device("meta"):
             if model_name:
-                size = arch.img_size
-                ref = timm.create_model(model_name, pretrained=False, img_size=size if size[0] != size[1] else size[0])
+                h, w = arch.img_size
+                ref = timm.create_model(model_name, pretrained=False, img_size=h if h == w else (h, w))
             else:
+                ref_arch = dataclasses.replace(
+                    arch, representation_size=None, num_classes=0 if rep else arch.num_classes
+                )
                 ref = VisionTransformer(**ref_arch.timm_kwargs(json_safe=False))
-        ref_state = {k: v for k, v in cast.items() if not k.startswith("pre_logits.") and not (rep and k.startswith("head."))}
         ref.load_state_dict(ref_state, strict=True, assign=True)
         ref.eval()
         ours = _build(config, {timm_to_hf_key(k): v for k, v in cast.items()})
@@ -740,23 +797,28 @@ def _verify(
         with torch.no_grad():
             expected = ref(x)
             if rep:
-                expected = torch.tanh(torch.nn.functional.linear(expected, cast["pre_logits.fc.weight"],
-                                                                 cast["pre_logits.fc.bias"]))
+                expected = torch.tanh(F.linear(expected, cast["pre_logits.fc.weight"], cast["pre_logits.fc.bias"]))
                 if "head.weight" in cast:
-                    expected = torch.nn.functional.linear(expected, cast["head.weight"], cast["head.bias"])
+                    expected = F.linear(expected, cast["head.weight"], cast["head.bias"])
             got = ours(pixel_values=x).logits
-        diff = (got - expected).abs().max().item()
         has_head = config.num_labels > 0
-        top1 = (got.argmax(-1) == expected.argmax(-1)).float().mean().item() if has_head else None
         reference = f"timm {timm.__version__} " + (f"`{model_name}`" if model_name else "VisionTransformer")
-        if rep:
-            reference += " + pre_logits"
-        rows.append(dict(reference=reference, dtype=str(dtype).replace("torch.", ""), max_abs_diff=diff,
-                         top1_agreement=top1, outputs="logits" if has_head else "pooled features", tolerance=tol))
+        rows.append(
+            dict(
+                reference=reference + (" + pre_logits" if rep else ""),
+                dtype=str(dtype).replace("torch.", ""),
+                max_abs_diff=(got - expected).abs().max().item(),
+                top1_agreement=(got.argmax(-1) == expected.argmax(-1)).double().mean().item() if has_head else None,
+                outputs="logits" if has_head else "pooled features",
+                tolerance=tol,
+            )
+        )
         del ref, ours, cast, ref_state
-    failed = [r for r in rows if not r["max_abs_diff"] <= r["tolerance"]]
-    if failed:
-        raise ConversionError("verification against timm failed (nothing written):\n" + parity_markdown(rows))
+    if any(not r["max_abs_diff"] <= r["tolerance"] for r in rows):  # `not <=` also catches NaN
+        raise ConversionError(
+            "verification against timm failed (tolerance float32 1e-4, float64 1e-9; nothing written):\n"
+            + parity_markdown(rows)
+        )
     return rows
 
 
@@ -790,8 +852,9 @@ def convert_timm_state_dict(
         if num_heads is not None and num_heads != arch.num_heads:
             raise ConversionError(f"--num-heads {num_heads} disagrees with {model_name} ({arch.num_heads} heads)")
         if global_pool is not None and global_pool != arch.global_pool:
-            raise ConversionError(f"--global-pool {global_pool} disagrees with {model_name} "
-                                  f"(global_pool={arch.global_pool!r})")
+            raise ConversionError(
+                f"--global-pool {global_pool} disagrees with {model_name} (global_pool={arch.global_pool!r})"
+            )
         if act is not None and act != arch.act:
             raise ConversionError(f"--act {act} disagrees with {model_name} (activation {arch.act})")
         k = state["head.weight"].shape[0] if "head.weight" in state else 0
@@ -801,17 +864,23 @@ def convert_timm_state_dict(
                 f"{arch.num_classes}; drop --model-name to infer the architecture from the shapes"
             )
         if "pre_logits.fc.weight" in state:
-            raise ConversionError(f"pre_logits.fc.* (representation layer) is not part of {model_name} in this timm; "
-                                  f"drop --model-name to convert it with the layer")
+            raise ConversionError(
+                f"pre_logits.fc.* (representation layer) is not part of {model_name} in this timm; "
+                f"drop --model-name to convert it with the layer"
+            )
         # the checkpoint's own grid: the named model's, or (fine-tuned at another size) a square one
         if "pos_embed" in state and arch.pos_embed == "learn":
             rows = state["pos_embed"].shape[1]
             n = rows - (0 if arch.no_embed_class else arch.num_prefix_tokens)
-            grid = _grid_for(n, [arch.grid] + ([(target[0] // arch.patch_size[0], target[1] // arch.patch_size[1])]
-                                                if target else []))
+            grid = _grid_for(
+                n,
+                [arch.grid] + ([(target[0] // arch.patch_size[0], target[1] // arch.patch_size[1])] if target else []),
+            )
             if grid is None:
-                raise ConversionError(f"pos_embed has {rows} rows, which fit no grid of {model_name} "
-                                      f"({arch.num_prefix_tokens} prefix token(s), no_embed_class={arch.no_embed_class})")
+                raise ConversionError(
+                    f"pos_embed has {rows} rows, which fit no grid of {model_name} "
+                    f"({arch.num_prefix_tokens} prefix token(s), no_embed_class={arch.no_embed_class})"
+                )
             if grid != arch.grid and target is None:
                 raise ConversionError(
                     f"pos_embed is for a {grid[0]}x{grid[1]} grid but {model_name} has {arch.grid[0]}x{arch.grid[1]}: "
@@ -827,6 +896,7 @@ def convert_timm_state_dict(
 
     source_grid = arch.grid
     resampled = False
+    source_pos = None
     if target is not None and target != arch.img_size:
         ph, pw = arch.patch_size
         if target[0] % ph or target[1] % pw:
@@ -835,13 +905,14 @@ def convert_timm_state_dict(
         if "pos_embed" in state:
             prefix = 0 if arch.no_embed_class else arch.num_prefix_tokens
             state = dict(state)
+            source_pos = (state["pos_embed"], source_grid)
             state["pos_embed"] = resample_position_embedding(state["pos_embed"], source_grid, new_grid, prefix, "timm")
             resampled = True
         arch = dataclasses.replace(arch, img_size=target)
 
     extra = {"id2label": labels} if labels else {}
     config = arch.to_config(**extra)
-    parity = _verify(arch, state, config, model_name) if verify else None
+    parity = _verify(arch, state, config, model_name, source_pos) if verify else None
     model = _build(config, {timm_to_hf_key(k): v for k, v in state.items()})
     processor, processor_origin = _processor(config, data_cfg)
     info = dict(
@@ -885,21 +956,24 @@ def _kwargs_text(arch: TimmArch) -> str:
 def source_markdown(src: Path, info: dict) -> str:
     """The card's "Source and conversion" section."""
     arch: TimmArch = info["arch"]
+    origin = f"`{info['model_name']}` (timm model args)" if info["model_name"] else "inferred from keys and shapes"
     lines = [
         f"Converted from the timm `VisionTransformer` state dict `{src.name}` (sha256 `{_sha256(src)}`) with "
         f"`python -m convert.timm`.",
         "",
         "| | |",
         "| --- | --- |",
-        f"| architecture | {'`' + info['model_name'] + '` (timm model args)' if info['model_name'] else 'inferred from keys and shapes'} |",
+        f"| architecture | {origin} |",
         f"| timm kwargs | {_kwargs_text(arch)} |",
         f"| LayerNorm eps / activation | {arch.eps} / {ACT_TO_HF[arch.act]} |",
         f"| preprocessing | {info['processor']} |",
     ]
     grid = info["source_grid"]
     if info["resampled"]:
-        lines.append(f"| positions | resampled from a {grid[0]}x{grid[1]} grid to {arch.grid[0]}x{arch.grid[1]} with "
-                     f"timm's algorithm (bicubic, antialias; `resample_abs_pos_embed` defaults) |")
+        lines.append(
+            f"| positions | resampled from a {grid[0]}x{grid[1]} grid to {arch.grid[0]}x{arch.grid[1]} with "
+            f"timm's algorithm (bicubic, antialias; `resample_abs_pos_embed` defaults) |"
+        )
     else:
         lines.append(f"| positions | as stored ({grid[0]}x{grid[1]} grid) |")
     lines += [f"| key renames | {r} |" for r in info["renames"]]
@@ -947,13 +1021,20 @@ def main(argv: list[str] | None = None) -> int:
     out = save_hub_folder_checked(model, processor, args.out_dir, card)
     print(f"wrote {out}")
     for row in info["parity"] or []:
-        print(f"parity vs {row['reference']} ({row['dtype']}): max abs diff {row['max_abs_diff']:.3e}"
-              + (f", top-1 agreement {100 * row['top1_agreement']:.1f}%" if row["top1_agreement"] is not None else ""))
+        print(
+            f"parity vs {row['reference']} ({row['dtype']}): max abs diff {row['max_abs_diff']:.3e}"
+            + (f", top-1 agreement {100 * row['top1_agreement']:.1f}%" if row["top1_agreement"] is not None else "")
+        )
     if args.push_to_hub:
         from vit_hf.hub import push_folder
 
-        sha = push_folder(out, args.push_to_hub, token=args.hub_token, private=args.private,
-                          commit_message=f"Convert {src.name} from timm")
+        sha = push_folder(
+            out,
+            args.push_to_hub,
+            token=args.hub_token,
+            private=args.private,
+            commit_message=f"Convert {src.name} from timm",
+        )
         print(f"pushed {out} to {args.push_to_hub} at {sha}")
     return 0
 
