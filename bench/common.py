@@ -1,0 +1,361 @@
+"""Shared benchmark machinery: equal-weight candidates, interleaved timing, environment record, tables, JSON.
+
+Candidates (all built from ONE timm state dict, so weights are identical):
+  vit_hf     - vit_hf.VitHfForImageClassification (attn_implementation "sdpa", the default on direct construction)
+  timm       - timm.models.vision_transformer.VisionTransformer
+  hf_sdpa    - transformers ViTForImageClassification, attn_implementation="sdpa"
+  hf_eager   - transformers ViTForImageClassification, attn_implementation="eager"
+Variants prototyped for proposals (bench/proposals.py) are added under their own names.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SIZES: dict[str, tuple[int, int, int, int, str]] = {
+    # name: (width, depth, heads, mlp, timm model name)
+    "S/16": (384, 12, 6, 1536, "vit_small_patch16_224"),
+    "B/16": (768, 12, 12, 3072, "vit_base_patch16_224"),
+}
+PEERS = ("vit_hf", "timm", "hf_sdpa", "hf_eager")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Models with identical weights
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def timm_model(size: str, num_classes: int = 1000, seed: int = 0) -> torch.nn.Module:
+    import timm
+
+    torch.manual_seed(seed)
+    m = timm.create_model(SIZES[size][4], pretrained=False, num_classes=num_classes)
+    # timm zero-inits the head; give it random numbers so logits comparisons mean something
+    with torch.no_grad():
+        m.head.weight.normal_(std=0.02)
+    return m.eval()
+
+
+def timm_to_vit_hf_state(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {(k if k.startswith("head.") else f"vit.{k}"): v for k, v in sd.items()}
+
+
+def timm_to_hf_vit_state(sd: dict[str, torch.Tensor], depth: int) -> dict[str, torch.Tensor]:
+    out = {
+        "vit.embeddings.cls_token": sd["cls_token"],
+        "vit.embeddings.position_embeddings": sd["pos_embed"],
+        "vit.embeddings.patch_embeddings.projection.weight": sd["patch_embed.proj.weight"],
+        "vit.embeddings.patch_embeddings.projection.bias": sd["patch_embed.proj.bias"],
+        "vit.layernorm.weight": sd["norm.weight"],
+        "vit.layernorm.bias": sd["norm.bias"],
+        "classifier.weight": sd["head.weight"],
+        "classifier.bias": sd["head.bias"],
+    }
+    for i in range(depth):
+        t, h = f"blocks.{i}.", f"vit.layers.{i}."
+        for p in ("weight", "bias"):
+            q, k, v = sd[f"{t}attn.qkv.{p}"].chunk(3, dim=0)
+            out[f"{h}attention.q_proj.{p}"] = q
+            out[f"{h}attention.k_proj.{p}"] = k
+            out[f"{h}attention.v_proj.{p}"] = v
+            out[f"{h}attention.o_proj.{p}"] = sd[f"{t}attn.proj.{p}"]
+            out[f"{h}layernorm_before.{p}"] = sd[f"{t}norm1.{p}"]
+            out[f"{h}layernorm_after.{p}"] = sd[f"{t}norm2.{p}"]
+            out[f"{h}mlp.fc1.{p}"] = sd[f"{t}mlp.fc1.{p}"]
+            out[f"{h}mlp.fc2.{p}"] = sd[f"{t}mlp.fc2.{p}"]
+    return out
+
+
+def vit_hf_config(size: str, num_classes: int = 1000):
+    from vit_hf import VitHfConfig
+
+    return VitHfConfig.from_preset(size.lower().replace("s/", "small/").replace("b/", "base/"), num_labels=num_classes)
+
+
+def hf_vit_config(size: str, num_classes: int = 1000, attn: str = "sdpa"):
+    from transformers import ViTConfig
+
+    d, depth, heads, mlp, _ = SIZES[size]
+    cfg = ViTConfig(
+        hidden_size=d,
+        num_hidden_layers=depth,
+        num_attention_heads=heads,
+        intermediate_size=mlp,
+        layer_norm_eps=1e-6,
+        hidden_act="gelu",
+        image_size=224,
+        patch_size=16,
+        num_labels=num_classes,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    cfg._attn_implementation = attn
+    return cfg
+
+
+def build(name: str, size: str, sd: dict[str, torch.Tensor] | None = None, num_classes: int = 1000) -> torch.nn.Module:
+    """One candidate loaded with the timm state dict `sd` (built from seed 0 when None), in eval mode."""
+    src = timm_model(size, num_classes) if sd is None or name == "timm" else None
+    if sd is None:
+        sd = src.state_dict()
+    if name == "timm":
+        src.load_state_dict(sd)
+        return src.eval()
+    if name.startswith("vit_hf"):
+        from vit_hf import VitHfForImageClassification
+
+        m = VitHfForImageClassification(vit_hf_config(size, num_classes))
+        impl = {"vit_hf": "sdpa", "vit_hf_eager": "eager"}.get(name, "sdpa")
+        m.set_attn_implementation(impl)
+        m.load_state_dict(timm_to_vit_hf_state(sd), strict=True)
+        return m.eval()
+    if name.startswith("hf_"):
+        from transformers import ViTForImageClassification
+
+        attn = name.split("_", 1)[1]
+        m = ViTForImageClassification(hf_vit_config(size, num_classes, attn))
+        m.set_attn_implementation(attn)
+        missing, unexpected = m.load_state_dict(timm_to_hf_vit_state(sd, SIZES[size][1]), strict=False)
+        if missing or unexpected:
+            raise RuntimeError(f"HF ViT key mismatch: missing={missing} unexpected={unexpected}")
+        return m.eval()
+    raise ValueError(f"unknown candidate {name!r}")
+
+
+def logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    return out if isinstance(out, torch.Tensor) else out.logits
+
+
+def build_all(names: list[str], size: str, seed: int = 0) -> dict[str, torch.nn.Module]:
+    sd = timm_model(size, seed=seed).state_dict()
+    models = {n: build(n, size, sd) for n in names}
+    # equal-weights check: same logits in fp32 within 1e-4 on a fixed input
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        ref = None
+        for n, m in models.items():
+            y = logits(m, x)
+            ref = y if ref is None else ref
+            diff = (y - ref).abs().max().item()
+            if diff > 1e-3:
+                raise RuntimeError(f"{n} differs from {names[0]} by {diff:.2e}: weights not equal?")
+    return models
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# FLOPs and GEMM peak
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def vit_flops(size: str, image: int = 224, patch: int = 16, num_classes: int = 1000) -> float:
+    """Forward FLOPs per image, 2 * MACs of every matmul (patch embed, qkv, q@k^T, attn@v, proj, MLP, head)."""
+    d, depth, _, mlp, _ = SIZES[size]
+    p = (image // patch) ** 2
+    n = p + 1
+    patch_embed = 2 * p * (3 * patch * patch) * d
+    block = 2 * n * d * 3 * d + 2 * 2 * n * n * d + 2 * n * d * d + 2 * 2 * n * d * mlp
+    return float(patch_embed + depth * block + 2 * d * num_classes)
+
+
+def gemm_peak(dtype: torch.dtype, m: int = 8 * 197, k: int = 768, n: int = 3072, reps: int = 10) -> float:
+    """Measured GFLOP/s of one (m,k)@(k,n) matmul at a ViT-B MLP shape (batch 8), best of `reps`."""
+    a = torch.randn(m, k).to(dtype)
+    b = torch.randn(k, n).to(dtype)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * m * k * n / min(times) / 1e9  # best of reps: capability, not contention
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Timing
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def cpu_snapshot() -> tuple[int, int]:
+    """(busy jiffies of the whole machine, jiffies of this process incl. all its threads)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    busy = sum(v) - v[3] - v[4]  # minus idle, iowait
+    with open("/proc/self/stat") as f:
+        s = f.read().rsplit(")", 1)[1].split()
+    return busy, int(s[11]) + int(s[12])  # utime + stime
+
+
+def foreign_load(before: tuple[int, int], after: tuple[int, int], wall_s: float) -> float:
+    """Fraction of the machine's CPU time used by OTHER processes during a timed call (0 = machine was ours)."""
+    tck = os.sysconf("SC_CLK_TCK")
+    other = (after[0] - before[0]) - (after[1] - before[1])
+    return max(0.0, other / (wall_s * tck * (os.cpu_count() or 1)))
+
+
+CLEAN = 0.10  # a round is "clean" when other processes used < 10 % of the machine during it
+
+
+@dataclass
+class Timing:
+    times: list[float]
+    foreign: list[float] | None = None
+
+    @property
+    def clean_times(self) -> list[float]:
+        if not self.foreign:
+            return self.times
+        clean = [t for t, f in zip(self.times, self.foreign, strict=True) if f < CLEAN]
+        return clean or self.times
+
+    @property
+    def n_clean(self) -> int:
+        return sum(f < CLEAN for f in self.foreign) if self.foreign else len(self.times)
+
+    @property
+    def median(self) -> float:
+        """Median over the clean rounds (all rounds when none was clean)."""
+        return statistics.median(self.clean_times)
+
+    @property
+    def best(self) -> float:
+        return min(self.times)
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / median: the noise band of the rounds."""
+        return (max(self.times) - min(self.times)) / self.median if self.times else float("nan")
+
+
+def interleaved(fns: dict[str, Callable[[], object]], warmup: int, rounds: int) -> dict[str, Timing]:
+    """Warm every candidate up, then time rounds A, B, C, A, B, C, ... (rotating the start so order bias cancels)."""
+    names = list(fns)
+    for _ in range(warmup):
+        for n in names:
+            fns[n]()
+    out = {n: Timing([], []) for n in names}
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for n in order:
+            gc.collect()
+            c0 = cpu_snapshot()
+            t = time.perf_counter()
+            fns[n]()
+            dt = time.perf_counter() - t
+            out[n].times.append(dt)
+            out[n].foreign.append(foreign_load(c0, cpu_snapshot(), dt))
+    return out
+
+
+def maxrss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def run_child(args: list[str], timeout: float = 900) -> dict:
+    """Run `python -m bench.<...> args` in a fresh process; it prints one JSON line prefixed 'RESULT '."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, *args], cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    raise RuntimeError(f"child {args} failed (rc={proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Environment, tables, JSON
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def environment() -> dict:
+    import timm
+    import transformers
+
+    flags = ""
+    model_name = platform.processor()
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        for line in lscpu.splitlines():
+            if line.startswith("Flags:"):
+                flags = line.split(":", 1)[1].split()
+            if line.startswith("Model name:"):
+                model_name = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    keep = ("avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "cpu": model_name,
+        "nproc": os.cpu_count(),
+        "cpu_flags": [f for f in keep if f in flags],
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+def markdown(rows: list[dict], columns: list[str]) -> str:
+    def fmt(v: object) -> str:
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def add_ratios(rows: list[dict], key: str, group: tuple[str, ...], higher_better: bool = True, peers=PEERS) -> None:
+    """ratio = value / best peer's value within the same group (ratio > 1: better than the best peer)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[g] for g in group), []).append(r)
+    for rs in groups.values():
+        vit_hf = [r for r in rs if r["candidate"] == "vit_hf"]
+        others = [r[key] for r in rs if r["candidate"] in peers and r["candidate"] != "vit_hf" and r.get(key)]
+        if not others:
+            continue
+        best = max(others) if higher_better else min(others)
+        for r in rs:
+            if r.get(key):
+                r["vs_best_peer"] = r[key] / best if higher_better else best / r[key]
+        for r in vit_hf:
+            r["best_peer"] = [r2["candidate"] for r2 in rs if r2.get(key) == best][0]
+
+
+def save(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=1, default=str))
+    return path
+
+
+def parse_cases(spec: str | None) -> list[str] | None:
+    return [c.strip() for c in spec.split(",")] if spec else None
+
+
+def selected(case: str, filters: list[str] | None) -> bool:
+    return filters is None or any(f in case for f in filters)

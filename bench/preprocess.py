@@ -1,0 +1,108 @@
+"""Image preprocessing throughput: a list of PIL images -> one (B, 3, 224, 224) float tensor, images/s.
+
+    .venv/bin/python -m bench.preprocess [--quick] [--rounds N] [--batch 32]
+
+Candidates:
+  vit_hf          VitHfImageProcessor(size=224, crop_pct=0.9, resample="bicubic").preprocess(images, "pt")
+                  (resize shorter side to 224/0.9 = 248, center crop 224, normalize: timm's eval transform)
+  vit_hf_eval_tf  VitHfImageProcessor.eval_transforms() applied per image + torch.stack
+  hf_torchvision  transformers ViTImageProcessor (torchvision backend), defaults: resize to 224x224 bilinear,
+                  no crop (so it does a bit LESS work: one resize, no crop; semantics differ, noted in README)
+  hf_pil          transformers ViTImageProcessorPil (PIL/numpy backend), same defaults as above
+  timm            timm eval transform (create_transform from vit_base_patch16_224's data config: bicubic resize
+                  to 248, center crop 224, ToTensor, Normalize) per image + torch.stack
+Inputs: JPEG-decoded RGB PIL images of mixed sizes (640x480, 500x375, 375x500, 1024x768), made from smooth random
+noise so decoding artefacts look like photos. Rounds interleave the candidates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+
+import numpy as np
+import PIL.Image
+import torch
+
+from bench.common import add_ratios, environment, interleaved, markdown, save
+
+PEERS_PP = ("vit_hf", "hf_torchvision", "hf_pil", "timm")
+
+
+def make_images(n: int, seed: int = 0) -> list[PIL.Image.Image]:
+    rng = np.random.default_rng(seed)
+    sizes = [(640, 480), (500, 375), (375, 500), (1024, 768)]
+    out = []
+    for i in range(n):
+        w, h = sizes[i % len(sizes)]
+        small = rng.integers(0, 256, (h // 16, w // 16, 3), dtype=np.uint8)
+        img = PIL.Image.fromarray(small).resize((w, h), PIL.Image.BICUBIC)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=90)
+        out.append(PIL.Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    return out
+
+
+def candidates() -> dict:
+    import timm
+    from timm.data import create_transform, resolve_data_config
+    from transformers import ViTImageProcessor, ViTImageProcessorPil
+
+    from vit_hf import VitHfImageProcessor
+
+    ours = VitHfImageProcessor(size=224, crop_pct=0.9, resample="bicubic")
+    ours_tf = ours.eval_transforms()
+    hf_tv = ViTImageProcessor()
+    hf_pil = ViTImageProcessorPil()
+    tm = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0)
+    timm_tf = create_transform(**resolve_data_config({}, model=tm))
+    del tm
+    return {
+        "vit_hf": lambda ims: ours.preprocess(ims, return_tensors="pt")["pixel_values"],
+        "vit_hf_eval_tf": lambda ims: torch.stack([ours_tf(im) for im in ims]),
+        "hf_torchvision": lambda ims: hf_tv(ims, return_tensors="pt")["pixel_values"],
+        "hf_pil": lambda ims: hf_pil(ims, return_tensors="pt")["pixel_values"],
+        "timm": lambda ims: torch.stack([timm_tf(im) for im in ims]),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--out", default="preprocess")
+    args = ap.parse_args(argv)
+    env = environment()
+    images = make_images(args.batch)
+    fns = candidates()
+    shapes = {n: tuple(f(images[:2]).shape) for n, f in fns.items()}
+    assert all(s == (2, 3, 224, 224) for s in shapes.values()), shapes
+    # parity of the two timm-semantics pipelines (ours vs timm), for the record
+    a, b = fns["vit_hf"](images[:4]), fns["timm"](images[:4])
+    timm_maxdiff = (a - b).abs().max().item()
+    timings = interleaved({n: (lambda f=f: f(images)) for n, f in fns.items()}, warmup=1, rounds=args.rounds or (3 if args.quick else 7))
+    rows = [
+        {
+            "candidate": n,
+            "img_s": args.batch / t.median,
+            "img_s_best": args.batch / t.best,
+            "ms_per_img": 1000 * t.median / args.batch,
+            "spread": t.spread,
+            "clean_rounds": t.n_clean,
+            "rounds": len(t.times),
+        }
+        for n, t in timings.items()
+    ]
+    for r in rows:
+        r["case"] = f"b{args.batch}"
+    add_ratios(rows, "img_s", ("case",), peers=PEERS_PP)
+    print(markdown(rows, ["candidate", "img_s", "img_s_best", "ms_per_img", "spread", "clean_rounds", "vs_best_peer"]))
+    print(f"max |vit_hf - timm| pixel value over 4 images: {timm_maxdiff:.3g}")
+    env["loadavg_end"] = os.getloadavg()
+    print(f"wrote {save(args.out, {'env': env, 'args': vars(args), 'timm_maxdiff': timm_maxdiff, 'rows': rows})}")
+
+
+if __name__ == "__main__":
+    main()

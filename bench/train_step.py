@@ -1,0 +1,173 @@
+"""Training step (forward + cross-entropy + backward + AdamW.step) throughput and peak memory, equal weights.
+
+    .venv/bin/python -m bench.train_step [--quick] [--cases S/16-fp32,B/16-bf16] [--rounds N] [--steps N]
+
+Every (case, candidate, round) runs in a FRESH subprocess (rounds interleave the candidates: A B C D, B C D A, ...)
+that builds the model, does 1 warm-up step, then `--steps` timed steps. Memory: `resource.getrusage(RUSAGE_SELF)
+.ru_maxrss` (the process's resident high-water mark, which counts everything the allocator touched: weights, grads,
+AdamW state, activations, oneDNN scratch); reported as the peak and as the peak minus the RSS just before the first
+step (model + optimizer built, so the delta is what training adds: grads, AdamW moments, activations). Model building
+holds one extra fp32 copy of the weights briefly, far below the training peak.
+Case names: "{size}-b{batch}-{fp32|bf16}[-ckpt]"; bf16 = torch.autocast("cpu", bfloat16) with fp32 master weights;
+ckpt = activation checkpointing per block (timm `set_grad_checkpointing`, HF `gradient_checkpointing_enable`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+from bench.common import (
+    PEERS,
+    Timing,
+    add_ratios,
+    cpu_snapshot,
+    environment,
+    foreign_load,
+    markdown,
+    maxrss_mib,
+    parse_cases,
+    rss_mib,
+    run_child,
+    save,
+)
+from bench.common import selected as case_selected
+
+BATCH = {"S/16": 16, "B/16": 8}
+
+
+def child(name: str, size: str, batch: int, precision: str, ckpt: bool, steps: int) -> dict:
+    from bench.common import build, logits
+
+    model = build(name, size).train()
+    if ckpt:
+        if name == "timm":
+            model.set_grad_checkpointing(True)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, 224, 224, generator=g)
+    y = torch.randint(0, 1000, (batch,), generator=g)
+    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
+
+    def step() -> float:
+        with ctx():
+            out = logits(model, x)
+        loss = torch.nn.functional.cross_entropy(out.float(), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+
+    import gc
+
+    gc.collect()
+    rss0 = rss_mib()
+    step()
+    times, foreign = [], []
+    for _ in range(steps):
+        c0 = cpu_snapshot()
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+        foreign.append(foreign_load(c0, cpu_snapshot(), times[-1]))
+    return {"times": times, "foreign": foreign, "maxrss_mib": maxrss_mib(), "rss_before_mib": rss0}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--child", nargs=6, metavar=("NAME", "SIZE", "BATCH", "PREC", "CKPT", "STEPS"), help=argparse.SUPPRESS
+    )
+    ap.add_argument("--quick", action="store_true", help="S/16 only, 1 round")
+    ap.add_argument("--cases", help="comma-separated substrings of case names")
+    ap.add_argument("--candidates", default=",".join(PEERS))
+    ap.add_argument("--rounds", type=int, default=2, help="fresh processes per candidate and case")
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per process (after 1 warm-up step)")
+    ap.add_argument("--out", default="train_step")
+    args = ap.parse_args(argv)
+    if args.child:
+        name, size, batch, prec, ckpt, steps = args.child
+        res = child(name, size, int(batch), prec, ckpt == "1", int(steps))
+        print("RESULT " + json.dumps(res))
+        return
+    names = args.candidates.split(",")
+    filters = parse_cases(args.cases)
+    rounds = 1 if args.quick else args.rounds
+    env = environment()
+    rows: list[dict] = []
+    for size in ("S/16",) if args.quick else ("S/16", "B/16"):
+        for prec in ("fp32", "bf16"):
+            for ckpt in (False, True):
+                case = f"{size}-b{BATCH[size]}-{prec}" + ("-ckpt" if ckpt else "")
+                if not case_selected(case, filters):
+                    continue
+                t0 = time.perf_counter()
+                res: dict[str, list[dict]] = {n: [] for n in names}
+                for r in range(rounds):
+                    for n in names[r % len(names) :] + names[: r % len(names)]:
+                        argv_c = ["-m", "bench.train_step", "--child", n, size, str(BATCH[size]), prec]
+                        res[n].append(run_child(argv_c + ["1" if ckpt else "0", str(args.steps)]))
+                case_rows = []
+                for n, rs in res.items():
+                    tm = Timing([t for r in rs for t in r["times"]], [f for r in rs for f in r["foreign"]])
+                    times, med = tm.times, tm.median
+                    peak = max(r["maxrss_mib"] for r in rs)
+                    case_rows.append(
+                        {
+                            "case": case,
+                            "candidate": n,
+                            "img_s": BATCH[size] / med,
+                            "s_per_step": med,
+                            "spread": (max(times) - min(times)) / med,
+                            "steps": len(times),
+                            "clean_steps": tm.n_clean,
+                            "img_s_best": BATCH[size] / tm.best,
+                            "peak_rss_mib": peak,
+                            "train_delta_mib": statistics.median(r["maxrss_mib"] - r["rss_before_mib"] for r in rs),
+                        }
+                    )
+                add_ratios(case_rows, "img_s", ("case",))
+                for r in case_rows:
+                    r["img_s_vs_best"] = r.pop("vs_best_peer", None)
+                add_ratios(case_rows, "peak_rss_mib", ("case",), higher_better=False)
+                for r in case_rows:
+                    r["mem_vs_best"] = r.pop("vs_best_peer", None)
+                rows += case_rows
+                print(f"\n## {case} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+                cols = [
+                    "candidate",
+                    "img_s",
+                    "img_s_best",
+                    "clean_steps",
+                    "img_s_vs_best",
+                    "peak_rss_mib",
+                    "train_delta_mib",
+                    "mem_vs_best",
+                ]
+                print(markdown(case_rows, cols), file=sys.stderr)
+    cols = [
+        "case",
+        "candidate",
+        "img_s",
+        "img_s_best",
+        "clean_steps",
+        "img_s_vs_best",
+        "peak_rss_mib",
+        "train_delta_mib",
+        "mem_vs_best",
+    ]
+    print("\n" + markdown(rows, cols))
+    env["loadavg_end"] = __import__("os").getloadavg()
+    print(f"\nwrote {save(args.out, {'env': env, 'args': vars(args), 'batch': BATCH, 'rows': rows})}")
+
+
+if __name__ == "__main__":
+    main()
