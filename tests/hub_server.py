@@ -22,6 +22,8 @@ What is emulated, and why each piece is there:
   protocol-realistic) needs clients with `HF_HUB_DISABLE_XET=1`; its `xet-write-token` route answers 501 with a
   message saying exactly that. `upload_mode="regular"` answers "regular" for every file, so any client (Xet on or
   off) inlines the bytes in the commit; use it for clients whose environment you do not control.
+- Repo creation takes `{name, organization?, type?, visibility?}` (2.x sends `visibility`; `private` is accepted too)
+  and fills the namespace from the token's user when `organization` is missing.
 - Auth: `tokens` maps token -> user, `orgs` maps org -> members. Writes need a valid token whose user owns the
   namespace (else 401 / 403); an unknown token is a 401 on any route; private repos are a 401 (no token) or a 404
   (wrong user) with `X-Error-Code: RepoNotFound`, as on the Hub.
@@ -532,7 +534,9 @@ def _make_handler(server: HubServer):
             if not _NAME.match(name) or not _NAME.match(namespace or ""):
                 raise HubError(400, f"Invalid repo name {namespace}/{name}")
             server.require_write(user, namespace)
-            repo = server.create_repo(f"{namespace}/{name}", bool(body.get("private")), user, self._endpoint())
+            # huggingface_hub 2.x sends `visibility` ("public" / "private"); older clients sent `private: bool`.
+            private = body.get("visibility") in ("private", "protected") or bool(body.get("private"))
+            repo = server.create_repo(f"{namespace}/{name}", private, user, self._endpoint())
             self._json({"url": f"{self._endpoint()}/{repo.repo_id}", "name": repo.repo_id, "id": repo.repo_id})
 
         def _endpoint(self) -> str:
