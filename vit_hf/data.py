@@ -1,0 +1,436 @@
+"""Data for fine-tuning: `datasets` loading (Hub ids, image folders, saved datasets), label maps, preprocessing from
+the image processor's transforms, tolerant decoding, and the offline real data sets used by the demo.
+
+Decoding is lazy and tolerant: the image column is cast to `Image(decode=False)` and each image is opened with PIL
+inside the transform, so a corrupt or unreadable file becomes an *invalid* example (zero pixels, `valid=False`)
+instead of an exception. Batches keep their size, so data-parallel ranks always see the same number of batches and
+`gather_for_metrics` stays exact; the training loss and the metrics ignore invalid examples, and their indices are
+reported so that they can be counted once.
+
+Augmentation randomness is a function of `(seed, epoch, example index)` (a forked torch RNG per example), not of
+the global RNG: the data loader's one-batch look-ahead and `skip_first_batches` on resume therefore cannot change
+which crop an example gets, and a resumed run sees exactly the pixels an uninterrupted one saw.
+
+Not remote code: never imported by the modeling files.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import logging
+import os
+import shutil
+import struct
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+
+logger = logging.getLogger(__name__)
+
+INDEX_COLUMN = "__index__"
+VALIDATION_SPLIT_NAMES = ("validation", "valid", "val", "test", "dev")
+FASHION_MNIST_LABELS = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+
+class DataError(ValueError):
+    """A data set that cannot be trained on (missing labels, one class, an empty split, ...)."""
+
+
+@dataclass
+class ImageClassificationData:
+    """Train/validation splits with integer labels in `[0, len(labels))`, plus the label names."""
+
+    train: Any  # datasets.Dataset
+    validation: Any  # datasets.Dataset
+    labels: list[str]
+    image_column: str
+    label_column: str
+    source: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.labels))
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.labels)}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _folder_data_files(folder: str | Path) -> str:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"image folder {folder} does not exist")
+    if not any(p.is_file() for p in folder.rglob("*")):
+        raise DataError(f"image folder {folder} is empty: expected class subfolders with images (e.g. {folder}/cat/1.png)")
+    return str(folder / "**")
+
+
+def load_raw_dataset(
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    train_dir: str | None = None,
+    validation_dir: str | None = None,
+    cache_dir: str | None = None,
+    token: str | None = None,
+):
+    """A `DatasetDict` from a Hub id, a local `save_to_disk` folder, a local data folder, or image folders.
+
+    Image folders are loaded together (one `data_files` dict) so that the class names are inferred from the union of
+    both splits' subfolders: a class missing from the validation folder keeps its label id.
+    """
+    import datasets
+
+    if dataset_name is not None:
+        path = Path(dataset_name)
+        if path.is_dir() and (path / "dataset_dict.json").is_file():
+            return datasets.load_from_disk(str(path))
+        if path.is_dir() and (path / "dataset_info.json").is_file() and (path / "state.json").is_file():
+            return datasets.DatasetDict(train=datasets.load_from_disk(str(path)))
+        return datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir, token=token)
+    if train_dir is None:
+        raise DataError("give --dataset_name (a Hub id or a local folder) or --train_dir (an image folder)")
+    data_files = {"train": _folder_data_files(train_dir)}
+    if validation_dir is not None:
+        data_files["validation"] = _folder_data_files(validation_dir)
+    return datasets.load_dataset("imagefolder", data_files=data_files, cache_dir=cache_dir)
+
+
+def _label_names(dataset, label_column: str, where: str) -> tuple[Any, list[str]]:
+    """Make `label_column` a `ClassLabel` and return (dataset, names). Integer labels (e.g. from an imagefolder
+    `metadata.csv`) are cast with their sorted values as names; string labels are class-encoded."""
+    from datasets import ClassLabel, Value
+
+    feature = dataset.features[label_column]
+    if isinstance(feature, ClassLabel):
+        return dataset, list(feature.names)
+    if isinstance(feature, Value) and feature.dtype.startswith(("int", "uint")):
+        values = sorted(set(dataset.unique(label_column)))
+        if values and values[0] >= 0 and values == list(range(values[-1] + 1)):
+            names = [str(v) for v in values]
+            return dataset.cast_column(label_column, ClassLabel(names=names)), names
+        names = [str(v) for v in values]  # sparse ids: re-index them densely, keeping the original ids as names
+        mapping = {v: i for i, v in enumerate(values)}
+        dataset = dataset.map(lambda ex: {label_column: mapping[ex[label_column]]}, desc="re-indexing labels")
+        return dataset.cast_column(label_column, ClassLabel(names=names)), names
+    if isinstance(feature, Value) and feature.dtype in ("string", "large_string"):
+        dataset = dataset.class_encode_column(label_column)
+        return dataset, list(dataset.features[label_column].names)
+    raise DataError(f"{where}: label column {label_column!r} has type {feature}; expected ClassLabel, int or string")
+
+
+def prepare_splits(
+    raw,
+    image_column: str = "image",
+    label_column: str = "label",
+    train_val_split: float = 0.15,
+    max_train_samples: int | None = None,
+    max_eval_samples: int | None = None,
+    seed: int = 0,
+    source: str = "",
+) -> ImageClassificationData:
+    """Pick train/validation splits, validate them, take labels from the `ClassLabel`, subsample, add an index."""
+    from datasets import DatasetDict, Image
+
+    if not isinstance(raw, DatasetDict):
+        raw = DatasetDict(train=raw)
+    if "train" not in raw:
+        raise DataError(f"{source}: no 'train' split (splits: {list(raw)})")
+    train = raw["train"]
+    columns = train.column_names
+    if label_column not in columns:
+        hint = ""
+        if "image" in columns or image_column in columns:
+            hint = (
+                " An image folder gets a label column only from two or more class subfolders at the same depth "
+                "(train/cat/1.png, train/dog/2.png); one class folder, or images at mixed depths, give no labels."
+            )
+        raise DataError(f"{source}: no label column {label_column!r} (columns: {columns}).{hint}")
+    if image_column not in columns:
+        raise DataError(f"{source}: no image column {image_column!r} (columns: {columns}); pass --image_column_name")
+    validation = next((raw[name] for name in VALIDATION_SPLIT_NAMES if name in raw), None)
+    notes = []
+    train, labels = _label_names(train, label_column, f"{source} train")
+    if validation is not None:
+        validation, val_labels = _label_names(validation, label_column, f"{source} validation")
+        if val_labels != labels:
+            raise DataError(f"{source}: train labels {labels} and validation labels {val_labels} differ")
+    if len(labels) < 2:
+        raise DataError(
+            f"{source}: only one class ({labels}); classification needs at least two (one subfolder per class)"
+        )
+    if len(train) == 0:
+        raise DataError(f"{source}: the train split is empty")
+    if validation is None:
+        if not 0 < train_val_split < 1:
+            raise DataError(f"{source}: no validation split and --train_val_split={train_val_split} is not in (0, 1)")
+        try:
+            parts = train.train_test_split(train_val_split, seed=seed, stratify_by_column=label_column)
+        except ValueError:  # a class too small to stratify: fall back to a plain random split
+            parts = train.train_test_split(train_val_split, seed=seed)
+        train, validation = parts["train"], parts["test"]
+        notes.append(f"validation split: {train_val_split:.0%} of train (seed {seed})")
+    if len(validation) == 0:
+        raise DataError(f"{source}: the validation split is empty")
+    if max_train_samples is not None and max_train_samples < len(train):
+        train = train.shuffle(seed=seed).select(range(max_train_samples))
+    if max_eval_samples is not None and max_eval_samples < len(validation):
+        validation = validation.shuffle(seed=seed).select(range(max_eval_samples))
+    splits = []
+    for split in (train, validation):
+        if isinstance(split.features[image_column], Image):
+            # decode ourselves, inside the transform, so that a broken file is skipped instead of fatal
+            split = split.cast_column(image_column, Image(decode=False))
+        keep = [image_column, label_column]
+        split = split.remove_columns([c for c in split.column_names if c not in keep])
+        splits.append(split.add_column(INDEX_COLUMN, list(range(len(split)))))
+    return ImageClassificationData(splits[0], splits[1], labels, image_column, label_column, source, notes)
+
+
+def load_image_classification_data(
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    train_dir: str | None = None,
+    validation_dir: str | None = None,
+    image_column: str = "image",
+    label_column: str = "label",
+    train_val_split: float = 0.15,
+    max_train_samples: int | None = None,
+    max_eval_samples: int | None = None,
+    seed: int = 0,
+    cache_dir: str | None = None,
+    token: str | None = None,
+) -> ImageClassificationData:
+    """`load_raw_dataset` + `prepare_splits`: the one entry point the training script uses."""
+    source = dataset_name or train_dir or "?"
+    raw = load_raw_dataset(dataset_name, dataset_config_name, train_dir, validation_dir, cache_dir, token)
+    return prepare_splits(
+        raw, image_column, label_column, train_val_split, max_train_samples, max_eval_samples, seed, source
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Preprocessing
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def decode_image(value: Any) -> PIL.Image.Image:
+    """Open an undecoded `datasets` image (`{"bytes", "path"}`), a path, bytes, or pass PIL/arrays through; the pixels
+    are loaded here so that a truncated file fails now, inside the caller's try/except."""
+    if isinstance(value, dict):
+        data, path = value.get("bytes"), value.get("path")
+        image = PIL.Image.open(io.BytesIO(data)) if data is not None else PIL.Image.open(path)
+    elif isinstance(value, (str, os.PathLike)):
+        image = PIL.Image.open(value)
+    elif isinstance(value, (bytes, bytearray)):
+        image = PIL.Image.open(io.BytesIO(value))
+    else:
+        return value  # PIL image / array / tensor: the processor converts it
+    image.load()
+    return image
+
+
+def example_seed(seed: int, epoch: int, index: int) -> int:
+    """A per-example augmentation seed (splitmix64-style mix): independent of batch size, order and look-ahead."""
+    x = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB) & (2**64 - 1)
+    x ^= x >> 31
+    x = (x * 0xBF58476D1CE4E5B9) & (2**64 - 1)
+    return x ^ (x >> 29)
+
+
+class ExampleTransform:
+    """The `with_transform` function: decode, apply the processor's train or eval transform, mark broken images.
+
+    Returns per-example `pixel_values` (C, H, W), `labels`, `valid` and `index`. Set `epoch` before each epoch: it
+    is part of the augmentation seed.
+    """
+
+    def __init__(self, processor, image_column: str, label_column: str, train: bool, seed: int = 0):
+        self.transform = processor.train_transforms() if train else processor.eval_transforms()
+        self.shape = (processor.num_channels, processor.size["height"], processor.size["width"])
+        self.image_column, self.label_column = image_column, label_column
+        self.train, self.seed, self.epoch = train, seed, 0
+
+    def _one(self, value: Any, index: int) -> torch.Tensor | None:
+        try:
+            image = decode_image(value)
+            if not self.train:
+                return self.transform(image)
+            # The processor's train transform draws from torch's default CPU generator: seed it for this example and
+            # put the caller's state back (get/set_state is ~30x cheaper than torch.random.fork_rng here).
+            generator = torch.default_generator
+            saved = generator.get_state()
+            generator.manual_seed(example_seed(self.seed, self.epoch, index) % (2**63))
+            try:
+                return self.transform(image)
+            finally:
+                generator.set_state(saved)
+        except Exception as err:  # noqa: BLE001 - any unreadable image is skipped and counted, never fatal
+            where = value.get("path") if isinstance(value, dict) else None
+            logger.warning("skipping unreadable image #%d%s: %s", index, f" ({where})" if where else "", err)
+            return None
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        pixel_values, valid = [], []
+        for value, index in zip(batch[self.image_column], batch[INDEX_COLUMN]):
+            x = self._one(value, index)
+            valid.append(x is not None)
+            pixel_values.append(x if x is not None else torch.zeros(self.shape))
+        return {"pixel_values": pixel_values, "labels": batch[self.label_column], "valid": valid,
+                "index": batch[INDEX_COLUMN]}
+
+
+def collate_fn(examples: list[dict]) -> dict[str, torch.Tensor]:
+    return {
+        "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
+        "labels": torch.tensor([e["labels"] for e in examples], dtype=torch.long),
+        "valid": torch.tensor([e["valid"] for e in examples], dtype=torch.bool),
+        "index": torch.tensor([e["index"] for e in examples], dtype=torch.long),
+    }
+
+
+class EpochShuffleSampler(torch.utils.data.Sampler[int]):
+    """A permutation that is a pure function of `(seed, epoch)`: the same on every rank, after any resume, and for
+    any batch size (so that one batch of 2B is exactly two consecutive batches of B)."""
+
+    def __init__(self, num_examples: int, seed: int = 0):
+        self.num_examples, self.seed, self.epoch = num_examples, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(example_seed(self.seed, self.epoch, -1) % (2**63))
+        return iter(torch.randperm(self.num_examples, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Offline real data for the demo
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file (MNIST format, gzipped): big-endian magic (dtype code, ndim), then the dims, then the data."""
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise DataError(f"{path} is not an unsigned-byte IDX file")
+    shape = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _arrays_to_dataset(images: np.ndarray, labels: np.ndarray, names: list[str]):
+    from datasets import ClassLabel, Dataset, Features, Image
+
+    features = Features({"image": Image(), "label": ClassLabel(names=names)})
+    encoded = [{"bytes": _png_bytes(a), "path": None} for a in images]
+    return Dataset.from_dict({"image": encoded, "label": labels.astype(np.int64).tolist()}, features=features)
+
+
+def prepare_fashion_mnist(root: str | Path = "data") -> Path:
+    """Fashion-MNIST (60k train / 10k test, 28x28 grey, 10 classes) from Debian's `dataset-fashion-mnist`, fetched
+    with `apt-get download` (no root needed) and unpacked with `dpkg-deb -x`, saved as a `DatasetDict` with
+    `save_to_disk` under `root/fashion_mnist` (cached: a second call returns at once).
+
+    Raises:
+        RuntimeError: apt/dpkg is unavailable or the download failed (use `prepare_sklearn_digits` then).
+    """
+    out = Path(root) / "fashion_mnist"
+    if (out / "dataset_dict.json").is_file():
+        return out
+    from datasets import DatasetDict
+
+    Path(root).mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".fashion_mnist-", dir=root))
+    try:
+        for cmd in (["apt-get", "download", "dataset-fashion-mnist"],):
+            if shutil.which(cmd[0]) is None:
+                raise RuntimeError(f"{cmd[0]} is not available")
+            proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=600)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.strip()[-500:]}")
+        debs = sorted(work.glob("dataset-fashion-mnist_*.deb"))
+        if not debs:
+            raise RuntimeError("apt-get download produced no dataset-fashion-mnist .deb")
+        subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(work / "x")], check=True, timeout=600)
+        idx = work / "x" / "usr" / "share" / "datasets" / "fashion-mnist"
+        splits = {}
+        for split, prefix in (("train", "train"), ("test", "t10k")):
+            images = _read_idx(idx / f"{prefix}-images-idx3-ubyte.gz")
+            labels = _read_idx(idx / f"{prefix}-labels-idx1-ubyte.gz")
+            splits[split] = _arrays_to_dataset(images, labels, list(FASHION_MNIST_LABELS))
+        tmp_out = work / "fashion_mnist"
+        DatasetDict(splits).save_to_disk(str(tmp_out))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp_out, out)  # whole or not at all
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def prepare_sklearn_digits(root: str | Path = "data", test_fraction: float = 0.2, seed: int = 0) -> Path:
+    """scikit-learn's bundled 8x8 digits (1797 images, 10 classes), upscaled to 16x16 grey, as a saved `DatasetDict`
+    (train/test, stratified) under `root/sklearn_digits`. The fallback when apt is unavailable."""
+    out = Path(root) / "sklearn_digits"
+    if (out / "dataset_dict.json").is_file():
+        return out
+    from datasets import DatasetDict
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = np.stack(
+        [np.asarray(PIL.Image.fromarray((im * 255 / 16).astype(np.uint8)).resize((16, 16), PIL.Image.Resampling.BICUBIC))
+         for im in digits.images]
+    )
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        images, digits.target, test_size=test_fraction, random_state=seed, stratify=digits.target
+    )
+    names = [str(i) for i in range(10)]
+    Path(root).mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".sklearn_digits-", dir=root))
+    try:
+        DatasetDict(train=_arrays_to_dataset(x_tr, y_tr, names), test=_arrays_to_dataset(x_te, y_te, names)).save_to_disk(
+            str(tmp / "d")
+        )
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp / "d", out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
