@@ -229,7 +229,7 @@ class TimmArch:
         """The timm architecture of a vit_hf config; refuses (ConversionError) what timm's VisionTransformer lacks."""
         problems = []
         if config.representation_size:
-            problems.append("representation_size (tanh pre_logits layer; timm >= 0.6 has none)")
+            problems.append("representation_size (the tanh pre_logits representation layer; timm >= 0.6 has none)")
         if config.pos_embed_type == "sincos2d":
             problems.append("pos_embed_type='sincos2d' (timm's VisionTransformer has only learned or no positions)")
         if config.pooling == "token" and not config.class_token:

@@ -1,0 +1,400 @@
+"""convert.timm and convert.to_timm against real timm models (reference/conversion-formats.md §1, §4.2).
+
+Every variant: a tiny timm VisionTransformer with every tensor randomised is saved the way users get it, converted by
+the CLI with --verify, loaded back with `AutoModelForImageClassification.from_pretrained(..., trust_remote_code=True)`
+and compared with the in-memory timm model in float64 (atol 1e-10); then exported back to timm bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("timm")  # timm is in the dev extra; without it there is no reference to convert from
+
+import timm  # noqa: E402
+from timm.layers import resample_abs_pos_embed  # noqa: E402
+from timm.models.vision_transformer import VisionTransformer  # noqa: E402
+from timm_variants import (  # noqa: E402
+    BASE_KWARGS,
+    VARIANTS,
+    C,
+    D,
+    H,
+    K,
+    M,
+    Variant,
+    make_timm,
+    photo,
+    randomize_,
+    save_state,
+)
+from transformers import AutoModelForImageClassification  # noqa: E402
+
+from convert import timm as convert_timm  # noqa: E402
+from convert import to_timm  # noqa: E402
+from convert.common import ConversionError, run_cli  # noqa: E402
+from vit_hf import resample_position_embedding  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+ATOL64 = 1e-10
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matrices: one thread is faster, and immune to a busy machine's thread contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def subprocess_env() -> dict[str, str]:
+    # os.environ carries conftest's offline flags and private HF_HOME into the child
+    return dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def run_cli_inprocess(module, argv: list[str], capsys) -> tuple[int, str]:
+    """Run a converter's CLI entry point (`run_cli(main)`, what `python -m` runs) and return (exit code, stderr)."""
+    with pytest.raises(SystemExit) as exc:
+        run_cli(module.main, argv)
+    return exc.value.code, capsys.readouterr().err
+
+
+def pixels(hw: tuple[int, int], seed: int = 1, batch: int = 2) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, C, *hw, generator=g, dtype=torch.float64)
+
+
+def timm_outputs(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits or features when headless, pooled features) of a timm model in float64."""
+    model = model.double()
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        return model.forward_head(feats), model.forward_head(feats, pre_logits=True)
+
+
+def assert_matches_timm(out_dir: Path, reference: torch.nn.Module, hw: tuple[int, int]) -> None:
+    """The saved folder, loaded as remote code, reproduces the timm model in float64."""
+    model = AutoModelForImageClassification.from_pretrained(out_dir, trust_remote_code=True)
+    assert type(model).__module__.startswith("transformers_modules"), "not loaded through the folder's remote code"
+    model = model.double().eval()
+    x = pixels(hw)
+    expected_logits, expected_pooled = timm_outputs(reference, x)
+    with torch.no_grad():
+        out = model(pixel_values=x)
+        pooled = model.vit(pixel_values=x).pooler_output
+    torch.testing.assert_close(out.logits, expected_logits, rtol=0, atol=ATOL64)
+    torch.testing.assert_close(pooled, expected_pooled, rtol=0, atol=ATOL64)
+    assert model.config.layer_norm_eps == 1e-6
+    assert model.config.pos_embed_interpolation == "timm"
+    assert model.vit.blocks[0].mlp.fc1.out_features == M
+
+
+def assert_round_trip(out_dir: Path, expected_state: dict[str, torch.Tensor], tmp_path: Path, reference) -> None:
+    """vit_hf folder -> timm: same keys, torch.equal tensors, and the JSON kwargs rebuild the timm model."""
+    from safetensors.torch import load_file
+
+    target = tmp_path / "back" / "timm.safetensors"
+    assert to_timm.main([str(out_dir), str(target)]) == 0
+    back = load_file(str(target))
+    assert set(back) == set(expected_state)
+    for key, value in expected_state.items():
+        assert back[key].dtype == value.dtype and torch.equal(back[key], value), key
+    kwargs = json.loads(target.with_suffix(".json").read_text())
+    rebuilt = VisionTransformer(**kwargs).eval()
+    rebuilt.load_state_dict(back, strict=True)
+    x = pixels(tuple(reference.patch_embed.img_size), seed=2)
+    torch.testing.assert_close(timm_outputs(rebuilt, x)[0], timm_outputs(reference, x)[0], rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Every variant, through the CLI entry point, remote-code loading and the export back
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=[v.name for v in VARIANTS])
+def test_variant_converts_exactly(variant: Variant, tmp_path: Path, capsys):
+    reference = make_timm(variant)
+    state = {k: v.clone() for k, v in reference.state_dict().items()}
+    src = save_state(state, tmp_path / "ckpt", variant.fmt)
+    out = tmp_path / f"vit_{variant.name}"
+    code, err = run_cli_inprocess(convert_timm, [str(src), str(out), *variant.flags, "--verify"], capsys)
+    assert code == 0, err
+    card = (out / "README.md").read_text()
+    assert "## Parity report" in card and "float64" in card and src.name in card
+    assert_matches_timm(out, reference, variant.image_hw)
+    assert_round_trip(out, state, tmp_path, reference)
+
+
+def test_legacy_deit3_gamma_keys(tmp_path: Path, capsys):
+    """DeiT-3's `blocks.i.gamma_1/gamma_2` (pre-LayerScale-module timm) load as ls1/ls2; export uses the new names."""
+    variant = Variant("deit3_legacy", dict(init_values=1e-6, no_embed_class=True), ("--num-heads", str(H)))
+    reference = make_timm(variant)
+    state = reference.state_dict()
+    legacy = {k.replace(".ls1.gamma", ".gamma_1").replace(".ls2.gamma", ".gamma_2"): v for k, v in state.items()}
+    assert any(".gamma_1" in k for k in legacy)
+    src = save_state(legacy, tmp_path / "deit3", "torch")
+    out = tmp_path / "vit_deit3"
+    code, err = run_cli_inprocess(
+        convert_timm, [str(src), str(out), "--num-heads", "4", "--image-size", "32", "--verify"], capsys
+    )
+    assert code == 0, err
+    assert "gamma_1/gamma_2" in (out / "README.md").read_text()
+    assert_matches_timm(out, reference, (32, 32))
+    assert_round_trip(out, state, tmp_path, reference)
+
+
+def test_representation_layer(tmp_path: Path):
+    """timm <= 0.5 `pre_logits.fc` (tanh) is kept; the reference is timm's pooled features, then tanh(Linear), head."""
+    reference = make_timm(Variant("rep", dict(num_classes=0)))
+    g = torch.Generator().manual_seed(5)
+    rep = 48
+    state = dict(reference.state_dict())
+    state.update(
+        {
+            "pre_logits.fc.weight": 0.2 * torch.randn(rep, D, generator=g),
+            "pre_logits.fc.bias": 0.2 * torch.randn(rep, generator=g),
+            "head.weight": 0.2 * torch.randn(K, rep, generator=g),
+            "head.bias": 0.2 * torch.randn(K, generator=g),
+        }
+    )
+    model, processor, info = convert_timm.convert_timm_state_dict(state, num_heads=H, verify=True)
+    assert model.config.representation_size == rep
+    assert [r["dtype"] for r in info["parity"]] == ["float32", "float64"] and info["parity"][1]["max_abs_diff"] < 1e-9
+    out = tmp_path / "vit_rep"
+    from vit_hf.packaging import save_hub_folder
+
+    save_hub_folder(model, processor, out)
+    x = pixels((32, 32))
+    _, features = timm_outputs(reference, x)
+    s64 = {k: v.double() for k, v in state.items()}
+    expected = torch.nn.functional.linear(
+        torch.tanh(torch.nn.functional.linear(features, s64["pre_logits.fc.weight"], s64["pre_logits.fc.bias"])),
+        s64["head.weight"],
+        s64["head.bias"],
+    )
+    loaded = AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True).double().eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixel_values=x).logits, expected, rtol=0, atol=ATOL64)
+    with pytest.raises(ConversionError, match="representation layer"):
+        to_timm.main([str(out), str(tmp_path / "back.safetensors")])
+    assert not (tmp_path / "back.safetensors").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The real CLI in a subprocess (representative subset)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", [VARIANTS[0], VARIANTS[9], VARIANTS[12]], ids=lambda v: v.name)
+def test_cli_subprocess(variant: Variant, tmp_path: Path):
+    reference = make_timm(variant, seed=3)
+    state = {k: v.clone() for k, v in reference.state_dict().items()}
+    src = save_state(state, tmp_path / "ckpt", variant.fmt)
+    out = tmp_path / f"vit_cli_{variant.name}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "convert.timm", str(src), str(out), *variant.flags, "--verify"],
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "float64" in proc.stdout and "max abs diff" in proc.stdout
+    assert_matches_timm(out, reference, variant.image_hw)
+    if variant.name == "token":  # the export CLI too
+        target = tmp_path / "exported.safetensors"
+        proc = subprocess.run(
+            [sys.executable, "-m", "convert.to_timm", str(out), str(target)],
+            cwd=REPO,
+            env=subprocess_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        from safetensors.torch import load_file
+
+        back = load_file(str(target))
+        assert set(back) == set(state) and all(torch.equal(back[k], state[k]) for k in state)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Refusals: exit 2, a message naming the key / feature / flag, nothing written
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class NotATensor:
+    """A custom class inside a checkpoint: unpickling it would need code execution."""
+
+    def __init__(self):
+        self.payload = "anything"
+
+
+def _token_state() -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in make_timm(VARIANTS[0], seed=7).state_dict().items()}
+
+
+def _unknown_key(state):
+    state["blocks.1.attn.mystery.weight"] = torch.ones(3)
+    return state, "blocks.1.attn.mystery.weight"
+
+
+def _missing_key(state):
+    del state["blocks.2.mlp.fc2.bias"]
+    return state, "blocks.2.mlp.fc2.bias"
+
+
+def _wrong_shape(state):
+    state["blocks.1.norm2.weight"] = torch.ones(D + 1)
+    return state, "blocks.1.norm2.weight"
+
+
+def _scale_attn_norm(_):
+    model = randomize_(VisionTransformer(**BASE_KWARGS, scale_attn_norm=True))
+    return dict(model.state_dict()), "scale_attn_norm"
+
+
+def _diff_attention(_):
+    model = randomize_(VisionTransformer(**BASE_KWARGS, attn_layer="diff"))
+    return dict(model.state_dict()), "differential attention"
+
+
+def _no_heads_flag(state):
+    return state, "--num-heads"
+
+
+def _pool_ambiguous(_):
+    model = randomize_(VisionTransformer(**BASE_KWARGS, class_token=False, global_pool="avg", fc_norm=False))
+    return dict(model.state_dict()), "--global-pool"
+
+
+REFUSALS = {
+    "unknown_key": (_unknown_key, ["--num-heads", "4"]),
+    "missing_key": (_missing_key, ["--num-heads", "4"]),
+    "wrong_shape": (_wrong_shape, ["--num-heads", "4"]),
+    "scale_attn_norm": (_scale_attn_norm, ["--num-heads", "4"]),
+    "diff_attention": (_diff_attention, ["--num-heads", "4"]),
+    "heads_not_inferable": (_no_heads_flag, []),
+    "pooling_not_inferable": (_pool_ambiguous, ["--num-heads", "4"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_refusal(case: str, tmp_path: Path, capsys):
+    make, flags = REFUSALS[case]
+    state, needle = make(_token_state())
+    src = save_state(state, tmp_path / "bad", "safetensors")
+    out = tmp_path / "out"
+    code, err = run_cli_inprocess(convert_timm, [str(src), str(out), *flags, "--verify"], capsys)
+    assert code == 2
+    assert needle in err and "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.glob(".out*")), "something was written"
+
+
+def test_refusal_subprocess_pickle_needing_code(tmp_path: Path):
+    """A torch.save file holding a custom object is refused (weights_only); exit 2, nothing written."""
+    src = tmp_path / "evil.pth"
+    torch.save({"model": _token_state(), "extra": NotATensor()}, src)
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "convert.timm", str(src), str(out), "--num-heads", "4"],
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "code execution" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# --model-name: architecture and preprocessing from timm; head size must agree
+# ----------------------------------------------------------------------------------------------------------------------
+
+NAMED = "vit_small_patch16_224.augreg_in21k_ft_in1k"
+
+
+@pytest.fixture(scope="module")
+def named_state() -> dict[str, torch.Tensor]:
+    model = timm.create_model(NAMED, pretrained=False)  # the cfg ships with timm: nothing is downloaded
+    return {k: v.detach() for k, v in randomize_(model, seed=11).state_dict().items()}
+
+
+def test_model_name_processor_matches_timm(named_state):
+    from timm.data import create_transform, resolve_data_config
+
+    model, processor, info = convert_timm.convert_timm_state_dict(named_state, model_name=NAMED)
+    reference = timm.create_model(NAMED, pretrained=False)
+    timm_transform = create_transform(**resolve_data_config({}, model=reference))
+    for i, (w, h) in enumerate([(300, 200), (224, 224), (181, 97), (640, 480)]):
+        image = photo(w, h, seed=i)
+        expected = timm_transform(image)
+        got = processor(image).pixel_values[0]
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    cfg = model.config
+    assert (cfg.hidden_size, cfg.num_attention_heads, cfg.num_hidden_layers, cfg.num_labels) == (384, 6, 12, 1000)
+    assert cfg.id2label[0].startswith("tench")  # ImageNet names from timm's shipped label files
+    assert info["pretrained_cfg"]["hf_hub_id"] == f"timm/{NAMED}"
+
+
+def test_model_name_head_mismatch_refused(named_state, tmp_path: Path, capsys):
+    state = dict(named_state)
+    state["head.weight"], state["head.bias"] = state["head.weight"][:K], state["head.bias"][:K]
+    src = save_state(state, tmp_path / "finetuned", "safetensors")
+    out = tmp_path / "out"
+    code, err = run_cli_inprocess(convert_timm, [str(src), str(out), "--model-name", NAMED], capsys)
+    assert code == 2 and "head" in err and "1000" in err and str(K) in err
+    assert not out.exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Position resampling: timm's algorithm, bit for bit
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "old,new,prefix",
+    [((4, 4), (6, 6), 1), ((6, 6), (4, 4), 1), ((4, 4), (4, 6), 5), ((4, 6), (6, 4), 0), ((4, 4), (3, 5), 0)],
+)
+def test_resample_equals_timm(old, new, prefix):
+    g = torch.Generator().manual_seed(0)
+    table = 0.5 * torch.randn(1, prefix + old[0] * old[1], D, generator=g)
+    ours = resample_position_embedding(table, old, new, prefix, algorithm="timm")
+    expected = resample_abs_pos_embed(table, new_size=list(new), old_size=list(old), num_prefix_tokens=prefix)
+    assert ours.shape == expected.shape == (1, prefix + new[0] * new[1], D)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-6)
+
+
+def test_convert_with_image_size_resamples_like_timm(tmp_path: Path, capsys):
+    variant = VARIANTS[3]  # reg4: 5 prefix slots kept apart from the grid
+    reference = make_timm(variant, seed=4)
+    state = reference.state_dict()
+    src = save_state(state, tmp_path / "ckpt", "safetensors")
+    out = tmp_path / "vit_48x40"
+    code, err = run_cli_inprocess(
+        convert_timm, [str(src), str(out), "--num-heads", "4", "--image-size", "48x40", "--verify"], capsys
+    )
+    assert code == 0, err
+    model = AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True).double().eval()
+    assert model.config.image_size == [48, 40]
+    assert "resampled from a 4x4 grid to 6x5" in (out / "README.md").read_text()
+    expected_pos = resample_abs_pos_embed(state["pos_embed"], new_size=[6, 5], old_size=[4, 4], num_prefix_tokens=5)
+    torch.testing.assert_close(model.vit.pos_embed.float(), expected_pos, rtol=0, atol=1e-6)
+    # timm at the new size with timm's own resampled table
+    at_48x40 = VisionTransformer(**{**BASE_KWARGS, **variant.timm_kwargs, "img_size": (48, 40)}).eval()
+    at_48x40.load_state_dict({**state, "pos_embed": expected_pos})
+    x = pixels((48, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixel_values=x).logits, timm_outputs(at_48x40, x)[0], rtol=0, atol=1e-6)
