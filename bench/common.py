@@ -263,6 +263,12 @@ def interleaved(fns: dict[str, Callable[[], object]], warmup: int, rounds: int) 
 
 
 def maxrss_mib() -> float:
+    """Peak RSS of this process: VmHWM of /proc/self/status (per address space, so reset by exec; getrusage's
+    ru_maxrss is NOT: Linux carries the pre-exec high-water mark, i.e. the forking parent's RSS, into the child)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

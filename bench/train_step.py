@@ -3,9 +3,10 @@
     .venv/bin/python -m bench.train_step [--quick] [--cases S/16-fp32,B/16-bf16] [--rounds N] [--steps N]
 
 Every (case, candidate, round) runs in a FRESH subprocess (rounds interleave the candidates: A B C D, B C D A, ...)
-that builds the model, does 1 warm-up step, then `--steps` timed steps. Memory: `resource.getrusage(RUSAGE_SELF)
-.ru_maxrss` (the process's resident high-water mark, which counts everything the allocator touched: weights, grads,
-AdamW state, activations, oneDNN scratch); reported as the peak and as the peak minus the RSS just before the first
+that builds the model, does 1 warm-up step, then `--steps` timed steps. Memory: the child's VmHWM from
+/proc/self/status, its resident high-water mark, which counts everything the allocator touched: weights, grads,
+AdamW state, activations, oneDNN scratch (not getrusage's ru_maxrss: Linux carries the forking parent's RSS into it
+across exec); reported as the peak and as the peak minus the RSS just before the first
 step (model + optimizer built, so the delta is what training adds: grads, AdamW moments, activations). Model building
 holds one extra fp32 copy of the weights briefly, far below the training peak.
 Case names: "{size}-b{batch}-{fp32|bf16}[-ckpt]"; bf16 = torch.autocast("cpu", bfloat16) with fp32 master weights;

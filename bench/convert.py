@@ -1,0 +1,160 @@
+"""Checkpoint conversion time and peak memory for ViT-B/16 (timm -> vit_hf, Google npz -> vit_hf), fresh processes.
+
+    .venv/bin/python -m bench.convert [--rounds N] [--size B/16]
+
+Inputs (written once to a temp dir from one seeded timm model): `timm.safetensors` (timm state dict) and
+`vit.npz` (vit_jax pre-Linen names, as in the original ViT-B_16.npz, float32). Each measurement is a fresh process:
+imports, RSS recorded, then the timed work, then VmHWM (peak RSS). Candidates (rounds interleave them):
+  timm_api       convert.timm.convert_timm_state_dict(load_torch_state_dict(src), num_heads=H)   (in memory)
+  timm_cli       convert.timm.main([src, out, "--num-heads", H])        (load + convert + write the hub folder)
+  npz_api        convert.google.convert_npz(np.load(src))                (in memory)
+  npz_cli        convert.google.main([src, out])                         (load + convert + write the hub folder)
+Peers (what a user would otherwise do):
+  hf_manual      safetensors.load_file + key rename + ViTForImageClassification(cfg).load_state_dict + save_pretrained
+  timm_npz       timm's own npz loader: create_model(pretrained=False) + timm.models.vision_transformer._load_weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import SIZES, environment, markdown, maxrss_mib, rss_mib, run_child, save
+
+CANDS = ("timm_api", "timm_cli", "hf_manual", "npz_api", "npz_cli", "timm_npz")
+
+
+def timm_to_npz(sd: dict, depth: int, heads: int) -> dict[str, np.ndarray]:
+    """timm ViT state dict -> vit_jax (pre-Linen names) npz parameter dict."""
+
+    def a(t) -> np.ndarray:
+        return t.detach().float().numpy()
+
+    d = sd["cls_token"].shape[-1]
+    out = {
+        "cls": a(sd["cls_token"]),
+        "embedding/kernel": a(sd["patch_embed.proj.weight"].permute(2, 3, 1, 0)),
+        "embedding/bias": a(sd["patch_embed.proj.bias"]),
+        "Transformer/posembed_input/pos_embedding": a(sd["pos_embed"]),
+        "Transformer/encoder_norm/scale": a(sd["norm.weight"]),
+        "Transformer/encoder_norm/bias": a(sd["norm.bias"]),
+        "head/kernel": a(sd["head.weight"].t()),
+        "head/bias": a(sd["head.bias"]),
+    }
+    for i in range(depth):
+        t, g = f"blocks.{i}.", f"Transformer/encoderblock_{i}/"
+        out[g + "LayerNorm_0/scale"], out[g + "LayerNorm_0/bias"] = a(sd[t + "norm1.weight"]), a(sd[t + "norm1.bias"])
+        out[g + "LayerNorm_2/scale"], out[g + "LayerNorm_2/bias"] = a(sd[t + "norm2.weight"]), a(sd[t + "norm2.bias"])
+        w = sd[t + "attn.qkv.weight"].reshape(3, heads, d // heads, d)  # (qkv h dh) x D
+        b = sd[t + "attn.qkv.bias"].reshape(3, heads, d // heads)
+        for j, name in enumerate(("query", "key", "value")):
+            out[g + f"MultiHeadDotProductAttention_1/{name}/kernel"] = a(w[j].permute(2, 0, 1))  # D h dh
+            out[g + f"MultiHeadDotProductAttention_1/{name}/bias"] = a(b[j])
+        pw = sd[t + "attn.proj.weight"].reshape(d, heads, d // heads)  # D_out x (h dh)
+        out[g + "MultiHeadDotProductAttention_1/out/kernel"] = a(pw.permute(1, 2, 0))  # h dh D
+        out[g + "MultiHeadDotProductAttention_1/out/bias"] = a(sd[t + "attn.proj.bias"])
+        for j in (0, 1):
+            out[g + f"MlpBlock_3/Dense_{j}/kernel"] = a(sd[t + f"mlp.fc{j + 1}.weight"].t())
+            out[g + f"MlpBlock_3/Dense_{j}/bias"] = a(sd[t + f"mlp.fc{j + 1}.bias"])
+    return out
+
+
+def child(name: str, src: str, out: str, size: str) -> dict:
+    import torch  # noqa: F401
+
+    if name.startswith("timm_") and name != "timm_npz":
+        import convert.timm as ct
+    if name.startswith("npz_"):
+        import convert.google as cg
+    if name == "hf_manual":
+        import safetensors.torch
+        import transformers  # noqa: F401
+    if name == "timm_npz":
+        import timm
+        from timm.models.vision_transformer import _load_weights
+    heads = str(SIZES[size][2])
+    rss0 = rss_mib()
+    t = time.perf_counter()
+    if name == "timm_api":
+        ct.convert_timm_state_dict(ct.load_torch_state_dict(src), num_heads=int(heads))
+    elif name == "timm_cli":
+        ct.main([src, out, "--num-heads", heads])
+    elif name == "npz_api":
+        cg.convert_npz(np.load(src))
+    elif name == "npz_cli":
+        cg.main([src, out])
+    elif name == "hf_manual":
+        from bench.common import build  # noqa: F401  (key table only)
+        from bench.common import hf_vit_config, timm_to_hf_vit_state
+
+        m = transformers.ViTForImageClassification(hf_vit_config(size))
+        m.load_state_dict(timm_to_hf_vit_state(safetensors.torch.load_file(src), SIZES[size][1]), strict=False)
+        m.save_pretrained(out)
+    elif name == "timm_npz":
+        m = timm.create_model(SIZES[size][4], pretrained=False)
+        _load_weights(m, src)
+    dt = time.perf_counter() - t
+    return {"s": dt, "maxrss_mib": maxrss_mib(), "rss_before_mib": rss0}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--size", default="B/16")
+    ap.add_argument("--out", default="convert")
+    args = ap.parse_args(argv)
+    if args.child:
+        print("RESULT " + json.dumps(child(*args.child)))
+        return
+    import safetensors.torch
+
+    from bench.common import timm_model
+
+    env = environment()
+    have = {"timm": Path("convert/timm.py").exists(), "google": Path("convert/google.py").exists()}
+    cands = [c for c in CANDS if (have["timm"] or not c.startswith("timm_") or c == "timm_npz")]
+    cands = [c for c in cands if have["google"] or not c.startswith("npz_")]
+    with tempfile.TemporaryDirectory() as tmp:
+        sd = timm_model(args.size).state_dict()
+        st = Path(tmp) / "timm.safetensors"
+        safetensors.torch.save_file({k: v.contiguous() for k, v in sd.items()}, str(st))
+        npz = Path(tmp) / "vit.npz"
+        np.savez(npz, **timm_to_npz(sd, SIZES[args.size][1], SIZES[args.size][2]))
+        del sd
+        src = {c: str(npz if ("npz" in c) else st) for c in cands}
+        res: dict[str, list[dict]] = {c: [] for c in cands}
+        for r in range(args.rounds):
+            for c in cands[r % len(cands) :] + cands[: r % len(cands)]:
+                out = str(Path(tmp) / f"out_{c}_{r}")
+                res[c].append(run_child(["-m", "bench.convert", "--child", c, src[c], out, args.size]))
+        sizes = {"timm.safetensors": st.stat().st_size / 2**20, "vit.npz": npz.stat().st_size / 2**20}
+    rows = []
+    for c, rs in res.items():
+        t = [x["s"] for x in rs]
+        rows.append(
+            {
+                "case": args.size,
+                "candidate": c,
+                "seconds": statistics.median(t),
+                "seconds_best": min(t),
+                "spread": (max(t) - min(t)) / statistics.median(t),
+                "peak_rss_mib": statistics.median(x["maxrss_mib"] for x in rs),
+                "delta_mib": statistics.median(x["maxrss_mib"] - x["rss_before_mib"] for x in rs),
+            }
+        )
+    print(f"inputs: {sizes} MiB; converters present: {have}")
+    print(markdown(rows, ["candidate", "seconds", "seconds_best", "spread", "peak_rss_mib", "delta_mib"]))
+    env["loadavg_end"] = os.getloadavg()
+    print(f"wrote {save(args.out, {'env': env, 'args': vars(args), 'inputs_mib': sizes, 'have': have, 'rows': rows})}")
+
+
+if __name__ == "__main__":
+    main()
