@@ -381,6 +381,15 @@ def _front_matter_errors(content: str) -> list[dict]:
     return errors
 
 
+def _file_item(path: str, entry: FileEntry) -> dict:
+    """A file as the tree and paths-info APIs list it (`lfs` only for LFS files)."""
+    item: dict[str, Any] = {"type": "file", "path": path, "size": entry.size, "oid": entry.oid}
+    if entry.sha256:
+        item["lfs"] = {"oid": entry.sha256, "size": entry.size,
+                       "pointerSize": len(lfs_pointer(entry.sha256, entry.size))}
+    return item
+
+
 def _card_data(server: HubServer, commit: Commit) -> dict | None:
     entry = commit.files.get("README.md")
     if entry is None:
@@ -508,6 +517,8 @@ def _make_handler(server: HubServer):
                     return self._model_info(repo_id, unquote(rest[1]), user)
                 if len(rest) >= 2 and rest[0] == "tree" and method == "GET":
                     return self._tree(repo_id, unquote(rest[1]), unquote("/".join(rest[2:])), user)
+                if len(rest) == 2 and rest[0] == "paths-info" and method == "POST":
+                    return self._paths_info(repo_id, unquote(rest[1]), user)
                 if len(rest) == 2 and rest[0] == "commits" and method == "GET":
                     return self._commits(repo_id, unquote(rest[1]), user)
                 if len(rest) == 2 and rest[0] == "preupload" and method == "POST":
@@ -581,16 +592,24 @@ def _make_handler(server: HubServer):
                         dirs.add(base + "/".join(parts[:i]))
                     if not recursive:
                         continue
-                item: dict[str, Any] = {"type": "file", "path": path, "size": entry.size, "oid": entry.oid}
-                if entry.sha256:
-                    item["lfs"] = {"oid": entry.sha256, "size": entry.size,
-                                   "pointerSize": len(lfs_pointer(entry.sha256, entry.size))}
-                entries.append(item)
+                entries.append(_file_item(path, entry))
             if base and not entries and not dirs:
                 raise HubError(404, f"{prefix} does not exist at {revision}", "EntryNotFound")
             folders = [{"type": "directory", "path": d, "oid": hashlib.sha1(d.encode()).hexdigest()}
                        for d in sorted(dirs)]
             self._json(folders + entries)
+
+        def _paths_info(self, repo_id: str, revision: str, user: str | None) -> None:
+            repo = server.repo_for_read(repo_id, user)
+            commit = server.resolve(repo, revision)
+            form = parse_qs(self._body().decode())  # the client posts a form: paths=a&paths=b&expand=False
+            out: list[dict] = []
+            for path in (p.strip("/") for p in form.get("paths", [])):
+                if path in commit.files:
+                    out.append(_file_item(path, commit.files[path]))
+                elif any(p.startswith(path + "/") for p in commit.files):
+                    out.append({"type": "directory", "path": path, "oid": hashlib.sha1(path.encode()).hexdigest()})
+            self._json(out)
 
         def _commits(self, repo_id: str, revision: str, user: str | None) -> None:
             repo = server.repo_for_read(repo_id, user)

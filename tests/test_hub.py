@@ -8,6 +8,7 @@ unmodified huggingface_hub client pointed at it (`endpoint=`, with offline mode 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -21,6 +22,7 @@ import torch
 from hub_server import HubServer
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+from huggingface_hub.utils.sha import git_hash
 from isolated import last_json_line, run_isolated
 
 from vit_hf import VitHfConfig, VitHfForImageClassification, VitHfImageProcessor
@@ -215,6 +217,10 @@ def test_repo_holds_only_hub_files_and_a_pinned_card(hub, tmp_path):
     info = api.model_info(repo, files_metadata=True)
     lfs = {s.rfilename for s in info.siblings if s.lfs is not None}
     assert lfs == {"model.safetensors"}
+    weights, card_info = api.get_paths_info(repo, ["model.safetensors", "README.md"], revision=sha)
+    assert weights.lfs.sha256 == hashlib.sha256(before["model.safetensors"]).hexdigest()
+    with open(at_sha, "rb") as f:  # a regular file's oid is its git blob id (huggingface_hub's own hash)
+        assert card_info.lfs is None and card_info.blob_id == git_hash(f.read())
     pushed = [(r.method, r.path) for r in hub.requests if r.status == 200]
     assert ("POST", f"/{repo}.git/info/lfs/objects/batch") in pushed
     assert ("POST", f"/{repo}.git/info/lfs/objects/verify") in pushed
@@ -341,3 +347,26 @@ def test_server_runs_as_a_script(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("upload_mode", ["lfs", "regular"])
+def test_xet_enabled_clients(tmp_path, monkeypatch, upload_mode):
+    """A client with Xet on cannot use the LFS path: "regular" mode serves it; "lfs" mode says what to do."""
+    pytest.importorskip("hf_xet")  # without it the client never takes the Xet path
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", False)
+    folder = tmp_path / "model"
+    make_folder(folder, seed=7, decoys=False)
+    with HubServer(tokens=TOKENS, upload_mode=upload_mode) as server:
+        if upload_mode == "lfs":
+            with pytest.raises(HubPushError, match=r"Xet upload .*501.*set HF_HUB_DISABLE_XET=1"):
+                push_folder(folder, "tester/inline", token=TOKEN, endpoint=server.endpoint)
+            assert [r.status for r in server.requests if "xet-write-token" in r.path] == [501]
+            return
+        sha = push_folder(folder, "tester/inline", token=TOKEN, endpoint=server.endpoint)
+        info = HfApi(endpoint=server.endpoint, token=TOKEN).model_info("tester/inline", revision=sha,
+                                                                       files_metadata=True)
+        assert {s.rfilename for s in info.siblings} == EXPECTED_FILES
+        assert all(s.lfs is None for s in info.siblings)  # everything went inline in the NDJSON commit
+        assert not any(r.path.endswith(("/objects/batch", "/xet-write-token/main")) for r in server.requests)

@@ -123,6 +123,12 @@ def _explained(endpoint: str, repo_id: str, user: list[str]) -> Iterator[None]:
             ) from e
         raise HubPushError(f"pushing to {repo_id} at {endpoint} failed: {e}") from e
     except Exception as e:
+        if "xet" in str(e).lower():
+            # hf_xet reports every failure of its token/CAS calls as a ConnectionError, even an HTTP error answer.
+            raise HubPushError(
+                f"the Xet upload to {repo_id} at {endpoint} failed ({type(e).__name__}: {e}). If this endpoint has "
+                "no Xet storage (a mirror or a local Hub), set HF_HUB_DISABLE_XET=1 to upload over plain LFS."
+            ) from e
         if _is_connection_error(e):
             raise HubPushError(
                 f"cannot reach the Hub at {endpoint} ({type(e).__name__}: {e}). Check the network, or HF_ENDPOINT."
