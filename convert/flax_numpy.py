@@ -59,15 +59,15 @@ def _mlp(x: np.ndarray, get: Callable, name: str, gelu: str) -> np.ndarray:
 
 def _attention(q_in: np.ndarray, kv_in: np.ndarray, get: Callable, name: str) -> np.ndarray:
     """flax MultiHeadDotProductAttention: DenseGeneral projections, query scaled by 1/sqrt(Dh), softmax over keys."""
-    q = np.einsum("bqd,dhk->bqhk", q_in, get(f"{name}/query/kernel")) + get(f"{name}/query/bias")
-    k = np.einsum("bnd,dhk->bnhk", kv_in, get(f"{name}/key/kernel")) + get(f"{name}/key/bias")
-    v = np.einsum("bnd,dhk->bnhk", kv_in, get(f"{name}/value/kernel")) + get(f"{name}/value/bias")
-    logits = np.einsum("bqhk,bnhk->bhqn", q / np.sqrt(q.shape[-1]), k)
+    q = np.einsum("bqd,dhk->bqhk", q_in, get(f"{name}/query/kernel"), optimize=True) + get(f"{name}/query/bias")
+    k = np.einsum("bnd,dhk->bnhk", kv_in, get(f"{name}/key/kernel"), optimize=True) + get(f"{name}/key/bias")
+    v = np.einsum("bnd,dhk->bnhk", kv_in, get(f"{name}/value/kernel"), optimize=True) + get(f"{name}/value/bias")
+    logits = np.einsum("bqhk,bnhk->bhqn", q / np.sqrt(q.shape[-1]), k, optimize=True)
     logits -= logits.max(-1, keepdims=True)
     weights = np.exp(logits)
     weights /= weights.sum(-1, keepdims=True)
-    out = np.einsum("bhqn,bnhk->bqhk", weights, v)
-    return np.einsum("bqhk,hkd->bqd", out, get(f"{name}/out/kernel")) + get(f"{name}/out/bias")
+    out = np.einsum("bhqn,bnhk->bqhk", weights, v, optimize=True)
+    return np.einsum("bqhk,hkd->bqd", out, get(f"{name}/out/kernel"), optimize=True) + get(f"{name}/out/bias")
 
 
 def sincos2d(gh: int, gw: int, dim: int, temperature: float = 10_000.0) -> np.ndarray:
@@ -90,7 +90,8 @@ def flax_forward(get: Callable[[str], np.ndarray], spec: FlaxSpec, pixels_nchw: 
     b, h, w, _ = x.shape
     gh, gw = h // ph, w // pw
     patches = x.reshape(b, gh, ph, gw, pw, c)
-    x = np.einsum("bipjqc,pqcd->bijd", patches, kernel).reshape(b, gh * gw, d) + get("embedding/bias")
+    x = np.einsum("bipjqc,pqcd->bijd", patches, kernel, optimize=True).reshape(b, gh * gw, d)
+    x = x + get("embedding/bias")
 
     pos = sincos2d(gh, gw, d) if spec.pos_embed is None else spec.pos_embed
     if spec.pool == "tok":

@@ -499,6 +499,9 @@ def _convert(
             f"tanh(Linear), as in vit_jax and current big_vision (old big_vision rep_size models were trained "
             f"without the tanh; the file cannot tell)"
         )
+    if layout.pool == "gap" and pool is None:
+        notes.append("no cls token and no MAP head: global average pooling ('gap') assumed; a big_vision "
+                     "pool_type='0' model (first token) has the same keys and needs --pool 0")
     if tree.bf16:
         notes.append("stored as bfloat16 (numpy void V2); widened exactly to float32")
     if tree.scan_depth:
@@ -637,7 +640,7 @@ def _timm_model(conv: Conversion, path: str):
         embed_dim=layout.width,
         depth=layout.depth,
         num_heads=layout.heads,
-        mlp_ratio=layout.mlp / layout.width,
+        mlp_ratio=layout_mlp_ratio(conv),
         class_token=layout.pool == "tok",
         no_embed_class=cfg.no_embed_class,
         global_pool=global_pool,
@@ -647,6 +650,10 @@ def _timm_model(conv: Conversion, path: str):
         return None
     model.load_pretrained(path, prefix=conv.info["prefix"])
     return model.eval()
+
+
+def layout_mlp_ratio(conv: Conversion) -> float:
+    return conv.layout.mlp / conv.layout.width
 
 
 def _row(reference: str, dtype: str, ours: torch.Tensor, ref: torch.Tensor, outputs: str) -> dict:
@@ -690,6 +697,8 @@ def verify(conv: Conversion, path: str | None) -> tuple[list[dict], bool]:
                 timm_model = _timm_model(conv, path)
             except ImportError:
                 timm_model, reason = None, "timm is not installed"
+            if timm_model is None and reason is None:
+                reason = f"mlp_ratio {layout_mlp_ratio(conv)} does not give timm an MLP of width {conv.layout.mlp}"
             if timm_model is not None:
                 exact32 = _clone(model, torch.float32, "gelu")
                 rows.append(_row("timm 1.x `_load_weights` (GELU exact)", "float32", exact32(pixels).logits,

@@ -183,7 +183,6 @@ UNSUPPORTED_FEATURES: dict[str, str] = {
     r"^conv_root/": "hybrid ResNet backbone (conv_root): R50/R26+ViT hybrids are not supported",
     r"^gn_root/": "hybrid ResNet backbone (gn_root): R50/R26+ViT hybrids are not supported",
     r"^block\d+/unit\d+/": "hybrid ResNet backbone stages (block*/unit*): hybrids are not supported",
-    r"^Transformer/encoderblock_\d+/MultiHeadDotProductAttention_\d+/(query|key)_ln/": "qk-norm in Flax attention",
     r"^txt/": "a text tower (two-tower LiT/SigLIP file): select the image tower with --prefix img/ or path.npz:img",
 }
 

@@ -228,6 +228,14 @@ def test_pool_override_is_checked():
     assert model.config.pooling == "token" and not model.config.class_token and info["pool"] == "0"
 
 
+def test_cli_two_tower_suffix_in_process(npz_dir: Path, tmp_path: Path):
+    """`path.npz:img` selects the image tower of a two-tower file; the txt/ tower is left out, and said so."""
+    out = tmp_path / "img_tower"
+    assert main([f"{npz_dir / 'bv_img_map.npz'}:img", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["pooling"] == "map"
+    assert "outside `img/` ignored" in (out / "README.md").read_text()
+
+
 def test_two_tower_suffix_and_ambiguous_prefix(tmp_path: Path):
     v = BY_NAME["bv_img_map"]
     params = make_params(v)
@@ -248,8 +256,8 @@ def test_two_tower_suffix_and_ambiguous_prefix(tmp_path: Path):
     "name, extra, reference",
     [
         ("vitjax_token_opt_target", ["--gelu", "exact"], "timm"),  # timm-loadable: verified against timm and numpy
-        ("bv_bf16_scan_map", [], "numpy"),  # bf16 + scan + MAP, not timm-loadable
-        ("bv_rep_gap", ["--image-size", "48"], "numpy"),  # representation layer + Google resampling
+        # bf16 + scan + MAP + Google resampling of the positions: not timm-loadable, verified by the numpy pass
+        ("bv_bf16_scan_map", ["--image-size", "48"], "numpy"),
     ],
 )
 def test_cli_verify_writes_loadable_folder(name: str, extra: list[str], reference: str, npz_dir: Path,
