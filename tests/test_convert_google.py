@@ -289,3 +289,19 @@ def test_cli_verify_writes_loadable_folder(name: str, extra: list[str], referenc
     size = model.config.image_size
     x = np.random.default_rng(5).standard_normal((2, 3, size, size))
     np.testing.assert_allclose(_logits(loaded, x), _logits(model, x), rtol=0, atol=1e-12)
+
+
+def test_verify_reports_a_wrong_conversion(npz_dir: Path):
+    """--verify's check fails on a model that differs from the file (fault injected after conversion)."""
+    from convert.google import _convert, verify
+
+    path = npz_dir / "vitjax_token.npz"
+    with np.load(path) as npz:
+        conv = _convert(npz)
+        rows, ok = verify(conv, str(path))
+        assert ok and {r["reference"].split()[0] for r in rows} == {"timm", "numpy"}
+        assert all(r["max_abs_diff"] < 1e-10 for r in rows if r["dtype"] == "float64")
+        with torch.no_grad():
+            conv.model.vit.blocks[1].norm2.weight.mul_(1.001)
+        rows, ok = verify(conv, str(path))
+    assert not ok and all(not r["passed"] for r in rows if r["dtype"] == "float64")
