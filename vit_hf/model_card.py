@@ -49,9 +49,12 @@ def preprocessing_text(processor) -> str:
     if processor is None:
         return "No image processor was saved with this model."
     size = processor.size
+    resample = {3: "bicubic", 2: "bilinear", 0: "nearest", 1: "lanczos", 4: "box", 5: "hamming"}.get(
+        processor.resample, processor.resample
+    )
     return (
         f"Resize to `{size['height']}x{size['width']} / crop_pct` (crop_pct={processor.crop_pct}, resample="
-        f"{processor.resample}), centre crop to {size['height']}x{size['width']}, scale to [0, 1], normalise with "
+        f"{resample}), centre crop to {size['height']}x{size['width']}, scale to [0, 1], normalise with "
         f"mean={processor.image_mean}, std={processor.image_std}; images are converted to {processor.num_channels} "
         f"channel(s). The same eval transform serves `pipeline`, evaluation and export."
     )

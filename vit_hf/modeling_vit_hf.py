@@ -357,7 +357,9 @@ class VitHfModel(VitHfPreTrainedModel):
         self.pos_embed = nn.Parameter(torch.empty(1, num_pos, d)) if config.pos_embed_type == "learned" else None
         self.pos_drop = nn.Dropout(config.hidden_dropout_prob)
         self.norm_pre = nn.LayerNorm(d, eps=config.layer_norm_eps) if config.pre_norm else nn.Identity()
-        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        # Stochastic depth rises linearly over the blocks (timm); plain floats so the model builds on the meta device.
+        depth = config.num_hidden_layers
+        rates = [config.drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList([Block(config, drop_path=r) for r in rates])
         final_norm = config.final_norm and not config.fc_norm
         self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps) if final_norm else nn.Identity()

@@ -68,6 +68,9 @@ def save_hub_folder(model, processor, out_dir: str | Path, card_kwargs: dict | N
         for name, src in (extra_files or {}).items():
             shutil.copyfile(src, tmp / name)
         if card_kwargs is not None:
+            # the card is rendered in the temporary folder: name it after the final one
+            card_kwargs = {"model_name": out_dir.name, **card_kwargs}
+            card_kwargs.setdefault("repo_id", f"<owner>/{card_kwargs['model_name']}")
             render_model_card(tmp, model.config, processor, **card_kwargs)
         check_hub_folder(tmp)
         if out_dir.exists():
