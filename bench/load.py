@@ -96,7 +96,12 @@ def main(argv: list[str] | None = None) -> None:
         )
     add_ratios(rows, "load_s", ("case",), higher_better=False, peers=("vit_hf", "hf_vit"))
     print(f"checkpoint: {size_mib:.0f} MiB safetensors fp32")
-    print(markdown(rows, ["candidate", "load_s", "load_s_best", "spread", "vs_best_peer", "peak_rss_mib", "load_delta_mib", "attn"]))
+    print(
+        markdown(
+            rows,
+            ["candidate", "load_s", "load_s_best", "spread", "vs_best_peer", "peak_rss_mib", "load_delta_mib", "attn"],
+        )
+    )
     env["loadavg_end"] = os.getloadavg()
     print(f"wrote {save(args.out, {'env': env, 'args': vars(args), 'checkpoint_mib': size_mib, 'rows': rows})}")
 

@@ -82,7 +82,9 @@ def main(argv: list[str] | None = None) -> None:
     # parity of the two timm-semantics pipelines (ours vs timm), for the record
     a, b = fns["vit_hf"](images[:4]), fns["timm"](images[:4])
     timm_maxdiff = (a - b).abs().max().item()
-    timings = interleaved({n: (lambda f=f: f(images)) for n, f in fns.items()}, warmup=1, rounds=args.rounds or (3 if args.quick else 7))
+    timings = interleaved(
+        {n: (lambda f=f: f(images)) for n, f in fns.items()}, warmup=1, rounds=args.rounds or (3 if args.quick else 7)
+    )
     rows = [
         {
             "candidate": n,
