@@ -430,13 +430,14 @@ def _make_handler(server: HubServer):
             if content_type:
                 headers["Content-Type"] = content_type
             headers.setdefault("Content-Length", len(body))  # HEAD replies carry the length a GET would have
+            # Log before answering: once the client has the reply, a test may already be reading the log.
+            server._record(RequestRecord(self.command, self._path, status, self._query))
             self.send_response(status)
             for k, v in headers.items():
                 self.send_header(k, str(v))
             self.end_headers()
             if self.command != "HEAD" and body:
                 self.wfile.write(body)
-            server._record(RequestRecord(self.command, self._path, status, self._query))
 
         def _json(self, obj: Any, status: int = 200, headers: dict | None = None) -> None:
             self._send(status, json.dumps(obj).encode(), headers, "application/json")

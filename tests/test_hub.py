@@ -26,7 +26,7 @@ from huggingface_hub.utils.sha import git_hash
 from isolated import last_json_line, run_isolated
 
 from vit_hf import VitHfConfig, VitHfForImageClassification, VitHfImageProcessor
-from vit_hf.hub import HubPushError, hub_files, push_folder
+from vit_hf.hub import HubPushError, hub_files, pinned_usage, push_folder
 from vit_hf.packaging import REMOTE_FILES, HubFolderError, save_hub_folder
 
 LABELS = ["sneaker", "bag", "coat"]
@@ -204,7 +204,7 @@ def test_repo_holds_only_hub_files_and_a_pinned_card(hub, tmp_path):
     assert card.data.pipeline_tag == "image-classification"
     assert card.data.eval_results and card.data.eval_results[0].metric_value == pytest.approx(0.7)
     assert "model-index" in card.data.to_dict()
-    assert f'repo = "{repo}"' in card.text and f'revision = "{sha}"' in card.text  # pinned to the model commit
+    assert pinned_usage(repo, sha) in card.text  # the card's snippet, pinned to the model commit
     # The pinned revision's card only differs in that pin; everything else is byte-identical at both commits.
     at_sha = api.hf_hub_download(repo, "README.md", revision=sha, cache_dir=tmp_path / "cache")
     assert 'revision = "main"' in open(at_sha).read()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -199,10 +200,14 @@ def push_folder(
         sha = info.oid
         pinned = pin_card(card, repo_id, sha)
         if pin_revision and pinned != card:
-            api.create_commit(
-                repo_id,
-                [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=pinned.encode("utf-8"))],
-                commit_message=f"Pin the model card's usage snippet to {sha[:12]}",
-                revision=revision, parent_commit=sha, token=token,
-            )
+            try:
+                api.create_commit(
+                    repo_id,
+                    [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=pinned.encode("utf-8"))],
+                    commit_message=f"Pin the model card's usage snippet to {sha[:12]}",
+                    revision=revision, parent_commit=sha, token=token,
+                )
+            except HfHubHTTPError as e:
+                # The model commit is in; only the card's pin is missing (e.g. someone pushed in between: 412).
+                warnings.warn(f"pushed {repo_id}@{sha}, but could not pin the model card to it: {e}", stacklevel=2)
     return sha
