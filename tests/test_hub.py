@@ -370,3 +370,28 @@ def test_xet_enabled_clients(tmp_path, monkeypatch, upload_mode):
         assert {s.rfilename for s in info.siblings} == EXPECTED_FILES
         assert all(s.lfs is None for s in info.siblings)  # everything went inline in the NDJSON commit
         assert not any(r.path.endswith(("/objects/batch", "/xet-write-token/main")) for r in server.requests)
+
+
+def test_typed_errors_and_yaml_validation(hub, tmp_path):
+    """The X-Error-Code answers become the client's typed errors; a broken card front matter is refused."""
+    from huggingface_hub.errors import RemoteEntryNotFoundError, RevisionNotFoundError
+
+    api = HfApi(endpoint=hub.endpoint, token=TOKEN)
+    repo = api.create_repo("tester/errors").repo_id
+    with pytest.raises(RepositoryNotFoundError):
+        api.hf_hub_download("tester/does-not-exist", "config.json", cache_dir=tmp_path)
+    with pytest.raises(RevisionNotFoundError):
+        api.hf_hub_download(repo, ".gitattributes", revision="no-such-branch", cache_dir=tmp_path)
+    with pytest.raises(RemoteEntryNotFoundError):
+        api.hf_hub_download(repo, "config.json", cache_dir=tmp_path)
+    with pytest.raises(HfHubHTTPError) as exists:
+        api.create_repo(repo)
+    assert exists.value.response.status_code == 409
+    assert api.create_repo(repo, exist_ok=True).repo_id == repo
+
+    head = api.model_info(repo).sha
+    with pytest.raises(ValueError, match="Invalid metadata in README.md"):
+        api.upload_file(path_or_fileobj=b"---\nlicense: [apache\n---\n# card\n", path_in_repo="README.md", repo_id=repo)
+    assert api.model_info(repo).sha == head  # nothing was committed
+    api.upload_file(path_or_fileobj=b"---\nlicense: apache-2.0\n---\n# card\n", path_in_repo="README.md", repo_id=repo)
+    assert api.model_info(repo).card_data.license == "apache-2.0"
