@@ -773,8 +773,26 @@ def _verify(
         ref_pos = resample_abs_pos_embed(
             table, new_size=list(arch.grid), old_size=list(old_grid), num_prefix_tokens=prefix
         )
-    rows = []
-    for dtype, tol in ((torch.float32, 1e-4), (torch.float64, 1e-9)):
+    reference = f"timm {timm.__version__} " + (f"`{model_name}`" if model_name else "VisionTransformer")
+    reference += " + pre_logits" if rep else ""
+    has_head = config.num_labels > 0
+    outputs = "logits" if has_head else "pooled features"
+
+    def row(name: str, dtype: torch.dtype, got: torch.Tensor, expected: torch.Tensor, tol: float | None) -> dict:
+        agree = (got.argmax(-1) == expected.argmax(-1)).double().mean().item() if has_head else None
+        diff = (got.double() - expected.double()).abs().max().item()
+        return dict(
+            reference=name,
+            dtype=str(dtype).replace("torch.", ""),
+            max_abs_diff=diff,
+            top1_agreement=agree,
+            outputs=outputs,
+            tolerance=tol,
+        )
+
+    rows, refs = [], {}
+    # float64 first: its timm outputs are the exact values that measure float32's own rounding noise below
+    for dtype in (torch.float64, torch.float32):
         cast = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in timm_state.items()}
         ref_state = {
             k: v for k, v in cast.items() if not k.startswith("pre_logits.") and not (rep and k.startswith("head."))
@@ -801,23 +819,23 @@ def _verify(
                 if "head.weight" in cast:
                     expected = F.linear(expected, cast["head.weight"], cast["head.bias"])
             got = ours(pixel_values=x).logits
-        has_head = config.num_labels > 0
-        reference = f"timm {timm.__version__} " + (f"`{model_name}`" if model_name else "VisionTransformer")
-        rows.append(
-            dict(
-                reference=reference + (" + pre_logits" if rep else ""),
-                dtype=str(dtype).replace("torch.", ""),
-                max_abs_diff=(got - expected).abs().max().item(),
-                top1_agreement=(got.argmax(-1) == expected.argmax(-1)).double().mean().item() if has_head else None,
-                outputs="logits" if has_head else "pooled features",
-                tolerance=tol,
+        refs[dtype] = expected
+        if dtype == torch.float64:
+            rows.append(row(reference, dtype, got, expected, 1e-9))
+        else:
+            # float32 rounding grows with depth and activation size; two correct float32 implementations differ by
+            # about twice timm's own float32-vs-float64 error, so that (reported as its own row) sets the bar when it
+            # exceeds 1e-4. Mapping bugs are caught by the float64 row.
+            noise = row(
+                f"{reference} float32 vs its float64 (rounding noise)", dtype, expected, refs[torch.float64], None
             )
-        )
+            rows.insert(0, row(reference, dtype, got, expected, max(1e-4, 4 * noise["max_abs_diff"])))
+            rows.append(noise)
         del ref, ours, cast, ref_state
-    if any(not r["max_abs_diff"] <= r["tolerance"] for r in rows):  # `not <=` also catches NaN
+    if any(r["tolerance"] is not None and not r["max_abs_diff"] <= r["tolerance"] for r in rows):  # NaN fails too
         raise ConversionError(
-            "verification against timm failed (tolerance float32 1e-4, float64 1e-9; nothing written):\n"
-            + parity_markdown(rows)
+            "verification against timm failed (tolerance float64 1e-9, float32 max(1e-4, 4x timm's own float32 "
+            "rounding noise); nothing written):\n" + parity_markdown(rows)
         )
     return rows
 
@@ -910,6 +928,11 @@ def convert_timm_state_dict(
             resampled = True
         arch = dataclasses.replace(arch, img_size=target)
 
+    if arch.global_pool in ("map", "avg") and arch.num_prefix_tokens and not arch.pool_include_prefix:
+        notes.append(
+            f"'{arch.global_pool}' pooling excludes the {arch.num_prefix_tokens} prefix token(s), as timm >= 1.0.16 "
+            f"does (pool_include_prefix=False); timm <= 1.0.15 MAP pooling attended to them"
+        )
     extra = {"id2label": labels} if labels else {}
     config = arch.to_config(**extra)
     parity = _verify(arch, state, config, model_name, source_pos) if verify else None
