@@ -473,13 +473,14 @@ def infer_arch(
     num_heads: int | None = None,
     global_pool: str | None = None,
     image_size: tuple[int, int] | None = None,
+    source_image_size: tuple[int, int] | None = None,
     act: str | None = None,
 ) -> tuple[TimmArch, list[str]]:
     """Read a timm VisionTransformer architecture off a state dict (current timm key spelling).
 
-    `image_size` is a hint for the grid of a non-square position table (a grid of that size with the table's number of
-    positions wins over a square one). Returns the architecture at the checkpoint's own grid and notes saying what was
-    inferred from which key.
+    `source_image_size` is the checkpoint's own size (the table must fit it). Without it, `image_size` (the output size)
+    is a hint for a non-square table: a grid of that size with the table's number of positions wins over a square
+    one. Returns the architecture at the checkpoint's own grid and notes saying what was inferred from which key.
     """
     notes: list[str] = []
 
@@ -531,8 +532,8 @@ def infer_arch(
     prefix = int(class_token) + reg_tokens
 
     # Grid and whether the position table has prefix slots (no_embed_class=False) or covers patches only.
-    hints = [image_size[0] // ph, image_size[1] // pw] if image_size else None
-    hints = [tuple(hints)] if hints else []
+    given = source_image_size or image_size
+    hints = [(given[0] // ph, given[1] // pw)] if given else []
     no_embed_class = False
     if "pos_embed" in state:
         rows = state["pos_embed"].shape[1]
@@ -541,17 +542,23 @@ def infer_arch(
             grid = _grid_for(n, hints)
             if grid:
                 options.append((nec, grid, bool(hints) and grid == hints[0]))
-        if any(o[2] for o in options):
+        if any(o[2] for o in options) or source_image_size:
             options = [o for o in options if o[2]]
+        if not options and source_image_size:
+            raise ConversionError(
+                f"pos_embed has {rows} rows, which fit a {hints[0][0]}x{hints[0][1]} grid (--source-image-size "
+                f"{given[0]}x{given[1]}) neither with nor without {prefix} prefix slot(s)"
+            )
         if not options:
             raise ConversionError(
                 f"pos_embed has {rows} rows ({prefix} prefix token(s)): not a square grid with or without prefix "
-                f"slots; pass --image-size HxW (the checkpoint's own size) or --model-name"
+                f"slots; pass --source-image-size HxW (the checkpoint's own size) or --model-name"
             )
         if len(options) > 1:
             raise ConversionError(
                 f"pos_embed has {rows} rows: both a {options[0][1]} grid with {prefix} prefix slot(s) and a "
-                f"{options[1][1]} grid without fit; pass --image-size HxW (the checkpoint's own size) or --model-name"
+                f"{options[1][1]} grid without fit; pass --source-image-size HxW (the checkpoint's own size) or "
+                f"--model-name"
             )
         no_embed_class, grid, hinted = options[0]
         alternative = _near_square_factors(rows - prefix) if no_embed_class and not hinted else None
@@ -560,8 +567,8 @@ def infer_arch(
             raise ConversionError(
                 f"pos_embed has {rows} rows: either a {grid[0]}x{grid[1]} grid without prefix slots (no_embed_class, "
                 f"as DeiT-3 / FlexiViT) or a {alternative[0]}x{alternative[1]} grid with {prefix} prefix slot(s). Pass "
-                f"--image-size {grid[0] * ph}x{grid[1] * pw} or {alternative[0] * ph}x{alternative[1] * pw} (the "
-                f"checkpoint's own size), or --model-name"
+                f"--source-image-size {grid[0] * ph}x{grid[1] * pw} or {alternative[0] * ph}x{alternative[1] * pw} "
+                f"(the checkpoint's own size), or --model-name"
             )
         notes.append(
             f"grid {grid[0]}x{grid[1]} from pos_embed ({rows} rows, {prefix} prefix token(s), "
@@ -847,6 +854,7 @@ def convert_timm_state_dict(
     num_heads: int | None = None,
     global_pool: str | None = None,
     image_size: int | str | tuple[int, int] | None = None,
+    source_image_size: int | str | tuple[int, int] | None = None,
     act: str | None = None,
     verify: bool = False,
 ):
@@ -859,6 +867,7 @@ def convert_timm_state_dict(
     """
     state, renames = canonical_timm_keys(state)
     target = parse_image_size(image_size)
+    source_size = parse_image_size(source_image_size)
     notes: list[str] = []
     data_cfg = None
     labels = None
@@ -890,14 +899,17 @@ def convert_timm_state_dict(
         if "pos_embed" in state and arch.pos_embed == "learn":
             rows = state["pos_embed"].shape[1]
             n = rows - (0 if arch.no_embed_class else arch.num_prefix_tokens)
-            grid = _grid_for(
-                n,
-                [arch.grid] + ([(target[0] // arch.patch_size[0], target[1] // arch.patch_size[1])] if target else []),
-            )
+            ph, pw = arch.patch_size
+            if source_size:
+                grid = (source_size[0] // ph, source_size[1] // pw)
+                grid = grid if grid[0] * grid[1] == n else None
+            else:
+                grid = _grid_for(n, [arch.grid] + ([(target[0] // ph, target[1] // pw)] if target else []))
             if grid is None:
                 raise ConversionError(
                     f"pos_embed has {rows} rows, which fit no grid of {model_name} "
                     f"({arch.num_prefix_tokens} prefix token(s), no_embed_class={arch.no_embed_class})"
+                    + (f" at --source-image-size {source_size[0]}x{source_size[1]}" if source_size else "")
                 )
             if grid != arch.grid and target is None:
                 raise ConversionError(
@@ -909,7 +921,14 @@ def convert_timm_state_dict(
             labels = _imagenet_labels(timm_model, arch.num_classes)
         del timm_model
     else:
-        arch, notes = infer_arch(state, num_heads=num_heads, global_pool=global_pool, image_size=target, act=act)
+        arch, notes = infer_arch(
+            state,
+            num_heads=num_heads,
+            global_pool=global_pool,
+            image_size=target,
+            source_image_size=source_size,
+            act=act,
+        )
     check_keys(state, arch)
 
     source_grid = arch.grid
@@ -1012,6 +1031,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-heads", type=int, default=None, help="attention heads (not readable off a fused qkv)")
     p.add_argument("--global-pool", choices=("token", "avg", "map"), default=None, help="timm global_pool")
     p.add_argument("--image-size", default=None, help="output image size S or HxW; positions resampled the timm way")
+    p.add_argument(
+        "--source-image-size",
+        default=None,
+        help="the checkpoint's own image size S or HxW, when its position table does not tell",
+    )
     p.add_argument("--act", choices=sorted(ACT_TO_HF), default=None, help="MLP activation (default: timm's GELU)")
     p.add_argument("--verify", action="store_true", help="compare logits with timm in float32 and float64")
     p.add_argument("--push-to-hub", metavar="REPO", default=None, help="push OUT_DIR to this Hub repo afterwards")
@@ -1030,6 +1054,7 @@ def main(argv: list[str] | None = None) -> int:
         num_heads=args.num_heads,
         global_pool=args.global_pool,
         image_size=args.image_size,
+        source_image_size=args.source_image_size,
         act=args.act,
         verify=args.verify,
     )

@@ -143,12 +143,26 @@ def test_legacy_deit3_gamma_keys(tmp_path: Path, capsys):
     src = save_state(legacy, tmp_path / "deit3", "torch")
     out = tmp_path / "vit_deit3"
     code, err = run_cli_inprocess(
-        convert_timm, [str(src), str(out), "--num-heads", "4", "--image-size", "32", "--verify"], capsys
+        convert_timm, [str(src), str(out), "--num-heads", "4", "--source-image-size", "32", "--verify"], capsys
     )
     assert code == 0, err
     assert "gamma_1/gamma_2" in (out / "README.md").read_text()
     assert_matches_timm(out, reference, (32, 32))
     assert_round_trip(out, state, tmp_path, reference)
+
+    # the same checkpoint at 48x48: a patches-only table is resampled without prefix rows, as timm does
+    out48 = tmp_path / "vit_deit3_48"
+    argv = [str(src), str(out48), "--num-heads", "4", "--source-image-size", "32", "--image-size", "48", "--verify"]
+    code, err = run_cli_inprocess(convert_timm, argv, capsys)
+    assert code == 0, err
+    pos48 = resample_abs_pos_embed(state["pos_embed"], new_size=[6, 6], old_size=[4, 4], num_prefix_tokens=0)
+    at_48 = VisionTransformer(**{**BASE_KWARGS, **variant.timm_kwargs, "img_size": 48}).eval()
+    at_48.load_state_dict({**state, "pos_embed": pos48})
+    model = AutoModelForImageClassification.from_pretrained(out48, trust_remote_code=True).double().eval()
+    torch.testing.assert_close(model.vit.pos_embed.float(), pos48, rtol=0, atol=1e-6)
+    x = pixels((48, 48))
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixel_values=x).logits, timm_outputs(at_48, x)[0], rtol=0, atol=1e-6)
 
 
 def test_representation_layer(tmp_path: Path):
@@ -276,6 +290,12 @@ def _no_heads_flag(state):
     return state, "--num-heads"
 
 
+def _patches_only_table_ambiguous(_):
+    # 16 rows with a class token: a 4x4 table without prefix slots, or a 3x5 grid with the cls slot
+    model = randomize_(VisionTransformer(**BASE_KWARGS, no_embed_class=True))
+    return dict(model.state_dict()), "--source-image-size"
+
+
 def _pool_ambiguous(_):
     model = randomize_(VisionTransformer(**BASE_KWARGS, class_token=False, global_pool="avg", fc_norm=False))
     return dict(model.state_dict()), "--global-pool"
@@ -289,6 +309,7 @@ REFUSALS = {
     "diff_attention": (_diff_attention, ["--num-heads", "4"]),
     "heads_not_inferable": (_no_heads_flag, []),
     "pooling_not_inferable": (_pool_ambiguous, ["--num-heads", "4"]),
+    "grid_not_inferable": (_patches_only_table_ambiguous, ["--num-heads", "4"]),
 }
 
 

@@ -45,7 +45,8 @@ VARIANTS = [
     ),
     Variant("reg4", dict(reg_tokens=4), _HEADS, "torch_state_dict"),
     Variant("reg4_no_embed_class", dict(reg_tokens=4, no_embed_class=True), _HEADS, "safetensors"),
-    # a 4x4 table without prefix slots could be a 3x5 grid with the cls slot: the size must be given
+    # a 4x4 table without prefix slots could be a 3x5 grid with the cls slot: the size must be given (--image-size
+    # is a hint for the checkpoint's own grid when it fits; --source-image-size says it outright, see the DeiT-3 test)
     Variant("no_embed_class_cls", dict(no_embed_class=True), (*_HEADS, "--image-size", str(IMG)), "torch"),
     Variant("no_qkv_bias", dict(qkv_bias=False), _HEADS, "torch_model"),
     Variant("qk_norm", dict(qk_norm=True), (), "safetensors"),  # heads inferred from the q_norm width
