@@ -32,7 +32,6 @@ import torch.nn.functional as F
 from convert.common import (
     ConversionError,
     build_model,
-    check_state_dict,
     fixed_batch,
     load_torch_state_dict,
     parity_markdown,
@@ -411,27 +410,8 @@ class TimmArch:
 
 def _empty_model(config: VitHfConfig) -> VitHfForImageClassification:
     """The vit_hf model with its parameters on the meta device (no memory, no init)."""
-    try:
-        with torch.device("meta"):
-            return VitHfForImageClassification(config)
-    except NotImplementedError:
-        # Workaround: VitHfModel.__init__ calls torch.linspace(...).tolist(), which fails under torch.device("meta")
-        # (reported to the model's owner). accelerate's context puts only parameters on meta.
-        from accelerate import init_empty_weights
-
-        with init_empty_weights():
-            return VitHfForImageClassification(config)
-
-
-def _build(config: VitHfConfig, state: Mapping[str, torch.Tensor]) -> VitHfForImageClassification:
-    """`convert.common.build_model` (strict check, adopt the tensors with assign=True), with the meta workaround."""
-    try:
-        return build_model(config, state)
-    except NotImplementedError:
-        model = _empty_model(config)
-        check_state_dict(model, state)
-        model.load_state_dict(dict(state), strict=True, assign=True)
-        return model.eval()
+    with torch.device("meta"):
+        return VitHfForImageClassification(config)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -817,7 +797,7 @@ def _verify(
                 ref = VisionTransformer(**ref_arch.timm_kwargs(json_safe=False))
         ref.load_state_dict(ref_state, strict=True, assign=True)
         ref.eval()
-        ours = _build(config, {timm_to_hf_key(k): v for k, v in cast.items()})
+        ours = build_model(config, {timm_to_hf_key(k): v for k, v in cast.items()})
         x = fixed_batch(config, dtype=dtype)
         with torch.no_grad():
             expected = ref(x)
@@ -955,7 +935,7 @@ def convert_timm_state_dict(
     extra = {"id2label": labels} if labels else {}
     config = arch.to_config(**extra)
     parity = _verify(arch, state, config, model_name, source_pos) if verify else None
-    model = _build(config, {timm_to_hf_key(k): v for k, v in state.items()})
+    model = build_model(config, {timm_to_hf_key(k): v for k, v in state.items()})
     processor, processor_origin = _processor(config, data_cfg)
     info = dict(
         arch=arch,
