@@ -23,22 +23,30 @@ def photo(w: int, h: int, seed: int = 0, mode: str = "RGB") -> PIL.Image.Image:
 
 
 @pytest.mark.parametrize(
-    "size,crop_pct,interpolation",
-    [(32, 0.9, "bicubic"), (32, 1.0, "bilinear"), (24, 0.875, "bicubic"), ((32, 48), 0.9, "bicubic")],
+    "size,crop_pct,interpolation,crop_mode",
+    [
+        (32, 0.9, "bicubic", "center"),
+        (32, 1.0, "bilinear", "center"),
+        (24, 0.875, "bicubic", "center"),
+        ((32, 48), 0.9, "bicubic", "center"),
+        (32, 1.0, "bicubic", "squash"),
+        ((24, 40), 0.95, "bilinear", "squash"),
+    ],
 )
-def test_eval_transform_equals_timm(size, crop_pct, interpolation):
+def test_eval_transform_equals_timm(size, crop_pct, interpolation, crop_mode):
     """Same pixels as timm's `transforms_imagenet_eval` for the same pretrained_cfg (timm is in the dev extra)."""
     from timm.data import create_transform
 
     timm_tf = create_transform(
         input_size=(3, *size) if isinstance(size, tuple) else (3, size, size),
         crop_pct=crop_pct,
+        crop_mode=crop_mode,
         interpolation=interpolation,
         mean=(0.485, 0.456, 0.406),
         std=(0.229, 0.224, 0.225),
     )
     ours = VitHfImageProcessor(
-        size=size, crop_pct=crop_pct, resample=interpolation, image_mean=(0.485, 0.456, 0.406),
+        size=size, crop_pct=crop_pct, crop_mode=crop_mode, resample=interpolation, image_mean=(0.485, 0.456, 0.406),
         image_std=(0.229, 0.224, 0.225),
     )
     for i, (w, h) in enumerate([(64, 48), (37, 91), (32, 32), (50, 20)]):

@@ -41,6 +41,7 @@ INCEPTION_STD = (0.5, 0.5, 0.5)
 
 class VitHfImagesKwargs(ImagesKwargs, total=False):
     crop_pct: float | None
+    crop_mode: str
     num_channels: int
     train_crop_scale: Sequence[float]
     train_crop_ratio: Sequence[float]
@@ -135,9 +136,12 @@ def _normalize(image: PIL.Image.Image, mean: Sequence[float], std: Sequence[floa
 class EvalTransform:
     """timm's eval transform on PIL images: resize to size / crop_pct, centre crop, to tensor, normalise."""
 
-    def __init__(self, size, crop_pct, resample, mean, std, num_channels):
+    def __init__(self, size, crop_pct, resample, mean, std, num_channels, crop_mode="center"):
+        if crop_mode not in ("center", "squash"):
+            raise ValueError(f"crop_mode must be 'center' or 'squash', got {crop_mode!r}")
         self.size = (int(size["height"]), int(size["width"]))
         self.crop_pct = 1.0 if crop_pct is None else float(crop_pct)
+        self.crop_mode = crop_mode
         self.resample = _resample_filter(resample)
         self.mean, self.std, self.num_channels = tuple(mean), tuple(std), num_channels
 
@@ -145,7 +149,10 @@ class EvalTransform:
         th, tw = self.size
         sh, sw = math.floor(th / self.crop_pct), math.floor(tw / self.crop_pct)
         w, h = image.size
-        if sh == sw:
+        if self.crop_mode == "squash":
+            # timm crop_mode='squash': resize both sides to size / crop_pct, ignoring the aspect ratio
+            new_w, new_h = sw, sh
+        elif sh == sw:
             # torchvision Resize(int): the shorter edge becomes `sh`, the longer one is truncated
             short, long = (w, h) if w <= h else (h, w)
             new_short, new_long = sh, int(sh * long / short)
@@ -222,6 +229,8 @@ class VitHfImageProcessor(BaseImageProcessor):
     Args:
         size: `{"height": H, "width": W}` (or an int) of the model input.
         crop_pct: centre-crop fraction of the eval transform (timm `crop_pct`); `1.0` resizes straight to `size`.
+        crop_mode: timm's `crop_mode`: `"center"` keeps the aspect ratio (shortest edge to `size / crop_pct`, then
+            centre crop), `"squash"` resizes both sides to `size / crop_pct` before the crop.
         resample: PIL filter (int or name) for resizing; timm's ViTs use bicubic.
         image_mean, image_std: normalisation; Google ViTs use 0.5 / 0.5 (inputs in [-1, 1]).
         num_channels: 3 (RGB) or 1 (grey); every input is converted to it.
@@ -243,6 +252,7 @@ class VitHfImageProcessor(BaseImageProcessor):
         self,
         size: int | dict[str, int] = 224,
         crop_pct: float | None = 0.9,
+        crop_mode: str = "center",
         resample: int | str = PIL.Image.Resampling.BICUBIC,
         image_mean: Sequence[float] = INCEPTION_MEAN,
         image_std: Sequence[float] = INCEPTION_STD,
@@ -265,6 +275,9 @@ class VitHfImageProcessor(BaseImageProcessor):
         if crop_pct is not None and not 0 < crop_pct <= 1:
             raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
         self.crop_pct = crop_pct
+        if crop_mode not in ("center", "squash"):
+            raise ValueError(f"crop_mode must be 'center' or 'squash', got {crop_mode!r}")
+        self.crop_mode = crop_mode
         self.resample = _resample_filter(resample)
         if len(image_mean) != num_channels or len(image_std) != num_channels:
             raise ValueError(
@@ -291,7 +304,10 @@ class VitHfImageProcessor(BaseImageProcessor):
     # ------------------------------------------------------------------ the one source of truth
     def eval_transforms(self) -> EvalTransform:
         """The per-image transform used by `preprocess` (and so by `pipeline`) and by evaluation in training."""
-        return EvalTransform(self.size, self.crop_pct, self.resample, self.image_mean, self.image_std, self.num_channels)
+        return EvalTransform(
+            self.size, self.crop_pct, self.resample, self.image_mean, self.image_std, self.num_channels,
+            getattr(self, "crop_mode", "center"),
+        )
 
     def train_transforms(self) -> TrainTransform:
         return TrainTransform(
@@ -316,7 +332,7 @@ class VitHfImageProcessor(BaseImageProcessor):
         processor = self
         overrides = {k: v for k, v in kwargs.items() if k in VitHfImagesKwargs.__annotations__ and v is not None}
         if overrides:
-            fields = {k: getattr(self, k) for k in ("size", "crop_pct", "resample", "image_mean", "image_std")}
+            fields = {k: getattr(self, k) for k in ("size", "crop_pct", "crop_mode", "resample", "image_mean", "image_std")}
             fields.update(num_channels=self.num_channels)
             fields.update({k: v for k, v in overrides.items() if k in fields})
             processor = type(self)(**fields)

@@ -206,11 +206,12 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    def __init__(self, config: VitHfConfig):
+    def __init__(self, config: VitHfConfig, bias: bool | None = None):
         super().__init__()
-        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.proj_bias)
+        bias = config.proj_bias if bias is None else bias
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
         self.act = ACT2FN[config.hidden_act]
-        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.proj_bias)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
         self.drop = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -251,7 +252,7 @@ class AttentionPool(nn.Module):
         self.kv = nn.Linear(d, 2 * d)
         self.proj = nn.Linear(d, d)
         self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
-        self.mlp = Mlp(config)
+        self.mlp = Mlp(config, bias=True)  # timm's AttentionPoolLatent and big_vision's MAPHead always have biases
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q = rearrange(self.q(self.latent), "1 l (h d) -> 1 h l d", h=self.num_heads).expand(x.shape[0], -1, -1, -1)
