@@ -237,8 +237,6 @@ class TimmArch:
             problems.append(
                 f"patch_bias={config.patch_bias} with pre_norm={config.pre_norm} (timm ties patch bias to not pre_norm)"
             )
-        if config.pooling == "map" and not config.proj_bias:
-            problems.append("pooling='map' with proj_bias=False (timm's AttentionPoolLatent MLP always has biases)")
         if config.hidden_act not in ACT_FROM_HF:
             problems.append(f"hidden_act={config.hidden_act!r} (timm names: {sorted(ACT_FROM_HF)})")
         if problems:
@@ -724,12 +722,18 @@ def _processor(config: VitHfConfig, data_cfg: dict | None) -> tuple[VitHfImagePr
     mean, std = list(cfg["mean"]), list(cfg["std"])
     if len(mean) != config.num_channels:
         mean, std = [sum(mean) / len(mean)] * config.num_channels, [sum(std) / len(std)] * config.num_channels
+    crop_mode = (data_cfg or {}).get("crop_mode") or "center"
+    if crop_mode not in ("center", "squash"):
+        raise ConversionError(
+            f"timm crop_mode={crop_mode!r} is not supported by the image processor (it has 'center' and 'squash')"
+        )
     processor = VitHfImageProcessor.from_model_config(
-        config, image_mean=mean, image_std=std, resample=cfg["interpolation"], crop_pct=cfg["crop_pct"]
+        config, image_mean=mean, image_std=std, resample=cfg["interpolation"], crop_pct=cfg["crop_pct"],
+        crop_mode=crop_mode,
     )
     text = (
         f"{origin}: mean {tuple(cfg['mean'])}, std {tuple(cfg['std'])}, {cfg['interpolation']}, "
-        f"crop_pct {cfg['crop_pct']}"
+        f"crop_pct {cfg['crop_pct']}, crop_mode {crop_mode}"
     )
     return processor, text
 
@@ -948,8 +952,6 @@ def convert_timm_state_dict(
         parity=parity,
         model_name=model_name,
     )
-    if data_cfg and data_cfg.get("crop_mode", "center") != "center":
-        info["notes"].append(f"timm crop_mode={data_cfg['crop_mode']!r} is not reproduced: the processor centre-crops")
     return model, processor, info
 
 

@@ -359,6 +359,23 @@ def named_state() -> dict[str, torch.Tensor]:
     return {k: v.detach() for k, v in model.to_empty(device="cpu").state_dict().items()}
 
 
+def test_squash_crop_mode_processor_matches_timm():
+    """CLIP 384 fine-tunes use timm's crop_mode='squash' (resize both sides, then centre crop)."""
+    from timm.data import create_transform, resolve_data_config
+
+    name = "vit_base_patch16_clip_384.laion2b_ft_in1k"
+    with torch.device("meta"):
+        reference = timm.create_model(name, pretrained=False)
+    state = {k: v.detach() for k, v in reference.to_empty(device="cpu").state_dict().items()}
+    _, processor, _ = convert_timm.convert_timm_state_dict(state, model_name=name)
+    data_cfg = resolve_data_config({}, model=reference)
+    assert data_cfg["crop_mode"] == "squash" and processor.crop_mode == "squash"
+    timm_transform = create_transform(**data_cfg)
+    for i, (w, h) in enumerate([(500, 300), (384, 384), (181, 397)]):
+        image = photo(w, h, seed=i)
+        torch.testing.assert_close(processor(image).pixel_values[0], timm_transform(image), rtol=0, atol=1e-6)
+
+
 def test_model_name_processor_matches_timm(named_state):
     from timm.data import create_transform, resolve_data_config
 

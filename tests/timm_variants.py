@@ -56,6 +56,8 @@ VARIANTS = [
     Variant("no_head", dict(num_classes=0), _HEADS, "torch_state_dict"),
     Variant("non_square", dict(img_size=(32, 48)), (*_HEADS, "--image-size", "32x48"), "safetensors"),
     Variant("no_proj_bias", dict(proj_bias=False), _HEADS, "torch"),
+    # the MAP head's MLP keeps its biases whatever proj_bias says (timm AttentionPoolLatent)
+    Variant("map_no_proj_bias", dict(class_token=False, global_pool="map", proj_bias=False), _HEADS, "safetensors"),
     Variant("no_final_norm", dict(final_norm=False), _HEADS, "safetensors"),
     Variant("gelu_tanh", dict(act_layer="gelu_tanh"), (*_HEADS, "--act", "gelu_tanh"), "safetensors"),
     Variant(
