@@ -26,6 +26,11 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# BENCH_THREADS=N pins torch's intra-op threads for every script and child process. With other jobs on a 2-core
+# machine, 2 OpenMP threads stall at every barrier when one core is taken (10x slowdowns seen); 1 thread degrades
+# gracefully. The thread count is recorded in every JSON.
+if os.environ.get("BENCH_THREADS"):
+    torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
 SIZES: dict[str, tuple[int, int, int, int, str]] = {
     # name: (width, depth, heads, mlp, timm model name)
     "S/16": (384, 12, 6, 1536, "vit_small_patch16_224"),

@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="batch 1 and 8 only, 3 rounds")
     ap.add_argument("--cases", help="comma-separated substrings of case names to run, e.g. 'S/16-b8,B/16-b1-fp32'")
     ap.add_argument("--candidates", default=",".join(PEERS))
+    ap.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,8,64; --quick: 1,8)")
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--compile", action="store_true", help="also run torch.compile on the compile subset")
     ap.add_argument("--compile-cases", default="S/16-b8-fp32,S/16-b8-bf16-autocast")
@@ -121,6 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     peaks = {"fp32": gemm_peak(torch.float32), "bf16": gemm_peak(torch.bfloat16)}
     print(f"GEMM peak at (1576x768)@(768x3072): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
     batches = (1, 8) if args.quick else (1, 8, 64)
+    if args.batches:
+        batches = tuple(int(b) for b in args.batches.split(","))
     rows: list[dict] = []
     for size in ("S/16", "B/16"):
         plan = []

@@ -9,6 +9,9 @@ Candidates:
   hf_torchvision  transformers ViTImageProcessor (torchvision backend), defaults: resize to 224x224 bilinear,
                   no crop (so it does a bit LESS work: one resize, no crop; semantics differ, noted in README)
   hf_pil          transformers ViTImageProcessorPil (PIL/numpy backend), same defaults as above
+  hf_torchvision_crop / hf_pil_crop  the same two, configured to do timm's work: size={"shortest_edge": 248},
+                  do_center_crop=True, crop_size 224, resample=BICUBIC (equal work; hf_pil_crop is bit-identical to
+                  vit_hf here, hf_torchvision_crop within 2/255 after normalisation: tensor resize, not PIL)
   timm            timm eval transform (create_transform from vit_base_patch16_224's data config: bicubic resize
                   to 248, center crop 224, ToTensor, Normalize) per image + torch.stack
 Inputs: JPEG-decoded RGB PIL images of mixed sizes (640x480, 500x375, 375x500, 1024x768), made from smooth random
@@ -27,7 +30,7 @@ import torch
 
 from bench.common import add_ratios, environment, interleaved, markdown, save
 
-PEERS_PP = ("vit_hf", "hf_torchvision", "hf_pil", "timm")
+PEERS_PP = ("vit_hf", "hf_torchvision_crop", "hf_pil_crop", "timm")  # equal-work peers for the ratio
 
 
 def make_images(n: int, seed: int = 0) -> list[PIL.Image.Image]:
@@ -48,6 +51,7 @@ def candidates() -> dict:
     import timm
     from timm.data import create_transform, resolve_data_config
     from transformers import ViTImageProcessor, ViTImageProcessorPil
+    from transformers.image_utils import PILImageResampling
 
     from vit_hf import VitHfImageProcessor
 
@@ -55,6 +59,13 @@ def candidates() -> dict:
     ours_tf = ours.eval_transforms()
     hf_tv = ViTImageProcessor()
     hf_pil = ViTImageProcessorPil()
+    crop = dict(
+        size={"shortest_edge": 248},
+        do_center_crop=True,
+        crop_size={"height": 224, "width": 224},
+        resample=PILImageResampling.BICUBIC,
+    )
+    hf_tv_crop, hf_pil_crop = ViTImageProcessor(**crop), ViTImageProcessorPil(**crop)
     tm = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0)
     timm_tf = create_transform(**resolve_data_config({}, model=tm))
     del tm
@@ -63,6 +74,8 @@ def candidates() -> dict:
         "vit_hf_eval_tf": lambda ims: torch.stack([ours_tf(im) for im in ims]),
         "hf_torchvision": lambda ims: hf_tv(ims, return_tensors="pt")["pixel_values"],
         "hf_pil": lambda ims: hf_pil(ims, return_tensors="pt")["pixel_values"],
+        "hf_torchvision_crop": lambda ims: hf_tv_crop(ims, return_tensors="pt")["pixel_values"],
+        "hf_pil_crop": lambda ims: hf_pil_crop(ims, return_tensors="pt")["pixel_values"],
         "timm": lambda ims: torch.stack([timm_tf(im) for im in ims]),
     }
 

@@ -1,0 +1,58 @@
+"""Bar charts of vit_hf's ratio to the best peer, from bench/results/*.json.
+
+    .venv/bin/python -m bench.plot            # writes bench/results/ratios.png
+
+Ratio > 1: vit_hf is faster (or lighter) than the best peer in that case; < 1: slower. One panel per benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from bench.common import RESULTS  # noqa: E402
+
+PANELS = (
+    ("forward", "img_s", "vs_best_peer", "inference forward (images/s)"),
+    ("forward_compiled", "img_s", "vs_best_peer", "forward, torch.compile"),
+    ("train_step", "img_s", "img_s_vs_best", "train step (images/s)"),
+    ("train_step", "peak_rss_mib", "mem_vs_best", "train step peak RSS (best/ours)"),
+    ("preprocess", "img_s", "vs_best_peer", "preprocessing (images/s)"),
+    ("load", "load_s", "vs_best_peer", "from_pretrained time (best/ours)"),
+    ("train_loop", "img_s", "vs_timm", "fine-tuning loop vs timm (images/s)"),
+)
+
+
+def main() -> None:
+    panels = []
+    for name, _, ratio, title in PANELS:
+        path = RESULTS / f"{name}.json"
+        if not path.exists():
+            continue
+        rows = [r for r in json.loads(path.read_text())["rows"] if r["candidate"] == "vit_hf" and r.get(ratio)]
+        if rows:
+            panels.append((title, [r["case"] for r in rows], [r[ratio] for r in rows]))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 2.2 + 0.28 * sum(len(p[1]) for p in panels)), squeeze=False)
+    for ax, (title, cases, ratios) in zip(axes[:, 0], panels, strict=True):
+        colors = ["tab:green" if r >= 0.97 else "tab:orange" if r >= 0.9 else "tab:red" for r in ratios]
+        ax.barh(range(len(cases)), ratios, color=colors)
+        ax.set_yticks(range(len(cases)), cases, fontsize=7)
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.set_title(title, fontsize=9)
+        ax.invert_yaxis()
+        for i, r in enumerate(ratios):
+            ax.text(r, i, f" {r:.2f}", va="center", fontsize=6)
+        ax.set_xlim(0, max(1.3, max(ratios) * 1.15))
+    axes[-1, 0].set_xlabel("vit_hf / best peer (higher is better)")
+    fig.tight_layout()
+    out = RESULTS / "ratios.png"
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
