@@ -125,6 +125,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     m.add_argument("--ignore_mismatched_sizes", action="store_true", help="re-initialise any weight whose shape "
                    "differs (the head is handled by label matching anyway)")
     m.add_argument("--gradient_checkpointing", action="store_true")
+    m.add_argument("--attn_implementation", choices=("eager", "sdpa", "flex_attention", "flash_attention_2"),
+                   help="attention backend; on CPU 'eager' trains small ViTs several times faster than 'sdpa'")
     o = p.add_argument_group("optimisation")
     o.add_argument("--output_dir", required=True)
     o.add_argument("--num_train_epochs", type=int)
@@ -260,6 +262,8 @@ def build_model_and_processor(args: argparse.Namespace, labels: list[str]):
             model.vit.resize_position_embeddings(args.image_size)
             processor.size = {"height": args.image_size, "width": args.image_size}
             notes.append(f"resolution {before} -> {args.image_size}: positions resampled")
+    if args.attn_implementation is not None:
+        model.set_attn_implementation(args.attn_implementation)
     for key in ("crop_pct", "train_hflip"):
         if getattr(args, key) is not None:
             setattr(processor, key, getattr(args, key))
@@ -586,7 +590,9 @@ def training_function(args: argparse.Namespace) -> dict[str, Any]:
     for note in data.notes + notes:
         logger.info(note)
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers 5 renamed it (the old name warns); non-reentrant checkpointing works with DDP's hooks
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     train_transform = ExampleTransform(processor, data.image_column, data.label_column, train=True, seed=seed)
     eval_transform = ExampleTransform(processor, data.image_column, data.label_column, train=False, seed=seed)
     train_ds, eval_ds = data.train.with_transform(train_transform), data.validation.with_transform(eval_transform)
