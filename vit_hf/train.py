@@ -591,8 +591,10 @@ def training_function(args: argparse.Namespace) -> dict[str, Any]:
         logger.info(note)
     if args.gradient_checkpointing:
         # transformers 5 renamed it (the old name warns); non-reentrant checkpointing works with DDP's hooks
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     train_transform = ExampleTransform(processor, data.image_column, data.label_column, train=True, seed=seed)
     eval_transform = ExampleTransform(processor, data.image_column, data.label_column, train=False, seed=seed)
     train_ds, eval_ds = data.train.with_transform(train_transform), data.validation.with_transform(eval_transform)
