@@ -9,7 +9,8 @@ Variants (names are what the tables show):
   +conv_patch         PatchEmbed as F.conv2d + flatten/transpose (oneDNN conv) instead of rearrange + F.linear
   +direct_sdpa        Attention calls F.scaled_dot_product_attention directly on the sdpa backend (no
                       transformers wrapper), output merged from (b h n d) with one transpose + reshape
-  +both               both of the above
+  +identity_dropout   nn.Identity instead of nn.Dropout(p=0.0) (built when the rate is 0; no state-dict change)
+  +sdpa+identity      +direct_sdpa and +identity_dropout
 Micro cases:
   patch-B/16-b{8,64}  the patch embedding alone (GEMM vs conv), fp32 and bf16 weights
   overhead            a 12-block ViT of width 32 at 32x32 (compute ~0): per-forward Python/dispatch overhead
@@ -55,8 +56,13 @@ def attention_direct_sdpa(self, x: torch.Tensor, output_attentions: bool = False
     return self.proj_drop(self.proj(out)), weights
 
 
-def patched(model: torch.nn.Module, conv_patch: bool, direct_sdpa: bool) -> torch.nn.Module:
+def patched(model: torch.nn.Module, conv_patch: bool, direct_sdpa: bool, identity_dropout: bool = False):
     m = copy.deepcopy(model)
+    if identity_dropout:  # proposed: nn.Dropout(p) if p > 0 else nn.Identity() at construction (no state-dict change)
+        for mod in list(m.modules()):
+            for child_name, child in list(mod.named_children()):
+                if isinstance(child, torch.nn.Dropout) and child.p == 0.0:
+                    setattr(mod, child_name, torch.nn.Identity())
     if conv_patch:
         pe = m.vit.patch_embed
         pe.forward = types.MethodType(patch_embed_conv, pe)
@@ -66,7 +72,12 @@ def patched(model: torch.nn.Module, conv_patch: bool, direct_sdpa: bool) -> torc
     return m
 
 
-VARIANTS = {"+conv_patch": (True, False), "+direct_sdpa": (False, True), "+both": (True, True)}
+VARIANTS = {
+    "+conv_patch": (True, False, False),
+    "+direct_sdpa": (False, True, False),
+    "+identity_dropout": (False, False, True),
+    "+sdpa+identity": (False, True, True),
+}
 
 
 def numerics(base: torch.nn.Module, variant: torch.nn.Module, image: int = 224) -> dict[str, float]:
