@@ -40,7 +40,7 @@ from bench.common import (
 )
 from bench.common import selected as case_selected
 
-BATCH = {"S/16": 16, "B/16": 4}
+BATCH = {"S/16": 8, "B/16": 4}
 
 
 def child(name: str, size: str, batch: int, precision: str, ckpt: bool, steps: int) -> dict:
