@@ -106,6 +106,24 @@ def test_bad_inputs_raise_clear_errors():
         processor("cat.png")
     with pytest.raises(ValueError, match="crop_pct"):
         VitHfImageProcessor(crop_pct=1.5)
+    with pytest.raises(ValueError, match=r"float images must hold values in \[0, 1\]"):
+        processor(np.full((8, 8, 3), 2.0, np.float32))  # e.g. already-normalised pixels sent through again
+    with pytest.raises(TypeError, match="does not support \\['do_resize'\\]"):
+        processor(photo(8, 8), do_resize=False)
+    with pytest.raises(ValueError, match="empty image"):
+        processor(PIL.Image.new("RGB", (0, 5)))
+    with pytest.raises(ValueError, match="size must be"):
+        VitHfImageProcessor(size={"h": 224})
+
+
+def test_sixteen_bit_images_use_their_full_range_whatever_the_content():
+    processor = VitHfImageProcessor(size=8, crop_pct=1.0)
+    dark = np.full((8, 8), 100 * 257, np.uint16)
+    bright_corner = dark.copy()
+    bright_corner[0, 0] = 65535
+    a, b = processor(dark).pixel_values, processor(bright_corner).pixel_values
+    torch.testing.assert_close(a[..., 1:, 1:], b[..., 1:, 1:])  # the same pixel means the same thing in both
+    torch.testing.assert_close(a, processor(np.full((8, 8), 100, np.uint8)).pixel_values)
 
 
 def test_train_transform_is_seeded_by_torch_and_shaped_like_eval():

@@ -191,8 +191,24 @@ def test_torch_compile_fullgraph_matches_eager_without_graph_breaks(pixel_values
     explanation = torch._dynamo.explain(model)(pixel_values)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     compiled = torch.compile(model, fullgraph=True, backend="inductor")
+    other_size = torch.randn(2, 3, 48, 40)  # the runtime position resampling compiles too
     with torch.no_grad():
         torch.testing.assert_close(compiled(pixel_values).logits, model(pixel_values).logits, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            compiled(other_size, interpolate_pos_encoding=True).logits,
+            model(other_size, interpolate_pos_encoding=True).logits,
+            rtol=1e-4,
+            atol=1e-5,
+        )
+
+
+def test_gradient_checkpointing_with_attention_maps():
+    model = make(ALL_FEATURES).train()
+    model.gradient_checkpointing_enable()
+    out = model(torch.randn(2, 3, 32, 32, dtype=torch.float64), labels=torch.tensor([0, 1]), output_attentions=True)
+    out.loss.backward()
+    assert len(out.attentions) == model.config.num_hidden_layers
+    assert all(p.grad is not None for p in model.parameters())
 
 
 # ----------------------------------------------------------------------------------------------- resolution
@@ -256,6 +272,12 @@ def test_bad_input_errors_name_the_problem(tiny_config):
             model(x)
     with pytest.raises(ValueError, match="pixel_values is required"):
         model(None)
+    with pytest.raises(ValueError, match="floating-point pixels"):
+        model(torch.randint(0, 255, (1, 3, 32, 32), dtype=torch.uint8))
+    with pytest.raises(TypeError, match="must be a torch.Tensor"):
+        model(torch.randn(1, 3, 32, 32).numpy())
+    with pytest.raises(ValueError, match="positive int"):
+        model.vit.resize_position_embeddings((40,))
 
 
 def test_bad_config_errors_name_the_field():
@@ -271,3 +293,10 @@ def test_bad_config_errors_name_the_field():
         VitHfConfig(hidden_act="swishy")
     with pytest.raises(ValueError, match="sincos2d"):
         VitHfConfig(hidden_size=30, num_attention_heads=3, pos_embed_type="sincos2d")
+    for field in ("num_attention_heads", "patch_size", "hidden_size", "num_channels"):
+        with pytest.raises(ValueError, match=f"{field}.* must be a positive integer"):
+            VitHfConfig(**{field: 0})
+    with pytest.raises(ValueError, match="would pool register token 0"):
+        VitHfConfig(class_token=False, num_register_tokens=4, pooling="token")
+    with pytest.raises(ValueError, match="pooling='none'"):
+        VitHfForImageClassification(VitHfConfig.from_preset("test", pooling="none", num_labels=0))

@@ -54,7 +54,7 @@ def test_folder_loads_in_a_process_without_vit_hf(tmp_path, dirname):
         preds = pipeline("image-classification", model=folder, trust_remote_code=True)(image)
         print(json.dumps(dict(
             modules=[type(o).__module__ for o in (config, base, model, processor)],
-            base=type(base).__name__, logits=logits, labels=[p["label"] for p in preds],
+            base=type(base).__name__, logits=logits, scores=dict((p["label"], p["score"]) for p in preds),
         )))
         """,
         cwd=tmp_path,
@@ -63,7 +63,10 @@ def test_folder_loads_in_a_process_without_vit_hf(tmp_path, dirname):
     assert all(m.startswith("transformers_modules.") for m in out["modules"]), out["modules"]
     assert out["base"] == "VitHfModel"
     np.testing.assert_allclose(out["logits"], expected, rtol=0, atol=1e-6)
-    assert sorted(out["labels"]) == sorted(LABELS)
+    assert sorted(out["scores"]) == sorted(LABELS)
+    probabilities = torch.tensor(expected).softmax(-1).tolist()
+    for i, label in enumerate(LABELS):  # the pipeline's scores are this model's probabilities under our label names
+        assert abs(out["scores"][label] - probabilities[i]) < 1e-6
 
 
 def test_saved_config_names_every_auto_class(tmp_path):
@@ -95,3 +98,26 @@ def test_importing_vit_hf_registers_nothing_with_the_auto_factories():
     assert "vit_hf" not in CONFIG_MAPPING
     with pytest.raises((KeyError, ValueError)):
         AutoConfig.for_model("vit_hf")
+
+
+def test_save_hub_folder_merges_into_a_folder_with_other_files(tmp_path):
+    """Writing into a folder that holds other things (a source checkpoint, notes) replaces only the hub files."""
+    from vit_hf.packaging import save_hub_folder
+
+    config = VitHfConfig.from_preset("test", num_labels=3)
+    model, processor = VitHfForImageClassification(config), VitHfImageProcessor.from_model_config(config)
+    out = tmp_path / "work"
+    out.mkdir()
+    (out / "ckpt.pth").write_bytes(b"source weights")
+    (out / "notes.txt").write_text("mine")
+    save_hub_folder(model, processor, out, card_kwargs={})
+    assert (out / "ckpt.pth").read_bytes() == b"source weights" and (out / "notes.txt").read_text() == "mine"
+    check_hub_folder(out)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+    previous = out.with_name("previous")
+    save_hub_folder(model, processor, previous, card_kwargs={})
+    save_hub_folder(model, processor, previous, card_kwargs={})  # a previous output is swapped whole
+    check_hub_folder(previous)
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(HubFolderError, match="is a file"):
+        save_hub_folder(model, processor, tmp_path / "a_file")

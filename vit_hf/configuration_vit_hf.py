@@ -160,8 +160,9 @@ class VitHfConfig(PretrainedConfig):
         self.representation_size = representation_size
         self.drop_path_rate = drop_path_rate
         self.classifier_dropout = classifier_dropout
+        # Checked before PretrainedConfig's own validators run (they read `head_dim`, which needs heads > 0).
+        self.check_fields()
         super().__init__(**kwargs)
-        self.validate_architecture()
 
     # ------------------------------------------------------------------ derived quantities
     @property
@@ -190,8 +191,22 @@ class VitHfConfig(PretrainedConfig):
         """Width of `pooler_output`, i.e. the classification head's input."""
         return self.representation_size or self.hidden_size
 
-    def validate_architecture(self) -> None:
+    def check_fields(self) -> None:
         """Raise a `ValueError` that names the field and the fix for any inconsistent setting."""
+        sizes = dict(
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads,
+            intermediate_size=self.intermediate_size,
+            num_channels=self.num_channels,
+        )
+        sizes.update({f"image_size[{i}]": v for i, v in enumerate(self.image_hw)})
+        sizes.update({f"patch_size[{i}]": v for i, v in enumerate(self.patch_hw)})
+        for name, value in sizes.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.representation_size is not None and self.representation_size <= 0:
+            raise ValueError(f"representation_size must be a positive integer or None, got {self.representation_size}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) is not divisible by num_attention_heads "
@@ -216,6 +231,14 @@ class VitHfConfig(PretrainedConfig):
             )
         if self.num_register_tokens < 0:
             raise ValueError(f"num_register_tokens must be >= 0, got {self.num_register_tokens}")
+        if self.pooling == "token" and not self.class_token and self.num_register_tokens:
+            # timm refuses this too; without registers it is big_vision's pool_type='0' (the first patch token)
+            raise ValueError(
+                "pooling='token' without a class token would pool register token 0: set class_token=True or use "
+                "pooling='mean' / 'map'"
+            )
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
         if self.fc_norm and self.pooling == "none":
             raise ValueError("fc_norm=True needs a pooling ('token', 'mean' or 'map'), got pooling='none'")
         try:  # transformers is importable wherever this config is; ACT2FN is its activation registry

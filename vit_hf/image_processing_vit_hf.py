@@ -72,11 +72,17 @@ def _array_to_pil(array: np.ndarray) -> PIL.Image.Image:
     elif array.dtype == np.bool_:
         array = array.astype(np.uint8) * 255
     elif array.dtype == np.uint16:
-        array = (array // 257).astype(np.uint8)
+        array = (array // 257).astype(np.uint8)  # full 16-bit range -> 8 bits, whatever the content
     elif np.issubdtype(array.dtype, np.floating):
-        # Floats are read as [0, 1] images (ToTensor's range); an image already in [0, 255] is accepted too.
-        scale = 255.0 if float(np.nanmax(array)) <= 1.0 else 1.0
-        array = np.clip(np.rint(array * scale), 0, 255).astype(np.uint8)
+        # One fixed range per dtype (ToTensor's [0, 1]); a guess from the content would make the same pixel value
+        # mean different things in different images.
+        lo, hi = (float(np.nanmin(array)), float(np.nanmax(array))) if array.size else (0.0, 0.0)
+        if lo < 0.0 or hi > 1.0 or np.isnan(array).any():
+            raise ValueError(
+                f"float images must hold values in [0, 1] (got {lo:.3g}..{hi:.3g}): pass uint8 images, or scale "
+                f"to [0, 1]; already-normalised pixel_values go to the model directly, not through the processor"
+            )
+        array = np.rint(array * 255.0).astype(np.uint8)
     elif np.issubdtype(array.dtype, np.integer):
         array = np.clip(array, 0, 255).astype(np.uint8)
     else:
@@ -108,11 +114,16 @@ def convert_channels(image: PIL.Image.Image, num_channels: int) -> PIL.Image.Ima
     if image.mode == target:
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # 16/32-bit grey: PIL's convert("L") clips instead of rescaling, so rescale to 8 bits ourselves.
+        # Wide grey modes: PIL's convert("L") clips instead of rescaling. 16-bit images use their full range
+        # (divide by 257); "F" is read as [0, 1]; "I" (32-bit) is ambiguous: 8-bit values stay, larger ones are
+        # taken as 16-bit.
         array = np.asarray(image, dtype=np.float64)
         peak = array.max() if array.size else 0.0
-        scale = 1.0 / 257.0 if peak > 255 else (255.0 if image.mode == "F" and peak <= 1.0 else 1.0)
-        image = PIL.Image.fromarray(np.clip(np.rint(array * scale), 0, 255).astype(np.uint8), mode="L")
+        if image.mode.startswith("I;16") or (image.mode == "I" and peak > 255):
+            scale = 1.0 / 257.0
+        else:
+            scale = 255.0 if image.mode == "F" else 1.0
+        image = PIL.Image.fromarray(np.clip(np.rint(array * scale), 0, 255).astype(np.uint8))
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
@@ -179,6 +190,8 @@ class EvalTransform:
 
     def __call__(self, image: Any) -> torch.Tensor:
         image = convert_channels(to_pil_image(image), self.num_channels)
+        if 0 in image.size:
+            raise ValueError(f"empty image of size {image.size[0]}x{image.size[1]}")
         return _normalize(self.crop(self.resize(image)), self.mean, self.std)
 
 
@@ -216,6 +229,8 @@ class TrainTransform:
 
     def __call__(self, image: Any) -> torch.Tensor:
         image = convert_channels(to_pil_image(image), self.num_channels)
+        if 0 in image.size:
+            raise ValueError(f"empty image of size {image.size[0]}x{image.size[1]}")
         box = self.crop_box(*image.size)
         image = image.resize(self.size[::-1], resample=self.resample, box=box)
         if self.hflip > 0 and torch.rand(()).item() < self.hflip:
@@ -271,6 +286,8 @@ class VitHfImageProcessor(BaseImageProcessor):
             size = {"height": int(size[0]), "width": int(size[1])}
         if "shortest_edge" in size:
             size = {"height": size["shortest_edge"], "width": size["shortest_edge"]}
+        if not {"height", "width"} <= set(size):
+            raise ValueError(f"size must be an int, (height, width) or {{'height': H, 'width': W}}, got {size}")
         self.size = {"height": int(size["height"]), "width": int(size["width"])}
         if crop_pct is not None and not 0 < crop_pct <= 1:
             raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
@@ -324,17 +341,21 @@ class VitHfImageProcessor(BaseImageProcessor):
     def preprocess(self, images: Any, return_tensors: str | None = "pt", **kwargs) -> BatchFeature:
         """Preprocess one image or a batch (PIL images, HWC/CHW numpy arrays or torch tensors, a 4-D batch too).
 
-        Keyword arguments override the processor's attributes for this call (e.g. `size=384`).
+        Keyword arguments override the processor's eval settings for this call (`size`, `crop_pct`, `crop_mode`,
+        `resample`, `image_mean`, `image_std`); other transformers options (`do_resize=False`, ...) are refused
+        rather than silently ignored, since this processor always resizes, rescales and normalises.
         """
-        unknown = set(kwargs) - set(VitHfImagesKwargs.__annotations__) - {"data_format", "input_data_format"}
-        if unknown:
-            raise TypeError(f"unexpected keyword argument(s) {sorted(unknown)} for {type(self).__name__}.preprocess")
+        given = {k: v for k, v in kwargs.items() if v is not None and k not in ("data_format", "input_data_format")}
+        unsupported = sorted(set(given) - set(_CALL_OVERRIDES))
+        if unsupported:
+            raise TypeError(
+                f"{type(self).__name__}.preprocess does not support {unsupported}: it takes "
+                f"{list(_CALL_OVERRIDES)} (set other options when constructing the processor)"
+            )
         processor = self
-        overrides = {k: v for k, v in kwargs.items() if k in VitHfImagesKwargs.__annotations__ and v is not None}
-        if overrides:
-            fields = {k: getattr(self, k) for k in ("size", "crop_pct", "crop_mode", "resample", "image_mean", "image_std")}
-            fields.update(num_channels=self.num_channels)
-            fields.update({k: v for k, v in overrides.items() if k in fields})
+        if given:
+            fields = {k: getattr(self, k) for k in _CALL_OVERRIDES}
+            fields.update(num_channels=self.num_channels, **given)
             processor = type(self)(**fields)
         transform = processor.eval_transforms()
         batch = [transform(image) for image in _as_image_list(images)]
@@ -350,6 +371,9 @@ class VitHfImageProcessor(BaseImageProcessor):
 
     def __call__(self, images: Any = None, *args, **kwargs) -> BatchFeature:
         return self.preprocess(images, *args, **kwargs)
+
+
+_CALL_OVERRIDES = ("size", "crop_pct", "crop_mode", "resample", "image_mean", "image_std")
 
 
 def _as_image_list(images: Any) -> list:

@@ -7,10 +7,13 @@ The YAML front matter is built with huggingface_hub's `ModelCardData` (the Hub's
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .image_processing_vit_hf import RESAMPLE, VitHfImageProcessor
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "model_card.md"
 _FALLBACK = Path(__file__).resolve().parent / "model_card_template.md"
@@ -45,18 +48,25 @@ def architecture_table(config) -> list[tuple[str, Any]]:
     return rows
 
 
-def preprocessing_text(processor) -> str:
+def preprocessing_text(processor: VitHfImageProcessor | None) -> str:
     if processor is None:
         return "No image processor was saved with this model."
-    size = processor.size
-    resample = {3: "bicubic", 2: "bilinear", 0: "nearest", 1: "lanczos", 4: "box", 5: "hamming"}.get(
-        processor.resample, processor.resample
-    )
+    h, w = processor.size["height"], processor.size["width"]
+    names = {int(v): k for k, v in RESAMPLE.items()}
+    resample = names.get(processor.resample, processor.resample)
+    crop_pct = processor.crop_pct or 1.0
+    scale = f"{math.floor(h / crop_pct)}x{math.floor(w / crop_pct)}"
+    if getattr(processor, "crop_mode", "center") == "squash":
+        resize = f"resize to {scale} ignoring the aspect ratio"
+    elif h == w:
+        resize = f"resize the shorter side to {math.floor(h / crop_pct)} keeping the aspect ratio"
+    else:
+        resize = f"resize keeping the aspect ratio until the image covers {scale}"
     return (
-        f"Resize to `{size['height']}x{size['width']} / crop_pct` (crop_pct={processor.crop_pct}, resample="
-        f"{resample}), centre crop to {size['height']}x{size['width']}, scale to [0, 1], normalise with "
-        f"mean={processor.image_mean}, std={processor.image_std}; images are converted to {processor.num_channels} "
-        f"channel(s). The same eval transform serves `pipeline`, evaluation and export."
+        f"Convert to {processor.num_channels} channel(s) (alpha composited onto white), {resize} ({resample}), "
+        f"centre-crop to {h}x{w} (crop_pct={processor.crop_pct}), scale to [0, 1], normalise with "
+        f"mean={processor.image_mean}, std={processor.image_std}. The same eval transform serves `pipeline`, "
+        f"evaluation during training, and the conversion checks (timm's `transforms_imagenet_eval`)."
     )
 
 

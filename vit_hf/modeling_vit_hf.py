@@ -206,6 +206,8 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
+    """fc1 -> activation -> dropout -> fc2 -> dropout (timm `Mlp`)."""
+
     def __init__(self, config: VitHfConfig, bias: bool | None = None):
         super().__init__()
         bias = config.proj_bias if bias is None else bias
@@ -353,7 +355,8 @@ class VitHfModel(VitHfPreTrainedModel):
         d = config.hidden_size
         self.patch_embed = PatchEmbed(config)
         self.cls_token = nn.Parameter(torch.empty(1, 1, d)) if config.class_token else None
-        self.reg_token = nn.Parameter(torch.empty(1, config.num_register_tokens, d)) if config.num_register_tokens else None
+        registers = config.num_register_tokens
+        self.reg_token = nn.Parameter(torch.empty(1, registers, d)) if registers else None
         num_pos = config.grid_size[0] * config.grid_size[1] + (0 if config.no_embed_class else config.num_prefix_tokens)
         self.pos_embed = nn.Parameter(torch.empty(1, num_pos, d)) if config.pos_embed_type == "learned" else None
         self.pos_drop = nn.Dropout(config.hidden_dropout_prob)
@@ -365,7 +368,8 @@ class VitHfModel(VitHfPreTrainedModel):
         final_norm = config.final_norm and not config.fc_norm
         self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps) if final_norm else nn.Identity()
         self.attn_pool = AttentionPool(config) if config.pooling == "map" else None
-        self.fc_norm = nn.LayerNorm(d, eps=config.layer_norm_eps) if config.final_norm and config.fc_norm else nn.Identity()
+        use_fc_norm = config.final_norm and config.fc_norm
+        self.fc_norm = nn.LayerNorm(d, eps=config.layer_norm_eps) if use_fc_norm else nn.Identity()
         self.pre_logits = RepresentationLayer(config) if config.representation_size else nn.Identity()
         self.post_init()
 
@@ -377,6 +381,16 @@ class VitHfModel(VitHfPreTrainedModel):
         cfg = self.config
         if pixel_values is None:
             raise ValueError("pixel_values is required: pass a (batch, channels, height, width) tensor")
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(
+                f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}: preprocess images with the "
+                f"model's image processor (processor(images, return_tensors='pt'))"
+            )
+        if not pixel_values.is_floating_point():
+            raise ValueError(
+                f"pixel_values has dtype {pixel_values.dtype}, but the model expects normalised floating-point pixels "
+                f"(raw 0..255 integers would be classified as garbage): preprocess with the model's image processor"
+            )
         if pixel_values.ndim != 4:
             hint = " (a single image? add the batch axis with pixel_values[None])" if pixel_values.ndim == 3 else ""
             raise ValueError(
@@ -426,6 +440,8 @@ class VitHfModel(VitHfPreTrainedModel):
         """
         cfg = self.config
         new_hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        if len(new_hw) != 2 or not all(isinstance(v, int) and v > 0 for v in new_hw):
+            raise ValueError(f"image_size must be a positive int or a (height, width) pair, got {image_size!r}")
         ph, pw = cfg.patch_hw
         if new_hw[0] % ph or new_hw[1] % pw:
             raise ValueError(f"image size {new_hw} is not divisible by the patch size {(ph, pw)}")
@@ -522,8 +538,11 @@ class VitHfForImageClassification(VitHfPreTrainedModel):
 
     def __init__(self, config: VitHfConfig):
         super().__init__(config)
-        if config.pooling == "none" and config.num_labels > 0:
-            raise ValueError("pooling='none' gives no pooled features for a classification head: set a pooling")
+        if config.pooling == "none":
+            raise ValueError(
+                "pooling='none' gives no pooled features for a classification head: set a pooling, or use "
+                "VitHfModel for the unpooled tokens"
+            )
         self.vit = VitHfModel(config)
         self.head_drop = nn.Dropout(config.classifier_dropout)
         self.head = nn.Linear(config.pooled_size, config.num_labels) if config.num_labels > 0 else nn.Identity()

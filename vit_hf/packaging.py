@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+    from transformers.image_processing_base import ImageProcessingMixin
 
 REMOTE_FILES = ("configuration_vit_hf.py", "modeling_vit_hf.py", "image_processing_vit_hf.py")
+HUB_FILE_NAMES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", *REMOTE_FILES)
 AUTO_CLASSES = ("AutoConfig", "AutoModel", "AutoModelForImageClassification")
 _ALLOWED_IMPORTS = {"torch", "einops", "transformers", "numpy", "PIL", "math", "collections", "typing", "__future__"}
 
@@ -37,21 +42,42 @@ def check_hub_folder(folder: str | Path) -> None:
         auto_map = json.loads((folder / "preprocessor_config.json").read_text()).get("auto_map", {})
         if "AutoImageProcessor" not in auto_map:
             problems.append("preprocessor_config.json auto_map has no AutoImageProcessor")
+    from transformers.dynamic_module_utils import get_imports
+
     for name in REMOTE_FILES:
         path = folder / name
-        if not path.is_file():
-            continue
-        for line in path.read_text().splitlines():
-            m = re.match(r"^(?:from|import)\s+([\w.]+)", line)
-            if m and not m.group(1).startswith(".") and m.group(1).split(".")[0] not in _ALLOWED_IMPORTS:
-                problems.append(f"{name} imports {m.group(1)!r}, which a consumer machine may not have")
+        if path.is_file():
+            # transformers' own scan (every absolute import, indented ones included) is what check_imports enforces
+            for module in get_imports(str(path)):
+                if module not in _ALLOWED_IMPORTS:
+                    problems.append(f"{name} imports {module!r}, which a consumer machine may not have")
     if problems:
         raise HubFolderError(f"{folder} is not a loadable remote-code folder: " + "; ".join(problems))
 
 
-def save_hub_folder(model, processor, out_dir: str | Path, card_kwargs: dict | None = None, extra_files=None) -> Path:
-    """Save model + processor + model card into `out_dir` atomically: written to a temporary sibling, checked with
-    `check_hub_folder`, then renamed into place. An existing `out_dir` is replaced only once the new one is complete.
+def _is_previous_output(folder: Path) -> bool:
+    """True for a folder holding only what `save_hub_folder` writes (safe to swap out as a whole)."""
+    return all(
+        entry.is_file() and (entry.name in HUB_FILE_NAMES or entry.suffix in (".py", ".png", ".md"))
+        for entry in folder.iterdir()
+    )
+
+
+def save_hub_folder(
+    model: PreTrainedModel,
+    processor: ImageProcessingMixin,
+    out_dir: str | Path,
+    card_kwargs: dict | None = None,
+    extra_files: dict[str, str | Path] | None = None,
+) -> Path:
+    """Save model + processor + model card into `out_dir`, never leaving a half-written folder and never deleting
+    anything that is not ours.
+
+    Everything is first written to a temporary sibling and checked with `check_hub_folder`. Then:
+    - `out_dir` missing, or holding only a previous output of this function: the new folder is renamed into place
+      as a whole (atomic);
+    - `out_dir` holding other files too (checkpoints, logs, a source checkpoint): each hub file is moved in with an
+      atomic rename, the weights last but one and the card last; nothing else in `out_dir` is touched.
 
     Args:
         card_kwargs: keyword arguments for `vit_hf.model_card.render_model_card` (None: no card).
@@ -60,6 +86,8 @@ def save_hub_folder(model, processor, out_dir: str | Path, card_kwargs: dict | N
     from .model_card import render_model_card
 
     out_dir = Path(out_dir).resolve()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise HubFolderError(f"{out_dir} exists and is a file: choose a directory to write the model folder to")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
@@ -73,13 +101,19 @@ def save_hub_folder(model, processor, out_dir: str | Path, card_kwargs: dict | N
             card_kwargs.setdefault("repo_id", f"<owner>/{card_kwargs['model_name']}")
             render_model_card(tmp, model.config, processor, **card_kwargs)
         check_hub_folder(tmp)
-        if out_dir.exists():
+        if not out_dir.exists():
+            os.replace(tmp, out_dir)
+        elif _is_previous_output(out_dir):
             old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
             os.replace(out_dir, old)
             os.replace(tmp, out_dir)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(tmp, out_dir)
+            # Config and code before the weights, the card last: a reader never sees new weights with old code.
+            order = {"model.safetensors": 1, "README.md": 2}
+            for entry in sorted(tmp.iterdir(), key=lambda e: (order.get(e.name, 0), e.name)):
+                os.replace(entry, out_dir / entry.name)
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
