@@ -261,10 +261,13 @@ def test_push_failures_are_clear_and_leave_the_folder_intact(hub, tmp_path, monk
     repo, expected = "tester/failing", None
     if case == "no_token":
         kwargs["token"] = None
-        expected = r"no Hub token: pass --hub_token or run `hf auth login`"
+        # both spellings: the converters take --hub-token, the training script --hub_token
+        expected = r"no Hub token: pass a token \(--hub-token for the converters, --hub_token for training\) or run " \
+                   r"`hf auth login`"
     elif case == "bad_token":
         kwargs["token"] = "hf_not_a_real_token"
-        expected = r"no valid Hub token: .*rejected.*401.*hf auth login"
+        expected = r"no valid Hub token: .*rejected.*401.*--hub-token for the converters, --hub_token for training.*" \
+                   r"hf auth login"
     elif case.startswith("other_namespace"):
         repo = f"bob/{case}"
         if case.endswith("existing"):  # a public repo of bob's: readable, so the client goes on to commit

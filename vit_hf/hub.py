@@ -31,6 +31,8 @@ HUB_FILES = ("README.md", "config.json", "model.safetensors", "preprocessor_conf
 _IMAGE_REF = re.compile(r"!\[[^\]]*\]\(\s*<?([^)\s>]+\.png)>?\s*\)", re.I)
 _REPO_LINE = re.compile(r'^(repo\s*=\s*)"[^"\n]*"', re.M)
 _REVISION_LINE = re.compile(r'^(revision\s*=\s*)"[^"\n]*"', re.M)
+# The converters spell their flags with dashes, the training script (transformers' example) with underscores.
+TOKEN_HINT = "pass a token (--hub-token for the converters, --hub_token for training) or run `hf auth login`"
 
 
 class HubPushError(RuntimeError):
@@ -113,8 +115,8 @@ def _explained(endpoint: str, repo_id: str, user: list[str]) -> Iterator[None]:
         status = e.response.status_code if e.response is not None else None
         if status == 401:
             raise HubPushError(
-                f"no valid Hub token: {endpoint} rejected the request (401). Pass --hub_token or run "
-                "`hf auth login` (or set HF_TOKEN) with a token that has write access."
+                f"no valid Hub token: {endpoint} rejected the request (401). With a token that has write access, "
+                f"{TOKEN_HINT} (or set HF_TOKEN)."
             ) from e
         if status == 403:
             who = f"user {user[0]!r}" if user else "this token"
@@ -172,7 +174,7 @@ def push_folder(
     endpoint = api.endpoint
     token = token or get_token()
     if not token:
-        raise HubPushError("no Hub token: pass --hub_token or run `hf auth login` (or set HF_TOKEN)")
+        raise HubPushError(f"no Hub token: {TOKEN_HINT} (or set HF_TOKEN)")
     user: list[str] = []
     with _explained(endpoint, repo_id, user):
         # whoami first: it checks the token and that the Hub answers, in one request without retries.
