@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> None:
                 r["frac_gemm_peak"] = r["gflop_s"] / peak
             add_ratios(case_rows, "img_s", ("case",))
             rows += case_rows
+            save(args.out, {"env": env, "gemm_peak_gflop_s": peaks, "args": vars(args), "rows": rows, "partial": True})
             print(f"\n## {case_rows[0]['case']}  ({time.perf_counter() - t0:.0f} s)")
             cols = ["candidate", "img_s", "img_s_best", "ms_per_batch", "spread", "clean_rounds", "vs_best_peer"]
             print(markdown(case_rows, [*cols, "frac_gemm_peak"]))

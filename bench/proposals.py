@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> None:
         add_ratios(case_rows, "img_s", ("case",), peers=("vit_hf", "timm"))
         print(markdown(case_rows, ["case", "candidate", "us_per_fwd", "us_best", "spread", "vs_best_peer"]))
         rows += case_rows
+        save(args.out, {"env": env, "args": vars(args), "numerics": checks, "rows": rows, "partial": True})
 
     for size in ("S/16", "B/16"):
         cases = [c for c in (f"{size}-b1-fp32", f"{size}-b8-fp32", f"{size}-b8-bf16-weights", f"{size}-b8-bf16-autocast")
@@ -182,6 +183,7 @@ def main(argv: list[str] | None = None) -> None:
             print(markdown(case_rows, ["case", "candidate", "img_s", "img_s_best", "spread", "clean_rounds",
                                        "vs_best_peer", "vs_vit_hf", "best_vs_vit_hf"]))  # fmt: skip
             rows += case_rows
+            save(args.out, {"env": env, "args": vars(args), "numerics": checks, "rows": rows, "partial": True})
         del base, variants, allm
 
     if selected("patch", filters):

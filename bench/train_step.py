@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
                 for r in case_rows:
                     r["mem_vs_best"] = r.pop("vs_best_peer", None)
                 rows += case_rows
+                save(args.out, {"env": env, "args": vars(args), "batch": BATCH, "rows": rows, "partial": True})
                 print(f"\n## {case} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
                 cols = [
                     "candidate",
