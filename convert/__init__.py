@@ -1,1 +1,2 @@
-"""Converters into vit_hf: `python -m convert.timm`, `python -m convert.google`, and back: `python -m convert.to_timm`."""
+"""Converters into vit_hf (`python -m convert.timm`, `python -m convert.google`) and back to timm
+(`python -m convert.to_timm`)."""

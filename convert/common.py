@@ -1,7 +1,11 @@
-"""Pieces shared by the converters: safe loading, strict key/shape checks, the output folder, CLI error handling."""
+"""Pieces shared by the converters: safe loading, strict key/shape/dtype checks, the meta-device model, the output
+folder and the Hub push, and CLI argument types and error handling."""
 
 from __future__ import annotations
 
+import argparse
+import math
+import os
 import pickle
 import sys
 from collections.abc import Callable, Mapping
@@ -10,10 +14,49 @@ from pathlib import Path
 import torch
 
 from vit_hf import VitHfConfig, VitHfForImageClassification
+from vit_hf.hub import HubPushError
+from vit_hf.packaging import HubFolderError
 
 
 class ConversionError(Exception):
     """A conversion that cannot be exact. The message names the key, shape, feature or flag involved."""
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _load_safetensors(path: Path) -> Mapping[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except SafetensorError as e:
+        raise ConversionError(f"{path}: not a readable .safetensors file ({e})") from None
+
+
+def _load_torch(path: Path) -> object:
+    """`torch.load(weights_only=True)`, memory-mapped when the file allows it (the zip format of torch >= 1.6)."""
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            # the old (non-zip) format cannot be memory-mapped: read it whole, under the same weights_only rules
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).splitlines()[0]
+        if "weights only load failed" not in first.lower():
+            raise ConversionError(f"{path}: not a torch.save file ({first})") from None
+        raise ConversionError(
+            f"{path} is a pickle that needs code execution to load, which is refused (weights_only=True). "
+            f"Re-save it as plain tensors (torch.save(model.state_dict(), ...)) or as .safetensors. Detail: {first}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise ConversionError(f"{path}: cannot be read as a torch.save file ({type(e).__name__}: {e})") from None
 
 
 def load_torch_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -21,28 +64,12 @@ def load_torch_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     `torch.save` files are read with `weights_only=True` (and memory-mapped, so the file is not copied into RAM);
     a dict wrapped under `model` / `state_dict` / `module` (training checkpoints) is unwrapped, as is a DDP
-    `module.` key prefix.
+    `module.` key prefix. Any file that cannot be read this way is a `ConversionError` naming the file.
     """
     path = Path(path)
     if not path.is_file():
         raise ConversionError(f"{path}: no such file")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except pickle.UnpicklingError as e:
-            raise ConversionError(
-                f"{path} is a pickle that needs code execution to load, which is refused (weights_only=True). "
-                f"Re-save it as plain tensors (torch.save(model.state_dict(), ...)) or as .safetensors. Detail: "
-                f"{str(e).splitlines()[0]}"
-            ) from None
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise ConversionError(f"{path}: cannot be read as a torch.save file: {e}") from None
-            state = torch.load(path, map_location="cpu", weights_only=True)  # old (non-zip) format cannot mmap
+    state = _load_safetensors(path) if path.suffix == ".safetensors" else _load_torch(path)
     for wrapper in ("model", "state_dict", "module", "model_ema"):
         if isinstance(state, Mapping) and wrapper in state and isinstance(state[wrapper], Mapping):
             state = state[wrapper]
@@ -54,32 +81,75 @@ def load_torch_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-def check_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str = "source") -> None:
-    """Refuse unknown keys, missing keys and wrong shapes, naming each (no silent init, no silent drop)."""
-    expected = model.state_dict()
+# ----------------------------------------------------------------------------------------------------------------------
+# Checks and the model
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def check_state_dict(
+    expected: Mapping[str, torch.Tensor | tuple[int, ...]],
+    state: Mapping[str, torch.Tensor],
+    *,
+    name: Callable[[str], str] = str,
+    source: str = "checkpoint",
+    target: str = "model",
+) -> None:
+    """Refuse unknown keys, missing keys, wrong shapes and non-float tensors where floats belong, naming each.
+
+    `expected` maps each key to a tensor (a meta-device state dict: shape and dtype) or to a shape; `name(key)` is
+    how a key is spelled in the messages (e.g. the source file's own key names). Nothing is initialised or dropped
+    silently: any problem raises one `ConversionError` listing all of them.
+    """
+
+    def shape(v: torch.Tensor | tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(v.shape) if isinstance(v, torch.Tensor) else tuple(v)
+
     unknown = sorted(set(state) - set(expected))
     missing = sorted(set(expected) - set(state))
+    common = sorted(set(state) & set(expected))
     wrong = [
-        f"{k}: {source} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in sorted(set(state) & set(expected))
-        if tuple(state[k].shape) != tuple(expected[k].shape)
+        f"{name(k)}: {source} {tuple(state[k].shape)} vs {target} {shape(expected[k])}"
+        for k in common
+        if tuple(state[k].shape) != shape(expected[k])
+    ]
+    not_float = [
+        f"{name(k)} ({str(state[k].dtype).replace('torch.', '')})"
+        for k in common
+        if not state[k].is_floating_point()
+        and (not isinstance(expected[k], torch.Tensor) or expected[k].is_floating_point())
     ]
     problems = []
     if unknown:
-        problems.append(f"unknown key(s) the model has no place for: {', '.join(unknown)}")
+        problems.append(f"unknown key(s) the {target} has no place for: {', '.join(name(k) for k in unknown)}")
     if missing:
-        problems.append(f"missing key(s) the model needs: {', '.join(missing)}")
+        problems.append(f"missing key(s) the {target} needs: {', '.join(name(k) for k in missing)}")
     if wrong:
         problems.append(f"wrong shape(s): {'; '.join(wrong)}")
+    if not_float:
+        problems.append(f"not floating-point (a float parameter is expected): {', '.join(not_float)}")
     if problems:
         raise ConversionError(" | ".join(problems))
 
 
-def build_model(config: VitHfConfig, state: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None):
-    """Build the classification model on the meta device and adopt `state`'s tensors (no second copy in memory)."""
+def empty_model(config: VitHfConfig) -> VitHfForImageClassification:
+    """The classification model with its parameters on the meta device (no memory, no init)."""
     with torch.device("meta"):
-        model = VitHfForImageClassification(config)
-    check_state_dict(model, state)
+        return VitHfForImageClassification(config)
+
+
+def build_model(
+    config: VitHfConfig,
+    state: Mapping[str, torch.Tensor],
+    dtype: torch.dtype | None = None,
+    name: Callable[[str], str] = str,
+) -> VitHfForImageClassification:
+    """Build the classification model on the meta device and adopt `state`'s tensors (no second copy in memory).
+
+    `state` is checked first (`check_state_dict`, keys spelled by `name` in the messages); `dtype` casts the
+    floating-point tensors.
+    """
+    model = empty_model(config)
+    check_state_dict(model.state_dict(), state, name=name)
     tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v) for k, v in state.items()}
     model.load_state_dict(tensors, strict=True, assign=True)
     return model.eval()
@@ -97,16 +167,117 @@ def parity_markdown(rows: list[dict]) -> str:
     lines = ["| reference | dtype | compared | max abs diff | top-1 agreement |", "| --- | --- | --- | --- | --- |"]
     for r in rows:
         top1 = "n/a" if r.get("top1_agreement") is None else f"{100 * r['top1_agreement']:.1f}%"
-        lines.append(f"| {r['reference']} | {r['dtype']} | {r.get('outputs', 'logits')} | "
-                     f"{r['max_abs_diff']:.3e} | {top1} |")
+        lines.append(
+            f"| {r['reference']} | {r['dtype']} | {r.get('outputs', 'logits')} | {r['max_abs_diff']:.3e} | {top1} |"
+        )
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Small shape helpers
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def square_side(n: int) -> int | None:
+    """s when n == s * s for a positive s, else None."""
+    side = math.isqrt(n) if n > 0 else 0
+    return side if side > 0 and side * side == n else None
+
+
+def pair(size: int | tuple[int, int] | list[int] | None) -> tuple[int, int] | None:
+    """`s` -> (s, s); a pair -> (h, w); None stays None."""
+    if size is None:
+        return None
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# CLI: argument types, paths, the output folder, the push, errors
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer > 0 (a head count or size of 0 or less would write a broken folder)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive integer")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite float > 0 (e.g. a LayerNorm epsilon)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return value
+
+
+def check_paths(src: str | Path, out_dir: str | Path) -> None:
+    """Refuse an OUT_DIR that holds SRC (or is SRC): writing the folder would overwrite or remove the source."""
+    src_path, out = Path(src).resolve(), Path(out_dir).resolve()
+    if src_path == out or src_path.is_relative_to(out):
+        raise ConversionError(
+            f"the source {src} is inside the output folder {out_dir}: writing the folder could overwrite or remove "
+            f"it. Choose an OUT_DIR that does not contain the source"
+        )
+    weights = out / "model.safetensors"
+    if weights.exists() and src_path.exists() and os.path.samefile(weights, src_path):
+        raise ConversionError(f"the source {src} is {weights} (a link to it): it would be overwritten; copy it first")
+
+
+def add_hub_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--push-to-hub REPO`, `--hub-token T`, `--private`: the same for every converter."""
+    parser.add_argument("--push-to-hub", metavar="REPO", default=None, help="push OUT_DIR to this Hub repo afterwards")
+    parser.add_argument("--hub-token", default=None, help="Hub write token (default: HF_TOKEN or `hf auth login`)")
+    parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
+
+
+def write_folder(model, processor, out_dir: str | Path, card: dict) -> Path:
+    """Write the hub-ready folder (`vit_hf.packaging.save_hub_folder`, imported late: it pulls in the model-card
+    machinery only when a folder is written) and return its path."""
+    from vit_hf.packaging import save_hub_folder
+
+    return save_hub_folder(model, processor, out_dir, card_kwargs=card)
+
+
+def push_if_requested(out: Path, args: argparse.Namespace, commit_message: str) -> None:
+    """After the folder is written: push it when `--push-to-hub` was given. A failure raises `HubPushError` (or
+    `HubFolderError`), which `run_cli` reports in one line; the folder stays as written."""
+    if not args.push_to_hub:
+        return
+    from vit_hf.hub import push_folder
+
+    sha = push_folder(out, args.push_to_hub, token=args.hub_token, private=args.private, commit_message=commit_message)
+    print(f"pushed {out} to {args.push_to_hub} at {sha}")
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
-    """Run a converter's main(); a `ConversionError` exits with status 2 and its message on stderr (no traceback)."""
+    """Run a converter's main() without tracebacks for the errors a user can fix.
+
+    A `ConversionError` exits with status 2 and its message on stderr (nothing was written). A failed push
+    (`HubPushError`, or `HubFolderError` for a folder that would not load) exits with status 1 and one line on
+    stderr; the written folder stays as it is.
+    """
     try:
         code = main(argv)
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except HubPushError as e:
+        print(f"error: push failed (the output folder was written and is left as it is): {_one_line(e)}",
+              file=sys.stderr)
+        sys.exit(1)
+    except HubFolderError as e:
+        print(f"error: the folder is not hub-ready: {_one_line(e)}", file=sys.stderr)
+        sys.exit(1)
     sys.exit(code or 0)

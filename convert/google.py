@@ -19,16 +19,27 @@ from __future__ import annotations
 
 import argparse
 import copy as copy_module
-import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from convert.common import ConversionError, build_model, check_state_dict, fixed_batch, parity_markdown, run_cli
+from convert.common import (
+    ConversionError,
+    add_hub_arguments,
+    build_model,
+    check_paths,
+    fixed_batch,
+    parity_markdown,
+    positive_int,
+    push_if_requested,
+    run_cli,
+    square_side,
+    write_folder,
+)
 from convert.key_mapping import (
     BLOCK_NAMING,
     POS_EMBED_SOURCES,
@@ -337,7 +348,9 @@ def map_tree(tree: FlaxTree, rules: list[Rule]) -> tuple[dict[str, torch.Tensor]
                 for r in rules
                 if r.target_regex.match(target) and r.parts == counts[target] and r.part not in slots
             ]
-            raise ConversionError(f"missing key(s): {', '.join(absent)} (fused into {target} with {provenance[target]})")
+            raise ConversionError(
+                f"missing key(s): {', '.join(absent)} (fused into {target} with {provenance[target]})"
+            )
         arrays = [slots[i] for i in range(counts[target])]
         if len({a.shape for a in arrays}) != 1:
             shapes = {k: tuple(a.shape) for k, a in zip(provenance[target], arrays)}
@@ -346,39 +359,9 @@ def map_tree(tree: FlaxTree, rules: list[Rule]) -> tuple[dict[str, torch.Tensor]
     return state, provenance
 
 
-def _square_side(n: int) -> int | None:
-    s = math.isqrt(n)
-    return s if s * s == n else None
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Conversion
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def _empty_model(config: VitHfConfig) -> VitHfForImageClassification:
-    """The model with parameters on the meta device (no memory, no init)."""
-    try:
-        with torch.device("meta"):
-            return VitHfForImageClassification(config)
-    except NotImplementedError:
-        # VitHfModel.__init__ calls torch.linspace(...).tolist(), which cannot run under torch.device("meta");
-        # accelerate's context puts only the parameters on meta. (Reported; remove once the model is fixed.)
-        from accelerate import init_empty_weights
-
-        with init_empty_weights():
-            return VitHfForImageClassification(config)
-
-
-def _build(config: VitHfConfig, state: dict[str, torch.Tensor]) -> VitHfForImageClassification:
-    """`convert.common.build_model`, or the same (strict check, assign) around `_empty_model` when it fails."""
-    try:
-        return build_model(config, state)
-    except NotImplementedError:
-        model = _empty_model(config)
-        check_state_dict(model, state)
-        model.load_state_dict(state, strict=True, assign=True)
-        return model.eval()
 
 
 @dataclass
@@ -418,14 +401,14 @@ def _convert(
         if pos.ndim != 3 or pos.shape[0] != 1 or pos.shape[2] != layout.width:
             raise ConversionError(f"wrong shape: {key} is {tuple(pos.shape)}, expected (1, tokens, {layout.width})")
         rows = pos.shape[1]
-        side = _square_side(rows)
-        if side is None and _square_side(rows - 1) is not None:
+        side = square_side(rows)
+        if side is None and square_side(rows - 1) is not None:
             if layout.pool != "tok":
                 raise ConversionError(
-                    f"{key} has {rows} = {_square_side(rows - 1)}^2 + 1 rows (a class-token slot) but the file has "
+                    f"{key} has {rows} = {square_side(rows - 1)}^2 + 1 rows (a class-token slot) but the file has "
                     f"no cls token"
                 )
-            side, cls_slot = _square_side(rows - 1), True
+            side, cls_slot = square_side(rows - 1), True
         if side is None:
             raise ConversionError(
                 f"{key} has {rows} rows: neither a square grid nor a square grid plus a class-token slot"
@@ -483,8 +466,7 @@ def _convert(
     except ValueError as e:
         raise ConversionError(f"unsupported configuration: {e}") from None
 
-    _check_against_model(config, state, provenance, rules, tree.prefix)
-    model = _build(config, state)
+    model = build_model(config, state, name=_npz_names(provenance, rules, tree.prefix))
     processor = VitHfImageProcessor(
         size={"height": native[0], "width": native[1]},
         crop_pct=1.0,
@@ -535,28 +517,15 @@ def _convert(
     return Conversion(model, processor, info, tree, layout)
 
 
-def _check_against_model(config, state, provenance, rules, prefix: str) -> None:
-    """Compare the assembled state with the model's parameters, naming npz keys (not only vit_hf keys)."""
-    expected = {k: tuple(v.shape) for k, v in _empty_model(config).state_dict().items()}
-    problems = []
-    missing = sorted(set(expected) - set(state))
-    if missing:
-        names = [" or ".join(prefix + s for s in source_for(k, rules)) or k for k in missing]
-        problems.append(f"missing key(s): {', '.join(names)}")
-    extra = sorted(set(state) - set(expected))
-    if extra:
-        problems.append(
-            f"unknown key(s) for this configuration: {', '.join(', '.join(provenance[k]) for k in extra)}"
-        )
-    wrong = [
-        f"{', '.join(provenance[k])} -> {k} {tuple(state[k].shape)}, expected {expected[k]}"
-        for k in sorted(set(state) & set(expected))
-        if tuple(state[k].shape) != expected[k]
-    ]
-    if wrong:
-        problems.append(f"wrong shape(s): {'; '.join(wrong)}")
-    if problems:
-        raise ConversionError(" | ".join(problems))
+def _npz_names(provenance: dict[str, list[str]], rules: list[Rule], prefix: str) -> Callable[[str], str]:
+    """Spell a vit_hf key as the npz key(s) it came from (or, for a missing one, could come from) in messages."""
+
+    def name(key: str) -> str:
+        if key in provenance:
+            return f"{', '.join(provenance[key])} -> {key}"
+        return " or ".join(prefix + s for s in source_for(key, rules)) or key
+
+    return name
 
 
 def convert_npz(
@@ -586,11 +555,13 @@ def convert_npz(
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _clone(model: VitHfForImageClassification, dtype: torch.dtype, hidden_act: str | None = None):
+def _clone(
+    model: VitHfForImageClassification, dtype: torch.dtype, hidden_act: str | None = None
+) -> VitHfForImageClassification:
     config = copy_module.deepcopy(model.config)
     if hidden_act is not None:
         config.hidden_act = hidden_act
-    return _build(config, {k: v.detach().to(dtype).clone() for k, v in model.state_dict().items()})
+    return build_model(config, {k: v.detach().to(dtype).clone() for k, v in model.state_dict().items()})
 
 
 def timm_unsupported_reason(conv: Conversion, path: str | None) -> str | None:
@@ -618,7 +589,8 @@ def timm_unsupported_reason(conv: Conversion, path: str | None) -> str | None:
         prefix.startswith("params/") or f"{prefix}pos_embedding" in stored or info["scan"]
     )
     if timm_big_vision != (layout.naming == "linen"):
-        return f"{layout.naming} block names with a layout timm reads as {'big_vision' if timm_big_vision else 'vit_jax'}"
+        timm_reads = "big_vision" if timm_big_vision else "vit_jax"
+        return f"{layout.naming} block names with a layout timm reads as {timm_reads}"
     expected_pos = "pos_embedding" if timm_big_vision else "Transformer/posembed_input/pos_embedding"
     if info["pos_source"] != expected_pos:
         return f"position table at {info['pos_source']} (timm reads {expected_pos})"
@@ -627,7 +599,7 @@ def timm_unsupported_reason(conv: Conversion, path: str | None) -> str | None:
     return None
 
 
-def _timm_model(conv: Conversion, path: str):
+def _timm_model(conv: Conversion, path: str) -> torch.nn.Module | None:
     from timm.models.vision_transformer import VisionTransformer
 
     layout, cfg = conv.layout, conv.model.config
@@ -722,7 +694,9 @@ def verify(conv: Conversion, path: str | None) -> tuple[list[dict], bool]:
                 pos = pos.astype(np.float32).astype(np.float64)
         spec = FlaxSpec(**layout.block_names, depth=layout.depth, pool=layout.pool, pos_embed=pos,
                         pos_has_cls_slot=info["cls_slot"], gelu=info["gelu"])
-        reference = torch.from_numpy(flax_forward(lambda n: conv.tree.get(n, np.float64), spec, pixels.double().numpy()))
+        reference = torch.from_numpy(
+            flax_forward(lambda n: conv.tree.get(n, np.float64), spec, pixels.double().numpy())
+        )
         conv.tree.release()
         label = f"numpy Flax forward (float64, GELU {info['gelu']})"
         rows.append(_row(label, "float32", model(pixels).logits, reference, outputs))
@@ -775,32 +749,55 @@ def source_markdown(src: str, info: dict, processor: VitHfImageProcessor) -> str
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m convert.google", description=__doc__.split("\n\n")[0])
     p.add_argument("src", help="Google .npz file (vit_jax or big_vision); `path.npz:img` selects a sub-tree")
-    p.add_argument("out_dir", help="output folder (written atomically; replaced only on success)")
+    p.add_argument("out_dir", help="output folder (hub files written only on success; other files left alone)")
     p.add_argument("--prefix", default=None, help="key prefix of the ViT parameters (default: auto-detect)")
     p.add_argument("--gelu", choices=sorted(GELU_ACTIVATIONS), default="tanh",
                    help="tanh = JAX nn.gelu (default, exact for these weights); exact = erf (timm)")
     p.add_argument("--pool", choices=POOLS, default=None,
                    help="pooling; inferred from the keys (cls -> tok, MAPHead_0 -> map, else gap); '0' = first token")
-    p.add_argument("--image-size", type=int, default=None,
+    p.add_argument("--image-size", type=positive_int, default=None,
                    help="square input size; positions are resampled with Google's zoom(order=1) if it differs")
     p.add_argument("--verify", action="store_true", help="check logits against timm / a numpy Flax forward pass")
-    p.add_argument("--push-to-hub", metavar="REPO", default=None, help="push OUT_DIR to this Hub repo afterwards")
-    p.add_argument("--hub-token", default=None)
-    p.add_argument("--private", action="store_true")
+    add_hub_arguments(p)
     return p.parse_args(argv)
+
+
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive's first member / an empty archive
+
+
+def open_npz(path: str) -> np.lib.npyio.NpzFile:
+    """`np.load` of an .npz, lazily (members are read and decompressed one at a time), never unpickling anything.
+
+    Anything but a zip archive of .npy members is a ConversionError saying what the file is not (and, for the
+    formats users confuse it with, what it looks like instead).
+    """
+    if not Path(path).is_file():
+        raise ConversionError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head.startswith(_ZIP_MAGIC):
+        looks = ""
+        if head.startswith(b"\x93NUMPY"):
+            looks = " (it is a single .npy array)"
+        elif len(head) >= 9 and head[8:9] == b"{":
+            looks = " (it looks like a .safetensors file: timm state dicts convert with `python -m convert.timm`)"
+        elif not head:
+            looks = " (it is empty)"
+        raise ConversionError(f"{path}: not an .npz file{looks}; an .npz is a zip archive of .npy arrays")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise ConversionError(f"{path}: not a readable .npz file ({e})") from None
+    if not isinstance(npz, Mapping):
+        raise ConversionError(f"{path}: not an .npz parameter tree")
+    return npz
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     path, subtree = split_source(args.src)
-    if not Path(path).is_file():
-        raise ConversionError(f"{path}: no such file")
-    try:
-        npz = np.load(path, allow_pickle=False)  # lazy: members are read (and decompressed) one at a time
-    except (OSError, ValueError) as e:
-        raise ConversionError(f"{path}: not a readable .npz file ({e})") from None
-    if not isinstance(npz, Mapping):
-        raise ConversionError(f"{path}: holds a single array, not an .npz parameter tree")
+    check_paths(path, args.out_dir)
+    npz = open_npz(path)
     with npz:
         conv = _convert(npz, prefix=args.prefix, subtree=subtree, gelu=args.gelu, pool=args.pool,
                         image_size=args.image_size)
@@ -818,15 +815,9 @@ def main(argv: list[str] | None = None) -> int:
     name = Path(args.out_dir).resolve().name
     card = dict(source=source_markdown(path, conv.info, conv.processor), parity=parity, model_name=name,
                 repo_id=args.push_to_hub or f"<owner>/{name}", tags=["google", "jax-conversion"])
-    from vit_hf.packaging import save_hub_folder
-
-    out = save_hub_folder(conv.model, conv.processor, args.out_dir, card_kwargs=card)
+    out = write_folder(conv.model, conv.processor, args.out_dir, card)
     print(f"wrote {out}")
-    if args.push_to_hub:
-        from vit_hf.hub import push_folder
-
-        url = push_folder(out, args.push_to_hub, token=args.hub_token, private=args.private)
-        print(f"pushed to {url}")
+    push_if_requested(out, args, f"Convert {Path(path).name} from a Google checkpoint")
     return 0
 
 

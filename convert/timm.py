@@ -1,14 +1,17 @@
 """timm `VisionTransformer` state dict -> vit_hf hub-ready folder.
 
     python -m convert.timm SRC OUT_DIR [--model-name NAME] [--num-heads H] [--global-pool {token,avg,map}]
-                           [--image-size S|HxW] [--act {gelu,gelu_tanh,quick_gelu}] [--verify]
+                           [--image-size S|HxW] [--act {gelu,gelu_tanh,quick_gelu}] [--eps E] [--verify]
                            [--push-to-hub REPO] [--hub-token T] [--private]
 
 SRC is a timm state dict: `.safetensors`, or a `torch.save` file read with `weights_only=True` (plain, or wrapped
 under `model` / `state_dict`). The architecture comes from `--model-name` (a timm model name; only its model args
 and `pretrained_cfg` are used, nothing is downloaded) or is read off the keys and shapes; what the shapes cannot
-tell is an error naming the flag to pass. Every key must be consumed and every parameter written; anything the
-model cannot represent is refused with the feature's name, and nothing is written to OUT_DIR then.
+tell is an error naming the flag to pass (heads; and for a CLIP-style pre-norm tower, whose activation and LayerNorm
+eps differ by origin, `--act` and `--eps`). Without `--model-name`, `--verify` builds timm from the same inferred
+arguments, so it checks the key mapping, not the inferred activation or eps: the parity rows say so. Every key
+must be consumed and every parameter written; anything the model cannot represent is refused with the feature's
+name, and nothing is written to OUT_DIR then.
 
 The parameter names of vit_hf *are* timm's keys (under `vit.`), so the key table below is a prefix plus the legacy
 spellings timm's own `checkpoint_filter_fn` still accepts. Semantics: reference/conversion-formats.md §1.
@@ -25,17 +28,28 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
 
 from convert.common import (
     ConversionError,
+    add_hub_arguments,
     build_model,
+    check_paths,
+    check_state_dict,
+    empty_model,
     fixed_batch,
     load_torch_state_dict,
+    pair,
     parity_markdown,
+    positive_float,
+    positive_int,
+    push_if_requested,
     run_cli,
+    square_side,
+    write_folder,
 )
 from vit_hf import VitHfConfig, VitHfForImageClassification, VitHfImageProcessor, resample_position_embedding
 
@@ -397,19 +411,13 @@ class TimmArch:
             eps=float(block.norm1.eps),
         )
 
-    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
-        """timm key -> shape of every parameter this architecture has (from a meta-device vit_hf model)."""
-        model = _empty_model(self.to_config())
-        shapes = {}
-        for key, value in model.state_dict().items():
-            shapes[key[len("vit.") :] if key.startswith("vit.") else key] = tuple(value.shape)
-        return shapes
-
-
-def _empty_model(config: VitHfConfig) -> VitHfForImageClassification:
-    """The vit_hf model with its parameters on the meta device (no memory, no init)."""
-    with torch.device("meta"):
-        return VitHfForImageClassification(config)
+    def expected_state(self) -> dict[str, torch.Tensor]:
+        """timm key -> meta tensor (shape, dtype) of every parameter this architecture has (from a meta-device
+        vit_hf model, whose keys are timm's under `vit.`)."""
+        return {
+            (key[len("vit.") :] if key.startswith("vit.") else key): value
+            for key, value in empty_model(self.to_config()).state_dict().items()
+        }
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -417,17 +425,12 @@ def _empty_model(config: VitHfConfig) -> VitHfForImageClassification:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _square_side(n: int) -> int | None:
-    side = math.isqrt(n) if n > 0 else 0
-    return side if side > 0 and side * side == n else None
-
-
 def _grid_for(n: int, hints: list[tuple[int, int]]) -> tuple[int, int] | None:
     """The patch grid of `n` positions: a hinted grid with n cells (non-square sizes), else a square one."""
     for hint in hints:
         if hint[0] * hint[1] == n:
             return tuple(hint)
-    side = _square_side(n)
+    side = square_side(n)
     return (side, side) if side else None
 
 
@@ -439,12 +442,6 @@ def _near_square_factors(n: int, max_aspect: float = 2.0) -> tuple[int, int] | N
     return None
 
 
-def _pair(size: int | tuple[int, int] | list[int] | None) -> tuple[int, int] | None:
-    if size is None:
-        return None
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
 def infer_arch(
     state: Mapping[str, torch.Tensor],
     *,
@@ -453,12 +450,15 @@ def infer_arch(
     image_size: tuple[int, int] | None = None,
     source_image_size: tuple[int, int] | None = None,
     act: str | None = None,
+    eps: float | None = None,
 ) -> tuple[TimmArch, list[str]]:
     """Read a timm VisionTransformer architecture off a state dict (current timm key spelling).
 
     `source_image_size` is the checkpoint's own size (the table must fit it). Without it, `image_size` (the output size)
     is a hint for a non-square table: a grid of that size with the table's number of positions wins over a square
-    one. Returns the architecture at the checkpoint's own grid and notes saying what was inferred from which key.
+    one. `act` / `eps` default to timm's (exact GELU, 1e-6), except for a CLIP-style pre-norm tower (`norm_pre.*`),
+    where they must be given: CLIP towers differ by origin and the weights cannot tell. Returns the architecture at
+    the checkpoint's own grid and notes saying what was inferred from which key.
     """
     notes: list[str] = []
 
@@ -601,6 +601,16 @@ def infer_arch(
     num_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
     if act is not None and act not in ACT_TO_HF:
         raise ConversionError(f"--act must be one of {sorted(ACT_TO_HF)}, got {act!r}")
+    if eps is not None and not eps > 0:
+        raise ConversionError(f"--eps must be a positive number, got {eps!r}")
+    if "norm_pre.weight" in state and (act is None or eps is None):
+        raise ConversionError(
+            "norm_pre.* (pre-norm) marks a CLIP-style tower, whose MLP activation and LayerNorm eps depend on where "
+            "it comes from (OpenAI CLIP: QuickGELU; most CLIP towers: eps 1e-5; timm's default: GELU, eps 1e-6) and "
+            "cannot be read off the weights, nor checked by --verify without --model-name. Pass "
+            f"--act quick_gelu|gelu|gelu_tanh and --eps 1e-5|1e-6 (missing: "
+            f"{', '.join(f for f, v in (('--act', act), ('--eps', eps)) if v is None)}), or --model-name"
+        )
     arch = TimmArch(
         embed_dim=dim,
         depth=len(blocks),
@@ -623,36 +633,15 @@ def infer_arch(
         final_norm=has_norm or has_fc_norm,
         fc_norm=has_fc_norm,
         act=act or "gelu",
-        eps=TIMM_EPS,
+        eps=eps or TIMM_EPS,
         representation_size=representation,
     )
     if act is None:
         notes.append("activation: exact GELU (timm's default; pass --act or --model-name for CLIP/SigLIP-2 towers)")
-    notes.append("LayerNorm eps 1e-6 (timm's default)")
+    else:
+        notes.append(f"activation: {act} (--act)")
+    notes.append(f"LayerNorm eps {eps:g} (--eps)" if eps else "LayerNorm eps 1e-6 (timm's default; --eps to change)")
     return arch, notes
-
-
-def check_keys(state: Mapping[str, torch.Tensor], arch: TimmArch, source: str = "checkpoint") -> None:
-    """Strict comparison in timm's names: unknown keys, missing keys and wrong shapes, each named."""
-    expected = arch.expected_shapes()
-    for key in state:
-        timm_to_hf_key(key)  # unknown to the key table -> error naming it
-    unknown = sorted(set(state) - set(expected))
-    missing = sorted(set(expected) - set(state))
-    wrong = [
-        f"{k}: {source} {tuple(state[k].shape)} vs architecture {expected[k]}"
-        for k in sorted(set(state) & set(expected))
-        if tuple(state[k].shape) != expected[k]
-    ]
-    problems = []
-    if unknown:
-        problems.append(f"unknown key(s) for this architecture: {', '.join(unknown)}")
-    if missing:
-        problems.append(f"missing key(s): {', '.join(missing)}")
-    if wrong:
-        problems.append(f"wrong shape(s): {'; '.join(wrong)}")
-    if problems:
-        raise ConversionError(" | ".join(problems))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -660,7 +649,7 @@ def check_keys(state: Mapping[str, torch.Tensor], arch: TimmArch, source: str = 
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _import_timm(why: str):
+def _import_timm(why: str) -> ModuleType:
     try:
         import timm
     except ImportError:
@@ -702,14 +691,27 @@ def _imagenet_labels(model: torch.nn.Module, num_classes: int) -> dict[int, str]
 
 
 def parse_image_size(text: str | int | tuple | None) -> tuple[int, int] | None:
-    """`224`, `"224"`, `"224x320"` (height x width) or a pair -> (h, w)."""
-    if text is None or isinstance(text, (int, tuple, list)):
-        return _pair(text)
-    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX,]\s*(\d+))?\s*", str(text))
-    if not m:
-        raise ConversionError(f"--image-size {text!r}: expected S or HxW, e.g. 224 or 224x320")
-    h = int(m.group(1))
-    return (h, int(m.group(2) or h))
+    """`224`, `"224"`, `"224x320"` (height x width) or a pair -> (h, w); sizes must be positive."""
+    if text is None:
+        return None
+    if isinstance(text, (int, tuple, list)):
+        size = pair(text)
+    else:
+        m = re.fullmatch(r"\s*(\d+)\s*(?:[xX,]\s*(\d+))?\s*", str(text))
+        if not m:
+            raise ConversionError(f"image size {text!r}: expected S or HxW, e.g. 224 or 224x320")
+        size = (int(m.group(1)), int(m.group(2) or m.group(1)))
+    if min(size) <= 0:
+        raise ConversionError(f"image size {text!r}: height and width must be positive")
+    return size
+
+
+def image_size_arg(text: str) -> tuple[int, int]:
+    """argparse type for `--image-size` / `--source-image-size` (S or HxW, positive)."""
+    try:
+        return parse_image_size(text)
+    except ConversionError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _processor(config: VitHfConfig, data_cfg: dict | None) -> tuple[VitHfImageProcessor, str]:
@@ -738,6 +740,15 @@ def _processor(config: VitHfConfig, data_cfg: dict | None) -> tuple[VitHfImagePr
     return processor, text
 
 
+def self_check_label(arch: TimmArch, timm_version: str) -> str:
+    """The parity rows' reference when timm is built from the converter's own (inferred or given) arguments: it then
+    checks the key mapping only; an activation or eps that differs from the checkpoint's training goes unnoticed."""
+    return (
+        f"mapping self-check against timm built from the inferred arguments (activation {arch.act}, eps "
+        f"{arch.eps:g} assumed), timm {timm_version} VisionTransformer"
+    )
+
+
 def _verify(
     arch: TimmArch,
     timm_state: Mapping[str, torch.Tensor],
@@ -764,7 +775,10 @@ def _verify(
         ref_pos = resample_abs_pos_embed(
             table, new_size=list(arch.grid), old_size=list(old_grid), num_prefix_tokens=prefix
         )
-    reference = f"timm {timm.__version__} " + (f"`{model_name}`" if model_name else "VisionTransformer")
+    if model_name:
+        reference = f"timm {timm.__version__} `{model_name}`"
+    else:
+        reference = self_check_label(arch, timm.__version__)
     reference += " + pre_logits" if rep else ""
     has_head = config.num_labels > 0
     outputs = "logits" if has_head else "pooled features"
@@ -840,8 +854,9 @@ def convert_timm_state_dict(
     image_size: int | str | tuple[int, int] | None = None,
     source_image_size: int | str | tuple[int, int] | None = None,
     act: str | None = None,
+    eps: float | None = None,
     verify: bool = False,
-):
+) -> tuple[VitHfForImageClassification, VitHfImageProcessor, dict]:
     """Convert a timm VisionTransformer state dict into a vit_hf model and image processor.
 
     Returns `(model, processor, info)`; `info` holds the timm architecture (`arch`, at the output size), notes on
@@ -868,6 +883,8 @@ def convert_timm_state_dict(
             )
         if act is not None and act != arch.act:
             raise ConversionError(f"--act {act} disagrees with {model_name} (activation {arch.act})")
+        if eps is not None and eps != arch.eps:
+            raise ConversionError(f"--eps {eps:g} disagrees with {model_name} (LayerNorm eps {arch.eps:g})")
         k = state["head.weight"].shape[0] if "head.weight" in state else 0
         if k != arch.num_classes:
             raise ConversionError(
@@ -912,8 +929,11 @@ def convert_timm_state_dict(
             image_size=target,
             source_image_size=source_size,
             act=act,
+            eps=eps,
         )
-    check_keys(state, arch)
+    for key in state:
+        timm_to_hf_key(key)  # a key the table has no rule for: refused by name
+    check_state_dict(arch.expected_state(), state, target="architecture")
 
     source_grid = arch.grid
     resampled = False
@@ -980,7 +1000,12 @@ def _kwargs_text(arch: TimmArch) -> str:
 def source_markdown(src: Path, info: dict) -> str:
     """The card's "Source and conversion" section."""
     arch: TimmArch = info["arch"]
-    origin = f"`{info['model_name']}` (timm model args)" if info["model_name"] else "inferred from keys and shapes"
+    origin = (
+        f"`{info['model_name']}` (timm model args)"
+        if info["model_name"]
+        else f"inferred from keys and shapes (activation {arch.act} and LayerNorm eps {arch.eps:g} assumed: with "
+        f"`--verify` the parity rows are a self-check of the key mapping, not of these)"
+    )
     lines = [
         f"Converted from the timm `VisionTransformer` state dict `{src.name}` (sha256 `{_sha256(src)}`) with "
         f"`python -m convert.timm`.",
@@ -1008,27 +1033,36 @@ def source_markdown(src: Path, info: dict) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m convert.timm", description=__doc__.split("\n\n")[0])
     p.add_argument("src", help="timm state dict: .safetensors or a torch.save file (.pth/.pt/.bin)")
-    p.add_argument("out_dir", help="output folder (written atomically; left untouched on failure)")
+    p.add_argument("out_dir", help="output folder (hub files written only on success; other files left alone)")
     p.add_argument("--model-name", default=None, help="timm model name giving the architecture and preprocessing")
-    p.add_argument("--num-heads", type=int, default=None, help="attention heads (not readable off a fused qkv)")
+    p.add_argument(
+        "--num-heads", type=positive_int, default=None, help="attention heads (not readable off a fused qkv)"
+    )
     p.add_argument("--global-pool", choices=("token", "avg", "map"), default=None, help="timm global_pool")
-    p.add_argument("--image-size", default=None, help="output image size S or HxW; positions resampled the timm way")
+    p.add_argument(
+        "--image-size", type=image_size_arg, default=None,
+        help="output image size S or HxW; positions resampled the timm way",
+    )
     p.add_argument(
         "--source-image-size",
+        type=image_size_arg,
         default=None,
         help="the checkpoint's own image size S or HxW, when its position table does not tell",
     )
     p.add_argument("--act", choices=sorted(ACT_TO_HF), default=None, help="MLP activation (default: timm's GELU)")
+    p.add_argument(
+        "--eps", type=positive_float, default=None,
+        help="LayerNorm epsilon (default: timm's 1e-6; CLIP-style pre-norm towers need it given, e.g. 1e-5)",
+    )
     p.add_argument("--verify", action="store_true", help="compare logits with timm in float32 and float64")
-    p.add_argument("--push-to-hub", metavar="REPO", default=None, help="push OUT_DIR to this Hub repo afterwards")
-    p.add_argument("--hub-token", default=None)
-    p.add_argument("--private", action="store_true")
+    add_hub_arguments(p)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     src = Path(args.src)
+    check_paths(src, args.out_dir)
     state = load_torch_state_dict(src)
     model, processor, info = convert_timm_state_dict(
         state,
@@ -1038,6 +1072,7 @@ def main(argv: list[str] | None = None) -> int:
         image_size=args.image_size,
         source_image_size=args.source_image_size,
         act=args.act,
+        eps=args.eps,
         verify=args.verify,
     )
     cfg = info["pretrained_cfg"] or {}
@@ -1048,32 +1083,15 @@ def main(argv: list[str] | None = None) -> int:
         base_model=cfg.get("hf_hub_id") if cfg.get("tag") else None,
         license=cfg.get("license") or "apache-2.0",
     )
-    out = save_hub_folder_checked(model, processor, args.out_dir, card)
+    out = write_folder(model, processor, args.out_dir, card)
     print(f"wrote {out}")
     for row in info["parity"] or []:
         print(
             f"parity vs {row['reference']} ({row['dtype']}): max abs diff {row['max_abs_diff']:.3e}"
             + (f", top-1 agreement {100 * row['top1_agreement']:.1f}%" if row["top1_agreement"] is not None else "")
         )
-    if args.push_to_hub:
-        from vit_hf.hub import push_folder
-
-        sha = push_folder(
-            out,
-            args.push_to_hub,
-            token=args.hub_token,
-            private=args.private,
-            commit_message=f"Convert {src.name} from timm",
-        )
-        print(f"pushed {out} to {args.push_to_hub} at {sha}")
+    push_if_requested(out, args, f"Convert {src.name} from timm")
     return 0
-
-
-def save_hub_folder_checked(model, processor, out_dir: str | Path, card: dict) -> Path:
-    """`save_hub_folder`, imported late (it pulls in the model-card machinery only when a folder is written)."""
-    from vit_hf.packaging import save_hub_folder
-
-    return save_hub_folder(model, processor, out_dir, card)
 
 
 if __name__ == "__main__":

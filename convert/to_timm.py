@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from convert.common import ConversionError, run_cli
+from convert.common import ConversionError, check_state_dict, run_cli
 from convert.timm import TimmArch
 from vit_hf import VitHfConfig
 
@@ -38,6 +38,7 @@ EXPORT_RULES: list[tuple[str, str | None, str]] = [
 
 
 def export_key(key: str) -> str:
+    """vit_hf key -> timm key by EXPORT_RULES; a key timm has no place for is a ConversionError naming it."""
     for pattern, replacement, what in EXPORT_RULES:
         if re.match(pattern, key):
             if replacement is None:
@@ -74,20 +75,13 @@ def export_to_timm(config: VitHfConfig, state: Mapping[str, torch.Tensor]) -> tu
         VisionTransformer = None
     if VisionTransformer is not None:
         with torch.device("meta"):
-            expected = {k: tuple(v.shape) for k, v in VisionTransformer(**kwargs).state_dict().items()}
+            expected = dict(VisionTransformer(**kwargs).state_dict())
     else:
-        expected = arch.expected_shapes()
-    unknown, missing = sorted(set(out) - set(expected)), sorted(set(expected) - set(out))
-    wrong = [
-        f"{k}: {tuple(out[k].shape)} vs timm {expected[k]}"
-        for k in set(out) & set(expected)
-        if tuple(out[k].shape) != expected[k]
-    ]
-    if unknown or missing or wrong:
-        raise ConversionError(
-            f"the exported state does not fit VisionTransformer(**{kwargs}): unknown {unknown}, "
-            f"missing {missing}, wrong shapes {wrong}"
-        )
+        expected = arch.expected_state()
+    try:
+        check_state_dict(expected, out, source="export", target="timm model")
+    except ConversionError as e:
+        raise ConversionError(f"the exported state does not fit VisionTransformer(**{kwargs}): {e}") from None
     return out, kwargs
 
 

@@ -26,13 +26,13 @@ def gelu(x: np.ndarray, approximate: bool) -> np.ndarray:
     return 0.5 * x * (1 + erf(x / np.sqrt(2)))
 
 
-def layer_norm(x, p, name):
+def layer_norm(x, p, name) -> np.ndarray:
     mu = x.mean(-1, keepdims=True)
     var = x.var(-1, keepdims=True)  # biased
     return (x - mu) / np.sqrt(var + EPS) * p(f"{name}/scale") + p(f"{name}/bias")
 
 
-def mha(xq, xkv, p, name):
+def mha(xq, xkv, p, name) -> np.ndarray:
     """flax MultiHeadDotProductAttention over (B, N, D) inputs with (D, H, Dh) / (H, Dh, D) kernels."""
     q = np.einsum("bld,dhk->blhk", xq, p(f"{name}/query/kernel")) + p(f"{name}/query/bias")
     k = np.einsum("bnd,dhk->bnhk", xkv, p(f"{name}/key/kernel")) + p(f"{name}/key/bias")
@@ -45,12 +45,12 @@ def mha(xq, xkv, p, name):
     return np.einsum("blhk,hkd->bld", o, p(f"{name}/out/kernel")) + p(f"{name}/out/bias")
 
 
-def mlp_block(x, p, name, approximate):
+def mlp_block(x, p, name, approximate) -> np.ndarray:
     x = gelu(x @ p(f"{name}/Dense_0/kernel") + p(f"{name}/Dense_0/bias"), approximate)
     return x @ p(f"{name}/Dense_1/kernel") + p(f"{name}/Dense_1/bias")
 
 
-def posemb_sincos_2d(h, w, width, temperature=10_000.0):
+def posemb_sincos_2d(h, w, width, temperature=10_000.0) -> np.ndarray:
     """big_vision posemb_sincos_2d."""
     y, x = np.mgrid[:h, :w]
     omega = np.arange(width // 4) / (width // 4 - 1)
@@ -60,7 +60,9 @@ def posemb_sincos_2d(h, w, width, temperature=10_000.0):
     return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)[None]
 
 
-def forward(params, pixels_nchw, *, prefix, naming, pool, pos, scan=False, approximate_gelu=True, depth=None):
+def forward(
+    params, pixels_nchw, *, prefix, naming, pool, pos, scan=False, approximate_gelu=True, depth=None
+) -> np.ndarray:
     """Logits of the Flax model for NCHW pixels (float64).
 
     naming: 'pre-linen' | 'linen'; pool: 'tok' | 'gap' | 'map' | '0';
@@ -129,7 +131,7 @@ def forward(params, pixels_nchw, *, prefix, naming, pool, pos, scan=False, appro
     return x @ p("head/kernel") + p("head/bias")
 
 
-def forward_variant(params, variant, pixels_nchw, approximate_gelu=True):
+def forward_variant(params, variant, pixels_nchw, approximate_gelu=True) -> np.ndarray:
     """`forward` with the flavour of a `tests.npz_factory.Variant`."""
     return forward(params, pixels_nchw, prefix=variant.prefix, naming=variant.naming, pool=variant.pool,
                    pos=variant.pos, scan=variant.scan, approximate_gelu=approximate_gelu)

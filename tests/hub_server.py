@@ -671,7 +671,9 @@ def _make_handler(server: HubServer):
                     item["actions"] = {"upload": {"href": f"{self._endpoint()}/lfs-upload/{ticket}"},
                                        "verify": {"href": repo_url}}
                 objects.append(item)
-            self._json({"transfer": "basic", "objects": objects}, headers={"Content-Type": "application/vnd.git-lfs+json"})
+            self._json(
+                {"transfer": "basic", "objects": objects}, headers={"Content-Type": "application/vnd.git-lfs+json"}
+            )
 
         def _lfs_put(self, ticket: str) -> None:
             with server._lock:

@@ -305,3 +305,59 @@ def test_verify_reports_a_wrong_conversion(npz_dir: Path):
             conv.model.vit.blocks[1].norm2.weight.mul_(1.001)
         rows, ok = verify(conv, str(path))
     assert not ok and all(not r["passed"] for r in rows if r["dtype"] == "float64")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# CLI input checks: what is not an .npz, numbers, and a source inside OUT_DIR (exit 2, nothing written)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _run_cli(argv: list, capsys) -> tuple[int, str]:
+    from convert.common import run_cli
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, [str(a) for a in argv])
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def _safetensors(path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    save_file({"embedding/kernel": np.ones((8, 8, 3, D), np.float32)}, str(path))
+
+
+NOT_NPZ = {
+    "weights.safetensors": (_safetensors, "not an .npz file (it looks like a .safetensors file"),
+    "empty.npz": (lambda p: p.write_bytes(b""), "not an .npz file (it is empty)"),
+    "single.npy": (lambda p: np.save(p, np.ones(3, np.float32)), "not an .npz file (it is a single .npy array)"),
+    "a_pickle.npz": (lambda p: p.write_bytes(b"\x80\x04\x95anything"), "not an .npz file"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NOT_NPZ))
+def test_not_an_npz_is_named_as_such(name: str, tmp_path: Path, capsys):
+    write, needle = NOT_NPZ[name]
+    src = tmp_path / name
+    write(src)
+    code, err = _run_cli([src, tmp_path / "out"], capsys)
+    assert code == 2 and needle in err and "pickled data" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+@pytest.mark.parametrize("size", ["0", "-16"])
+def test_image_size_must_be_positive(size: str, npz_dir: Path, tmp_path: Path, capsys):
+    code, err = _run_cli([npz_dir / "vitjax_token.npz", tmp_path / "out", "--image-size", size], capsys)
+    assert code == 2 and f"argument --image-size: '{size}' must be a positive integer" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_source_inside_out_dir_is_refused(npz_dir: Path, tmp_path: Path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    src = out / "ckpt.npz"
+    src.write_bytes((npz_dir / "vitjax_token.npz").read_bytes())
+    code, err = _run_cli([src, out], capsys)
+    assert code == 2 and "inside the output folder" in err, err
+    assert [p.name for p in out.iterdir()] == ["ckpt.npz"]
+    assert src.read_bytes() == (npz_dir / "vitjax_token.npz").read_bytes()

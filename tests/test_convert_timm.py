@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -60,11 +61,31 @@ def subprocess_env() -> dict[str, str]:
     return dict(os.environ, OMP_NUM_THREADS="1")
 
 
-def run_cli_inprocess(module, argv: list[str], capsys) -> tuple[int, str]:
-    """Run a converter's CLI entry point (`run_cli(main)`, what `python -m` runs) and return (exit code, stderr)."""
+def run_module(module: str, *args, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m module args...` as a real process from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def run_cli_captured(module, argv: list, capsys) -> tuple[int, str, str]:
+    """Run a converter's CLI entry point (`run_cli(main)`, what `python -m` runs): (exit code, stdout, stderr)."""
+    capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
-        run_cli(module.main, argv)
-    return exc.value.code, capsys.readouterr().err
+        run_cli(module.main, [str(a) for a in argv])
+    captured = capsys.readouterr()
+    return exc.value.code, captured.out, captured.err
+
+
+def run_cli_inprocess(module, argv: list, capsys) -> tuple[int, str]:
+    """`run_cli_captured` without stdout: (exit code, stderr)."""
+    code, _, err = run_cli_captured(module, argv, capsys)
+    return code, err
 
 
 def pixels(hw: tuple[int, int], seed: int = 1, batch: int = 2) -> torch.Tensor:
@@ -80,7 +101,7 @@ def timm_outputs(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor,
         return model.forward_head(feats), model.forward_head(feats, pre_logits=True)
 
 
-def assert_matches_timm(out_dir: Path, reference: torch.nn.Module, hw: tuple[int, int]) -> None:
+def assert_matches_timm(out_dir: Path, reference: torch.nn.Module, hw: tuple[int, int], eps: float = 1e-6) -> None:
     """The saved folder, loaded as remote code, reproduces the timm model in float64."""
     model = AutoModelForImageClassification.from_pretrained(out_dir, trust_remote_code=True)
     assert type(model).__module__.startswith("transformers_modules"), "not loaded through the folder's remote code"
@@ -92,7 +113,7 @@ def assert_matches_timm(out_dir: Path, reference: torch.nn.Module, hw: tuple[int
         pooled = model.vit(pixel_values=x).pooler_output
     torch.testing.assert_close(out.logits, expected_logits, rtol=0, atol=ATOL64)
     torch.testing.assert_close(pooled, expected_pooled, rtol=0, atol=ATOL64)
-    assert model.config.layer_norm_eps == 1e-6
+    assert model.config.layer_norm_eps == eps
     assert model.config.pos_embed_interpolation == "timm"
     assert model.vit.blocks[0].mlp.fc1.out_features == M
 
@@ -217,24 +238,10 @@ def test_cli_subprocess_round_trip(tmp_path: Path):
     src = save_state(state, tmp_path / "ckpt", "torch_model")
     out = tmp_path / "vit_cli_map"
     target = tmp_path / "exported.safetensors"
-    proc = subprocess.run(
-        [sys.executable, "-m", "convert.timm", str(src), str(out), *variant.flags, "--verify"],
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_module("convert.timm", src, out, *variant.flags, "--verify")
     assert proc.returncode == 0, proc.stderr
     assert "float64" in proc.stdout and "max abs diff" in proc.stdout
-    proc = subprocess.run(
-        [sys.executable, "-m", "convert.to_timm", str(out), str(target)],
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_module("convert.to_timm", out, target)
     assert proc.returncode == 0, proc.stderr
     assert_matches_timm(out, reference, variant.image_hw)
     from safetensors.torch import load_file
@@ -330,17 +337,128 @@ def test_refusal_subprocess_pickle_needing_code(tmp_path: Path):
     src = tmp_path / "evil.pth"
     torch.save({"model": _token_state(), "extra": NotATensor()}, src)
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "convert.timm", str(src), str(out), "--num-heads", "4"],
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_module("convert.timm", src, out, "--num-heads", "4", timeout=120)
     assert proc.returncode == 2
     assert "code execution" in proc.stderr and "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+def _write_old_format_pickle(path: Path) -> None:
+    # torch.save's legacy (pre-1.6, non-zip) format cannot be memory-mapped: the loader reads it a second way
+    torch.save({"model": _token_state(), "extra": NotATensor()}, path, _use_new_zipfile_serialization=False)
+
+
+def _write_truncated_torch_file(path: Path) -> None:
+    torch.save(_token_state(), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _write_integer_parameters(path: Path) -> None:
+    state = _token_state()
+    state["blocks.1.norm1.weight"] = torch.arange(D, dtype=torch.int32)  # right shape, wrong kind of number
+    save_state(state, path.with_suffix(""), "safetensors")
+
+
+# file name -> (writer, text the one-line error must contain)
+UNREADABLE = {
+    "old_format.pth": (_write_old_format_pickle, "needs code execution"),
+    "truncated.pth": (_write_truncated_torch_file, "cannot be read as a torch.save file"),
+    "empty.safetensors": (lambda p: p.write_bytes(b""), "not a readable .safetensors file"),
+    "corrupt.safetensors": (lambda p: p.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all"),
+                            "not a readable .safetensors file"),
+    "integer.safetensors": (_write_integer_parameters, "not floating-point (a float parameter is expected): "
+                                                       "blocks.1.norm1.weight (int32)"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNREADABLE))
+def test_unreadable_sources_are_conversion_errors(name: str, tmp_path: Path, capsys):
+    """Every way a source file can be unusable ends in exit 2 and one message naming the file or key, never a
+    traceback, and nothing is written."""
+    write, needle = UNREADABLE[name]
+    src = tmp_path / name
+    write(src)
+    out = tmp_path / "out"
+    code, err = run_cli_inprocess(convert_timm, [src, out, "--num-heads", "4"], capsys)
+    assert code == 2, err
+    assert needle in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name], "something was written"
+
+
+@pytest.mark.parametrize("where", ["model.safetensors", "checkpoints/ckpt.pth"])
+def test_source_inside_out_dir_is_refused(where: str, tmp_path: Path, capsys):
+    """Writing OUT_DIR would overwrite (or, replacing the folder, remove) a source that lives in it."""
+    out = tmp_path / "out"
+    src = out / where
+    src.parent.mkdir(parents=True)
+    src = save_state(_token_state(), src.with_suffix(""), "safetensors" if src.suffix == ".safetensors" else "torch")
+    before = src.read_bytes()
+    code, err = run_cli_inprocess(convert_timm, [src, out, "--num-heads", "4"], capsys)
+    assert code == 2 and "inside the output folder" in err, err
+    assert src.read_bytes() == before
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [where]
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--num-heads", "-4"], "argument --num-heads: '-4' must be a positive integer"),
+        (["--num-heads", "0"], "argument --num-heads: '0' must be a positive integer"),
+        (["--num-heads", "4", "--image-size", "0"], "argument --image-size: image size '0'"),
+        (["--num-heads", "4", "--image-size", "32x0"], "height and width must be positive"),
+        (["--num-heads", "4", "--source-image-size", "0"], "argument --source-image-size"),
+        (["--num-heads", "4", "--eps", "0"], "argument --eps: '0' must be a positive number"),
+    ],
+)
+def test_cli_numbers_must_be_positive(flags: list[str], needle: str, tmp_path: Path, capsys):
+    src = save_state(_token_state(), tmp_path / "ckpt", "safetensors")
+    out = tmp_path / "out"
+    code, err = run_cli_inprocess(convert_timm, [src, out, *flags], capsys)
+    assert code == 2 and needle in err, err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == [src.name]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# CLIP-style towers: activation and eps cannot be read off the weights
+# ----------------------------------------------------------------------------------------------------------------------
+
+# OpenAI CLIP's image tower as timm builds it: pre-norm, QuickGELU, torch's LayerNorm eps 1e-5
+CLIP = Variant("clip", dict(pre_norm=True, act_layer="quick_gelu", norm_layer=partial(torch.nn.LayerNorm, eps=1e-5)))
+SELF_CHECK = "mapping self-check against timm built from the inferred arguments"
+
+
+def test_clip_tower_needs_act_and_eps(tmp_path: Path, capsys):
+    """Without --model-name, --verify builds timm from the converter's own arguments, so a wrong activation or eps
+    would pass it: for a CLIP-style tower (norm_pre.*) both must be given, and the rows say what they check."""
+    reference = make_timm(CLIP)
+    assert reference.norm_pre.eps == 1e-5 and type(reference.blocks[0].mlp.act).__name__ == "QuickGELU"
+    state = {k: v.clone() for k, v in reference.state_dict().items()}
+    src = save_state(state, tmp_path / "clip", "safetensors")
+    out = tmp_path / "vit_clip"
+    for given in ([], ["--act", "quick_gelu"], ["--eps", "1e-5"]):
+        code, err = run_cli_inprocess(convert_timm, [src, out, "--num-heads", H, "--verify", *given], capsys)
+        assert code == 2, err
+        assert "--act quick_gelu|gelu|gelu_tanh" in err and "--eps 1e-5|1e-6" in err and "--model-name" in err
+        assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == [src.name]
+
+    argv = [src, out, "--act", "quick_gelu", "--eps", "1e-5", "--num-heads", H, "--verify"]
+    code, stdout, err = run_cli_captured(convert_timm, argv, capsys)
+    assert code == 0, err
+    assert_matches_timm(out, reference, CLIP.image_hw, eps=1e-5)  # the real timm model, float64, 1e-10
+    label = f"{SELF_CHECK} (activation quick_gelu, eps 1e-05 assumed)"
+    assert label in stdout and label in (out / "README.md").read_text()
+
+    # Why the label: timm's defaults (GELU, 1e-6) given for the same weights pass the self-check just as well,
+    # yet the model is not the checkpoint's.
+    wrong, _, info = convert_timm.convert_timm_state_dict(state, num_heads=H, act="gelu", eps=1e-6, verify=True)
+    assert all(SELF_CHECK in r["reference"] for r in info["parity"])
+    assert max(r["max_abs_diff"] for r in info["parity"] if r["dtype"] == "float64") < 1e-9
+    x = pixels(CLIP.image_hw)
+    with torch.no_grad():
+        diff = (wrong.double()(pixel_values=x).logits - timm_outputs(reference, x)[0]).abs().max().item()
+    assert diff > 1e-3
+
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import PIL.Image
 import torch
 
 D, H, L, P, C, IMG, K, M = 64, 4, 3, 8, 3, 32, 10, 160
@@ -52,7 +53,8 @@ VARIANTS = [
     Variant("qk_norm", dict(qk_norm=True), (), "safetensors"),  # heads inferred from the q_norm width
     Variant("layer_scale", dict(init_values=1e-5), _HEADS, "torch"),
     Variant("map", dict(class_token=False, global_pool="map"), _HEADS, "torch_model"),
-    Variant("pre_norm", dict(pre_norm=True), _HEADS, "safetensors"),
+    # pre-norm marks a CLIP-style tower: its activation and eps must be given (timm's defaults here)
+    Variant("pre_norm", dict(pre_norm=True), (*_HEADS, "--act", "gelu", "--eps", "1e-6"), "safetensors"),
     Variant("no_head", dict(num_classes=0), _HEADS, "torch_state_dict"),
     Variant("non_square", dict(img_size=(32, 48)), (*_HEADS, "--image-size", "32x48"), "safetensors"),
     Variant("no_proj_bias", dict(proj_bias=False), _HEADS, "torch"),
@@ -89,10 +91,9 @@ def make_timm(variant: Variant, seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def photo(width: int, height: int, seed: int = 0):
+def photo(width: int, height: int, seed: int = 0) -> PIL.Image.Image:
     """A PIL RGB image with smooth gradients plus noise (resampling filters differ visibly on it)."""
     import numpy as np
-    import PIL.Image
 
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:height, :width]
