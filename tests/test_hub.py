@@ -14,6 +14,8 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -41,13 +43,12 @@ DECOYS = ("optimizer.pt", "scheduler.pt", "checkpoints/step_1/model.safetensors"
 
 # -- fixtures and helpers ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def hub():
+def hub() -> Iterator[HubServer]:
     with HubServer(tokens=TOKENS) as server:
         yield server
 
 
-@pytest.fixture(autouse=True)
-def online_client(monkeypatch):
+def go_online(monkeypatch) -> None:
     """This process's huggingface_hub was imported offline (conftest): switch it online for the loopback Hub only.
 
     Both flags are read on every call. Xet off: the client then speaks the LFS batch protocol the server implements.
@@ -58,7 +59,12 @@ def online_client(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
 
 
-def make_model(seed: int):
+@pytest.fixture(autouse=True)
+def online_client(monkeypatch) -> None:
+    go_online(monkeypatch)
+
+
+def make_model(seed: int) -> tuple[VitHfForImageClassification, VitHfImageProcessor]:
     config = VitHfConfig.from_preset(
         "test", num_labels=3, id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)}
     )
@@ -67,7 +73,9 @@ def make_model(seed: int):
     return model, VitHfImageProcessor.from_model_config(config)
 
 
-def make_folder(path, seed: int, decoys: bool = True, **card_kwargs):
+def make_folder(
+    path, seed: int, decoys: bool = True, **card_kwargs
+) -> tuple[VitHfForImageClassification, VitHfImageProcessor]:
     """A trained-model-style hub folder (eval results in the card) with training leftovers around it."""
     model, processor = make_model(seed)
     card = {"eval_results": {"accuracy": 0.5 + seed / 10}, "datasets": ["fashion_mnist"], **card_kwargs}
@@ -82,7 +90,7 @@ def snapshot(folder) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def make_image(tmp_path):
+def make_image(tmp_path) -> tuple[PIL.Image.Image, Path]:
     image = PIL.Image.fromarray((np.random.default_rng(0).random((40, 52, 3)) * 255).astype("uint8"))
     path = tmp_path / "image.png"
     image.save(path)
@@ -128,13 +136,15 @@ print(json.dumps(out))
 """
 
 
-def consume(hub, repo, revisions, image_path, hf_home, cwd, offline=False):
+def consume(
+    hub, repo, revisions, image_path, hf_home, cwd, offline=False
+) -> tuple[dict, subprocess.CompletedProcess]:
     proc = run_isolated(CONSUMER.format(repo=repo, revisions=revisions, image=str(image_path)), cwd=cwd,
                         env=consumer_env(hub, hf_home, offline))
     return last_json_line(proc), proc
 
 
-def assert_same_predictions(result: dict, expected_logits: list[float], sha_prefix: str | None = None):
+def assert_same_predictions(result: dict, expected_logits: list[float], sha_prefix: str | None = None) -> None:
     for module in result["modules"]:
         assert module.startswith("transformers_modules."), module  # proves the remote-code path ran
         if sha_prefix:
