@@ -34,7 +34,7 @@ RECIPES = {
         "--model_name_or_path", "tiny/7", "--image_size", "28", "--num_channels", "1",
         "--config_overrides", "hidden_size=128,num_hidden_layers=4,num_attention_heads=4,intermediate_size=256,"
         "pooling=mean",
-        "--num_train_epochs", "2", "--per_device_train_batch_size", "32", "--learning_rate", "1e-3",
+        "--num_train_epochs", "3", "--per_device_train_batch_size", "32", "--learning_rate", "1e-3",
         "--num_warmup_steps", "200",
     ],
     "sklearn_digits": [

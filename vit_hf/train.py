@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .packaging import save_hub_folder
+
 logger = logging.getLogger("vit_hf.train")
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -448,7 +450,6 @@ def save_checkpoint(accelerator, output_dir: Path, name: str, state: dict, model
     """`accelerator.save_state` + a standalone hub-ready model (`hf_model/`) + `trainer_state.json`, written into a
     hidden temporary folder and renamed into place once complete (a kill at any point leaves the previous checkpoint
     intact and no half-written `step_N`). Called on every process."""
-    from .packaging import save_hub_folder
 
     final, tmp = output_dir / name, output_dir / f".tmp-{name}"
     if accelerator.is_main_process and tmp.exists():
@@ -498,23 +499,6 @@ def _seed_for(seed: int, a: int, b: int) -> int:
     from .data import example_seed
 
     return example_seed(seed, a, b) % (2**63)
-
-
-def _install_hub_folder(model, processor, output_dir: Path, card_kwargs: dict, extra_files: dict) -> None:
-    """`save_hub_folder` writes a whole folder atomically and would replace `output_dir` (with its checkpoints and
-    logs): write it next to them, then move its files in one by one (each `os.replace` is atomic)."""
-    from .packaging import save_hub_folder
-
-    staging = output_dir / ".hub-staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    folder = save_hub_folder(model, processor, staging / "hub", card_kwargs=card_kwargs, extra_files=extra_files)
-    for entry in folder.iterdir():
-        target = output_dir / entry.name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        os.replace(entry, target)
-    shutil.rmtree(staging, ignore_errors=True)
 
 
 def _push(folder: Path, args: argparse.Namespace, message: str) -> str | None:
@@ -825,8 +809,9 @@ def training_function(args: argparse.Namespace) -> dict[str, Any]:
             plots=[CURVES_PNG, CONFUSION_PNG],
         )
         model_to_save = accelerator.unwrap_model(model)
-        _install_hub_folder(model_to_save, processor, output_dir, card,
-                            {CURVES_PNG: output_dir / CURVES_PNG, CONFUSION_PNG: output_dir / CONFUSION_PNG})
+        # merges the hub files into output_dir; checkpoints, logs and tracker files stay where they are
+        save_hub_folder(model_to_save, processor, output_dir, card,
+                        {CURVES_PNG: output_dir / CURVES_PNG, CONFUSION_PNG: output_dir / CONFUSION_PNG})
         _write_json(output_dir / "all_results.json", results)
         _write_json(output_dir / "log_history.json", history)
         logger.info("eval_accuracy %.4f -> %s", results["eval_accuracy"], output_dir / "all_results.json")
