@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import PIL.Image
@@ -116,6 +117,10 @@ def test_save_hub_folder_merges_into_a_folder_with_other_files(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
     previous = out.with_name("previous")
     save_hub_folder(model, processor, previous, card_kwargs={})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert previous.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0700
+    assert (previous / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
     save_hub_folder(model, processor, previous, card_kwargs={})  # a previous output is swapped whole
     check_hub_folder(previous)
     (tmp_path / "a_file").write_text("x")

@@ -55,6 +55,16 @@ def check_hub_folder(folder: str | Path) -> None:
         raise HubFolderError(f"{folder} is not a loadable remote-code folder: " + "; ".join(problems))
 
 
+def _apply_umask(folder: Path) -> None:
+    """mkdtemp makes 0700 folders (and some writers 0600 files): give the result the permissions a plain mkdir /
+    open would have had, so a model folder is as readable as any other file the user writes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for entry in folder.iterdir():
+        entry.chmod(0o666 & ~umask)
+
+
 def _is_previous_output(folder: Path) -> bool:
     """True for a folder holding only what `save_hub_folder` writes (safe to swap out as a whole)."""
     return all(
@@ -101,6 +111,7 @@ def save_hub_folder(
             card_kwargs.setdefault("repo_id", f"<owner>/{card_kwargs['model_name']}")
             render_model_card(tmp, model.config, processor, **card_kwargs)
         check_hub_folder(tmp)
+        _apply_umask(tmp)
         if not out_dir.exists():
             os.replace(tmp, out_dir)
         elif _is_previous_output(out_dir):
