@@ -20,6 +20,7 @@ import torch
 pytest.importorskip("timm")  # timm is in the dev extra; without it there is no reference to convert from
 
 import timm  # noqa: E402
+from images import assert_same_pixels  # noqa: E402
 from timm.layers import resample_abs_pos_embed  # noqa: E402
 from timm.models.vision_transformer import VisionTransformer  # noqa: E402
 from timm_variants import (  # noqa: E402
@@ -32,7 +33,6 @@ from timm_variants import (  # noqa: E402
     M,
     Variant,
     make_timm,
-    photo,
     randomize_,
     save_state,
 )
@@ -489,9 +489,7 @@ def test_squash_crop_mode_processor_matches_timm():
     data_cfg = resolve_data_config({}, model=reference)
     assert data_cfg["crop_mode"] == "squash" and processor.crop_mode == "squash"
     timm_transform = create_transform(**data_cfg)
-    for i, (w, h) in enumerate([(500, 300), (384, 384), (181, 397)]):
-        image = photo(w, h, seed=i)
-        torch.testing.assert_close(processor(image).pixel_values[0], timm_transform(image), rtol=0, atol=1e-6)
+    assert_same_pixels(processor, timm_transform, [(500, 300), (384, 384), (181, 397)])
 
 
 def test_model_name_processor_matches_timm(named_state):
@@ -500,12 +498,7 @@ def test_model_name_processor_matches_timm(named_state):
     model, processor, info = convert_timm.convert_timm_state_dict(named_state, model_name=NAMED)
     reference = timm.create_model(NAMED, pretrained=False)
     timm_transform = create_transform(**resolve_data_config({}, model=reference))
-    for i, (w, h) in enumerate([(300, 200), (224, 224), (181, 97), (640, 480)]):
-        image = photo(w, h, seed=i)
-        expected = timm_transform(image)
-        got = processor(image).pixel_values[0]
-        assert got.shape == expected.shape
-        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert_same_pixels(processor, timm_transform, [(300, 200), (224, 224), (181, 97), (640, 480)])
     cfg = model.config
     assert (cfg.hidden_size, cfg.num_attention_heads, cfg.num_hidden_layers, cfg.num_labels) == (384, 6, 12, 1000)
     assert cfg.id2label[0].startswith("tench")  # ImageNet names from timm's shipped label files

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import PIL.Image
 import torch
 
 D, H, L, P, C, IMG, K, M = 64, 4, 3, 8, 3, 32, 10, 160
@@ -89,16 +88,6 @@ def make_timm(variant: Variant, seed: int = 0) -> torch.nn.Module:
     model = randomize_(VisionTransformer(**{**BASE_KWARGS, **variant.timm_kwargs}), seed)
     assert model.blocks[0].mlp.fc1.out_features == M, "mlp_ratio truncation: the MLP width is not M"
     return model
-
-
-def photo(width: int, height: int, seed: int = 0) -> PIL.Image.Image:
-    """A PIL RGB image with smooth gradients plus noise (resampling filters differ visibly on it)."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:height, :width]
-    base = np.stack([xx * 255 / width, yy * 255 / height, (xx + yy) * 127 / (width + height)], -1)
-    return PIL.Image.fromarray(np.clip(base + rng.normal(0, 30, base.shape), 0, 255).astype(np.uint8))
 
 
 def save_state(state: dict[str, torch.Tensor], path: Path, fmt: str) -> Path:
