@@ -111,7 +111,8 @@ def test_save_hub_folder_merges_into_a_folder_with_other_files(tmp_path):
     out.mkdir()
     (out / "ckpt.pth").write_bytes(b"source weights")
     (out / "notes.txt").write_text("mine")
-    save_hub_folder(model, processor, out, card_kwargs={})
+    save_hub_folder(model, processor, out, card_kwargs={"repo_id": None})
+    assert 'repo = "<owner>/work"' in (out / "README.md").read_text()  # named after the folder, not the temp dir
     assert (out / "ckpt.pth").read_bytes() == b"source weights" and (out / "notes.txt").read_text() == "mine"
     check_hub_folder(out)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers

@@ -108,7 +108,8 @@ def save_hub_folder(
         if card_kwargs is not None:
             # the card is rendered in the temporary folder: name it after the final one
             card_kwargs = {"model_name": out_dir.name, **card_kwargs}
-            card_kwargs.setdefault("repo_id", f"<owner>/{card_kwargs['model_name']}")
+            if not card_kwargs.get("repo_id"):
+                card_kwargs["repo_id"] = f"<owner>/{card_kwargs['model_name']}"
             render_model_card(tmp, model.config, processor, **card_kwargs)
         check_hub_folder(tmp)
         _apply_umask(tmp)

@@ -612,7 +612,9 @@ def training_function(args: argparse.Namespace) -> dict[str, Any]:
     card_base = {
         "base_model": base_model,
         "datasets": [args.dataset_name] if args.dataset_name and not os.path.isdir(args.dataset_name) else None,
-        "dataset_name": args.dataset_name or Path(args.train_dir).name,
+        # a local folder (save_to_disk, image folder) is named by its basename, not by a path of this machine
+        "dataset_name": Path(args.dataset_name).name if args.dataset_name and os.path.isdir(args.dataset_name)
+        else args.dataset_name or Path(args.train_dir).name,
         "repo_id": args.hub_model_id,
     }
     hparams = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool)) and "token" not in k}
