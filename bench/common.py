@@ -243,8 +243,9 @@ class Timing:
 
     @property
     def spread(self) -> float:
-        """(max - min) / median: the noise band of the rounds."""
-        return (max(self.times) - min(self.times)) / self.median if self.times else float("nan")
+        """(max - min) / median over the clean rounds (all rounds when none was clean): the noise band."""
+        t = self.clean_times
+        return (max(t) - min(t)) / self.median if t else float("nan")
 
 
 def interleaved(fns: dict[str, Callable[[], object]], warmup: int, rounds: int) -> dict[str, Timing]:
@@ -362,6 +363,47 @@ def save(name: str, payload: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=1, default=str))
     return path
+
+
+def case_slug(case: str) -> str:
+    """File-name form of a case name ("S/16-b8-fp32" -> "S16-b8-fp32")."""
+    return case.replace("/", "")
+
+
+def save_case(out: str, case: str, payload: dict) -> Path:
+    """Write one case's result to results/<out>/<slug>.json, so a run stopped part-way keeps every finished case and
+    separate invocations (--cases ...) do not overwrite each other; bench.report merges these files."""
+    path = RESULTS / out / f"{case_slug(case)}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1, default=str))
+    return path
+
+
+def load_rows(name: str) -> tuple[list[dict], list[dict]]:
+    """Rows and environments of results/<name>.json plus results/<name>/*.json (per-case files). A case present in
+    both is taken from the per-case file with the newest mtime (the aggregate may be an older, partial run)."""
+    sources = []
+    agg = RESULTS / f"{name}.json"
+    if agg.exists():
+        sources.append(agg)
+    if (RESULTS / name).is_dir():
+        sources += sorted((RESULTS / name).glob("*.json"))
+    by_case: dict[str, tuple[float, list[dict], dict]] = {}
+    for path in sources:
+        data = json.loads(path.read_text())
+        cases: dict[str, list[dict]] = {}
+        for r in data["rows"]:
+            cases.setdefault(r.get("case", ""), []).append(r)
+        for case, rs in cases.items():
+            mtime = path.stat().st_mtime
+            if case not in by_case or mtime >= by_case[case][0]:
+                by_case[case] = (mtime, rs, {**data["env"], "partial": data.get("partial", False), "file": path.name})
+    rows = [r for _, rs, _ in by_case.values() for r in rs]
+    envs = []
+    for _, _, env in by_case.values():
+        if env not in envs:
+            envs.append(env)
+    return rows, envs
 
 
 def parse_cases(spec: str | None) -> list[str] | None:

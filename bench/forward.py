@@ -66,13 +66,23 @@ def run_case(
         models = {n: copy.deepcopy(m).to(torch.bfloat16) for n, m in models.items()}
         x = x.to(torch.bfloat16)
     compile_s: dict[str, float] = {}
+    fullgraph: dict[str, bool] = {}
     if compiled:
         torch._dynamo.reset()
         cm = {}
         for n, m in models.items():
-            cm[n] = torch.compile(m)
+            # fullgraph=True (issue 6 acc. 4: no graph breaks); a candidate that breaks falls back to the default
             t = time.perf_counter()
-            make_call(cm[n], x, precision)()
+            try:
+                cm[n] = torch.compile(m, fullgraph=True)
+                make_call(cm[n], x, precision)()
+                fullgraph[n] = True
+            except Exception as e:  # noqa: BLE001 - any dynamo error means "not fullgraph"
+                print(f"{n}: fullgraph=True failed ({type(e).__name__}); default torch.compile")
+                torch._dynamo.reset()
+                cm[n] = torch.compile(m)
+                make_call(cm[n], x, precision)()
+                fullgraph[n] = False
             make_call(cm[n], x, precision)()
             compile_s[n] = time.perf_counter() - t
         models = cm
@@ -99,6 +109,7 @@ def run_case(
                 "clean_rounds": t.n_clean,
                 "foreign_load": max(t.foreign),
                 "compile_s": compile_s.get(n),
+                "fullgraph": fullgraph.get(n),
             }
         )
     return rows

@@ -7,20 +7,18 @@ Ratio > 1: vit_hf is faster (or lighter) than the best peer in that case; < 1: s
 
 from __future__ import annotations
 
-import json
-
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from bench.common import RESULTS  # noqa: E402
+from bench.common import RESULTS, load_rows  # noqa: E402
 
 PANELS = (
-    ("forward", "img_s", "vs_best_peer", "inference forward (images/s)"),
-    ("forward_compiled", "img_s", "vs_best_peer", "forward, torch.compile"),
-    ("train_step", "img_s", "img_s_vs_best", "train step (images/s)"),
-    ("train_step", "peak_rss_mib", "mem_vs_best", "train step peak RSS (best/ours)"),
+    ("forward", "img_s", "vs_best_peer", "inference forward (images/s), vs best of timm / HF sdpa / HF eager"),
+    ("forward_compiled", "img_s", "vs_best_peer", "forward, eager and torch.compile, S/16 b8"),
+    ("train_step_inproc", "img_s", "vs_timm", "train step (images/s, in-process interleaved), vs timm"),
+    ("train_step", "peak_rss_mib", "mem_vs_best", "train step peak RSS, fresh process (timm/ours)"),
     ("preprocess", "img_s", "vs_best_peer", "preprocessing (images/s)"),
     ("load", "load_s", "vs_best_peer", "from_pretrained time (best/ours)"),
     ("train_loop", "img_s", "vs_timm", "fine-tuning loop vs timm (images/s)"),
@@ -30,12 +28,10 @@ PANELS = (
 def main() -> None:
     panels = []
     for name, _, ratio, title in PANELS:
-        path = RESULTS / f"{name}.json"
-        if not path.exists():
-            continue
-        rows = [r for r in json.loads(path.read_text())["rows"] if r["candidate"] == "vit_hf" and r.get(ratio)]
+        rows, _ = load_rows(name)
+        rows = [r for r in rows if r["candidate"] == "vit_hf" and r.get(ratio)]
         if rows:
-            panels.append((title, [r["case"] for r in rows], [r[ratio] for r in rows]))
+            panels.append((title, [r.get("case", "") for r in rows], [r[ratio] for r in rows]))
     heights = [1 + 0.3 * len(p[1]) for p in panels]
     fig, axes = plt.subplots(
         len(panels), 1, figsize=(10, 1.0 + sum(heights)), squeeze=False, gridspec_kw={"height_ratios": heights}
@@ -50,7 +46,7 @@ def main() -> None:
         for i, r in enumerate(ratios):
             ax.text(r, i, f" {r:.2f}", va="center", fontsize=6)
         ax.set_xlim(0, max(1.3, max(ratios) * 1.15))
-    axes[-1, 0].set_xlabel("vit_hf / best peer, medians (higher is better; spreads of 20-100 % in these runs)")
+    axes[-1, 0].set_xlabel("vit_hf / best peer, medians (higher is better); see tables.md for spreads")
     fig.tight_layout()
     out = RESULTS / "ratios.png"
     fig.savefig(out, dpi=110)

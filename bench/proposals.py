@@ -152,8 +152,11 @@ def main(argv: list[str] | None = None) -> None:
         save(args.out, {"env": env, "args": vars(args), "numerics": checks, "rows": rows, "partial": True})
 
     for size in ("S/16", "B/16"):
-        cases = [c for c in (f"{size}-b1-fp32", f"{size}-b8-fp32", f"{size}-b8-bf16-weights", f"{size}-b8-bf16-autocast")
-                 if selected(c, filters) and (size == "S/16" or "b8" in c) and not (args.quick and size == "B/16")]
+        cases = [
+            c
+            for c in (f"{size}-b1-fp32", f"{size}-b8-fp32", f"{size}-b8-bf16-weights", f"{size}-b8-bf16-autocast")
+            if selected(c, filters) and (size == "S/16" or "b8" in c) and not (args.quick and size == "B/16")
+        ]
         if not cases:
             continue
         base = build_all(["vit_hf", "timm", "hf_sdpa"], size)

@@ -1,21 +1,30 @@
-"""Render bench/results/*.json as the markdown tables of bench/README.md.
+"""Render bench/results/*.json (and per-case results/<name>/*.json) as the markdown tables of bench/README.md.
 
     .venv/bin/python -m bench.report > bench/results/tables.md
+    .venv/bin/python -m bench.report --summary > bench/results/summary.md   # <= 25 rows, vit_hf vs best peer
+
+Per-case files (written by bench.train_step and bench.train_step_inproc as each case finishes) are merged with the
+aggregate file of the same name; for a case present in several files the newest file wins. Partial runs show up
+with the cases they finished.
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 
-from bench.common import RESULTS, markdown
+from bench.common import load_rows, markdown
 
 SECTIONS = (
     ("forward", "Inference forward (images/s, medians; vs_best_peer = img/s / best of timm, hf_sdpa, hf_eager)",
      ["case", "candidate", "img_s", "img_s_best", "spread", "vs_best_peer", "frac_gemm_peak"]),
-    ("forward_compiled", "Inference forward with torch.compile (inductor), S/16 batch 8",
+    ("forward_compiled", "Inference forward, eager and torch.compile (inductor), S/16 batch 8, same process",
      ["case", "candidate", "img_s", "img_s_best", "spread", "vs_best_peer", "frac_gemm_peak", "compile_s"]),
-    ("train_step", "Training step: forward + CE + backward + AdamW (images/s; peak RSS of a fresh process)",
-     ["case", "candidate", "img_s", "img_s_best", "img_s_vs_best", "peak_rss_mib", "train_delta_mib", "mem_vs_best"]),
+    ("train_step_inproc", "Training step speed: forward + CE + backward + AdamW, in-process interleaved (images/s)",
+     ["case", "candidate", "img_s", "img_s_best", "spread", "clean_rounds", "vs_best_peer", "vs_timm"]),
+    ("train_step", "Training step memory: fresh process per candidate, VmHWM (MiB); img/s here is 1 step, fresh",
+     ["case", "candidate", "peak_rss_mib", "train_delta_mib", "mem_vs_best", "img_s"]),
+    ("forward_b64", "Inference forward, batch 64",
+     ["case", "candidate", "img_s", "img_s_best", "spread", "vs_best_peer", "frac_gemm_peak"]),
     ("train_loop", "Fine-tuning loop (issue 4 acc. 7): vit_hf.train vs a plain timm loop, bf16 autocast",
      ["case", "candidate", "img_s", "img_s_best", "spread", "vs_timm", "peak_rss_mib", "mem_vs_timm"]),
     ("preprocess", "Preprocessing, 32 PIL images -> (32, 3, 224, 224) tensor (images/s)",
@@ -30,28 +39,96 @@ SECTIONS = (
 )  # fmt: skip
 
 
-def main() -> None:
+def env_line(name: str, envs: list[dict]) -> str:
+    e = envs[0]
+    starts = [v["loadavg_start"][0] for v in envs]
+    ends = [v["loadavg_end"][0] for v in envs if v.get("loadavg_end")]
+    load = f"{min(starts):.2f}-{max(starts):.2f}" if len(starts) > 1 else f"{starts[0]:.2f}"
+    load += f" / {max(ends):.2f}" if ends else " / (not recorded: partial run)"
+    files = sorted({v["file"] for v in envs})
+    threads = sorted({v["threads"] for v in envs})
+    partial = " (partial run)" if any(v.get("partial") for v in envs) else ""
+    return (
+        f"`{', '.join(files)}`{partial}: torch {e['torch']}, transformers {e['transformers']}, timm {e['timm']}, "
+        f"{'/'.join(map(str, threads))} thread(s), {e['cpu']} ({e['cpu_capability']}; {' '.join(e['cpu_flags'])}), "
+        f"1-min load average at start / max at end {load}"
+    )
+
+
+def tables() -> None:
+    from bench.common import RESULTS
+
     for name, title, cols in SECTIONS:
-        path = RESULTS / f"{name}.json"
-        if not path.exists():
-            print(f"### {title}\n\n(not run: {path.name} missing)\n")
+        rows, envs = load_rows(name)
+        if not rows:
+            print(f"### {title}\n\n(not run: no {name}.json or {name}/*.json)\n")
             continue
-        data = json.loads(path.read_text())
-        env = data["env"]
         print(f"### {title}\n")
-        print(
-            f"`{name}.json`: torch {env['torch']}, transformers {env['transformers']}, timm {env['timm']}, "
-            f"{env['threads']} thread(s), {env['cpu']} ({env['cpu_capability']}; {' '.join(env['cpu_flags'])}), "
-            f"load average at start/end {env['loadavg_start'][0]:.1f}/{env.get('loadavg_end', [float('nan')])[0]:.1f}"
+        print(env_line(name, envs))
+        agg = RESULTS / f"{name}.json"
+        if agg.exists():
+            import json
+
+            data = json.loads(agg.read_text())
+            if "gemm_peak_gflop_s" in data:
+                p = data["gemm_peak_gflop_s"]
+                print(f"; GEMM peak measured in the same run: fp32 {p['fp32']:.0f}, bf16 {p['bf16']:.0f} GFLOP/s")
+            if "numerics" in data:
+                print("\n\nNumerics (max |logits diff| vs current vit_hf):\n")
+                num = [{"variant": k, **v} for k, v in data["numerics"].items()]
+                print(markdown(num, ["variant", "fp64", "fp32", "ok"]))
+        present = [c for c in cols if any(c in r for r in rows)]
+        print("\n" + markdown(rows, present) + "\n")
+
+
+def summary() -> None:
+    """vit_hf vs the best peer, one row per case (<= 25 rows), for the top-level README."""
+    out: list[dict] = []
+
+    def add(case: str, rows: list[dict], key: str, peers: tuple[str, ...], higher: bool = True, unit: str = "") -> None:
+        ours = [r for r in rows if r["candidate"] == "vit_hf" and r.get(key)]
+        theirs = [r for r in rows if r["candidate"] in peers and r.get(key)]
+        if not ours or not theirs:
+            return
+        best = (max if higher else min)(theirs, key=lambda r: r[key])
+        v, b = ours[0][key], best[key]
+        out.append(
+            {
+                "case": case,
+                "vit_hf": f"{v:.3g}{unit}",
+                "best peer": f"{best['candidate']} {b:.3g}{unit}",
+                "ratio": f"{(v / b if higher else b / v):.2f}",
+                "spread": f"{max(r.get('spread', 0) or 0 for r in [ours[0], best]):.0%}" if "spread" in best else "",
+            }
         )
-        if "gemm_peak_gflop_s" in data:
-            p = data["gemm_peak_gflop_s"]
-            print(f"; GEMM peak measured in the same run: fp32 {p['fp32']:.0f}, bf16 {p['bf16']:.0f} GFLOP/s")
-        if "numerics" in data:
-            print("\n\nNumerics (max |logits diff| vs current vit_hf):\n")
-            print(markdown([{"variant": k, **v} for k, v in data["numerics"].items()], ["variant", "fp64", "fp32", "ok"]))
-        present = [c for c in cols if any(c in r for r in data["rows"])]
-        print("\n" + markdown(data["rows"], present) + "\n")
+
+    peers = ("timm", "hf_sdpa", "hf_eager")
+    for name, suffix in (("forward", ""), ("forward_compiled", "")):
+        rows, _ = load_rows(name)
+        for case in dict.fromkeys(r["case"] for r in rows):
+            if name == "forward_compiled" and not case.endswith("compiled"):
+                continue
+            add(f"fwd {case}{suffix}", [r for r in rows if r["case"] == case], "img_s", peers)
+    rows, _ = load_rows("train_step_inproc")
+    for case in dict.fromkeys(r["case"] for r in rows):
+        add(f"train {case}", [r for r in rows if r["case"] == case], "img_s", ("timm",))
+    rows, _ = load_rows("train_loop")
+    for case in dict.fromkeys(r["case"] for r in rows):
+        add(f"fine-tune loop {case}", [r for r in rows if r["case"] == case], "img_s", ("timm_loop",))
+    rows, _ = load_rows("preprocess")
+    add("preprocess, 32 PIL images", rows, "img_s", ("hf_pil", "hf_torchvision", "timm"))
+    rows, _ = load_rows("load")
+    add("from_pretrained ViT-B (s, lower is better)", rows, "load_s", ("hf_vit",), higher=False, unit=" s")
+    print("img/s unless stated; ratio = vit_hf / best peer (> 1: vit_hf faster); training vs timm only; ")
+    print("spread = (max - min) / median over the rounds, the larger of the two rows.\n")
+    print(markdown(out[:25], ["case", "vit_hf", "best peer", "ratio", "spread"]))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--summary", action="store_true", help="compact vit_hf-vs-best-peer table (<= 25 rows)")
+    args = ap.parse_args(argv)
+    summary() if args.summary else tables()
 
 
 if __name__ == "__main__":

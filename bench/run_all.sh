@@ -1,6 +1,7 @@
 #!/bin/sh
-# The runs behind bench/README.md's committed results (1 torch thread each; several ran side by side because the
-# 2-core machine was shared with other jobs anyway; see README "Method"). Logs: bench/results/logs/.
+# The earlier loaded-machine runs (1 torch thread each, several side by side); their results and logs are now in
+# bench/results/loaded_runs/. The quiet-machine results in bench/README.md come from bench/run_quiet.sh (+ run_quiet2.sh).
+
 set -e
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python

@@ -37,6 +37,7 @@ from bench.common import (
     rss_mib,
     run_child,
     save,
+    save_case,
 )
 from bench.common import selected as case_selected
 
@@ -91,7 +92,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cases", help="comma-separated substrings of case names")
     ap.add_argument("--candidates", default=",".join(PEERS))
     ap.add_argument("--rounds", type=int, default=2, help="fresh processes per candidate and case")
-    ap.add_argument("--steps", type=int, default=3, help="timed steps per process (after 1 warm-up step)")
+    ap.add_argument(
+        "--steps", type=int, default=3, help="timed steps per process after 1 warm-up step (0: memory only)"
+    )
+    ap.add_argument("--batch", type=int, default=None, help="batch for every size (default S/16: 8, B/16: 4)")
+    ap.add_argument("--sizes", default="S/16,B/16")
     ap.add_argument("--out", default="train_step")
     args = ap.parse_args(argv)
     if args.child:
@@ -103,34 +108,36 @@ def main(argv: list[str] | None = None) -> None:
     filters = parse_cases(args.cases)
     rounds = 1 if args.quick else args.rounds
     env = environment()
+    batch_of = {s: args.batch or BATCH[s] for s in BATCH}
     rows: list[dict] = []
-    for size in ("S/16",) if args.quick else ("S/16", "B/16"):
+    for size in ("S/16",) if args.quick else args.sizes.split(","):
         for prec in ("fp32", "bf16"):
             for ckpt in (False, True):
-                case = f"{size}-b{BATCH[size]}-{prec}" + ("-ckpt" if ckpt else "")
+                case = f"{size}-b{batch_of[size]}-{prec}" + ("-ckpt" if ckpt else "")
                 if not case_selected(case, filters):
                     continue
                 t0 = time.perf_counter()
                 res: dict[str, list[dict]] = {n: [] for n in names}
                 for r in range(rounds):
                     for n in names[r % len(names) :] + names[: r % len(names)]:
-                        argv_c = ["-m", "bench.train_step", "--child", n, size, str(BATCH[size]), prec]
+                        argv_c = ["-m", "bench.train_step", "--child", n, size, str(batch_of[size]), prec]
                         res[n].append(run_child(argv_c + ["1" if ckpt else "0", str(args.steps)]))
                 case_rows = []
                 for n, rs in res.items():
                     tm = Timing([t for r in rs for t in r["times"]], [f for r in rs for f in r["foreign"]])
-                    times, med = tm.times, tm.median
+                    times = tm.times  # --steps 0: memory only (the warm-up step already reaches the peak)
+                    med = tm.median if times else None
                     peak = max(r["maxrss_mib"] for r in rs)
                     case_rows.append(
                         {
                             "case": case,
                             "candidate": n,
-                            "img_s": BATCH[size] / med,
+                            "img_s": batch_of[size] / med if med else None,
                             "s_per_step": med,
-                            "spread": (max(times) - min(times)) / med,
+                            "spread": (max(times) - min(times)) / med if med else None,
                             "steps": len(times),
-                            "clean_steps": tm.n_clean,
-                            "img_s_best": BATCH[size] / tm.best,
+                            "clean_steps": tm.n_clean if times else 0,
+                            "img_s_best": batch_of[size] / tm.best if times else None,
                             "peak_rss_mib": peak,
                             "train_delta_mib": statistics.median(r["maxrss_mib"] - r["rss_before_mib"] for r in rs),
                         }
@@ -142,7 +149,9 @@ def main(argv: list[str] | None = None) -> None:
                 for r in case_rows:
                     r["mem_vs_best"] = r.pop("vs_best_peer", None)
                 rows += case_rows
-                save(args.out, {"env": env, "args": vars(args), "batch": BATCH, "rows": rows, "partial": True})
+                env_c = {**env, "loadavg_end": __import__("os").getloadavg()}
+                save_case(args.out, case, {"env": env_c, "args": vars(args), "batch": batch_of, "rows": case_rows})
+                save(args.out, {"env": env, "args": vars(args), "batch": batch_of, "rows": rows, "partial": True})
                 print(f"\n## {case} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
                 cols = [
                     "candidate",
@@ -168,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     print("\n" + markdown(rows, cols))
     env["loadavg_end"] = __import__("os").getloadavg()
-    print(f"\nwrote {save(args.out, {'env': env, 'args': vars(args), 'batch': BATCH, 'rows': rows})}")
+    print(f"\nwrote {save(args.out, {'env': env, 'args': vars(args), 'batch': batch_of, 'rows': rows})}")
 
 
 if __name__ == "__main__":
