@@ -4,10 +4,11 @@
 
 Both folders are written once (safetensors, fp32, equal weights) to a temp dir. Each measurement is a fresh
 process: import torch + transformers (+ the class), record RSS, then time `from_pretrained(folder)` and read
-VmHWM (peak RSS of the process). Reported: load seconds (median over rounds), peak RSS, and peak minus the pre-load RSS (= what loading
-costs: the model, plus any transient copies). Library imports (torch, transformers.modeling_utils, the Auto classes)
-happen before the clock starts for every candidate; the remote-code row therefore times only what remote code adds
-(copying the .py files to HF_MODULES_CACHE, import checks, importing the copied module). Rounds interleave the candidates. Candidates:
+VmHWM (peak RSS of the process). Reported: load seconds (median over rounds), peak RSS, and peak minus the
+pre-load RSS (= what loading costs: the model, plus any transient copies). Library imports (torch,
+transformers.modeling_utils, the Auto classes) happen before the clock starts for every candidate; the
+remote-code row therefore times only what remote code adds (copying the .py files to HF_MODULES_CACHE, import
+checks, importing the copied module). Rounds interleave the candidates. Candidates:
   vit_hf           VitHfForImageClassification.from_pretrained(folder)  (class imported from the package)
   vit_hf_remote    AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True) (remote code)
   hf_vit           ViTForImageClassification.from_pretrained(folder)

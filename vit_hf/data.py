@@ -86,7 +86,9 @@ def _folder_data_files(folder: str | Path) -> str:
     if not folder.is_dir():
         raise DataError(f"image folder {folder} does not exist")
     if not any(p.is_file() for p in folder.rglob("*")):
-        raise DataError(f"image folder {folder} is empty: expected class subfolders with images (e.g. {folder}/cat/1.png)")
+        raise DataError(
+            f"image folder {folder} is empty: expected class subfolders with images (e.g. {folder}/cat/1.png)"
+        )
     return str(folder / "**")
 
 
@@ -414,8 +416,10 @@ def prepare_sklearn_digits(root: str | Path = "data", test_fraction: float = 0.2
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
+    # 8x8 images with values 0..16 -> 8-bit 16x16 (the smallest size a patch-4 ViT makes a 4x4 grid of)
+    bicubic = PIL.Image.Resampling.BICUBIC
     images = np.stack(
-        [np.asarray(PIL.Image.fromarray((im * 255 / 16).astype(np.uint8)).resize((16, 16), PIL.Image.Resampling.BICUBIC))
+        [np.asarray(PIL.Image.fromarray((im * 255 / 16).astype(np.uint8)).resize((16, 16), bicubic))
          for im in digits.images]
     )
     x_tr, x_te, y_tr, y_te = train_test_split(
@@ -425,9 +429,8 @@ def prepare_sklearn_digits(root: str | Path = "data", test_fraction: float = 0.2
     Path(root).mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".sklearn_digits-", dir=root))
     try:
-        DatasetDict(train=_arrays_to_dataset(x_tr, y_tr, names), test=_arrays_to_dataset(x_te, y_te, names)).save_to_disk(
-            str(tmp / "d")
-        )
+        splits = DatasetDict(train=_arrays_to_dataset(x_tr, y_tr, names), test=_arrays_to_dataset(x_te, y_te, names))
+        splits.save_to_disk(str(tmp / "d"))
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp / "d", out)

@@ -223,7 +223,9 @@ def build_model_and_processor(args: argparse.Namespace, labels: list[str]):
         for key in ("image_size", "patch_size", "num_channels", "drop_path_rate"):
             if getattr(args, key) is not None:
                 overrides[key] = getattr(args, key)
-        config = VitHfConfig.from_preset(name, num_labels=len(labels), id2label=id2label, label2id=label2id, **overrides)
+        config = VitHfConfig.from_preset(
+            name, num_labels=len(labels), id2label=id2label, label2id=label2id, **overrides
+        )
         model = VitHfForImageClassification(config)
         processor = VitHfImageProcessor.from_model_config(config)
         notes.append(f"from scratch: preset {name!r} with {overrides or 'no overrides'}")
@@ -236,7 +238,9 @@ def build_model_and_processor(args: argparse.Namespace, labels: list[str]):
             kwargs["drop_path_rate"] = args.drop_path_rate
         model = VitHfForImageClassification.from_pretrained(name, **kwargs)
         if getattr(model.config, "model_type", None) != "vit_hf":
-            raise ValueError(f"{name} is a {model.config.model_type!r} model; convert it first (python -m convert.timm)")
+            raise ValueError(
+                f"{name} is a {model.config.model_type!r} model; convert it first (python -m convert.timm)"
+            )
         try:
             processor = VitHfImageProcessor.from_pretrained(name, token=args.hub_token)
         except OSError:
@@ -272,7 +276,9 @@ def build_model_and_processor(args: argparse.Namespace, labels: list[str]):
     if args.train_crop_scale is not None:
         processor.train_crop_scale = [float(v) for v in args.train_crop_scale]
     if processor.num_channels != model.config.num_channels:
-        raise ValueError(f"processor makes {processor.num_channels} channels, the model reads {model.config.num_channels}")
+        raise ValueError(
+            f"processor makes {processor.num_channels} channels, the model reads {model.config.num_channels}"
+        )
     return model, processor, base_model, notes
 
 
@@ -309,7 +315,12 @@ def parameter_groups(model, learning_rate: float, weight_decay: float, layer_dec
         scale = layer_decay ** (depth + 1 - layer) if layer_decay else 1.0
         group = groups.setdefault(
             (layer, decay),
-            {"params": [], "weight_decay": weight_decay if decay else 0.0, "lr": learning_rate * scale, "lr_scale": scale},
+            {
+                "params": [],
+                "weight_decay": weight_decay if decay else 0.0,
+                "lr": learning_rate * scale,
+                "lr_scale": scale,
+            },
         )
         group["params"].append(p)
     return list(groups.values())
@@ -549,7 +560,9 @@ def training_function(args: argparse.Namespace) -> dict[str, Any]:
         # our own sampler is already rank-agnostic and epoch-seeded; keep accelerate from swapping it
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=False),
     )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO
+    )
     if accelerator.is_main_process:
         datasets.utils.logging.set_verbosity_warning()
         transformers.utils.logging.set_verbosity_warning()
