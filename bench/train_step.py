@@ -44,6 +44,11 @@ from bench.common import selected as case_selected
 BATCH = {"S/16": 8, "B/16": 4}
 
 
+# the per-candidate columns of every table this script prints
+COLUMNS = [
+    "candidate", "img_s", "img_s_best", "clean_steps", "img_s_vs_best", "peak_rss_mib", "train_delta_mib", "mem_vs_best"
+]
+
 def child(name: str, size: str, batch: int, precision: str, ckpt: bool, steps: int) -> dict:
     from bench.common import build, logits
 
@@ -153,29 +158,8 @@ def main(argv: list[str] | None = None) -> None:
                 save_case(args.out, case, {"env": env_c, "args": vars(args), "batch": batch_of, "rows": case_rows})
                 save(args.out, {"env": env, "args": vars(args), "batch": batch_of, "rows": rows, "partial": True})
                 print(f"\n## {case} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
-                cols = [
-                    "candidate",
-                    "img_s",
-                    "img_s_best",
-                    "clean_steps",
-                    "img_s_vs_best",
-                    "peak_rss_mib",
-                    "train_delta_mib",
-                    "mem_vs_best",
-                ]
-                print(markdown(case_rows, cols), file=sys.stderr)
-    cols = [
-        "case",
-        "candidate",
-        "img_s",
-        "img_s_best",
-        "clean_steps",
-        "img_s_vs_best",
-        "peak_rss_mib",
-        "train_delta_mib",
-        "mem_vs_best",
-    ]
-    print("\n" + markdown(rows, cols))
+                print(markdown(case_rows, COLUMNS), file=sys.stderr)
+    print("\n" + markdown(rows, ["case", *COLUMNS]))
     env["loadavg_end"] = __import__("os").getloadavg()
     print(f"\nwrote {save(args.out, {'env': env, 'args': vars(args), 'batch': batch_of, 'rows': rows})}")
 
