@@ -16,14 +16,13 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from .image_processing_vit_hf import RESAMPLE, VitHfImageProcessor
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "model_card.md"
-_FALLBACK = Path(__file__).resolve().parent / "model_card_template.md"
 
 
 def _template_path() -> Path:
-    for path in (TEMPLATE, _FALLBACK):
-        if path.is_file():
-            return path
-    raise FileNotFoundError(f"model card template not found at {TEMPLATE}")
+    # The template lives at the repository root (a checkout or an editable install, as `make` sets up).
+    if TEMPLATE.is_file():
+        return TEMPLATE
+    raise FileNotFoundError(f"model card template not found at {TEMPLATE}: use a checkout / editable install")
 
 
 def architecture_table(config) -> list[tuple[str, Any]]:
