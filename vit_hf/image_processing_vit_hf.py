@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import PIL.Image
 import torch
+import torch.nn.functional as F
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.processing_utils import ImagesKwargs
 
@@ -46,6 +48,7 @@ class VitHfImagesKwargs(ImagesKwargs, total=False):
     train_crop_scale: Sequence[float]
     train_crop_ratio: Sequence[float]
     train_hflip: float
+    backend: str
 
 
 def _resample_filter(resample: int | str) -> int:
@@ -133,46 +136,76 @@ def convert_channels(image: PIL.Image.Image, num_channels: int) -> PIL.Image.Ima
     return image.convert(target)
 
 
-def _normalize(image: PIL.Image.Image, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 HWC -> float32 CHW in [0, 1] (divided by 255 as ToTensor does), then (x - mean) / std in float32."""
-    array = np.asarray(image, dtype=np.uint8)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    x = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div(255)
+def _to_float(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 (..., C, H, W) -> float32 in [0, 1] (divided by 255 as ToTensor does), then (x - mean) / std in float32.
+
+    Elementwise only, so a batch gives bit for bit what its images give one by one."""
     mean_t = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
     std_t = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
-    return x.sub(mean_t).div(std_t)
+    return batch.float().div_(255).sub_(mean_t).div_(std_t)
+
+
+def _hwc_array(image: PIL.Image.Image) -> np.ndarray:
+    array = np.asarray(image, dtype=np.uint8)
+    return array[:, :, None] if array.ndim == 2 else array
+
+
+def _normalize(image: PIL.Image.Image, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    return _to_float(torch.from_numpy(_hwc_array(image).copy()).permute(2, 0, 1), mean, std)
+
+
+# Filters that torch's antialiased uint8 interpolation implements (it follows PIL's algorithm, in another fixed-point
+# precision: measured within 1/255 of PIL); other filters stay on PIL whatever the backend.
+TORCH_MODES = {int(PIL.Image.Resampling.BILINEAR): "bilinear", int(PIL.Image.Resampling.BICUBIC): "bicubic"}
+BACKENDS = ("pil", "torch")
 
 
 class EvalTransform:
-    """timm's eval transform on PIL images: resize to size / crop_pct, centre crop, to tensor, normalise."""
+    """timm's eval transform: resize to size / crop_pct, centre crop, to tensor, normalise.
 
-    def __init__(self, size, crop_pct, resample, mean, std, num_channels, crop_mode="center"):
+    backend="pil" resizes with PIL, bit-identical to timm's eval transform; batches are spread over
+    `torch.get_num_threads()` threads (PIL releases the GIL while resizing). backend="torch" resizes with
+    `torch.nn.functional.interpolate(antialias=True)` on uint8, images of equal size in one call: several times
+    faster, within 1/255 of PIL before normalisation.
+    """
+
+    def __init__(self, size, crop_pct, resample, mean, std, num_channels, crop_mode="center", backend="pil"):
         if crop_mode not in ("center", "squash"):
             raise ValueError(f"crop_mode must be 'center' or 'squash', got {crop_mode!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.size = (int(size["height"]), int(size["width"]))
         self.crop_pct = 1.0 if crop_pct is None else float(crop_pct)
         self.crop_mode = crop_mode
         self.resample = _resample_filter(resample)
         self.mean, self.std, self.num_channels = tuple(mean), tuple(std), num_channels
+        self.torch_mode = TORCH_MODES.get(self.resample) if backend == "torch" else None
 
-    def resize(self, image: PIL.Image.Image) -> PIL.Image.Image:
+    def resized_size(self, w: int, h: int) -> tuple[int, int]:
+        """(width, height) after the resize step, exactly as timm/torchvision compute it."""
         th, tw = self.size
         sh, sw = math.floor(th / self.crop_pct), math.floor(tw / self.crop_pct)
-        w, h = image.size
         if self.crop_mode == "squash":
             # timm crop_mode='squash': resize both sides to size / crop_pct, ignoring the aspect ratio
-            new_w, new_h = sw, sh
-        elif sh == sw:
+            return sw, sh
+        if sh == sw:
             # torchvision Resize(int): the shorter edge becomes `sh`, the longer one is truncated
             short, long = (w, h) if w <= h else (h, w)
             new_short, new_long = sh, int(sh * long / short)
-            new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-        else:
-            # timm ResizeKeepRatio: scale so the image covers the (non-square) target, rounding each side
-            ratio = min(h / sh, w / sw)
-            new_h, new_w = round(h / ratio), round(w / ratio)
-        if (new_w, new_h) == (w, h):
+            return (new_short, new_long) if w <= h else (new_long, new_short)
+        # timm ResizeKeepRatio: scale so the image covers the (non-square) target, rounding each side
+        ratio = min(h / sh, w / sw)
+        return round(w / ratio), round(h / ratio)
+
+    def crop_origin(self, w: int, h: int) -> tuple[int, int, int, int]:
+        """(left, top) of the centre crop in an image padded to at least the crop size, and that padded size."""
+        th, tw = self.size
+        pw, ph = max(w, tw), max(h, th)  # torchvision pads with zeros (centred) before cropping; resize makes it rare
+        return int(round((pw - tw) / 2.0)), int(round((ph - th) / 2.0)), pw, ph
+
+    def resize(self, image: PIL.Image.Image) -> PIL.Image.Image:
+        new_w, new_h = self.resized_size(*image.size)
+        if (new_w, new_h) == image.size:
             return image
         return image.resize((new_w, new_h), resample=self.resample)
 
@@ -181,18 +214,57 @@ class EvalTransform:
         w, h = image.size
         if (w, h) == (tw, th):
             return image
-        if w < tw or h < th:  # torchvision pads with zeros before cropping; resize makes this rare
-            padded = PIL.Image.new(image.mode, (max(w, tw), max(h, th)))
-            padded.paste(image, ((max(w, tw) - w) // 2, (max(h, th) - h) // 2))
-            image, (w, h) = padded, padded.size
-        top, left = int(round((h - th) / 2.0)), int(round((w - tw) / 2.0))
+        left, top, pw, ph = self.crop_origin(w, h)
+        if (pw, ph) != (w, h):
+            padded = PIL.Image.new(image.mode, (pw, ph))
+            padded.paste(image, ((pw - w) // 2, (ph - h) // 2))
+            image = padded
         return image.crop((left, top, left + tw, top + th))
 
-    def __call__(self, image: Any) -> torch.Tensor:
+    def prepare(self, image: Any) -> PIL.Image.Image:
         image = convert_channels(to_pil_image(image), self.num_channels)
         if 0 in image.size:
             raise ValueError(f"empty image of size {image.size[0]}x{image.size[1]}")
-        return _normalize(self.crop(self.resize(image)), self.mean, self.std)
+        return image
+
+    def _pil_uint8(self, image: Any) -> np.ndarray:
+        return _hwc_array(self.crop(self.resize(self.prepare(image))))
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        return self.batch([image])[0]
+
+    def batch(self, images: Sequence[Any]) -> torch.Tensor:
+        """Images -> (B, C, H, W) float32: the per-image transform, done for the whole batch at once."""
+        if self.torch_mode is not None:
+            uint8 = self._torch_uint8([self.prepare(image) for image in images])
+        else:
+            workers = min(torch.get_num_threads(), len(images))
+            if workers > 1:
+                with ThreadPoolExecutor(workers) as pool:
+                    arrays = list(pool.map(self._pil_uint8, images))
+            else:
+                arrays = [self._pil_uint8(image) for image in images]
+            uint8 = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+        return _to_float(uint8, self.mean, self.std)
+
+    def _torch_uint8(self, images: list[PIL.Image.Image]) -> torch.Tensor:
+        th, tw = self.size
+        out = torch.empty((len(images), self.num_channels, th, tw), dtype=torch.uint8)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            groups.setdefault(image.size, []).append(i)
+        for (w, h), index in groups.items():
+            # (n, C, H, W) in channels-last strides: the layout of torch's vectorised uint8 resampling kernels
+            x = torch.from_numpy(np.stack([_hwc_array(images[i]) for i in index])).permute(0, 3, 1, 2)
+            new_w, new_h = self.resized_size(w, h)
+            if (new_w, new_h) != (w, h):
+                x = F.interpolate(x, size=(new_h, new_w), mode=self.torch_mode, antialias=True, align_corners=False)
+            left, top, pw, ph = self.crop_origin(new_w, new_h)
+            if (pw, ph) != (new_w, new_h):
+                pad_l, pad_t = (pw - new_w) // 2, (ph - new_h) // 2
+                x = F.pad(x, (pad_l, pw - new_w - pad_l, pad_t, ph - new_h - pad_t))
+            out[index] = x[:, :, top : top + th, left : left + tw]
+        return out
 
 
 class TrainTransform:
@@ -251,6 +323,10 @@ class VitHfImageProcessor(BaseImageProcessor):
         num_channels: 3 (RGB) or 1 (grey); every input is converted to it.
         train_crop_scale, train_crop_ratio, train_hflip: RandomResizedCrop scale/ratio and flip probability of the
             train transform.
+        backend: how the eval transform resizes. `"pil"` (default): PIL, bit-identical to timm's eval transform,
+            batches spread over `torch.get_num_threads()` threads. `"torch"`: torch's antialiased uint8
+            interpolation (bilinear/bicubic; other filters stay on PIL), same geometry, several times faster,
+            within 1/255 of PIL before normalisation. No torchvision needed for either.
 
     Example:
     ```python
@@ -275,6 +351,7 @@ class VitHfImageProcessor(BaseImageProcessor):
         train_crop_scale: Sequence[float] = (0.08, 1.0),
         train_crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
         train_hflip: float = 0.5,
+        backend: str = "pil",
         **kwargs,
     ):
         for legacy in ("do_resize", "do_rescale", "do_normalize", "do_center_crop", "rescale_factor", "crop_size"):
@@ -306,6 +383,9 @@ class VitHfImageProcessor(BaseImageProcessor):
         self.train_crop_scale = [float(v) for v in train_crop_scale]
         self.train_crop_ratio = [float(v) for v in train_crop_ratio]
         self.train_hflip = float(train_hflip)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
 
     @classmethod
     def from_model_config(cls, config, **kwargs) -> VitHfImageProcessor:
@@ -323,7 +403,7 @@ class VitHfImageProcessor(BaseImageProcessor):
         """The per-image transform used by `preprocess` (and so by `pipeline`) and by evaluation in training."""
         return EvalTransform(
             self.size, self.crop_pct, self.resample, self.image_mean, self.image_std, self.num_channels,
-            getattr(self, "crop_mode", "center"),
+            getattr(self, "crop_mode", "center"), getattr(self, "backend", "pil"),
         )
 
     def train_transforms(self) -> TrainTransform:
@@ -357,23 +437,21 @@ class VitHfImageProcessor(BaseImageProcessor):
             fields = {k: getattr(self, k) for k in _CALL_OVERRIDES}
             fields.update(num_channels=self.num_channels, **given)
             processor = type(self)(**fields)
-        transform = processor.eval_transforms()
-        batch = [transform(image) for image in _as_image_list(images)]
-        if not batch:
-            raise ValueError("no images were given")
-        if return_tensors in ("pt", None) or return_tensors == "torch":
-            pixel_values = torch.stack(batch)
-        elif return_tensors == "np":
-            pixel_values = torch.stack(batch).numpy()
-        else:
+        if return_tensors not in ("pt", "torch", "np", None):
             raise ValueError(f"return_tensors={return_tensors!r} is not supported; use 'pt' or 'np'")
+        images = _as_image_list(images)
+        if not images:
+            raise ValueError("no images were given")
+        pixel_values = processor.eval_transforms().batch(images)
+        if return_tensors == "np":
+            pixel_values = pixel_values.numpy()
         return BatchFeature(data={"pixel_values": pixel_values})
 
     def __call__(self, images: Any = None, *args, **kwargs) -> BatchFeature:
         return self.preprocess(images, *args, **kwargs)
 
 
-_CALL_OVERRIDES = ("size", "crop_pct", "crop_mode", "resample", "image_mean", "image_std")
+_CALL_OVERRIDES = ("size", "crop_pct", "crop_mode", "resample", "image_mean", "image_std", "backend")
 
 
 def _as_image_list(images: Any) -> list:
