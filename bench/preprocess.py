@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     print(markdown(rows, cols))
     print(f"max |vit_hf - timm| pixel value over 4 images: {timm_maxdiff:.3g}; backend='torch': {torch_maxdiff:.3g}")
     env["loadavg_end"] = os.getloadavg()
-    payload = {"env": env, "args": vars(args), "timm_maxdiff": timm_maxdiff, "torch_maxdiff": torch_maxdiff, "rows": rows}
+    payload = {"env": env, "args": vars(args), "timm_maxdiff": timm_maxdiff, "torch_maxdiff": torch_maxdiff}
+    payload["rows"] = rows
     print(f"wrote {save(args.out, payload)}")
 
 
