@@ -283,9 +283,10 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def run_child(args: list[str], timeout: float = 900) -> dict:
+def run_child(args: list[str], timeout: float = 900, extra_env: dict[str, str] | None = None) -> dict:
     """Run `python -m bench.<...> args` in a fresh process; it prints one JSON line prefixed 'RESULT '."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env.update(extra_env or {})
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.run([sys.executable, *args], cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
     for line in proc.stdout.splitlines():

@@ -2,11 +2,12 @@
 
     .venv/bin/python -m bench.forward [--quick] [--cases S/16-b8,B/16-b1-fp32] [--compile] [--rounds N]
 
-Case names: "{size}-b{batch}-{precision}[-compiled]"; precision is fp32, bf16-autocast (fp32 weights under
+Case names: "{size}-b{batch}-{precision}[-compiled[-frozen]]"; precision is fp32, bf16-autocast (fp32 weights under
 torch.autocast("cpu", bfloat16)) or bf16-weights (model and input cast to bfloat16). All calls under
 torch.inference_mode(). Rounds interleave the candidates; medians, spread = (max - min) / median.
 `--compile` adds torch.compile (inductor, default mode) for the subset S/16-b8 fp32 + bf16-autocast (compile time on
-2 cores is minutes per model); `--compile-cases` changes that subset.
+2 cores is minutes per model); `--compile-cases` changes that subset; `--freezing` adds the same cases compiled with
+inductor's `freezing` option (weights folded as constants, oneDNN weight prepacking: the CPU inference setting).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ from bench.common import (
 )
 
 PRECISIONS = ("fp32", "bf16-autocast", "bf16-weights")
+GEMM = "gemm"  # the matmul pseudo-candidate
+GEMM_SHAPE = (8 * 197, 768, 3072)
+SUFFIX = {None: "", "default": "-compiled", "frozen": "-compiled-frozen"}  # case name per torch.compile mode
 
 
 def make_call(model: torch.nn.Module, x: torch.Tensor, precision: str, inner: int = 1):
@@ -59,7 +63,7 @@ def calibrate(call, target_s: float) -> int:
 
 
 def run_case(
-    models: dict[str, torch.nn.Module], size: str, batch: int, precision: str, rounds: int, compiled: bool
+    models: dict[str, torch.nn.Module], size: str, batch: int, precision: str, rounds: int, compiled: str | None
 ) -> list[dict]:
     x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     if precision == "bf16-weights":
@@ -74,7 +78,7 @@ def run_case(
             # fullgraph=True (issue 6 acc. 4: no graph breaks); a candidate that breaks falls back to the default
             t = time.perf_counter()
             try:
-                cm[n] = torch.compile(m, fullgraph=True)
+                cm[n] = torch.compile(m, fullgraph=True, options={"freezing": compiled == "frozen"})
                 make_call(cm[n], x, precision)()
                 fullgraph[n] = True
             except Exception as e:  # noqa: BLE001 - any dynamo error means "not fullgraph"
@@ -90,16 +94,27 @@ def run_case(
     inner = {n: calibrate(make_call(m, x, precision), 0.4) for n, m in models.items()}
     inner_n = min(inner.values())
     fns = {n: make_call(m, x, precision, inner_n) for n, m in models.items()}
+    # The machine's matmul throughput, timed as one more candidate in the same rounds (so contention and clock
+    # drift hit it like the models): one large GEMM in the case's dtype, the ViT-B/16 MLP at batch 8,
+    # (1576, 768) @ (768, 3072), repeated for ~0.4 s per call. (Smaller shapes run below this peak.)
+    m, k, n = GEMM_SHAPE
+    dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+    a, w = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+    gemm_flop = 2 * m * k * n
+    reps = calibrate(lambda: a @ w, 0.4)
+    fns[GEMM] = lambda: [a @ w for _ in range(reps)]
     timings = interleaved(fns, warmup=1, rounds=rounds)
+    gemm = timings.pop(GEMM)
+    gemm_gflop_s, gemm_gflop_s_best = gemm_flop * reps / gemm.median / 1e9, gemm_flop * reps / gemm.best / 1e9
     rows = []
     for n, t in timings.items():
         rows.append(
             {
-                "case": f"{size}-b{batch}-{precision}" + ("-compiled" if compiled else ""),
+                "case": f"{size}-b{batch}-{precision}" + SUFFIX[compiled],
                 "size": size,
                 "batch": batch,
                 "precision": precision,
-                "compiled": compiled,
+                "compiled": compiled or False,
                 "candidate": n,
                 "img_s": batch * inner_n / t.median,
                 "ms_per_batch": 1000 * t.median / inner_n,
@@ -110,6 +125,9 @@ def run_case(
                 "foreign_load": max(t.foreign),
                 "compile_s": compile_s.get(n),
                 "fullgraph": fullgraph.get(n),
+                "gemm_gflop_s": gemm_gflop_s,
+                "gemm_gflop_s_best": gemm_gflop_s_best,
+                "gemm_spread": gemm.spread,
             }
         )
     return rows
@@ -124,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--compile", action="store_true", help="also run torch.compile on the compile subset")
     ap.add_argument("--compile-cases", default="S/16-b8-fp32,S/16-b8-bf16-autocast")
+    ap.add_argument("--freezing", action="store_true", help="also compile the subset with options={'freezing': True}")
     ap.add_argument("--no-eager-cases", action="store_true", help="only the compiled cases")
     ap.add_argument("--out", default="forward")
     args = ap.parse_args(argv)
@@ -142,9 +161,9 @@ def main(argv: list[str] | None = None) -> None:
             for p in PRECISIONS:
                 case = f"{size}-b{b}-{p}"
                 if not args.no_eager_cases and selected(case, filters):
-                    plan.append((b, p, False))
-                if args.compile and selected(case, parse_cases(args.compile_cases)) and selected(case, filters):
-                    plan.append((b, p, True))
+                    plan.append((b, p, None))
+                if selected(case, parse_cases(args.compile_cases)) and selected(case, filters):
+                    plan += [(b, p, mode) for mode, on in (("default", args.compile), ("frozen", args.freezing)) if on]
         if not plan:
             continue
         models = build_all(names, size)
@@ -154,9 +173,10 @@ def main(argv: list[str] | None = None) -> None:
             case_rows = run_case(models, size, b, p, rounds, compiled)
             flops = vit_flops(size)
             for r in case_rows:
-                peak = peaks["fp32" if p == "fp32" else "bf16"]
                 r["gflop_s"] = r["img_s"] * flops / 1e9
-                r["frac_gemm_peak"] = r["gflop_s"] / peak
+                # medians over the same rounds; and the start-of-run best-of-10 peak, for comparison
+                r["frac_gemm_peak"] = r["gflop_s"] / r["gemm_gflop_s"]
+                r["frac_gemm_peak_start"] = r["gflop_s"] / peaks["fp32" if p == "fp32" else "bf16"]
             add_ratios(case_rows, "img_s", ("case",))
             rows += case_rows
             save(args.out, {"env": env, "gemm_peak_gflop_s": peaks, "args": vars(args), "rows": rows, "partial": True})

@@ -11,6 +11,15 @@ step (model + optimizer built, so the delta is what training adds: grads, AdamW 
 holds one extra fp32 copy of the weights briefly, far below the training peak.
 Case names: "{size}-b{batch}-{fp32|bf16}[-ckpt]"; bf16 = torch.autocast("cpu", bfloat16) with fp32 master weights;
 ckpt = activation checkpointing per block (timm `set_grad_checkpointing`, HF `gradient_checkpointing_enable`).
+
+Equal footing for memory: every child imports the same libraries (torch, timm, transformers, vit_hf) whatever its
+candidate, and builds its model the same way: from one timm state dict the parent saved once per size (safetensors),
+loaded into the freshly built candidate. So the peak differs only by what the model and its training step allocate.
+What importing each candidate's own library costs is reported separately (`import_mib`, a child that imports only
+that library). `--alloc mmap` (default) runs the children with glibc's MALLOC_MMAP_THRESHOLD_=131072: every tensor
+above 128 KiB is mmapped and returned to the OS when freed, so VmHWM follows the live tensors instead of glibc's
+dynamic threshold, which keeps freed blocks resident depending on the order of earlier allocations (model building);
+`--alloc default` measures with glibc's defaults.
 """
 
 from __future__ import annotations
@@ -20,7 +29,9 @@ import contextlib
 import json
 import statistics
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -49,10 +60,15 @@ COLUMNS = [
     "candidate", "img_s", "img_s_best", "clean_steps", "img_s_vs_best", "peak_rss_mib", "train_delta_mib", "mem_vs_best"
 ]
 
-def child(name: str, size: str, batch: int, precision: str, ckpt: bool, steps: int) -> dict:
+def child(name: str, size: str, batch: int, precision: str, ckpt: bool, steps: int, weights: str) -> dict:
+    import timm  # noqa: F401  (equal imports in every child, see the module docstring)
+    import transformers  # noqa: F401
+    from safetensors.torch import load_file
+
+    import vit_hf  # noqa: F401
     from bench.common import build, logits
 
-    model = build(name, size).train()
+    model = build(name, size, load_file(weights)).train()
     if ckpt:
         if name == "timm":
             model.set_grad_checkpointing(True)
@@ -88,11 +104,40 @@ def child(name: str, size: str, batch: int, precision: str, ckpt: bool, steps: i
     return {"times": times, "foreign": foreign, "maxrss_mib": maxrss_mib(), "rss_before_mib": rss0}
 
 
+def save_weights(size: str, folder: Path) -> str:
+    """The timm state dict every child of this size loads (built once from seed 0)."""
+    from safetensors.torch import save_file
+
+    from bench.common import timm_model
+
+    path = folder / f"{size.replace('/', '_')}.safetensors"
+    save_file({k: v.contiguous() for k, v in timm_model(size).state_dict().items()}, str(path))
+    return str(path)
+
+
+def import_child(name: str) -> dict:
+    """RSS added by importing the library a candidate needs (torch already imported)."""
+    import sys as _sys
+
+    before_mods, rss0 = set(_sys.modules), rss_mib()
+    if name == "timm":
+        import timm  # noqa: F401
+    elif name.startswith("vit_hf"):
+        import vit_hf  # noqa: F401
+        from vit_hf import VitHfForImageClassification  # noqa: F401
+    else:
+        from transformers import ViTForImageClassification  # noqa: F401
+    return {"import_mib": rss_mib() - rss0, "modules": len(set(_sys.modules) - before_mods)}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
-        "--child", nargs=6, metavar=("NAME", "SIZE", "BATCH", "PREC", "CKPT", "STEPS"), help=argparse.SUPPRESS
+        "--child", nargs=7, metavar=("NAME", "SIZE", "BATCH", "PREC", "CKPT", "STEPS", "WEIGHTS"),
+        help=argparse.SUPPRESS,
     )
+    ap.add_argument("--import-child", metavar="NAME", help=argparse.SUPPRESS)
+    ap.add_argument("--alloc", choices=("mmap", "default"), default="mmap", help="glibc allocator setting, see above")
     ap.add_argument("--quick", action="store_true", help="S/16 only, 1 round")
     ap.add_argument("--cases", help="comma-separated substrings of case names")
     ap.add_argument("--candidates", default=",".join(PEERS))
@@ -105,10 +150,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="train_step")
     args = ap.parse_args(argv)
     if args.child:
-        name, size, batch, prec, ckpt, steps = args.child
-        res = child(name, size, int(batch), prec, ckpt == "1", int(steps))
+        name, size, batch, prec, ckpt, steps, weights = args.child
+        res = child(name, size, int(batch), prec, ckpt == "1", int(steps), weights)
         print("RESULT " + json.dumps(res))
         return
+    if args.import_child:
+        print("RESULT " + json.dumps(import_child(args.import_child)))
+        return
+    alloc_env = {"MALLOC_MMAP_THRESHOLD_": "131072"} if args.alloc == "mmap" else {}
+    tmp = tempfile.TemporaryDirectory()
+    weights_of = {}
     names = args.candidates.split(",")
     filters = parse_cases(args.cases)
     rounds = 1 if args.quick else args.rounds
@@ -125,8 +176,11 @@ def main(argv: list[str] | None = None) -> None:
                 res: dict[str, list[dict]] = {n: [] for n in names}
                 for r in range(rounds):
                     for n in names[r % len(names) :] + names[: r % len(names)]:
+                        if size not in weights_of:
+                            weights_of[size] = save_weights(size, Path(tmp.name))
                         argv_c = ["-m", "bench.train_step", "--child", n, size, str(batch_of[size]), prec]
-                        res[n].append(run_child(argv_c + ["1" if ckpt else "0", str(args.steps)]))
+                        argv_c += ["1" if ckpt else "0", str(args.steps), weights_of[size]]
+                        res[n].append(run_child(argv_c, extra_env=alloc_env))
                 case_rows = []
                 for n, rs in res.items():
                     tm = Timing([t for r in rs for t in r["times"]], [f for r in rs for f in r["foreign"]])
@@ -160,8 +214,13 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"\n## {case} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
                 print(markdown(case_rows, COLUMNS), file=sys.stderr)
     print("\n" + markdown(rows, ["case", *COLUMNS]))
+    # what importing each candidate's own library costs (not part of the rows above: every child imports all)
+    imports = [{"candidate": n, **run_child(["-m", "bench.train_step", "--import-child", n], extra_env=alloc_env)}
+               for n in names]
+    print("\n" + markdown(imports, ["candidate", "import_mib", "modules"]))
     env["loadavg_end"] = __import__("os").getloadavg()
-    print(f"\nwrote {save(args.out, {'env': env, 'args': vars(args), 'batch': batch_of, 'rows': rows})}")
+    payload = {"env": env, "args": vars(args), "batch": batch_of, "rows": rows, "imports": imports}
+    print(f"\nwrote {save(args.out, payload)}")
 
 
 if __name__ == "__main__":
