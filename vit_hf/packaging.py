@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,7 +22,8 @@ if TYPE_CHECKING:
 REMOTE_FILES = ("configuration_vit_hf.py", "modeling_vit_hf.py", "image_processing_vit_hf.py")
 HUB_FILE_NAMES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", *REMOTE_FILES)
 AUTO_CLASSES = ("AutoConfig", "AutoModel", "AutoModelForImageClassification")
-_ALLOWED_IMPORTS = {"torch", "einops", "transformers", "numpy", "PIL", "math", "collections", "typing", "__future__"}
+# what a consumer of the remote code has: transformers' own requirements plus einops, and the standard library
+_ALLOWED_IMPORTS = {"torch", "einops", "transformers", "numpy", "PIL", *sys.stdlib_module_names}
 
 
 class HubFolderError(RuntimeError):
