@@ -89,6 +89,17 @@ def test_packaging_check_names_what_is_missing(tmp_path):
         check_hub_folder(tmp_path)
 
 
+def test_packaging_check_refuses_third_party_imports_but_not_the_standard_library(tmp_path):
+    save_folder(tmp_path)
+    modeling = tmp_path / "modeling_vit_hf.py"
+    source = modeling.read_text()
+    modeling.write_text("import concurrent.futures\nimport itertools\n" + source)
+    check_hub_folder(tmp_path)  # standard library: every consumer has it
+    modeling.write_text("import timm\n" + source)
+    with pytest.raises(HubFolderError, match="modeling_vit_hf.py imports 'timm'"):
+        check_hub_folder(tmp_path)
+
+
 def test_importing_vit_hf_registers_nothing_with_the_auto_factories():
     """A local registration would beat a saved folder's auto_map (transformers#45698)."""
     from transformers import AutoConfig
