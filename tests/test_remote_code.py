@@ -138,3 +138,26 @@ def test_save_hub_folder_merges_into_a_folder_with_other_files(tmp_path):
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(HubFolderError, match="is a file"):
         save_hub_folder(model, processor, tmp_path / "a_file")
+
+
+def test_wheel_ships_the_model_card_template(tmp_path):
+    """A wheel install (not only a checkout) can write model cards: the top-level template is package data."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    src = tmp_path / "src"  # build from a copy: setuptools writes build/ next to the sources
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for name in ("vit_hf", "convert"):
+        shutil.copytree(root / name, src / name, symlinks=True, ignore=ignore)
+    for name in ("pyproject.toml", "README.md", "model_card.md"):
+        shutil.copy(root / name, src / name)
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)]
+    out = subprocess.run([*command, str(src)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (wheel,) = tmp_path.glob("vit_hf-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        assert zf.read("vit_hf/model_card.md") == (root / "model_card.md").read_bytes()

@@ -15,14 +15,15 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .image_processing_vit_hf import RESAMPLE, VitHfImageProcessor
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "model_card.md"
+# The template is the repository's top-level model_card.md; vit_hf/model_card.md is a symlink to it, which a wheel
+# build copies into the package (package-data), so a checkout, an editable install and a wheel all find it here.
+TEMPLATE = Path(__file__).parent / "model_card.md"
 
 
 def _template_path() -> Path:
-    # The template lives at the repository root (a checkout or an editable install, as `make` sets up).
     if TEMPLATE.is_file():
         return TEMPLATE
-    raise FileNotFoundError(f"model card template not found at {TEMPLATE}: use a checkout / editable install")
+    raise FileNotFoundError(f"model card template not found at {TEMPLATE}: reinstall vit-hf (it ships as package data)")
 
 
 def architecture_table(config) -> list[tuple[str, Any]]:
