@@ -1,7 +1,7 @@
 """Render bench/results/*.json (and per-case results/<name>/*.json) as the markdown tables of bench/README.md.
 
     .venv/bin/python -m bench.report > bench/results/tables.md
-    .venv/bin/python -m bench.report --summary > bench/results/summary.md   # <= 25 rows, vit_hf vs best peer
+    .venv/bin/python -m bench.report --summary > bench/results/summary.md   # one row per case, vit_hf vs best peer
 
 Per-case files (written by bench.train_step and bench.train_step_inproc as each case finishes) are merged with the
 aggregate file of the same name; for a case present in several files the newest file wins. Partial runs show up
@@ -15,20 +15,24 @@ import argparse
 from bench.common import load_rows, markdown
 
 SECTIONS = (
-    ("forward", "Inference forward (images/s, medians; vs_best_peer = img/s / best of timm, hf_sdpa, hf_eager)",
-     ["case", "candidate", "img_s", "img_s_best", "spread", "vs_best_peer", "frac_gemm_peak"]),
-    ("forward_compiled", "Inference forward, eager and torch.compile (inductor), S/16 batch 8, same process",
-     ["case", "candidate", "img_s", "img_s_best", "spread", "vs_best_peer", "frac_gemm_peak", "compile_s"]),
+    ("forward", "Inference forward (images/s, medians; vs_best_peer = img/s / best of timm, hf_sdpa, hf_eager; "
+     "frac_gemm_peak = model GFLOP/s / GEMM GFLOP/s timed in the same rounds)",
+     ["case", "candidate", "img_s", "img_s_best", "spread", "vs_best_peer", "frac_gemm_peak", "gemm_gflop_s",
+      "frac_gemm_peak_start"]),
+    ("forward_compiled", "Inference forward, eager and torch.compile(fullgraph=True) (inductor default, and "
+     "options={'freezing': True}), batch 8, same process",
+     ["case", "candidate", "img_s", "img_s_best", "spread", "vs_best_peer", "frac_gemm_peak", "compile_s",
+      "fullgraph"]),
     ("train_step_inproc", "Training step speed: forward + CE + backward + AdamW, in-process interleaved (images/s)",
      ["case", "candidate", "img_s", "img_s_best", "spread", "clean_rounds", "vs_best_peer", "vs_timm"]),
     ("train_step", "Training step memory: fresh process per candidate, VmHWM (MiB); img/s here is 1 step, fresh",
      ["case", "candidate", "peak_rss_mib", "train_delta_mib", "mem_vs_best", "img_s"]),
     ("forward_b64", "Inference forward, batch 64",
-     ["case", "candidate", "img_s", "img_s_best", "spread", "vs_best_peer", "frac_gemm_peak"]),
+     ["case", "candidate", "img_s", "img_s_best", "spread", "vs_best_peer", "frac_gemm_peak", "gemm_gflop_s"]),
     ("train_loop", "Fine-tuning loop (issue 4 acc. 7): vit_hf.train vs a plain timm loop, bf16 autocast",
      ["case", "candidate", "img_s", "img_s_best", "spread", "vs_timm", "peak_rss_mib", "mem_vs_timm"]),
     ("preprocess", "Preprocessing, 32 PIL images -> (32, 3, 224, 224) tensor (images/s)",
-     ["candidate", "img_s", "img_s_best", "ms_per_img", "spread", "vs_best_peer"]),
+     ["candidate", "img_s", "img_s_best", "ms_per_img", "spread", "vs_best_peer", "vs_hf_pil"]),
     ("load", "from_pretrained, ViT-B/16 fp32 safetensors (fresh process each)",
      ["candidate", "load_s", "load_s_best", "spread", "vs_best_peer", "peak_rss_mib", "load_delta_mib", "attn"]),
     ("convert", "Conversion, ViT-B/16 (fresh process each)",
@@ -73,6 +77,10 @@ def tables() -> None:
             if "gemm_peak_gflop_s" in data:
                 p = data["gemm_peak_gflop_s"]
                 print(f"; GEMM peak measured in the same run: fp32 {p['fp32']:.0f}, bf16 {p['bf16']:.0f} GFLOP/s")
+            if "imports" in data:
+                print("\n\nRSS added by importing each candidate's own library (every training child above imports all "
+                      "of them, so that this is not in its peak):\n")
+                print(markdown(data["imports"], ["candidate", "import_mib", "modules"]))
             if "numerics" in data:
                 print("\n\nNumerics (max |logits diff| vs current vit_hf):\n")
                 num = [{"variant": k, **v} for k, v in data["numerics"].items()]
@@ -82,11 +90,14 @@ def tables() -> None:
 
 
 def summary() -> None:
-    """vit_hf vs the best peer, one row per case (<= 25 rows), for the top-level README."""
+    """vit_hf vs the best peer, one row per case, for the top-level README."""
     out: list[dict] = []
 
-    def add(case: str, rows: list[dict], key: str, peers: tuple[str, ...], higher: bool = True, unit: str = "") -> None:
-        ours = [r for r in rows if r["candidate"] == "vit_hf" and r.get(key)]
+    def add(
+        case: str, rows: list[dict], key: str, peers: tuple[str, ...], higher: bool = True, unit: str = "",
+        ours_name: str = "vit_hf",
+    ) -> None:
+        ours = [r for r in rows if r["candidate"] == ours_name and r.get(key)]
         theirs = [r for r in rows if r["candidate"] in peers and r.get(key)]
         if not ours or not theirs:
             return
@@ -103,30 +114,43 @@ def summary() -> None:
         )
 
     peers = ("timm", "hf_sdpa", "hf_eager")
-    for name, suffix in (("forward", ""), ("forward_compiled", "")):
+    for name in ("forward", "forward_b64", "forward_compiled"):
         rows, _ = load_rows(name)
         for case in dict.fromkeys(r["case"] for r in rows):
-            if name == "forward_compiled" and not case.endswith("compiled"):
+            if name == "forward_compiled" and "compiled" not in case:
                 continue
-            add(f"fwd {case}{suffix}", [r for r in rows if r["case"] == case], "img_s", peers)
+            add(f"fwd {case}", [r for r in rows if r["case"] == case], "img_s", peers)
+    # compiled vs eager, vit_hf itself, same process (issue 6 acc. 4)
+    rows, _ = load_rows("forward_compiled")
+    eager = {r["case"]: r for r in rows if r["candidate"] == "vit_hf" and not r.get("compiled")}
+    for r in rows:
+        base = r["case"].replace("-compiled-frozen", "").replace("-compiled", "")
+        if r["candidate"] == "vit_hf" and r.get("compiled") and base in eager:
+            add(f"compile: vit_hf {r['case']} vs eager", [r, {**eager[base], "candidate": "vit_hf eager"}],
+                "img_s", ("vit_hf eager",))
     rows, _ = load_rows("train_step_inproc")
     for case in dict.fromkeys(r["case"] for r in rows):
         add(f"train {case}", [r for r in rows if r["case"] == case], "img_s", ("timm",))
     rows, _ = load_rows("train_loop")
     for case in dict.fromkeys(r["case"] for r in rows):
         add(f"fine-tune loop {case}", [r for r in rows if r["case"] == case], "img_s", ("timm_loop",))
+    rows, _ = load_rows("train_step")
+    for case in dict.fromkeys(r["case"] for r in rows):
+        add(f"train peak RSS {case} (MiB, lower is better)", [r for r in rows if r["case"] == case], "peak_rss_mib",
+            ("timm",), higher=False)
     rows, _ = load_rows("preprocess")
-    add("preprocess, 32 PIL images", rows, "img_s", ("hf_pil", "hf_torchvision", "timm"))
+    add("preprocess, 32 PIL images: PIL (default, = timm)", rows, "img_s", ("hf_pil",))
+    add("preprocess, 32 PIL images: backend='torch'", rows, "img_s", ("hf_pil",), ours_name="vit_hf_torch")
     rows, _ = load_rows("load")
     add("from_pretrained ViT-B (s, lower is better)", rows, "load_s", ("hf_vit",), higher=False, unit=" s")
     print("img/s unless stated; ratio = vit_hf / best peer (> 1: vit_hf faster); training vs timm only; ")
     print("spread = (max - min) / median over the rounds, the larger of the two rows.\n")
-    print(markdown(out[:25], ["case", "vit_hf", "best peer", "ratio", "spread"]))
+    print(markdown(out, ["case", "vit_hf", "best peer", "ratio", "spread"]))
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--summary", action="store_true", help="compact vit_hf-vs-best-peer table (<= 25 rows)")
+    ap.add_argument("--summary", action="store_true", help="compact vit_hf-vs-best-peer table, one row per case")
     args = ap.parse_args(argv)
     summary() if args.summary else tables()
 
