@@ -36,7 +36,7 @@ def main() -> None:
         rows, _ = load_rows(name)
         rows = [r for r in rows if r["candidate"] in ours and r.get(ratio)]
         if rows:
-            labels = [r.get("case", "") + ("" if len(ours) == 1 else r["candidate"]) for r in rows]
+            labels = [r.get("case", "") + ("" if len(ours) == 1 else f" {r['candidate']}") for r in rows]
             panels.append((title, labels, [r[ratio] for r in rows]))
     heights = [1 + 0.3 * len(p[1]) for p in panels]
     fig, axes = plt.subplots(

@@ -103,13 +103,17 @@ def summary() -> None:
             return
         best = (max if higher else min)(theirs, key=lambda r: r[key])
         v, b = ours[0][key], best[key]
+        def num(x: float) -> str:
+            return f"{x:.0f}" if x >= 100 else f"{x:.3g}"
+
+        spreads = [r.get("spread") for r in (ours[0], best) if r.get("spread") is not None]
         out.append(
             {
                 "case": case,
-                "vit_hf": f"{v:.3g}{unit}",
-                "best peer": f"{best['candidate']} {b:.3g}{unit}",
+                "vit_hf": f"{num(v)}{unit}",
+                "best peer": f"{best['candidate']} {num(b)}{unit}",
                 "ratio": f"{(v / b if higher else b / v):.2f}",
-                "spread": f"{max(r.get('spread', 0) or 0 for r in [ours[0], best]):.0%}" if "spread" in best else "",
+                "spread": f"{max(spreads):.0%}" if spreads else "",
             }
         )
 

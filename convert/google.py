@@ -600,25 +600,15 @@ def timm_unsupported_reason(conv: Conversion, path: str | None) -> str | None:
 
 
 def _timm_model(conv: Conversion, path: str) -> torch.nn.Module | None:
+    """timm's VisionTransformer for the converted config, weights from timm's own npz loader (`_load_weights`)."""
     from timm.models.vision_transformer import VisionTransformer
 
-    layout, cfg = conv.layout, conv.model.config
-    global_pool = {"tok": "token", "gap": "avg", "map": "map"}[layout.pool]
-    model = VisionTransformer(
-        img_size=cfg.image_hw,
-        patch_size=cfg.patch_hw,
-        in_chans=cfg.num_channels,
-        num_classes=cfg.num_labels,
-        embed_dim=layout.width,
-        depth=layout.depth,
-        num_heads=layout.heads,
-        mlp_ratio=layout_mlp_ratio(conv),
-        class_token=layout.pool == "tok",
-        no_embed_class=cfg.no_embed_class,
-        global_pool=global_pool,
-        fc_norm=False,
-    )
-    if model.blocks[0].mlp.fc1.out_features != layout.mlp:  # mlp_ratio float truncation (pitfall P16)
+    from convert.timm import TimmArch
+
+    kwargs = TimmArch.from_config(conv.model.config).timm_kwargs(json_safe=False)
+    kwargs.pop("act_layer", None)  # timm builds Google's ViTs with exact GELU (the caller compares a GELU-exact copy)
+    model = VisionTransformer(**kwargs)
+    if model.blocks[0].mlp.fc1.out_features != conv.layout.mlp:  # mlp_ratio float truncation (pitfall P16)
         return None
     model.load_pretrained(path, prefix=conv.info["prefix"])
     return model.eval()
