@@ -327,6 +327,7 @@ def environment() -> dict:
         "cpu_flags": [f for f in keep if f in flags],
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "loadavg_start": os.getloadavg(),
+        "started_unix": time.time(),
     }
 
 
@@ -382,7 +383,8 @@ def save_case(out: str, case: str, payload: dict) -> Path:
 
 def load_rows(name: str) -> tuple[list[dict], list[dict]]:
     """Rows and environments of results/<name>.json plus results/<name>/*.json (per-case files). A case present in
-    both is taken from the per-case file with the newest mtime (the aggregate may be an older, partial run)."""
+    several is taken from the newest file (recorded start time, else mtime; the aggregate may be an older, partial
+    run)."""
     sources = []
     agg = RESULTS / f"{name}.json"
     if agg.exists():
@@ -396,7 +398,8 @@ def load_rows(name: str) -> tuple[list[dict], list[dict]]:
         for r in data["rows"]:
             cases.setdefault(r.get("case", ""), []).append(r)
         for case, rs in cases.items():
-            mtime = path.stat().st_mtime
+            # when it was measured: the recorded start time (a clone gives every file the same mtime), else mtime
+            mtime = data["env"].get("started_unix", path.stat().st_mtime)
             if case not in by_case or mtime >= by_case[case][0]:
                 by_case[case] = (mtime, rs, {**data["env"], "partial": data.get("partial", False), "file": path.name})
     rows = [r for _, rs, _ in by_case.values() for r in rs]
