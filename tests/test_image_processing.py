@@ -191,7 +191,7 @@ def _uint8(processor, images) -> torch.Tensor:
     ],
 )
 def test_torch_backend_has_pil_geometry(size, crop_pct, resample, crop_mode, channels):
-    """backend="torch": the same shape and crop position as PIL and a rounding-level difference in pixels.
+    """resize_backend="torch": the same shape and crop position as PIL and a rounding-level difference in pixels.
 
     On these noisy test images a crop or resize off by one pixel moves the mean error to tens of levels; torch's
     fixed-point precision (and Pillow 13's choice of pass order for strongly anisotropic resizes) give well under
@@ -199,7 +199,7 @@ def test_torch_backend_has_pil_geometry(size, crop_pct, resample, crop_mode, cha
     kwargs = dict(size=size, crop_pct=crop_pct, resample=resample, crop_mode=crop_mode, num_channels=channels)
     if channels == 1:
         kwargs.update(image_mean=[0.5], image_std=[0.5])
-    pil, fast = VitHfImageProcessor(**kwargs), VitHfImageProcessor(**kwargs, backend="torch")
+    pil, fast = VitHfImageProcessor(**kwargs), VitHfImageProcessor(**kwargs, resize_backend="torch")
     images = [photo(w, h, seed=i) for i, (w, h) in enumerate(MIXED_SIZES)]
     a, b = _uint8(pil, images), _uint8(fast, images)
     assert a.shape == b.shape == (len(images), channels, *((size, size) if isinstance(size, int) else size))
@@ -213,32 +213,33 @@ def test_torch_backend_has_pil_geometry(size, crop_pct, resample, crop_mode, cha
 def test_torch_backend_is_within_two_levels_of_pil_on_photo_sizes(resample):
     """Camera-sized images to 224 (crop_pct 0.9): every pixel within 2/255 of PIL's, 99 % identical."""
     kwargs = dict(size=224, crop_pct=0.9, resample=resample)
-    pil, fast = VitHfImageProcessor(**kwargs), VitHfImageProcessor(**kwargs, backend="torch")
+    pil, fast = VitHfImageProcessor(**kwargs), VitHfImageProcessor(**kwargs, resize_backend="torch")
     images = [photo(w, h, seed=i) for i, (w, h) in enumerate([(640, 480), (480, 640), (500, 375), (1024, 768)])]
     diff = (_uint8(pil, images) - _uint8(fast, images)).abs()
     assert diff.max() <= 2, diff.max()
     assert (diff == 0).float().mean() > 0.99
 
 
-def test_torch_backend_pads_like_pil_and_keeps_other_filters_on_pil():
-    # crop_pct=1 and a target larger than the resized image is impossible with "center"; a 1-pixel-thin image is
-    # the case where torchvision's zero padding can show: (3, 200) -> shorter side 24, longer 1600, crop 24x24
-    pil, fast = VitHfImageProcessor(size=24, crop_pct=1.0), VitHfImageProcessor(size=24, crop_pct=1.0, backend="torch")
+def test_torch_backend_on_an_extreme_aspect_ratio_and_other_filters_on_pil():
+    # (3, 200) -> shorter side 24, longer 1600 (an 8x upsampling one way), centre crop 24x24
+    pil = VitHfImageProcessor(size=24, crop_pct=1.0)
+    fast = VitHfImageProcessor(size=24, crop_pct=1.0, resize_backend="torch")
     thin = photo(3, 200)
     assert (_uint8(pil, thin) - _uint8(fast, thin)).abs().max() <= 2
     lanczos = dict(size=24, crop_pct=0.9, resample="lanczos")
     images = [photo(w, h, seed=i) for i, (w, h) in enumerate(MIXED_SIZES)]
     assert torch.equal(
-        VitHfImageProcessor(**lanczos, backend="torch")(images).pixel_values,
+        VitHfImageProcessor(**lanczos, resize_backend="torch")(images).pixel_values,
         VitHfImageProcessor(**lanczos)(images).pixel_values,
     )
 
 
 def test_backend_is_saved_overridable_per_call_and_checked(tmp_path):
-    processor = VitHfImageProcessor(size=16, backend="torch")
+    processor = VitHfImageProcessor(size=16, resize_backend="torch")
     processor.save_pretrained(tmp_path)
-    assert VitHfImageProcessor.from_pretrained(tmp_path).backend == "torch"
+    assert VitHfImageProcessor.from_pretrained(tmp_path).resize_backend == "torch"
     image = photo(40, 30)
-    assert torch.equal(processor(image, backend="pil").pixel_values, VitHfImageProcessor(size=16)(image).pixel_values)
-    with pytest.raises(ValueError, match="backend must be one of"):
-        VitHfImageProcessor(backend="torchvision")
+    exact = VitHfImageProcessor(size=16)(image).pixel_values
+    assert torch.equal(processor(image, resize_backend="pil").pixel_values, exact)
+    with pytest.raises(ValueError, match="resize_backend must be one of"):
+        VitHfImageProcessor(resize_backend="torchvision")

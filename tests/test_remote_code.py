@@ -49,6 +49,7 @@ def test_folder_loads_in_a_process_without_vit_hf(tmp_path, dirname):
         base = AutoModel.from_pretrained(folder, trust_remote_code=True)
         model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
         processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+        fast = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True, resize_backend="torch")
         image = PIL.Image.open({str(tmp_path / "image.png")!r})
         with torch.no_grad():
             logits = model(**processor(image, return_tensors="pt")).logits[0].tolist()
@@ -56,6 +57,7 @@ def test_folder_loads_in_a_process_without_vit_hf(tmp_path, dirname):
         print(json.dumps(dict(
             modules=[type(o).__module__ for o in (config, base, model, processor)],
             base=type(base).__name__, logits=logits, scores=dict((p["label"], p["score"]) for p in preds),
+            backends=[processor.resize_backend, fast.resize_backend],
         )))
         """,
         cwd=tmp_path,
@@ -63,6 +65,7 @@ def test_folder_loads_in_a_process_without_vit_hf(tmp_path, dirname):
     out = last_json_line(proc)
     assert all(m.startswith("transformers_modules.") for m in out["modules"]), out["modules"]
     assert out["base"] == "VitHfModel"
+    assert out["backends"] == ["pil", "torch"]  # the kwarg reaches the remote processor through AutoImageProcessor
     np.testing.assert_allclose(out["logits"], expected, rtol=0, atol=1e-6)
     assert sorted(out["scores"]) == sorted(LABELS)
     probabilities = torch.tensor(expected).softmax(-1).tolist()

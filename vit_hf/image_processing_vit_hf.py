@@ -48,7 +48,7 @@ class VitHfImagesKwargs(ImagesKwargs, total=False):
     train_crop_scale: Sequence[float]
     train_crop_ratio: Sequence[float]
     train_hflip: float
-    backend: str
+    resize_backend: str
 
 
 def _resample_filter(resample: int | str) -> int:
@@ -155,7 +155,7 @@ def _normalize(image: PIL.Image.Image, mean: Sequence[float], std: Sequence[floa
 
 
 # Filters that torch's antialiased uint8 interpolation implements (it follows PIL's algorithm, in another fixed-point
-# precision: measured within 1/255 of PIL); other filters stay on PIL whatever the backend.
+# precision: measured within 2/255 of PIL); other filters stay on PIL whatever the resize backend.
 TORCH_MODES = {int(PIL.Image.Resampling.BILINEAR): "bilinear", int(PIL.Image.Resampling.BICUBIC): "bicubic"}
 BACKENDS = ("pil", "torch")
 
@@ -163,23 +163,23 @@ BACKENDS = ("pil", "torch")
 class EvalTransform:
     """timm's eval transform: resize to size / crop_pct, centre crop, to tensor, normalise.
 
-    backend="pil" resizes with PIL, bit-identical to timm's eval transform; batches are spread over
-    `torch.get_num_threads()` threads (PIL releases the GIL while resizing). backend="torch" resizes with
+    resize_backend="pil" resizes with PIL, bit-identical to timm's eval transform; batches are spread over
+    `torch.get_num_threads()` threads (PIL releases the GIL while resizing). resize_backend="torch" resizes with
     `torch.nn.functional.interpolate(antialias=True)` on uint8, images of equal size in one call: several times
     faster, within 1/255 of PIL before normalisation.
     """
 
-    def __init__(self, size, crop_pct, resample, mean, std, num_channels, crop_mode="center", backend="pil"):
+    def __init__(self, size, crop_pct, resample, mean, std, num_channels, crop_mode="center", resize_backend="pil"):
         if crop_mode not in ("center", "squash"):
             raise ValueError(f"crop_mode must be 'center' or 'squash', got {crop_mode!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if resize_backend not in BACKENDS:
+            raise ValueError(f"resize_backend must be one of {BACKENDS}, got {resize_backend!r}")
         self.size = (int(size["height"]), int(size["width"]))
         self.crop_pct = 1.0 if crop_pct is None else float(crop_pct)
         self.crop_mode = crop_mode
         self.resample = _resample_filter(resample)
         self.mean, self.std, self.num_channels = tuple(mean), tuple(std), num_channels
-        self.torch_mode = TORCH_MODES.get(self.resample) if backend == "torch" else None
+        self.torch_mode = TORCH_MODES.get(self.resample) if resize_backend == "torch" else None
 
     def resized_size(self, w: int, h: int) -> tuple[int, int]:
         """(width, height) after the resize step, exactly as timm/torchvision compute it."""
@@ -323,7 +323,7 @@ class VitHfImageProcessor(BaseImageProcessor):
         num_channels: 3 (RGB) or 1 (grey); every input is converted to it.
         train_crop_scale, train_crop_ratio, train_hflip: RandomResizedCrop scale/ratio and flip probability of the
             train transform.
-        backend: how the eval transform resizes. `"pil"` (default): PIL, bit-identical to timm's eval transform,
+        resize_backend: how the eval transform resizes. `"pil"` (default): PIL, bit-identical to timm's eval transform,
             batches spread over `torch.get_num_threads()` threads. `"torch"`: torch's antialiased uint8
             interpolation (bilinear/bicubic; other filters stay on PIL), same geometry, several times faster,
             within 1/255 of PIL before normalisation. No torchvision needed for either.
@@ -351,7 +351,7 @@ class VitHfImageProcessor(BaseImageProcessor):
         train_crop_scale: Sequence[float] = (0.08, 1.0),
         train_crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
         train_hflip: float = 0.5,
-        backend: str = "pil",
+        resize_backend: str = "pil",
         **kwargs,
     ):
         for legacy in ("do_resize", "do_rescale", "do_normalize", "do_center_crop", "rescale_factor", "crop_size"):
@@ -383,9 +383,11 @@ class VitHfImageProcessor(BaseImageProcessor):
         self.train_crop_scale = [float(v) for v in train_crop_scale]
         self.train_crop_ratio = [float(v) for v in train_crop_ratio]
         self.train_hflip = float(train_hflip)
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        self.backend = backend
+        # Not named `backend`: AutoImageProcessor.from_pretrained takes `backend=` for itself (pil/torchvision class
+        # choice) and would never pass it on, so the setting would be lost without a word.
+        if resize_backend not in BACKENDS:
+            raise ValueError(f"resize_backend must be one of {BACKENDS}, got {resize_backend!r}")
+        self.resize_backend = resize_backend
 
     @classmethod
     def from_model_config(cls, config, **kwargs) -> VitHfImageProcessor:
@@ -403,7 +405,7 @@ class VitHfImageProcessor(BaseImageProcessor):
         """The per-image transform used by `preprocess` (and so by `pipeline`) and by evaluation in training."""
         return EvalTransform(
             self.size, self.crop_pct, self.resample, self.image_mean, self.image_std, self.num_channels,
-            getattr(self, "crop_mode", "center"), getattr(self, "backend", "pil"),
+            getattr(self, "crop_mode", "center"), getattr(self, "resize_backend", "pil"),
         )
 
     def train_transforms(self) -> TrainTransform:
@@ -451,7 +453,7 @@ class VitHfImageProcessor(BaseImageProcessor):
         return self.preprocess(images, *args, **kwargs)
 
 
-_CALL_OVERRIDES = ("size", "crop_pct", "crop_mode", "resample", "image_mean", "image_std", "backend")
+_CALL_OVERRIDES = ("size", "crop_pct", "crop_mode", "resample", "image_mean", "image_std", "resize_backend")
 
 
 def _as_image_list(images: Any) -> list:
