@@ -4,15 +4,8 @@
 # Waits until the 1-minute load average is < 1.3 and no `vit_hf.train` / `make` process runs. Logs (with the load
 # average at the start and end of every step, and sampled every 15 s in loadavg.txt): bench/results/logs/.
 cd "$(dirname "$0")/.." || exit 1
-PY=.venv/bin/python
-export BENCH_THREADS=${BENCH_THREADS:-2}
-L=bench/results/logs
-mkdir -p $L
-while :; do
-  l1=$(cut -d' ' -f1 /proc/loadavg)
-  if awk "BEGIN{exit !($l1 < 1.3)}" && ! pgrep -f vit_hf.train >/dev/null && ! pgrep -x make >/dev/null; then break; fi
-  echo "$(date +%T) waiting: load $l1"; sleep 15
-done
+source bench/quiet_lib.sh
+wait_quiet
 ( while :; do echo "$(date +%T) $(cat /proc/loadavg)"; sleep 15; done ) > $L/loadavg.txt &
 SAMPLER=$!
 trap 'kill $SAMPLER' EXIT

@@ -5,16 +5,8 @@
 # and the lower-priority steps of run_quiet.sh (which was stopped after `convert` to make room for this).
 # Same gate: the benchmark pauses while other processes use > 0.3 cores.
 cd "$(dirname "$0")/.." || exit 1
-PY=.venv/bin/python
-export BENCH_THREADS=${BENCH_THREADS:-2}
-L=bench/results/logs
+source bench/quiet_lib.sh
 $PY -m bench.gate $$ --log $L/gate.txt &
-step() {  # step NAME TIMEOUT_S CMD...
-  local name=$1 to=$2; shift 2
-  echo "$(date +%T) START $name (timeout ${to}s) load $(cut -d' ' -f1-3 /proc/loadavg)"
-  timeout "$to" "$@" > "$L/$name.txt" 2>&1
-  echo "$(date +%T) END $name rc=$? load $(cut -d' ' -f1-3 /proc/loadavg)"
-}
 mkdir -p bench/results/forward
 step forward_rerun_b8_bf16 300 $PY -m bench.forward --batches 8 --cases S/16-b8-bf16,B/16-b8-bf16 \
   --candidates vit_hf,timm,hf_sdpa,hf_eager,vit_hf_eager --out forward/rerun_b8_bf16

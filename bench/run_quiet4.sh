@@ -5,26 +5,13 @@
 # time-boxed. Overwrites the result files bench.report reads; the previous run's files are in git history
 # (commit e0f75f7) and quoted in bench/README.md where compared.
 cd "$(dirname "$0")/.." || exit 1
-PY=.venv/bin/python
-export BENCH_THREADS=${BENCH_THREADS:-2}
-L=bench/results/logs
-mkdir -p $L
-while :; do
-  l1=$(cut -d' ' -f1 /proc/loadavg)
-  if awk "BEGIN{exit !($l1 < 1.3)}" && ! pgrep -f vit_hf.train >/dev/null && ! pgrep -x make >/dev/null; then break; fi
-  echo "$(date +%T) waiting: load $l1"; sleep 15
-done
+source bench/quiet_lib.sh
+wait_quiet
 ( while :; do echo "$(date +%T) $(cat /proc/loadavg)"; sleep 15; done ) > $L/loadavg.txt &
 SAMPLER=$!
 $PY -m bench.gate $$ --log $L/gate.txt &
 GATE=$!
 trap 'kill $SAMPLER $GATE 2>/dev/null' EXIT
-step() {  # step NAME TIMEOUT_S CMD...
-  local name=$1 to=$2; shift 2
-  echo "$(date +%T) START $name (timeout ${to}s) load $(cut -d' ' -f1-3 /proc/loadavg)"
-  timeout "$to" "$@" > "$L/$name.txt" 2>&1
-  echo "$(date +%T) END $name rc=$? load $(cut -d' ' -f1-3 /proc/loadavg)"
-}
 step preprocess 240 $PY -m bench.preprocess
 step forward 900 $PY -m bench.forward --batches 1,8
 step forward_b64 900 $PY -m bench.forward --batches 64 --rounds 2 --out forward_b64
