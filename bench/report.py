@@ -124,13 +124,16 @@ def summary() -> None:
             if name == "forward_compiled" and "compiled" not in case:
                 continue
             add(f"fwd {case}", [r for r in rows if r["case"] == case], "img_s", peers)
-    # compiled vs eager, vit_hf itself, same process (issue 6 acc. 4)
+    # compiled vs eager, vit_hf itself (issue 6 acc. 4): the eager module timed in the same rounds when the run has
+    # it (`vit_hf@eager`), else the adjacent eager case of the same process
     rows, _ = load_rows("forward_compiled")
     eager = {r["case"]: r for r in rows if r["candidate"] == "vit_hf" and not r.get("compiled")}
+    same_rounds = {r["case"]: r for r in rows if r["candidate"] == "vit_hf@eager"}
     for r in rows:
         base = r["case"].replace("-compiled-frozen", "").replace("-compiled", "")
-        if r["candidate"] == "vit_hf" and r.get("compiled") and base in eager:
-            add(f"compile: vit_hf {r['case']} vs eager", [r, {**eager[base], "candidate": "vit_hf eager"}],
+        ref = same_rounds.get(r["case"]) or eager.get(base)
+        if r["candidate"] == "vit_hf" and r.get("compiled") and ref:
+            add(f"compile: vit_hf {r['case']} vs eager", [r, {**ref, "candidate": "vit_hf eager"}],
                 "img_s", ("vit_hf eager",))
     rows, _ = load_rows("train_step_inproc")
     for case in dict.fromkeys(r["case"] for r in rows):
