@@ -7,6 +7,7 @@ import argparse
 import math
 import os
 import pickle
+import re
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -194,6 +195,31 @@ def pair(size: int | tuple[int, int] | list[int] | None) -> tuple[int, int] | No
 # ----------------------------------------------------------------------------------------------------------------------
 # CLI: argument types, paths, the output folder, the push, errors
 # ----------------------------------------------------------------------------------------------------------------------
+
+
+
+def parse_image_size(text: str | int | tuple | None) -> tuple[int, int] | None:
+    """`224`, `"224"`, `"224x320"` (height x width) or a pair -> (h, w); sizes must be positive."""
+    if text is None:
+        return None
+    if isinstance(text, (int, tuple, list)):
+        size = pair(text)
+    else:
+        m = re.fullmatch(r"\s*(\d+)\s*(?:[xX,]\s*(\d+))?\s*", str(text))
+        if not m:
+            raise ConversionError(f"image size {text!r}: expected S or HxW, e.g. 224 or 224x320")
+        size = (int(m.group(1)), int(m.group(2) or m.group(1)))
+    if min(size) <= 0:
+        raise ConversionError(f"image size {text!r}: height and width must be positive")
+    return size
+
+
+def image_size_arg(text: str) -> tuple[int, int]:
+    """argparse type for `--image-size` / `--source-image-size` (S or HxW, positive)."""
+    try:
+        return parse_image_size(text)
+    except ConversionError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def positive_int(text: str) -> int:

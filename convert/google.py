@@ -1,7 +1,7 @@
 """Convert Google ViT `.npz` checkpoints (vision_transformer / vit_jax and big_vision) into vit_hf, exactly.
 
     python -m convert.google SRC.npz OUT_DIR [--prefix P] [--gelu {tanh,exact}] [--pool {tok,gap,map,0}]
-                             [--image-size S] [--verify] [--push-to-hub REPO] [--hub-token T] [--private]
+                             [--image-size S|HxW] [--verify] [--push-to-hub REPO] [--hub-token T] [--private]
 
 Everything is inferred from key names and shapes (reference/conversion-formats.md §2): the npz prefix
 (`params/`, `params/img/`, `img/`, `opt/target/` or none; `SRC.npz:img` selects a two-tower file's image tower),
@@ -33,8 +33,9 @@ from convert.common import (
     build_model,
     check_paths,
     fixed_batch,
+    image_size_arg,
     parity_markdown,
-    positive_int,
+    parse_image_size,
     push_if_requested,
     run_cli,
     square_side,
@@ -380,7 +381,7 @@ def _convert(
     subtree: str | None = None,
     gelu: str = "tanh",
     pool: str | None = None,
-    image_size: int | None = None,
+    image_size: int | tuple[int, int] | str | None = None,
 ) -> Conversion:
     if gelu not in GELU_ACTIVATIONS:
         raise ConversionError(f"--gelu {gelu!r}: choose 'tanh' (JAX nn.gelu, exact for these weights) or 'exact'")
@@ -426,11 +427,14 @@ def _convert(
         )
 
     if image_size is not None:
-        if image_size % layout.patch[0] or image_size % layout.patch[1]:
-            raise ConversionError(f"--image-size {image_size} is not a multiple of the patch size {layout.patch}")
-        new_hw = (image_size, image_size)
+        new_hw = parse_image_size(image_size)
+        if new_hw[0] % layout.patch[0] or new_hw[1] % layout.patch[1]:
+            raise ConversionError(
+                f"--image-size {new_hw[0]}x{new_hw[1]} is not a multiple of the patch size "
+                f"{layout.patch[0]}x{layout.patch[1]}"
+            )
         if pos is not None and new_hw != native:
-            new_grid = (image_size // layout.patch[0], image_size // layout.patch[1])
+            new_grid = (new_hw[0] // layout.patch[0], new_hw[1] // layout.patch[1])
             # Google's algorithm (scipy.ndimage.zoom order=1 == corner-aligned bilinear), run in float64.
             state["vit.pos_embed"] = resample_position_embedding(
                 pos.double(), grid, new_grid, int(cls_slot), algorithm="google"
@@ -534,7 +538,7 @@ def convert_npz(
     prefix: str | None = None,
     gelu: str = "tanh",
     pool: str | None = None,
-    image_size: int | None = None,
+    image_size: int | tuple[int, int] | str | None = None,
     subtree: str | None = None,
 ) -> tuple[VitHfForImageClassification, VitHfImageProcessor, dict]:
     """Convert a Google npz parameter mapping (`np.load(path)` or a dict) into (model, processor, info).
@@ -543,7 +547,8 @@ def convert_npz(
         prefix: key prefix of the ViT parameters (`params/`, `img/`, ...); auto-detected when None.
         gelu: `"tanh"` (JAX `nn.gelu`, what the weights were trained with) or `"exact"` (erf, timm's choice).
         pool: `"tok"`, `"gap"`, `"map"` or `"0"`; inferred when None (`"0"` must be asked for).
-        image_size: square input size; the position table is resampled with Google's algorithm if it differs.
+        image_size: input size, `S`, `(H, W)` or `"HxW"`; the position table is resampled with Google's algorithm
+            (per axis) if it differs.
         subtree: a two-tower sub-tree such as `"img"` (the `path.npz:img` convention).
     """
     conv = _convert(params, prefix=prefix, subtree=subtree, gelu=gelu, pool=pool, image_size=image_size)
@@ -745,8 +750,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="tanh = JAX nn.gelu (default, exact for these weights); exact = erf (timm)")
     p.add_argument("--pool", choices=POOLS, default=None,
                    help="pooling; inferred from the keys (cls -> tok, MAPHead_0 -> map, else gap); '0' = first token")
-    p.add_argument("--image-size", type=positive_int, default=None,
-                   help="square input size; positions are resampled with Google's zoom(order=1) if it differs")
+    p.add_argument("--image-size", type=image_size_arg, default=None,
+                   help="input size, S or HxW; positions are resampled with Google's zoom(order=1) if it differs")
     p.add_argument("--verify", action="store_true", help="check logits against timm / a numpy Flax forward pass")
     add_hub_arguments(p)
     return p.parse_args(argv)

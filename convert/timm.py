@@ -41,9 +41,10 @@ from convert.common import (
     check_state_dict,
     empty_model,
     fixed_batch,
+    image_size_arg,
     load_torch_state_dict,
-    pair,
     parity_markdown,
+    parse_image_size,
     positive_float,
     positive_int,
     push_if_requested,
@@ -688,30 +689,6 @@ def _imagenet_labels(model: torch.nn.Module, num_classes: int) -> dict[int, str]
 # ----------------------------------------------------------------------------------------------------------------------
 # Conversion
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def parse_image_size(text: str | int | tuple | None) -> tuple[int, int] | None:
-    """`224`, `"224"`, `"224x320"` (height x width) or a pair -> (h, w); sizes must be positive."""
-    if text is None:
-        return None
-    if isinstance(text, (int, tuple, list)):
-        size = pair(text)
-    else:
-        m = re.fullmatch(r"\s*(\d+)\s*(?:[xX,]\s*(\d+))?\s*", str(text))
-        if not m:
-            raise ConversionError(f"image size {text!r}: expected S or HxW, e.g. 224 or 224x320")
-        size = (int(m.group(1)), int(m.group(2) or m.group(1)))
-    if min(size) <= 0:
-        raise ConversionError(f"image size {text!r}: height and width must be positive")
-    return size
-
-
-def image_size_arg(text: str) -> tuple[int, int]:
-    """argparse type for `--image-size` / `--source-image-size` (S or HxW, positive)."""
-    try:
-        return parse_image_size(text)
-    except ConversionError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _processor(config: VitHfConfig, data_cfg: dict | None) -> tuple[VitHfImageProcessor, str]:
