@@ -21,3 +21,9 @@ step() {  # step NAME TIMEOUT_S CMD...: one time-boxed step, its output in $L/NA
   timeout "$to" "$@" > "$L/$name.txt" 2>&1
   echo "$(date +%T) END $name rc=$? load $(cut -d' ' -f1-3 /proc/loadavg)"
 }
+
+start_gate() {  # start_gate LOGNAME: pause this sequence while others use the CPU (bench/gate.py), stopped on exit
+  $PY -m bench.gate $$ --log "$L/$1" &
+  GATE=$!
+  trap 'kill $GATE ${SAMPLER:-} 2>/dev/null' EXIT
+}

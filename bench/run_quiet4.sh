@@ -9,9 +9,7 @@ source bench/quiet_lib.sh
 wait_quiet
 ( while :; do echo "$(date +%T) $(cat /proc/loadavg)"; sleep 15; done ) > $L/loadavg.txt &
 SAMPLER=$!
-$PY -m bench.gate $$ --log $L/gate.txt &
-GATE=$!
-trap 'kill $SAMPLER $GATE 2>/dev/null' EXIT
+start_gate gate.txt
 step preprocess 240 $PY -m bench.preprocess
 step forward 900 $PY -m bench.forward --batches 1,8
 step forward_b64 900 $PY -m bench.forward --batches 64 --rounds 2 --out forward_b64

@@ -5,7 +5,5 @@
 cd "$(dirname "$0")/.." || exit 1
 source bench/quiet_lib.sh
 wait_quiet
-$PY -m bench.gate $$ --log $L/gate5.txt &
-GATE=$!
-trap 'kill $GATE 2>/dev/null' EXIT
+start_gate gate5.txt
 step forward_confirm_b1_b8 1500 $PY -m bench.forward --batches 1,8 --rounds 8 --out forward/confirm_b1_b8

@@ -4,9 +4,7 @@
 cd "$(dirname "$0")/.." || exit 1
 source bench/quiet_lib.sh
 wait_quiet
-$PY -m bench.gate $$ --log $L/gate6.txt &
-GATE=$!
-trap 'kill $GATE 2>/dev/null' EXIT
+start_gate gate6.txt
 step forward_compiled 1800 $PY -m bench.forward --compile --freezing --batches 8 \
   --compile-cases S/16-b8-fp32,S/16-b8-bf16-autocast,B/16-b8-fp32,B/16-b8-bf16-autocast \
   --cases S/16-b8-fp32,S/16-b8-bf16-autocast,B/16-b8-fp32,B/16-b8-bf16-autocast \

@@ -117,17 +117,14 @@ def save_weights(size: str, folder: Path) -> str:
 
 def import_child(name: str) -> dict:
     """RSS added by importing the library a candidate needs (torch already imported)."""
-    import sys as _sys
-
-    before_mods, rss0 = set(_sys.modules), rss_mib()
+    before_mods, rss0 = set(sys.modules), rss_mib()
     if name == "timm":
         import timm  # noqa: F401
     elif name.startswith("vit_hf"):
-        import vit_hf  # noqa: F401
         from vit_hf import VitHfForImageClassification  # noqa: F401
     else:
         from transformers import ViTForImageClassification  # noqa: F401
-    return {"import_mib": rss_mib() - rss0, "modules": len(set(_sys.modules) - before_mods)}
+    return {"import_mib": rss_mib() - rss0, "modules": len(set(sys.modules) - before_mods)}
 
 
 def main(argv: list[str] | None = None) -> None:
