@@ -24,15 +24,20 @@ PRESETS: dict[str, tuple[int, int, int, int]] = {
 }
 _PRESET_ALIASES = {"ti": "tiny", "s": "small", "b": "base", "l": "large", "h": "huge", "mu": "test"}
 
-POOLINGS = ("token", "mean", "map", "none")
+POOLINGS = ("token", "mean", "map", "token_mean", "none")
+MLP_LAYERS = ("mlp", "glu")
 POS_EMBED_TYPES = ("learned", "sincos2d", "none")
 # Position-table resampling algorithms (reference/conversion-formats.md §2.6), by the library whose results they
-# reproduce: name -> (torch interpolate mode, align_corners, antialias).
-POS_EMBED_INTERPOLATIONS: dict[str, tuple[str, bool, bool]] = {
-    "timm": ("bicubic", False, True),  # timm checkpoint_filter_fn / dynamic_img_size: resample_abs_pos_embed defaults
-    "timm_npz": ("bilinear", False, False),  # timm _load_weights (npz path)
-    "google": ("bilinear", True, False),  # scipy.ndimage.zoom(order=1): corner-aligned linear, vit_jax & big_vision
-    "hf": ("bicubic", False, False),  # transformers ViTEmbeddings.interpolate_pos_encoding
+# reproduce: name -> (torch interpolate mode, align_corners, antialias, always float32). "always float32" computes in
+# float32 whatever the table's dtype (float64 tables included, which then carry float32 rounding) because that library
+# does; otherwise the computation runs in the table's dtype, upcast to float32 at least.
+POS_EMBED_INTERPOLATIONS: dict[str, tuple[str, bool, bool, bool]] = {
+    "timm": ("bicubic", False, True, False),  # timm checkpoint_filter_fn / dynamic_img_size: resample_abs_pos_embed
+    "timm_npz": ("bilinear", False, False, False),  # timm _load_weights (npz path)
+    "google": ("bilinear", True, False, False),  # scipy.ndimage.zoom(order=1), corner-aligned: vit_jax, big_vision
+    "hf": ("bicubic", False, False, False),  # transformers ViTEmbeddings.interpolate_pos_encoding
+    "hf_dinov2": ("bicubic", False, False, True),  # transformers Dinov2Embeddings.interpolate_pos_encoding
+    "hf_dinov2_reg": ("bicubic", False, True, True),  # transformers Dinov2WithRegistersEmbeddings
 }
 # Activation names are transformers' ACT2FN keys; the timm / JAX spellings people type are accepted too.
 _ACT_ALIASES = {"gelu_tanh": "gelu_pytorch_tanh", "gelu_exact": "gelu", "quickgelu": "quick_gelu"}
@@ -54,9 +59,13 @@ class VitHfConfig(PretrainedConfig):
         hidden_size: token width D.
         num_hidden_layers: number of transformer blocks.
         num_attention_heads: heads per attention layer (D must be divisible by it).
-        intermediate_size: MLP hidden width.
+        intermediate_size: MLP hidden width (with `mlp_layer="glu"`: the width after gating, i.e. `fc2`'s input).
         hidden_act: MLP activation, an `ACT2FN` name: `"gelu"` (exact erf, timm/PyTorch), `"gelu_pytorch_tanh"`
-            (tanh approximation, JAX/Flax's `nn.gelu`), `"quick_gelu"` (OpenAI CLIP).
+            (tanh approximation, JAX/Flax's `nn.gelu`), `"quick_gelu"` (OpenAI CLIP); the gate's activation with
+            `mlp_layer="glu"` (`"silu"`: SwiGLU).
+        mlp_layer: `"mlp"` (fc1 -> act -> fc2) or `"glu"`: `fc1` makes `[gate; up]` (2 x intermediate_size rows),
+            `fc2(act(gate) * up)` (timm `GluMlp(gate_last=False)`; with `hidden_act="silu"` timm's `SwiGLUPacked`,
+            the MLP of DINOv2-giant).
         hidden_dropout_prob: dropout after the attention and MLP projections and on the embeddings.
         attention_probs_dropout_prob: dropout on the attention probabilities.
         initializer_range: std of the truncated normal used for Linear/Conv weights and learned positions.
@@ -71,15 +80,25 @@ class VitHfConfig(PretrainedConfig):
         num_register_tokens: learned register tokens after the class token (Darcet et al., timm `reg_tokens`).
         no_embed_class: positions cover the patches only and are added before the prefix tokens are concatenated
             (big_vision, DeiT-3, FlexiViT, DINOv2-style); `False` is the original ViT (concat, then add).
+        no_embed_registers: with `no_embed_class=False`, the table covers the class (and distillation) token and
+            the patches but not the registers, which are inserted after the positions are added (transformers'
+            DINOv2-with-registers layout; timm folds `pos[0]` into the class token instead, which rounds).
+        distilled: a distillation token after the class token and a second head (`head_dist`) on it; the logits
+            are the average of both heads (DeiT distilled; timm `VisionTransformerDistilled` at inference).
+            `pooler_output` stays the class token's features.
         pos_embed_type: `"learned"`, `"sincos2d"` (fixed MoCo-v3 / big_vision table, not stored) or `"none"`.
         pos_embed_interpolation: algorithm used to resample the position table at run time
             (`interpolate_pos_encoding=True`) and by `resize_position_embeddings`: one of `"timm"`, `"timm_npz"`,
-            `"google"`, `"hf"`.
+            `"google"`, `"hf"`, `"hf_dinov2"`, `"hf_dinov2_reg"` (see `POS_EMBED_INTERPOLATIONS`).
+        dynamic_img_size: resample the stored position table to every input's grid at run time, as if
+            `interpolate_pos_encoding=True` were always passed (timm `dynamic_img_size`; transformers' DINOv2
+            does this at every call). `image_size` stays the stored table's size.
         pre_norm: LayerNorm on the tokens before the first block (CLIP `ln_pre`, timm `norm_pre`).
         final_norm: LayerNorm after the last block (`norm`, or `fc_norm` after pooling when `fc_norm` is set).
         pooling: `"token"` (first token after the final norm: the class token, or big_vision `pool_type='0'`
             without one), `"mean"` (average of the patch tokens), `"map"` (multi-head attention pooling with a
-            learned probe, SigLIP), or `"none"` (no pooled output; the head is then unavailable).
+            learned probe, SigLIP), `"token_mean"` (`[class token; mean of the patch tokens]`, 2 x hidden_size wide,
+            transformers' Dinov2ForImageClassification), or `"none"` (no pooled output; the head is then unavailable).
         fc_norm: apply the final LayerNorm after pooling instead of on all tokens (timm `fc_norm`, MAE / BEiT
             style). `None` picks timm's default: `True` for `"mean"` pooling, else `False`. Google GAP models
             normalise before averaging: convert those with `fc_norm=False`.
@@ -115,8 +134,11 @@ class VitHfConfig(PretrainedConfig):
         class_token: bool = True,
         num_register_tokens: int = 0,
         no_embed_class: bool = False,
+        no_embed_registers: bool = False,
+        distilled: bool = False,
         pos_embed_type: str = "learned",
         pos_embed_interpolation: str = "timm",
+        dynamic_img_size: bool = False,
         pre_norm: bool = False,
         final_norm: bool = True,
         pooling: str = "token",
@@ -125,6 +147,7 @@ class VitHfConfig(PretrainedConfig):
         qk_norm: bool = False,
         layer_scale_init_value: float | None = None,
         representation_size: int | None = None,
+        mlp_layer: str = "mlp",
         drop_path_rate: float = 0.0,
         classifier_dropout: float = 0.0,
         **kwargs,
@@ -148,8 +171,11 @@ class VitHfConfig(PretrainedConfig):
         self.class_token = class_token
         self.num_register_tokens = num_register_tokens
         self.no_embed_class = no_embed_class
+        self.no_embed_registers = no_embed_registers
+        self.distilled = distilled
         self.pos_embed_type = pos_embed_type
         self.pos_embed_interpolation = pos_embed_interpolation
+        self.dynamic_img_size = dynamic_img_size
         self.pre_norm = pre_norm
         self.final_norm = final_norm
         self.pooling = pooling
@@ -158,6 +184,7 @@ class VitHfConfig(PretrainedConfig):
         self.qk_norm = qk_norm
         self.layer_scale_init_value = layer_scale_init_value
         self.representation_size = representation_size
+        self.mlp_layer = mlp_layer
         self.drop_path_rate = drop_path_rate
         self.classifier_dropout = classifier_dropout
         # Checked before PretrainedConfig's own validators run (they read `head_dim`, which needs heads > 0).
@@ -180,7 +207,17 @@ class VitHfConfig(PretrainedConfig):
 
     @property
     def num_prefix_tokens(self) -> int:
-        return int(self.class_token) + self.num_register_tokens
+        """Tokens before the patches: class, distillation, registers (in that order)."""
+        return int(self.class_token) + int(self.distilled) + self.num_register_tokens
+
+    @property
+    def num_pos_prefix_tokens(self) -> int:
+        """How many of the prefix tokens the learned position table has rows for (they come first in the table)."""
+        if self.no_embed_class:
+            return 0
+        if self.no_embed_registers:
+            return self.num_prefix_tokens - self.num_register_tokens
+        return self.num_prefix_tokens
 
     @property
     def head_dim(self) -> int:
@@ -189,6 +226,8 @@ class VitHfConfig(PretrainedConfig):
     @property
     def pooled_size(self) -> int:
         """Width of `pooler_output`, i.e. the classification head's input."""
+        if self.pooling == "token_mean":
+            return 2 * self.hidden_size
         return self.representation_size or self.hidden_size
 
     def check_fields(self) -> None:
@@ -241,6 +280,7 @@ class VitHfConfig(PretrainedConfig):
             raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
         if self.fc_norm and self.pooling == "none":
             raise ValueError("fc_norm=True needs a pooling ('token', 'mean' or 'map'), got pooling='none'")
+        self._check_family_switches()
         try:  # transformers is importable wherever this config is; ACT2FN is its activation registry
             from transformers.activations import ACT2FN
         except ImportError:  # pragma: no cover
@@ -249,6 +289,26 @@ class VitHfConfig(PretrainedConfig):
             raise ValueError(
                 f"hidden_act={self.hidden_act!r} is not a transformers activation; use 'gelu' (exact), "
                 f"'gelu_pytorch_tanh' (JAX/Flax tanh GELU) or 'quick_gelu' (OpenAI CLIP)"
+            )
+
+    def _check_family_switches(self) -> None:
+        """The switches added for transformers' families: each needs the layout it was made for."""
+        if self.mlp_layer not in MLP_LAYERS:
+            raise ValueError(f"mlp_layer={self.mlp_layer!r} is not one of {MLP_LAYERS}")
+        if self.no_embed_registers and (self.no_embed_class or not self.class_token):
+            raise ValueError(
+                "no_embed_registers=True needs class_token=True and no_embed_class=False (with no_embed_class the "
+                "registers have no positions already): drop one of them"
+            )
+        if self.distilled and not (self.class_token and self.pooling == "token"):
+            raise ValueError(
+                "distilled=True reads the class and distillation tokens: it needs class_token=True and pooling='token'"
+            )
+        if self.pooling == "token_mean" and not self.class_token:
+            raise ValueError("pooling='token_mean' concatenates the class token: set class_token=True")
+        if self.pooling == "token_mean" and (self.fc_norm or self.representation_size):
+            raise ValueError(
+                "pooling='token_mean' gives 2 x hidden_size features: it cannot take fc_norm or representation_size"
             )
 
     @classmethod
@@ -276,6 +336,6 @@ class VitHfConfig(PretrainedConfig):
         return cls(**fields)
 
 
-__all__ = ["VitHfConfig", "PRESETS", "POS_EMBED_INTERPOLATIONS"]
+__all__ = ["VitHfConfig", "PRESETS", "POS_EMBED_INTERPOLATIONS", "POOLINGS", "MLP_LAYERS"]
 
 VitHfConfig.register_for_auto_class()

@@ -60,7 +60,9 @@ def resample_position_embedding(
 
     `algorithm` names the library whose resampling is reproduced (see `POS_EMBED_INTERPOLATIONS`): `"timm"`
     (bicubic, antialiased), `"timm_npz"` (bilinear), `"google"` (scipy `zoom(order=1)` == corner-aligned bilinear),
-    `"hf"` (bicubic). The interpolation runs in float32 at least (bf16/fp16 tables are upcast, then cast back).
+    `"hf"` (bicubic), `"hf_dinov2"` (bicubic), `"hf_dinov2_reg"` (bicubic, antialiased). The interpolation runs in
+    float32 at least (bf16/fp16 tables are upcast, then cast back); the `hf_dinov2*` algorithms always run in float32,
+    float64 tables included, because transformers' DINOv2 does (reproducing its outputs needs its rounding).
     """
     if algorithm not in POS_EMBED_INTERPOLATIONS:
         raise ValueError(f"unknown resampling algorithm {algorithm!r}: choose one of {tuple(POS_EMBED_INTERPOLATIONS)}")
@@ -72,9 +74,9 @@ def resample_position_embedding(
             f"position table has {pos_embed.shape[1]} rows but a {old_grid[0]}x{old_grid[1]} grid with "
             f"{num_prefix_tokens} prefix token(s) needs {expected}"
         )
-    mode, align_corners, antialias = POS_EMBED_INTERPOLATIONS[algorithm]
+    mode, align_corners, antialias, always_float32 = POS_EMBED_INTERPOLATIONS[algorithm]
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
-    compute_dtype = torch.promote_types(grid.dtype, torch.float32)
+    compute_dtype = torch.float32 if always_float32 else torch.promote_types(grid.dtype, torch.float32)
     grid = rearrange(grid.to(compute_dtype), "b (gh gw) d -> b d gh gw", gh=old_grid[0], gw=old_grid[1])
     grid = F.interpolate(grid, size=tuple(new_grid), mode=mode, align_corners=align_corners, antialias=antialias)
     grid = rearrange(grid, "b d gh gw -> b (gh gw) d").to(pos_embed.dtype)
@@ -226,6 +228,23 @@ class Mlp(nn.Module):
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
+class GluMlp(nn.Module):
+    """Gated MLP: fc1 -> [gate; up], act(gate) * up -> dropout -> fc2 -> dropout (timm `GluMlp(gate_last=False)`;
+    with SiLU, timm's `SwiGLUPacked` and transformers' `Dinov2SwiGLUFFN` with `weights_in` = fc1)."""
+
+    def __init__(self, config: VitHfConfig):
+        super().__init__()
+        bias = config.proj_bias
+        self.fc1 = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=bias)
+        self.act = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
+        self.drop = _dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = rearrange(self.fc1(x), "... (two m) -> two ... m", two=2)
+        return self.drop(self.fc2(self.drop(self.act(gate) * up)))
+
+
 class Block(GradientCheckpointingLayer):
     """Pre-norm transformer block: x + ls1(attn(norm1(x))), then x + ls2(mlp(norm2(x)))."""
 
@@ -237,7 +256,7 @@ class Block(GradientCheckpointingLayer):
         self.ls1 = LayerScale(config) if layer_scale else nn.Identity()
         self.drop_path1 = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = Mlp(config)
+        self.mlp = GluMlp(config) if config.mlp_layer == "glu" else Mlp(config)
         self.ls2 = LayerScale(config) if layer_scale else nn.Identity()
         self.drop_path2 = DropPath(drop_path)
 
@@ -338,6 +357,8 @@ class VitHfPreTrainedModel(PreTrainedModel):
                 init.normal_(module.cls_token, std=1e-6)
             if module.reg_token is not None:
                 init.normal_(module.reg_token, std=1e-6)
+            if module.dist_token is not None:
+                init.trunc_normal_(module.dist_token, std=std)
 
 
 class VitHfModel(VitHfPreTrainedModel):
@@ -361,9 +382,10 @@ class VitHfModel(VitHfPreTrainedModel):
         d = config.hidden_size
         self.patch_embed = PatchEmbed(config)
         self.cls_token = nn.Parameter(torch.empty(1, 1, d)) if config.class_token else None
+        self.dist_token = nn.Parameter(torch.empty(1, 1, d)) if config.distilled else None
         registers = config.num_register_tokens
         self.reg_token = nn.Parameter(torch.empty(1, registers, d)) if registers else None
-        num_pos = config.grid_size[0] * config.grid_size[1] + (0 if config.no_embed_class else config.num_prefix_tokens)
+        num_pos = config.grid_size[0] * config.grid_size[1] + config.num_pos_prefix_tokens
         self.pos_embed = nn.Parameter(torch.empty(1, num_pos, d)) if config.pos_embed_type == "learned" else None
         self.pos_drop = _dropout(config.hidden_dropout_prob)
         self.norm_pre = nn.LayerNorm(d, eps=config.layer_norm_eps) if config.pre_norm else nn.Identity()
@@ -417,7 +439,8 @@ class VitHfModel(VitHfPreTrainedModel):
                 f"image size {h}x{w} is not divisible by the patch size {ph}x{pw}: resize or crop to a multiple of "
                 f"the patch size (the image processor does this)"
             )
-        if (h, w) != cfg.image_hw and self.pos_embed is not None and not interpolate_pos_encoding:
+        resampled = interpolate_pos_encoding or cfg.dynamic_img_size
+        if (h, w) != cfg.image_hw and self.pos_embed is not None and not resampled:
             ih, iw = cfg.image_hw
             raise ValueError(
                 f"image size {h}x{w} does not match the model's {ih}x{iw} (config.image_size): pass "
@@ -432,7 +455,7 @@ class VitHfModel(VitHfPreTrainedModel):
             return sincos_2d_position_embedding(grid, cfg.hidden_size).to(device=device, dtype=dtype)
         if self.pos_embed is None:
             return None
-        prefix = 0 if cfg.no_embed_class else cfg.num_prefix_tokens
+        prefix = cfg.num_pos_prefix_tokens
         return resample_position_embedding(self.pos_embed, cfg.grid_size, grid, prefix, cfg.pos_embed_interpolation)
 
     @torch.no_grad()
@@ -453,7 +476,7 @@ class VitHfModel(VitHfPreTrainedModel):
             raise ValueError(f"image size {new_hw} is not divisible by the patch size {(ph, pw)}")
         algorithm = algorithm or cfg.pos_embed_interpolation
         if self.pos_embed is not None:
-            prefix = 0 if cfg.no_embed_class else cfg.num_prefix_tokens
+            prefix = cfg.num_pos_prefix_tokens
             new_grid = (new_hw[0] // ph, new_hw[1] // pw)
             table = resample_position_embedding(self.pos_embed.data, cfg.grid_size, new_grid, prefix, algorithm)
             self.pos_embed = nn.Parameter(table, requires_grad=self.pos_embed.requires_grad)
@@ -467,19 +490,19 @@ class VitHfModel(VitHfPreTrainedModel):
         x = self.patch_embed(pixel_values)
         grid = (pixel_values.shape[-2] // cfg.patch_hw[0], pixel_values.shape[-1] // cfg.patch_hw[1])
         pos = self._positions_for(grid, x.dtype, x.device)
-        prefix = []
-        if self.cls_token is not None:
-            prefix.append(repeat(self.cls_token, "1 n d -> b n d", b=x.shape[0]).to(x.dtype))
-        if self.reg_token is not None:
-            prefix.append(repeat(self.reg_token, "1 n d -> b n d", b=x.shape[0]).to(x.dtype))
+        tokens = (self.cls_token, self.dist_token, self.reg_token)
+        prefix = [repeat(t, "1 n d -> b n d", b=x.shape[0]).to(x.dtype) for t in tokens if t is not None]
         # Original ViT: concat prefix, then add positions (the table has prefix slots). big_vision / DeiT-3 /
-        # sincos2d: positions cover only the patches and are added before the prefix tokens join.
-        patches_only = cfg.no_embed_class or cfg.pos_embed_type == "sincos2d"
-        if pos is not None and patches_only:
-            x = x + pos
-        x = torch.cat([*prefix, x], dim=1) if prefix else x
-        if pos is not None and not patches_only:
-            x = x + pos
+        # sincos2d: positions cover only the patches and are added before the prefix tokens join. DINOv2 with
+        # registers (no_embed_registers): the table covers the class token, the registers join after the add.
+        covered = 0 if cfg.pos_embed_type == "sincos2d" else cfg.num_pos_prefix_tokens
+        if pos is None or covered == cfg.num_prefix_tokens:
+            x = torch.cat([*prefix, x], dim=1) if prefix else x
+            x = x if pos is None else x + pos
+        else:
+            prefix = torch.cat(prefix, dim=1) if prefix else x[:, :0]
+            x = torch.cat([prefix[:, :covered], x], dim=1) + pos
+            x = torch.cat([x[:, :covered], prefix[:, covered:], x[:, covered:]], dim=1)
         return self.pos_drop(x)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor | None:
@@ -491,7 +514,13 @@ class VitHfModel(VitHfPreTrainedModel):
             return tokens.mean(dim=1)
         if cfg.pooling == "map":
             return self.attn_pool(tokens)
+        if cfg.pooling == "token_mean":
+            return torch.cat([x[:, 0], x[:, cfg.num_prefix_tokens :].mean(dim=1)], dim=-1)
         return None
+
+    def distillation_features(self, last_hidden_state: torch.Tensor) -> torch.Tensor:
+        """The distillation token's features (token 1, after the same fc_norm / pre-logits as the class token)."""
+        return self.pre_logits(self.fc_norm(last_hidden_state[:, 1]))
 
     def forward(
         self,
@@ -551,8 +580,13 @@ class VitHfForImageClassification(VitHfPreTrainedModel):
             )
         self.vit = VitHfModel(config)
         self.head_drop = _dropout(config.classifier_dropout)
-        self.head = nn.Linear(config.pooled_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.head = self._new_head(config)
+        self.head_dist = self._new_head(config) if config.distilled else None
         self.post_init()
+
+    @staticmethod
+    def _new_head(config: VitHfConfig) -> nn.Module:
+        return nn.Linear(config.pooled_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
 
     def forward(
         self,
@@ -573,6 +607,9 @@ class VitHfForImageClassification(VitHfPreTrainedModel):
             return_dict=True,
         )
         logits = self.head(self.head_drop(outputs.pooler_output))
+        if self.head_dist is not None:  # DeiT: the class and distillation heads, averaged (timm at inference)
+            dist = self.vit.distillation_features(outputs.last_hidden_state)
+            logits = (logits + self.head_dist(self.head_drop(dist))) / 2
         loss = None
         if labels is not None:
             if self.config.num_labels == 0:
