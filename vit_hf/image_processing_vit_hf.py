@@ -3,8 +3,12 @@ and training alike.
 
 The eval transform is timm's (`transforms_imagenet_eval`): resize to `size / crop_pct` (shortest edge for a square
 target, "cover" for a non-square one), centre-crop to `size`, scale to [0, 1], normalise. With `crop_pct=1.0` and a
-square input it is a plain resize. The train transform is RandomResizedCrop + horizontal flip with the same resample
-filter and normalisation, drawn from torch's RNG so that `accelerate`'s checkpoints restore it.
+square input it is a plain resize. Three settings reproduce transformers' PIL processors (ViT, DeiT, CLIP, BiT/DINOv2,
+SigLIP) instead: `resize_size` (their `size`: shortest edge, or height x width ignoring the aspect ratio),
+`crop_offset="floor"` (their centre crop starts at `(L - C) // 2`; timm/torchvision round) and `rescale_factor`.
+
+The train transform is RandomResizedCrop + horizontal flip with the same resample filter and normalisation, drawn
+from torch's RNG so that `accelerate`'s checkpoints restore it.
 
 Works with PIL only (no torchvision). Grey, grey+alpha, palette, RGBA, CMYK and 16-bit images are converted to the
 model's channels; alpha is composited onto white (as transformers' `convert_to_rgb` does).
@@ -44,6 +48,8 @@ INCEPTION_STD = (0.5, 0.5, 0.5)
 class VitHfImagesKwargs(ImagesKwargs, total=False):
     crop_pct: float | None
     crop_mode: str
+    crop_offset: str
+    resize_size: dict[str, int] | None
     num_channels: int
     train_crop_scale: Sequence[float]
     train_crop_ratio: Sequence[float]
@@ -144,13 +150,24 @@ def _prepare(image: Any, num_channels: int) -> PIL.Image.Image:
     return image
 
 
-def _to_float(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 (..., C, H, W) -> float32 in [0, 1] (divided by 255 as ToTensor does), then (x - mean) / std in float32.
+RESCALE_255 = 1 / 255
 
-    Elementwise only, so a batch gives bit for bit what its images give one by one."""
+
+def _to_float(
+    batch: torch.Tensor, mean: Sequence[float], std: Sequence[float], rescale_factor: float = RESCALE_255
+) -> torch.Tensor:
+    """uint8 (..., C, H, W) -> float32 scaled by `rescale_factor`, then (x - mean) / std in float32.
+
+    The default factor divides by 255 as ToTensor does (for 8-bit values the same float32 as transformers' float64
+    product rounded down to float32); another factor is applied in float64 and rounded to float32, as transformers'
+    `rescale` does. Elementwise only, so a batch gives bit for bit what its images give one by one."""
     mean_t = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
     std_t = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
-    return batch.float().div_(255).sub_(mean_t).div_(std_t)
+    if rescale_factor == RESCALE_255:
+        scaled = batch.float().div_(255)
+    else:
+        scaled = batch.double().mul_(rescale_factor).float()
+    return scaled.sub_(mean_t).div_(std_t)
 
 
 def _hwc_array(image: PIL.Image.Image) -> np.ndarray:
@@ -158,8 +175,8 @@ def _hwc_array(image: PIL.Image.Image) -> np.ndarray:
     return array[:, :, None] if array.ndim == 2 else array
 
 
-def _normalize(image: PIL.Image.Image, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    return _to_float(torch.from_numpy(_hwc_array(image).copy()).permute(2, 0, 1), mean, std)
+def _normalize(image: PIL.Image.Image, mean: Sequence[float], std: Sequence[float], rescale: float) -> torch.Tensor:
+    return _to_float(torch.from_numpy(_hwc_array(image).copy()).permute(2, 0, 1), mean, std, rescale)
 
 
 # Filters that torch's antialiased uint8 interpolation implements (it follows PIL's algorithm, in another fixed-point
@@ -168,8 +185,41 @@ TORCH_MODES = {int(PIL.Image.Resampling.BILINEAR): "bilinear", int(PIL.Image.Res
 BACKENDS = ("pil", "torch")
 
 
+CROP_OFFSETS = ("round", "floor")
+
+
+def _check_resize_size(resize_size: dict | None) -> dict[str, int] | None:
+    if resize_size is None:
+        return None
+    keys = set(resize_size)
+    if keys == {"shortest_edge"}:
+        return {"shortest_edge": int(resize_size["shortest_edge"])}
+    if keys == {"height", "width"}:
+        return {"height": int(resize_size["height"]), "width": int(resize_size["width"])}
+    raise ValueError(
+        f"resize_size must be None (resize to size / crop_pct), {{'shortest_edge': S}} or "
+        f"{{'height': H, 'width': W}}, got {resize_size}"
+    )
+
+
+def _axis_crop(length: int, crop: int, offset: str) -> tuple[int, int]:
+    """(zeros padded before the image, start of the crop in the padded image) along one axis.
+
+    Padding happens only when the image is shorter than the crop (the crop then starts at 0). torchvision ("round")
+    pads `(C - L) // 2` before and starts at `round((L - C) / 2)` (Python's round: half to even); transformers
+    ("floor") pads `ceil((C - L) / 2)` before and starts at `(L - C) // 2`. They differ by one pixel for some odd
+    margins."""
+    if length < crop:
+        margin = crop - length
+        return (margin // 2 if offset == "round" else (margin + 1) // 2), 0
+    margin = length - crop
+    return 0, (int(round(margin / 2.0)) if offset == "round" else margin // 2)
+
+
 class EvalTransform:
-    """timm's eval transform: resize to size / crop_pct, centre crop, to tensor, normalise.
+    """timm's eval transform: resize to size / crop_pct, centre crop, to tensor, normalise; or, with `resize_size`,
+    `crop_offset="floor"` and `rescale_factor`, the resize / centre crop / rescale / normalise of transformers' PIL
+    image processors.
 
     resize_backend="pil" resizes with PIL, bit-identical to timm's eval transform; batches are spread over
     `torch.get_num_threads()` threads (PIL releases the GIL while resizing). resize_backend="torch" resizes with
@@ -177,39 +227,58 @@ class EvalTransform:
     faster, the same geometry, pixels within 2/255 of PIL's for camera-sized downscales.
     """
 
-    def __init__(self, size, crop_pct, resample, mean, std, num_channels, crop_mode="center", resize_backend="pil"):
+    def __init__(
+        self, size, crop_pct, resample, mean, std, num_channels, crop_mode="center", resize_backend="pil",
+        resize_size=None, crop_offset="round", rescale_factor=RESCALE_255,
+    ):
         if crop_mode not in ("center", "squash"):
             raise ValueError(f"crop_mode must be 'center' or 'squash', got {crop_mode!r}")
         if resize_backend not in BACKENDS:
             raise ValueError(f"resize_backend must be one of {BACKENDS}, got {resize_backend!r}")
+        if crop_offset not in CROP_OFFSETS:
+            raise ValueError(f"crop_offset must be one of {CROP_OFFSETS}, got {crop_offset!r}")
         self.size = (int(size["height"]), int(size["width"]))
         self.crop_pct = 1.0 if crop_pct is None else float(crop_pct)
-        self.crop_mode = crop_mode
+        self.crop_mode, self.crop_offset = crop_mode, crop_offset
+        self.resize_size = _check_resize_size(resize_size)
         self.resample = _resample_filter(resample)
         self.mean, self.std, self.num_channels = tuple(mean), tuple(std), num_channels
+        self.rescale_factor = float(rescale_factor)
         self.torch_mode = TORCH_MODES.get(self.resample) if resize_backend == "torch" else None
 
     def resized_size(self, w: int, h: int) -> tuple[int, int]:
-        """(width, height) after the resize step, exactly as timm/torchvision compute it."""
+        """(width, height) after the resize step, exactly as timm/torchvision (or transformers) compute it."""
+        if self.resize_size is not None and "height" in self.resize_size:
+            # transformers {"height", "width"}: both sides to exactly that, ignoring the aspect ratio
+            return self.resize_size["width"], self.resize_size["height"]
+        if self.resize_size is not None:
+            return self._shortest_edge(w, h, self.resize_size["shortest_edge"])
         th, tw = self.size
         sh, sw = math.floor(th / self.crop_pct), math.floor(tw / self.crop_pct)
         if self.crop_mode == "squash":
             # timm crop_mode='squash': resize both sides to size / crop_pct, ignoring the aspect ratio
             return sw, sh
         if sh == sw:
-            # torchvision Resize(int): the shorter edge becomes `sh`, the longer one is truncated
-            short, long = (w, h) if w <= h else (h, w)
-            new_short, new_long = sh, int(sh * long / short)
-            return (new_short, new_long) if w <= h else (new_long, new_short)
+            return self._shortest_edge(w, h, sh)
         # timm ResizeKeepRatio: scale so the image covers the (non-square) target, rounding each side
         ratio = min(h / sh, w / sw)
         return round(w / ratio), round(h / ratio)
 
-    def crop_origin(self, w: int, h: int) -> tuple[int, int, int, int]:
-        """(left, top) of the centre crop in an image padded to at least the crop size, and that padded size."""
+    @staticmethod
+    def _shortest_edge(w: int, h: int, edge: int) -> tuple[int, int]:
+        # torchvision Resize(int) and transformers {"shortest_edge"}: the shorter edge becomes `edge`, the longer one
+        # is truncated
+        short, long = (w, h) if w <= h else (h, w)
+        new_short, new_long = edge, int(edge * long / short)
+        return (new_short, new_long) if w <= h else (new_long, new_short)
+
+    def crop_origin(self, w: int, h: int) -> tuple[int, int, int, int, int, int]:
+        """(left, top) of the centre crop in the image padded to at least the crop size, that padded size (pw, ph),
+        and where the image sits in it (pad_left, pad_top). Resizing makes padding rare."""
         th, tw = self.size
-        pw, ph = max(w, tw), max(h, th)  # torchvision pads with zeros (centred) before cropping; resize makes it rare
-        return int(round((pw - tw) / 2.0)), int(round((ph - th) / 2.0)), pw, ph
+        pad_left, left = _axis_crop(w, tw, self.crop_offset)
+        pad_top, top = _axis_crop(h, th, self.crop_offset)
+        return left, top, max(w, tw), max(h, th), pad_left, pad_top
 
     def resize(self, image: PIL.Image.Image) -> PIL.Image.Image:
         new_w, new_h = self.resized_size(*image.size)
@@ -222,10 +291,10 @@ class EvalTransform:
         w, h = image.size
         if (w, h) == (tw, th):
             return image
-        left, top, pw, ph = self.crop_origin(w, h)
+        left, top, pw, ph, pad_left, pad_top = self.crop_origin(w, h)
         if (pw, ph) != (w, h):
             padded = PIL.Image.new(image.mode, (pw, ph))
-            padded.paste(image, ((pw - w) // 2, (ph - h) // 2))
+            padded.paste(image, (pad_left, pad_top))
             image = padded
         return image.crop((left, top, left + tw, top + th))
 
@@ -250,7 +319,7 @@ class EvalTransform:
             else:
                 arrays = [self._pil_uint8(image) for image in images]
             uint8 = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-        return _to_float(uint8, self.mean, self.std)
+        return _to_float(uint8, self.mean, self.std, self.rescale_factor)
 
     def _torch_uint8(self, images: list[PIL.Image.Image]) -> torch.Tensor:
         th, tw = self.size
@@ -264,9 +333,8 @@ class EvalTransform:
             new_w, new_h = self.resized_size(w, h)
             if (new_w, new_h) != (w, h):
                 x = F.interpolate(x, size=(new_h, new_w), mode=self.torch_mode, antialias=True, align_corners=False)
-            left, top, pw, ph = self.crop_origin(new_w, new_h)
+            left, top, pw, ph, pad_l, pad_t = self.crop_origin(new_w, new_h)
             if (pw, ph) != (new_w, new_h):
-                pad_l, pad_t = (pw - new_w) // 2, (ph - new_h) // 2
                 x = F.pad(x, (pad_l, pw - new_w - pad_l, pad_t, ph - new_h - pad_t))
             out[index] = x[:, :, top : top + th, left : left + tw]
         return out
@@ -275,10 +343,11 @@ class EvalTransform:
 class TrainTransform:
     """RandomResizedCrop (torchvision's sampling) + horizontal flip + normalise, randomness from torch's RNG."""
 
-    def __init__(self, size, resample, mean, std, num_channels, scale, ratio, hflip):
+    def __init__(self, size, resample, mean, std, num_channels, scale, ratio, hflip, rescale_factor=RESCALE_255):
         self.size = (int(size["height"]), int(size["width"]))
         self.resample = _resample_filter(resample)
         self.mean, self.std, self.num_channels = tuple(mean), tuple(std), num_channels
+        self.rescale_factor = float(rescale_factor)
         self.scale, self.ratio, self.hflip = tuple(scale), tuple(ratio), float(hflip)
 
     def crop_box(self, width: int, height: int) -> tuple[int, int, int, int]:
@@ -310,7 +379,7 @@ class TrainTransform:
         image = image.resize(self.size[::-1], resample=self.resample, box=box)
         if self.hflip > 0 and torch.rand(()).item() < self.hflip:
             image = image.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT)
-        return _normalize(image, self.mean, self.std)
+        return _normalize(image, self.mean, self.std, self.rescale_factor)
 
 
 class VitHfImageProcessor(BaseImageProcessor):
@@ -326,6 +395,15 @@ class VitHfImageProcessor(BaseImageProcessor):
         num_channels: 3 (RGB) or 1 (grey); every input is converted to it.
         train_crop_scale, train_crop_ratio, train_hflip: RandomResizedCrop scale/ratio and flip probability of the
             train transform.
+        resize_size: the resize step as transformers' processors state it, overriding the `size / crop_pct` rule:
+            `{"shortest_edge": S}` (shorter side to S, the longer one truncated: CLIP, BiT/DINOv2) or
+            `{"height": H, "width": W}` (both sides to exactly that, ignoring the aspect ratio: ViT, DeiT, SigLIP).
+            The centre crop to `size` follows (nothing to crop when the resize already gives `size`).
+        crop_offset: where the centre crop starts when the margin `L - C` is odd: `"round"` (timm/torchvision,
+            `round((L - C) / 2)`, default) or `"floor"` (transformers, `(L - C) // 2`; an image smaller than the
+            crop gets the extra padding pixel before it instead of after).
+        rescale_factor: multiplies the 8-bit values before normalisation (default 1/255; transformers'
+            `do_rescale=False` is 1.0).
         resize_backend: how the eval transform resizes. `"pil"` (default): PIL, bit-identical to timm's eval transform,
             batches spread over `torch.get_num_threads()` threads. `"torch"`: torch's antialiased uint8
             interpolation (bilinear/bicubic; other filters stay on PIL), same geometry, several times faster,
@@ -355,9 +433,12 @@ class VitHfImageProcessor(BaseImageProcessor):
         train_crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
         train_hflip: float = 0.5,
         resize_backend: str = "pil",
+        resize_size: dict[str, int] | None = None,
+        crop_offset: str = "round",
+        rescale_factor: float = RESCALE_255,
         **kwargs,
     ):
-        for legacy in ("do_resize", "do_rescale", "do_normalize", "do_center_crop", "rescale_factor", "crop_size"):
+        for legacy in ("do_resize", "do_rescale", "do_normalize", "do_center_crop", "crop_size"):
             kwargs.pop(legacy, None)  # always on / derived here; tolerated so ViTImageProcessor configs load
         super().__init__(**kwargs)
         if isinstance(size, int):
@@ -391,6 +472,11 @@ class VitHfImageProcessor(BaseImageProcessor):
         if resize_backend not in BACKENDS:
             raise ValueError(f"resize_backend must be one of {BACKENDS}, got {resize_backend!r}")
         self.resize_backend = resize_backend
+        self.resize_size = _check_resize_size(resize_size)
+        if crop_offset not in CROP_OFFSETS:
+            raise ValueError(f"crop_offset must be one of {CROP_OFFSETS}, got {crop_offset!r}")
+        self.crop_offset = crop_offset
+        self.rescale_factor = float(rescale_factor)
 
     @classmethod
     def from_model_config(cls, config, **kwargs) -> VitHfImageProcessor:
@@ -409,6 +495,7 @@ class VitHfImageProcessor(BaseImageProcessor):
         return EvalTransform(
             self.size, self.crop_pct, self.resample, self.image_mean, self.image_std, self.num_channels,
             getattr(self, "crop_mode", "center"), getattr(self, "resize_backend", "pil"),
+            getattr(self, "resize_size", None), getattr(self, "crop_offset", "round"), self._rescale_factor(),
         )
 
     def train_transforms(self) -> TrainTransform:
@@ -421,7 +508,13 @@ class VitHfImageProcessor(BaseImageProcessor):
             self.train_crop_scale,
             self.train_crop_ratio,
             self.train_hflip,
+            self._rescale_factor(),
         )
+
+    def _rescale_factor(self) -> float:
+        # folders saved before the setting existed (and transformers' class default) mean 1/255
+        factor = getattr(self, "rescale_factor", None)
+        return RESCALE_255 if factor is None else float(factor)
 
     def preprocess(self, images: Any, return_tensors: str | None = "pt", **kwargs) -> BatchFeature:
         """Preprocess one image or a batch (PIL images, HWC/CHW numpy arrays or torch tensors, a 4-D batch too).
@@ -456,7 +549,10 @@ class VitHfImageProcessor(BaseImageProcessor):
         return self.preprocess(images, *args, **kwargs)
 
 
-_CALL_OVERRIDES = ("size", "crop_pct", "crop_mode", "resample", "image_mean", "image_std", "resize_backend")
+_CALL_OVERRIDES = (
+    "size", "crop_pct", "crop_mode", "resample", "image_mean", "image_std", "resize_backend", "resize_size",
+    "crop_offset", "rescale_factor",
+)
 
 
 def _as_image_list(images: Any) -> list:
