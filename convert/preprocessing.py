@@ -138,7 +138,7 @@ def processor_from_transformers(
     rescale = float(src.rescale_factor) if src.do_rescale else 1.0
     resample = _resample_id(src.resample, name)
     processor = VitHfImageProcessor(
-        size=size, crop_pct=None, resize_size=resize, crop_offset="floor", resample=resample, image_mean=mean,
+        size=size, crop_pct=1.0, resize_size=resize, crop_offset="floor", resample=resample, image_mean=mean,
         image_std=std, num_channels=channels, rescale_factor=rescale,
     )
     defaults = [k for k in ("size", "resample", "image_mean", "image_std") if k not in preprocessor_config]
@@ -264,8 +264,8 @@ def describe(processor: VitHfImageProcessor) -> str:
     elif resize is not None:
         step = f"resize to {resize['height']}x{resize['width']} (aspect ratio ignored)"
     else:
-        pct = processor.crop_pct or 1.0
-        step = f"crop_pct {processor.crop_pct} ({processor.crop_mode}: {math.floor(h / pct)}x{math.floor(w / pct)})"
+        pct = processor.crop_pct
+        step = f"crop_pct {pct} ({processor.crop_mode}: {math.floor(h / pct)}x{math.floor(w / pct)})"
     scaled = (h, w) != tuple((resize or {}).get(k) for k in ("height", "width"))
     crop = f", centre crop {h}x{w}" + (" ((L - C) // 2)" if processor.crop_offset == "floor" else "")
     rescale = "" if abs(processor.rescale_factor - 1 / 255) < 1e-15 else f", rescale {processor.rescale_factor:g}"

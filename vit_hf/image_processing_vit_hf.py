@@ -387,7 +387,8 @@ class VitHfImageProcessor(BaseImageProcessor):
 
     Args:
         size: `{"height": H, "width": W}` (or an int) of the model input.
-        crop_pct: centre-crop fraction of the eval transform (timm `crop_pct`); `1.0` resizes straight to `size`.
+        crop_pct: centre-crop fraction of the eval transform (timm `crop_pct`); `1.0` (or None) resizes straight to
+            `size`.
         crop_mode: timm's `crop_mode`: `"center"` keeps the aspect ratio (shortest edge to `size / crop_pct`, then
             centre crop), `"squash"` resizes both sides to `size / crop_pct` before the crop.
         resample: PIL filter (int or name) for resizing; timm's ViTs use bicubic.
@@ -452,7 +453,8 @@ class VitHfImageProcessor(BaseImageProcessor):
         self.size = {"height": int(size["height"]), "width": int(size["width"])}
         if crop_pct is not None and not 0 < crop_pct <= 1:
             raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
-        self.crop_pct = crop_pct
+        # None means no crop margin; stored as 1.0 because to_dict drops None values and a reload would take 0.9
+        self.crop_pct = 1.0 if crop_pct is None else float(crop_pct)
         if crop_mode not in ("center", "squash"):
             raise ValueError(f"crop_mode must be 'center' or 'squash', got {crop_mode!r}")
         self.crop_mode = crop_mode
