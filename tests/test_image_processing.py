@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -243,3 +244,68 @@ def test_backend_is_saved_overridable_per_call_and_checked(tmp_path):
     assert torch.equal(processor(image, resize_backend="pil").pixel_values, exact)
     with pytest.raises(ValueError, match="resize_backend must be one of"):
         VitHfImageProcessor(resize_backend="torchvision")
+
+
+# ------------------------------------------------------------------------------- transformers-style settings
+def test_folders_saved_before_the_transformers_settings_load_with_todays_pixels(tmp_path):
+    """A preprocessor_config.json without resize_size / crop_offset / rescale_factor (written before they existed)
+    gives bit for bit what a default processor gives; crop_pct=None survives a save as 1.0."""
+    processor = VitHfImageProcessor(size=24, crop_pct=0.875)
+    processor.save_pretrained(tmp_path)
+    path = tmp_path / "preprocessor_config.json"
+    config = json.loads(path.read_text())
+    for key in ("resize_size", "crop_offset", "rescale_factor"):
+        config.pop(key, None)
+    path.write_text(json.dumps(config))
+    images = [photo(w, h, seed=i) for i, (w, h) in enumerate(MIXED_SIZES)]
+    old = VitHfImageProcessor.from_pretrained(tmp_path)
+    assert torch.equal(old(images).pixel_values, processor(images).pixel_values)
+    VitHfImageProcessor(size=24, crop_pct=None).save_pretrained(tmp_path)
+    reloaded = VitHfImageProcessor.from_pretrained(tmp_path)
+    assert reloaded.crop_pct == 1.0
+    assert torch.equal(reloaded(images).pixel_values, VitHfImageProcessor(size=24, crop_pct=1.0)(images).pixel_values)
+
+
+@pytest.mark.parametrize(
+    "length,crop,round_start,floor_start,round_pad,floor_pad",
+    [(31, 24, 4, 3, 0, 0), (29, 24, 2, 2, 0, 0), (24, 24, 0, 0, 0, 0), (21, 24, 0, 0, 1, 2), (22, 24, 0, 0, 1, 1)],
+)
+def test_crop_offsets_round_half_to_even_or_floor(length, crop, round_start, floor_start, round_pad, floor_pad):
+    """torchvision: start round((L - C) / 2) (7 / 2 -> 4, 5 / 2 -> 2), pad (C - L) // 2 before; transformers: start
+    (L - C) // 2, pad ceil((C - L) / 2) before. The photo's pixels say where the crop really began."""
+    image = photo(length, 8)
+    for offset, start, pad in (("round", round_start, round_pad), ("floor", floor_start, floor_pad)):
+        processor = VitHfImageProcessor(size={"height": 8, "width": crop}, resize_size={"height": 8, "width": length},
+                                        crop_offset=offset)
+        got = _uint8(processor, image)[0]
+        expected = torch.zeros((3, 8, crop), dtype=torch.int16)
+        source = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).to(torch.int16)
+        if length >= crop:
+            expected = source[:, :, start : start + crop]
+        else:
+            expected[:, :, pad : pad + length] = source
+        assert torch.equal(got, expected), offset
+
+
+def test_torch_backend_follows_the_transformers_geometry():
+    """resize_size + crop_offset="floor" (+ padding when the crop is larger) on the torch backend: PIL's geometry."""
+    kwargs = dict(size={"height": 30, "width": 27}, resize_size={"shortest_edge": 26}, crop_offset="floor")
+    pil, fast = VitHfImageProcessor(**kwargs), VitHfImageProcessor(**kwargs, resize_backend="torch")
+    images = [photo(w, h, seed=i) for i, (w, h) in enumerate(MIXED_SIZES)]
+    mean_error = (_uint8(pil, images) - _uint8(fast, images)).abs().float().mean(dim=(1, 2, 3))
+    assert mean_error.max() < 1.0, mean_error
+
+
+def test_rescale_factor_other_than_255_is_applied_in_float64():
+    processor = VitHfImageProcessor(size=8, crop_pct=1.0, rescale_factor=1 / 127.5, image_mean=[1.0] * 3,
+                                    image_std=[1.0] * 3)
+    image = photo(8, 8)
+    expected = (torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).double() / 127.5).float() - 1.0
+    assert torch.equal(processor(image).pixel_values[0], expected)
+
+
+def test_bad_transformers_settings_raise_clear_errors():
+    with pytest.raises(ValueError, match="resize_size must be None"):
+        VitHfImageProcessor(resize_size={"longest_edge": 300})
+    with pytest.raises(ValueError, match="crop_offset must be one of"):
+        VitHfImageProcessor(crop_offset="ceil")
