@@ -257,6 +257,24 @@ def check_paths(src: str | Path, out_dir: str | Path) -> None:
         raise ConversionError(f"the source {src} is {weights} (a link to it): it would be overwritten; copy it first")
 
 
+def unit_interval(text: str) -> float:
+    """argparse type: a float in (0, 1] (a crop fraction)."""
+    value = positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be in (0, 1]: the fraction of the resized image kept")
+    return value
+
+
+def add_preprocessing_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--crop-pct F`, `--interpolation {bilinear,bicubic}`, `--mean M..`, `--std S..`: the eval preprocessing the
+    weights were trained with, when the source does not say it (or says it wrong). Each overrides the source."""
+    parser.add_argument("--crop-pct", type=unit_interval, default=None,
+                        help="eval crop fraction: resize the short side to size / F, centre-crop size (1.0: no crop)")
+    parser.add_argument("--interpolation", choices=("bilinear", "bicubic"), default=None, help="resize filter")
+    parser.add_argument("--mean", type=float, nargs="+", default=None, metavar="M", help="per-channel mean")
+    parser.add_argument("--std", type=positive_float, nargs="+", default=None, metavar="S", help="per-channel std")
+
+
 def add_hub_arguments(parser: argparse.ArgumentParser) -> None:
     """`--push-to-hub REPO`, `--hub-token T`, `--private`: the same for every converter."""
     parser.add_argument("--push-to-hub", metavar="REPO", default=None, help="push OUT_DIR to this Hub repo afterwards")
@@ -281,6 +299,27 @@ def push_if_requested(out: Path, args: argparse.Namespace, commit_message: str) 
 
     sha = push_folder(out, args.push_to_hub, token=args.hub_token, private=args.private, commit_message=commit_message)
     print(f"pushed {out} to {args.push_to_hub} at {sha}")
+
+
+def print_parity(rows: list[dict] | None) -> None:
+    """One line per parity row on stdout."""
+    for row in rows or []:
+        top1 = row.get("top1_agreement")
+        print(
+            f"parity vs {row['reference']} ({row['dtype']}): max abs diff {row['max_abs_diff']:.3e}"
+            + (f", top-1 agreement {100 * top1:.1f}%" if top1 is not None else "")
+        )
+
+
+def source_card_lines(first: str, rows: list[tuple[str, str]]) -> str:
+    """The card's "Source and conversion" section: a first sentence, then a two-column table."""
+    return "\n".join([first, "", "| | |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in rows)])
+
+
+def preprocessing_flags(args: argparse.Namespace) -> dict:
+    """The `--crop-pct/--interpolation/--mean/--std` values (None when not given), as keyword arguments of
+    `convert.preprocessing.processor_from_flags`."""
+    return {k: getattr(args, k, None) for k in ("crop_pct", "interpolation", "mean", "std")}
 
 
 def _one_line(e: BaseException) -> str:

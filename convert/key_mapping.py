@@ -1,8 +1,12 @@
-"""Declarative Google (.npz, Flax layout) -> vit_hf key tables, and the small named tensor transforms they use.
+"""Declarative key tables of every source format -> vit_hf, and the small named tensor transforms they use.
 
-A `Rule` says: the Flax parameter named `source` (a template; `{i}` is the block index) becomes the vit_hf
-parameter `target` after `transform`, optionally as part `part` of `parts` arrays concatenated along axis 0 (the
-fused `attn.qkv` = [q; k; v] and `attn_pool.kv` = [k; v] rows, reference/conversion-formats.md §2.4).
+timm: the state dict's keys are vit_hf's under `vit.` (`KEY_RULES`), after the legacy spellings timm itself still
+accepts are rewritten (`LEGACY_RENAMES`); keys of features vit_hf lacks are refused by the feature's name
+(`UNSUPPORTED_KEYS`).
+
+Google (.npz, Flax layout): a `Rule` says: the Flax parameter named `source` (a template; `{i}` is the block index)
+becomes the vit_hf parameter `target` after `transform`, optionally as part `part` of `parts` arrays concatenated
+along axis 0 (the fused `attn.qkv` = [q; k; v] and `attn_pool.kv` = [k; v] rows, reference/conversion-formats.md §2.4).
 
 Names here are *canonical*: the npz prefix (`params/`, `opt/target/`, `img/`, ...) is stripped, a scan-stacked
 `Transformer/encoderblock/...` is split into `encoderblock_{i}`, and an old inlined MAP head is moved under
@@ -17,10 +21,99 @@ per-class numbering (`LayerNorm_0`, `MultiHeadDotProductAttention_0`, `LayerNorm
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+
+from convert.common import ConversionError
+
+# ----------------------------------------------------------------------------------------------------------------------
+# timm state dict -> vit_hf: the parameter names of vit_hf *are* timm's keys (under `vit.`), so the table is a prefix
+# plus the legacy spellings timm's own `checkpoint_filter_fn` still accepts.
+# ----------------------------------------------------------------------------------------------------------------------
+
+# Older spellings, rewritten to timm's current keys before anything else looks at the state dict
+# (timm `checkpoint_filter_fn`): (pattern, replacement, what it is).
+LEGACY_RENAMES: list[tuple[str, str, str]] = [
+    (r"^blocks\.(\d+)\.gamma_([12])$", r"blocks.\1.ls\2.gamma", "DeiT-3 layer scale `gamma_1/gamma_2`"),
+]
+
+# Keys of timm checkpoints whose feature vit_hf cannot represent: (pattern, feature). Checked before KEY_RULES so that
+# the refusal names the feature, not just an unknown key.
+UNSUPPORTED_KEYS: list[tuple[str, str]] = [
+    (r"^blocks\.\d+\.attn\.norm\.", "scale_attn_norm (a LayerNorm inside attention, timm scale_attn_norm=True)"),
+    (r"^blocks\.\d+\.mlp\.norm\.", "scale_mlp_norm (a LayerNorm inside the MLP, timm scale_mlp_norm=True)"),
+    (r"^blocks\.\d+\.attn\.(lambda_|sub_norm)", "differential attention (timm attn_layer='diff')"),
+    (r"^blocks\.\d+\.mlp\.(fc1_g|fc1_x|w12|w3|norm)", "a gated (SwiGLU/GLU) MLP"),
+    (r"^patch_embed\.backbone\.", "a hybrid CNN patch embedding (VisionTransformerHybrid, patch_embed.backbone)"),
+    (r"^patch_embed\.norm\.", "a norm inside the patch embedding (timm embed_norm_layer)"),
+    (r"^(dist_token|head_dist\.)", "a distillation token (DeiT distilled, VisionTransformerDistilled)"),
+    (r"^attn_pool\.(q_norm|k_norm|pos_embed)", "an attention pool with qk-norm or positions (AttentionPoolLatent)"),
+    (
+        r"^attn_pool\.(?!latent$|q\.|kv\.|proj\.|norm\.|mlp\.fc[12]\.)",
+        "an attention pool other than timm's AttentionPoolLatent (e.g. global_pool='prr')",
+    ),
+    (
+        r"^mask_token$",
+        "a DINOv2-style checkpoint (mask_token): load it with timm.create_model(..., pretrained_cfg_"
+        "overlay=dict(file=...)) and convert the resulting model's state_dict()",
+    ),
+    (
+        r"^(module\.)?visual\.",
+        "an OpenAI / OpenCLIP checkpoint layout (visual.*): load it into timm first (its "
+        "checkpoint_filter_fn converts it) and convert the resulting state_dict()",
+    ),
+    (r"^rope\.|\.rope\.", "rotary position embeddings (EVA-style)"),
+]
+
+# timm key (current spelling) -> vit_hf key. Every key must match exactly one rule; nothing is dropped or invented.
+KEY_RULES: list[tuple[str, str]] = [
+    (r"^(cls_token|reg_token|pos_embed)$", r"vit.\1"),
+    (r"^patch_embed\.proj\.(weight|bias)$", r"vit.patch_embed.proj.\1"),
+    (r"^(norm_pre|norm|fc_norm)\.(weight|bias)$", r"vit.\1.\2"),
+    (
+        r"^blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.q_norm|attn\.k_norm|attn\.proj|mlp\.fc1|mlp\.fc2)"
+        r"\.(weight|bias)$",
+        r"vit.blocks.\1.\2.\3",
+    ),
+    (r"^blocks\.(\d+)\.(ls1|ls2)\.gamma$", r"vit.blocks.\1.\2.gamma"),
+    (r"^attn_pool\.latent$", r"vit.attn_pool.latent"),
+    (r"^attn_pool\.(q|kv|proj|norm|mlp\.fc1|mlp\.fc2)\.(weight|bias)$", r"vit.attn_pool.\1.\2"),
+    # timm <= 0.5 representation layer (tanh(Linear) before the head); timm >= 0.6 drops it, vit_hf keeps it.
+    (r"^pre_logits\.fc\.(weight|bias)$", r"vit.pre_logits.fc.\1"),
+    (r"^head\.(weight|bias)$", r"head.\1"),
+]
+
+def canonical_timm_keys(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Apply LEGACY_RENAMES and refuse UNSUPPORTED_KEYS. Returns the state in current timm spelling (same tensors) and
+    a description of each rename applied."""
+    out: dict[str, torch.Tensor] = {}
+    renamed: dict[str, int] = {}
+    for key, value in state.items():
+        for pattern, feature in UNSUPPORTED_KEYS:
+            if re.search(pattern, key):
+                raise ConversionError(f"key {key!r} belongs to {feature}, which vit_hf cannot represent")
+        new = key
+        for pattern, replacement, what in LEGACY_RENAMES:
+            if re.match(pattern, key):
+                new = re.sub(pattern, replacement, key)
+                renamed[what] = renamed.get(what, 0) + 1
+                break
+        if new in out:
+            raise ConversionError(f"key {key!r} and another key both map to {new!r}")
+        out[new] = value
+    return out, [f"{what} -> current timm names ({n} keys)" for what, n in renamed.items()]
+
+
+def timm_to_hf_key(key: str) -> str:
+    """timm key (current spelling) -> vit_hf key, by KEY_RULES; an unmatched key is a ConversionError naming it."""
+    for pattern, replacement in KEY_RULES:
+        if re.match(pattern, key):
+            return re.sub(pattern, replacement, key)
+    raise ConversionError(f"unknown key {key!r}: not part of a timm VisionTransformer that vit_hf can represent")
+
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Named tensor transforms (Flax layout -> torch layout). Each checks the rank it relies on: a reshape of the wrong
@@ -198,6 +291,11 @@ def source_for(target: str, rules: list[Rule]) -> list[str]:
 
 
 __all__ = [
+    "LEGACY_RENAMES",
+    "UNSUPPORTED_KEYS",
+    "KEY_RULES",
+    "canonical_timm_keys",
+    "timm_to_hf_key",
     "Rule",
     "rules_for",
     "source_for",

@@ -505,14 +505,25 @@ def test_model_name_processor_matches_timm(named_state):
     assert info["pretrained_cfg"]["hf_hub_id"] == f"timm/{NAMED}"
 
 
-def test_model_name_head_mismatch_refused(named_state, tmp_path: Path, capsys):
-    state = dict(named_state)
-    state["head.weight"], state["head.bias"] = state["head.weight"][:K], state["head.bias"][:K]
-    src = save_state(state, tmp_path / "finetuned", "safetensors")
+def test_model_name_with_a_fine_tuned_checkpoint(tmp_path: Path, capsys):
+    """A checkpoint fine-tuned to 5 classes at 64 px converts under its base model's name: num_classes and the image
+    size come from the weights, the rest from the name, as timm.create_model(name, num_classes=5, img_size=64) builds
+    it; --verify checks it against exactly that model (float64 rows at rounding level)."""
+    name = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+    reference = timm.create_model(name, pretrained=False, num_classes=5, img_size=64).eval()
+    randomize_(reference, seed=3)
+    src = save_state(reference.state_dict(), tmp_path / "finetuned", "safetensors")
     out = tmp_path / "out"
-    code, err = run_cli_inprocess(convert_timm, [str(src), str(out), "--model-name", NAMED], capsys)
-    assert code == 2 and "head" in err and "1000" in err and str(K) in err
-    assert not out.exists()
+    code, stdout, err = run_cli_captured(convert_timm, [str(src), str(out), "--model-name", name, "--verify"], capsys)
+    assert code == 0, err
+    assert f"timm {timm.__version__} `{name}`" in stdout
+    float64 = [ln for ln in stdout.splitlines() if "(float64)" in ln and "rounding noise" not in ln]
+    assert float64 and all(float(ln.split("max abs diff ")[1].split(",")[0]) < 1e-9 for ln in float64), stdout
+    model = AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True).double().eval()
+    assert (model.config.num_labels, model.config.image_size, model.config.hidden_size) == (5, 64, 192)
+    x = pixels((64, 64))
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixel_values=x).logits, reference.double()(x), rtol=0, atol=1e-9)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

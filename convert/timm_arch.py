@@ -1,0 +1,322 @@
+"""The timm `VisionTransformer` architecture with every default resolved (`TimmArch`): the one place where a vit_hf
+config and timm's constructor arguments are mapped onto each other. Every converter goes through it: timm state dicts
+and timm Hub repos (read off a timm model or inferred from shapes), Google npz files (built from the inferred layout),
+and the export back to timm (`convert.to_timm`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+
+import torch
+
+from convert.common import ConversionError, empty_model
+from vit_hf import VitHfConfig
+
+# timm global_pool <-> vit_hf pooling
+POOL_TO_HF = {"token": "token", "avg": "mean", "map": "map", "": "none"}
+POOL_FROM_HF = {v: k for k, v in POOL_TO_HF.items()}
+# timm activation names (timm.layers.get_act_layer) <-> transformers ACT2FN names
+ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "quick_gelu": "quick_gelu"}
+ACT_FROM_HF = {v: k for k, v in ACT_TO_HF.items()}
+# timm pos_embed <-> vit_hf pos_embed_type; 'sincos2d' (big_vision, generated, never stored) has no timm spelling
+POS_EMBED_TO_HF = {"learn": "learned", "none": "none", "sincos2d": "sincos2d"}
+TIMM_EPS = 1e-6  # timm's LayerNorm default
+
+
+@dataclass
+class TimmArch:
+    """A timm `VisionTransformer` architecture with every default resolved (the converter's pivot: read from a timm
+    model, a state dict or a vit_hf config; turned into a vit_hf config or timm constructor kwargs)."""
+
+    embed_dim: int
+    depth: int
+    num_heads: int
+    mlp_hidden: int
+    img_size: tuple[int, int]
+    patch_size: tuple[int, int]
+    in_chans: int = 3
+    num_classes: int = 0
+    global_pool: str = "token"
+    class_token: bool = True
+    reg_tokens: int = 0
+    no_embed_class: bool = False
+    pos_embed: str = "learn"
+    qkv_bias: bool = True
+    qk_norm: bool = False
+    proj_bias: bool = True
+    init_values: float | None = None
+    pre_norm: bool = False
+    final_norm: bool = True
+    fc_norm: bool = False
+    pool_include_prefix: bool = False
+    act: str = "gelu"
+    eps: float = TIMM_EPS
+    representation_size: int | None = None
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return int(self.class_token) + self.reg_tokens
+
+    @property
+    def mlp_ratio(self) -> float:
+        """A ratio for which timm's `int(embed_dim * mlp_ratio)` gives `mlp_hidden` back (M / D can truncate to M - 1,
+        reference/conversion-formats.md §1.1)."""
+        ratio = self.mlp_hidden / self.embed_dim
+        if int(self.embed_dim * ratio) != self.mlp_hidden:
+            ratio = (self.mlp_hidden + 0.25) / self.embed_dim
+        assert int(self.embed_dim * ratio) == self.mlp_hidden
+        return ratio
+
+    # -------------------------------------------------------------- vit_hf config
+    def to_config(self, pos_embed_interpolation: str = "timm", **kwargs) -> VitHfConfig:
+        """The vit_hf config of this architecture; `pos_embed_interpolation` names the run-time position resampling
+        (timm's, or Google's for npz weights). A combination the config rejects is a ConversionError."""
+        h, w = self.img_size
+        ph, pw = self.patch_size
+        try:
+            return self._config(h, w, ph, pw, pos_embed_interpolation, kwargs)
+        except ValueError as e:
+            raise ConversionError(f"unsupported configuration: {e}") from None
+
+    def _config(self, h: int, w: int, ph: int, pw: int, interpolation: str, kwargs: dict) -> VitHfConfig:
+        return VitHfConfig(
+            hidden_size=self.embed_dim,
+            num_hidden_layers=self.depth,
+            num_attention_heads=self.num_heads,
+            intermediate_size=self.mlp_hidden,
+            hidden_act=ACT_TO_HF[self.act],
+            layer_norm_eps=self.eps,
+            image_size=h if h == w else [h, w],
+            patch_size=ph if ph == pw else [ph, pw],
+            num_channels=self.in_chans,
+            qkv_bias=self.qkv_bias,
+            proj_bias=self.proj_bias,
+            patch_bias=not self.pre_norm,  # timm ties them: PatchEmbed(bias=not pre_norm)
+            class_token=self.class_token,
+            num_register_tokens=self.reg_tokens,
+            no_embed_class=self.no_embed_class,
+            pos_embed_type=POS_EMBED_TO_HF[self.pos_embed],
+            pos_embed_interpolation=interpolation,
+            pre_norm=self.pre_norm,
+            final_norm=self.final_norm,
+            pooling=POOL_TO_HF[self.global_pool],
+            fc_norm=self.fc_norm,
+            pool_include_prefix=self.pool_include_prefix,
+            qk_norm=self.qk_norm,
+            layer_scale_init_value=self.init_values,
+            representation_size=self.representation_size,
+            num_labels=self.num_classes,
+            **kwargs,
+        )
+
+    @classmethod
+    def from_config(cls, config: VitHfConfig) -> TimmArch:
+        """The timm architecture of a vit_hf config; refuses (ConversionError) what timm's VisionTransformer lacks."""
+        problems = []
+        if config.representation_size:
+            problems.append("representation_size (the tanh pre_logits representation layer; timm >= 0.6 has none)")
+        if config.pos_embed_type == "sincos2d":
+            problems.append("pos_embed_type='sincos2d' (timm's VisionTransformer has only learned or no positions)")
+        if config.pooling == "token" and not config.class_token:
+            problems.append("pooling='token' without a class token (timm asserts class_token for global_pool='token')")
+        if config.patch_bias != (not config.pre_norm):
+            problems.append(
+                f"patch_bias={config.patch_bias} with pre_norm={config.pre_norm} (timm ties patch bias to not pre_norm)"
+            )
+        if config.hidden_act not in ACT_FROM_HF:
+            problems.append(f"hidden_act={config.hidden_act!r} (timm names: {sorted(ACT_FROM_HF)})")
+        if problems:
+            raise ConversionError("timm's VisionTransformer cannot represent: " + "; ".join(problems))
+        return cls(
+            embed_dim=config.hidden_size,
+            depth=config.num_hidden_layers,
+            num_heads=config.num_attention_heads,
+            mlp_hidden=config.intermediate_size,
+            img_size=config.image_hw,
+            patch_size=config.patch_hw,
+            in_chans=config.num_channels,
+            num_classes=config.num_labels,
+            global_pool=POOL_FROM_HF[config.pooling],
+            class_token=config.class_token,
+            reg_tokens=config.num_register_tokens,
+            no_embed_class=config.no_embed_class,
+            pos_embed="learn" if config.pos_embed_type == "learned" else "none",
+            qkv_bias=config.qkv_bias,
+            qk_norm=config.qk_norm,
+            proj_bias=config.proj_bias,
+            init_values=config.layer_scale_init_value,
+            pre_norm=config.pre_norm,
+            final_norm=config.final_norm,
+            fc_norm=bool(config.fc_norm),
+            pool_include_prefix=config.pool_include_prefix,
+            act=ACT_FROM_HF[config.hidden_act],
+            eps=config.layer_norm_eps,
+        )
+
+    # -------------------------------------------------------------- timm
+    def timm_kwargs(self, json_safe: bool = True) -> dict:
+        """Keyword arguments of `timm.models.vision_transformer.VisionTransformer` for this architecture.
+
+        `json_safe=True` gives plain values only (for OUT.json) and refuses what needs Python objects: a LayerNorm eps
+        other than timm's 1e-6 needs `norm_layer=partial(timm.layers.LayerNorm, eps=...)`, which JSON cannot hold.
+        Arguments newer than timm 1.0.3 (`final_norm`, `pool_include_prefix`, `proj_bias`) appear only when they differ
+        from timm's default, so the kwargs also build on older timm.
+        """
+        if self.representation_size:
+            raise ConversionError("timm >= 0.6 has no representation layer (pre_logits); the architecture needs one")
+        if self.pos_embed == "sincos2d":
+            raise ConversionError("timm's VisionTransformer has no sincos2d positions (learned or none only)")
+        h, w = self.img_size
+        ph, pw = self.patch_size
+        kwargs = dict(
+            img_size=h if h == w else [h, w],
+            patch_size=ph if ph == pw else [ph, pw],
+            in_chans=self.in_chans,
+            num_classes=self.num_classes,
+            global_pool=self.global_pool,
+            embed_dim=self.embed_dim,
+            depth=self.depth,
+            num_heads=self.num_heads,
+            mlp_ratio=self.mlp_ratio,
+            qkv_bias=self.qkv_bias,
+            qk_norm=self.qk_norm,
+            init_values=self.init_values,
+            class_token=self.class_token,
+            no_embed_class=self.no_embed_class,
+            reg_tokens=self.reg_tokens,
+            pre_norm=self.pre_norm,
+            fc_norm=self.fc_norm,
+        )
+        if self.pos_embed != "learn":
+            kwargs["pos_embed"] = self.pos_embed
+        if not self.final_norm:
+            kwargs["final_norm"] = False
+        if self.pool_include_prefix:
+            kwargs["pool_include_prefix"] = True
+        if not self.proj_bias:
+            kwargs["proj_bias"] = False
+        if self.act != "gelu":
+            kwargs["act_layer"] = self.act
+        if self.eps != TIMM_EPS:
+            if json_safe:
+                raise ConversionError(
+                    f"LayerNorm eps {self.eps} differs from timm's default {TIMM_EPS}: timm needs "
+                    f"norm_layer=partial(timm.layers.LayerNorm, eps={self.eps}), which a JSON file of kwargs cannot "
+                    f"hold"
+                )
+            from functools import partial
+
+            from timm.layers import LayerNorm
+
+            kwargs["norm_layer"] = partial(LayerNorm, eps=self.eps)
+        return kwargs
+
+    @classmethod
+    def from_timm_model(cls, model: torch.nn.Module) -> TimmArch:
+        """Read the architecture off a (meta-device) timm model; refuse module types vit_hf does not implement."""
+        from timm.layers import AttentionPoolLatent, LayerScale, PatchEmbed
+        from timm.layers.activations import GELU, GELUTanh, QuickGELU
+        from timm.layers.attention import Attention
+        from timm.layers.mlp import Mlp
+        from timm.models.vision_transformer import Block, VisionTransformer
+
+        name = type(model).__name__
+        if type(model) is not VisionTransformer:
+            raise ConversionError(
+                f"timm model class {name} is not a plain VisionTransformer; vit_hf cannot represent it"
+            )
+        block = model.blocks[0]
+        checks = [
+            (all(type(b) is Block for b in model.blocks), "a block type other than timm's Block"),
+            (type(block.attn) is Attention, f"attention {type(block.attn).__name__} (only timm's Attention)"),
+            (type(block.mlp) is Mlp, f"MLP {type(block.mlp).__name__} (only timm's Mlp; no gated/SwiGLU MLPs)"),
+            (isinstance(getattr(block.attn, "norm", torch.nn.Identity()), torch.nn.Identity), "scale_attn_norm"),
+            (isinstance(getattr(block.mlp, "norm", torch.nn.Identity()), torch.nn.Identity), "scale_mlp_norm"),
+            (type(model.patch_embed) is PatchEmbed, f"patch embedding {type(model.patch_embed).__name__}"),
+            (isinstance(model.patch_embed.norm, torch.nn.Identity), "a norm inside the patch embedding"),
+            (isinstance(block.norm1, torch.nn.LayerNorm), f"norm layer {type(block.norm1).__name__} (LayerNorm only)"),
+            (model.global_pool in POOL_TO_HF, f"global_pool={model.global_pool!r}"),
+            (model.attn_pool is None or type(model.attn_pool) is AttentionPoolLatent, "this attention pool"),
+        ]
+        refused = [what for ok, what in checks if not ok]
+        pool = model.attn_pool
+        if pool is not None and type(pool) is AttentionPoolLatent:
+            if pool.latent_len != 1 or pool.pos_embed is not None or pool.mlp is None:
+                refused.append("an AttentionPoolLatent with several latents, positions or no MLP")
+            if not isinstance(pool.q_norm, torch.nn.Identity):
+                refused.append("an AttentionPoolLatent with qk-norm")
+        act = block.mlp.act
+        if isinstance(act, GELUTanh) or (isinstance(act, torch.nn.GELU) and act.approximate == "tanh"):
+            act_name = "gelu_tanh"
+        elif isinstance(act, QuickGELU):
+            act_name = "quick_gelu"
+        elif isinstance(act, (GELU, torch.nn.GELU)):
+            act_name = "gelu"
+        else:
+            act_name = ""
+            refused.append(f"activation {type(act).__name__} (GELU, GELU-tanh or QuickGELU only)")
+        if refused:
+            raise ConversionError(f"timm model {name} uses features vit_hf cannot represent: " + "; ".join(refused))
+        fc_norm = isinstance(model.fc_norm, torch.nn.LayerNorm)
+        head = model.head
+        return cls(
+            embed_dim=model.embed_dim,
+            depth=len(model.blocks),
+            num_heads=block.attn.num_heads,
+            mlp_hidden=block.mlp.fc1.out_features,
+            img_size=tuple(model.patch_embed.img_size),
+            patch_size=tuple(model.patch_embed.patch_size),
+            in_chans=model.patch_embed.proj.in_channels,
+            num_classes=head.out_features if isinstance(head, torch.nn.Linear) else 0,
+            global_pool=model.global_pool,
+            class_token=model.cls_token is not None,
+            reg_tokens=model.num_reg_tokens,
+            no_embed_class=model.no_embed_class,
+            pos_embed="learn" if model.pos_embed is not None else "none",
+            qkv_bias=block.attn.qkv.bias is not None,
+            qk_norm=isinstance(block.attn.q_norm, torch.nn.LayerNorm),
+            proj_bias=block.attn.proj.bias is not None,
+            init_values=block.ls1.init_values if isinstance(block.ls1, LayerScale) else None,
+            pre_norm=isinstance(model.norm_pre, torch.nn.LayerNorm),
+            final_norm=fc_norm or isinstance(model.norm, torch.nn.LayerNorm),
+            fc_norm=fc_norm,
+            pool_include_prefix=bool(getattr(model, "pool_include_prefix", False)),
+            act=act_name,
+            eps=float(block.norm1.eps),
+        )
+
+    def expected_state(self) -> dict[str, torch.Tensor]:
+        """timm key -> meta tensor (shape, dtype) of every parameter this architecture has (from a meta-device
+        vit_hf model, whose keys are timm's under `vit.`)."""
+        return {
+            (key[len("vit.") :] if key.startswith("vit.") else key): value
+            for key, value in empty_model(self.to_config()).state_dict().items()
+        }
+
+
+
+def import_timm(why: str) -> ModuleType:
+    try:
+        import timm
+    except ImportError:
+        raise ConversionError(f"{why} needs timm (pip install timm)") from None
+    return timm
+
+
+def timm_model_by_name(name: str, **kwargs) -> torch.nn.Module:
+    """`timm.create_model(name, pretrained=False)` on the meta device: architecture and pretrained_cfg, no weights."""
+    timm = import_timm("--model-name")
+    try:
+        with torch.device("meta"):
+            return timm.create_model(name, pretrained=False, **kwargs)
+    except RuntimeError as e:
+        if "Unknown model" in str(e) or "unknown model" in str(e).lower():
+            raise ConversionError(f"--model-name {name!r}: {e}") from None
+        raise
+
