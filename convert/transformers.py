@@ -1,0 +1,387 @@
+"""Convert a transformers-format plain-ViT checkpoint folder (config.json with `model_type`) into vit_hf.
+
+Families (reference/hub-checkpoint-formats.md §2): ViT (ViTModel with or without the in21k pooler,
+ViTForImageClassification), DeiT (DeiTModel, DeiTForImageClassification, DeiTForImageClassificationWithTeacher),
+ViTMAE (the encoder of ViTMAEModel / ViTMAEForPreTraining), DINOv2 and DINOv2 with registers (Model and
+ForImageClassification, SwiGLU giant included), CLIP and SigLIP vision towers (alone or inside a full CLIP / SigLIP
+repo). Each converted model reproduces the source class's own outputs: its LayerNorm eps, activation, position layout
+and run-time position resampling, pooled output and heads; labels come from `id2label`. Anything else is refused by
+name before anything is written.
+
+Entry point for the front door (`python -m convert SOURCE OUT_DIR`): `convert_transformers_folder(folder, out_dir,
+args)`; `TRANSFORMERS_ALLOW_PATTERNS` are the files it reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from convert.common import ConversionError, build_model, check_paths, load_torch_state_dict, parity_markdown
+from convert.transformers_keys import CLIP_TOWER, DINOV2_BLOCKS, VIT_BLOCKS, VIT_EMBEDDINGS, Rule, map_keys
+from vit_hf import VitHfConfig, VitHfForImageClassification
+
+CONFIG, PREPROCESSOR = "config.json", "preprocessor_config.json"
+# Weight files in transformers' own order of preference (safetensors first; sharded checkpoints by their index).
+WEIGHT_FILES = (
+    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
+)
+SHARD_PATTERNS = ("model-*-of-*.safetensors", "pytorch_model-*-of-*.bin")
+TRANSFORMERS_ALLOW_PATTERNS = [CONFIG, PREPROCESSOR, *WEIGHT_FILES, *SHARD_PATTERNS]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Families
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Family:
+    """One transformers model family: where its backbone lives, how its keys map, how its config maps."""
+
+    name: str
+    prefixes: tuple[str, ...]  # backbone prefixes a checkpoint may use ("" = saved bare)
+    rules: list[Rule]
+    fields: Callable[[object, Mapping[str, torch.Tensor]], dict]  # (vision config, mapped state) -> VitHfConfig fields
+    classes: Mapping[str, str]  # head kind -> transformers class that is the oracle
+    pooled: str  # what a headless source's comparable output is: "pooler_output" or "last_hidden_state"
+
+
+def _common_fields(hf) -> dict:
+    """ViTConfig-named fields every family shares; the source's eps and activation, never timm's defaults."""
+    act = hf.hidden_act
+    if not isinstance(act, str):
+        raise ConversionError(f"hidden_act {act!r} is not an activation name: the config cannot be represented")
+    return dict(
+        hidden_size=hf.hidden_size, num_hidden_layers=hf.num_hidden_layers, num_attention_heads=hf.num_attention_heads,
+        intermediate_size=getattr(hf, "intermediate_size", None), hidden_act=act, layer_norm_eps=hf.layer_norm_eps,
+        image_size=_size(hf.image_size), patch_size=_size(hf.patch_size), num_channels=hf.num_channels,
+        qkv_bias=getattr(hf, "qkv_bias", True),
+    )
+
+
+def _size(value) -> int | list[int]:
+    return value if isinstance(value, int) else [int(v) for v in value]
+
+
+def _pooler_fields(hf, state: Mapping[str, torch.Tensor]) -> dict:
+    """The ViT/DeiT pooler tanh(dense(cls)) is vit_hf's representation layer; another activation is refused."""
+    if "vit.pre_logits.fc.weight" not in state:
+        return {}
+    act = getattr(hf, "pooler_act", "tanh")
+    if act != "tanh":
+        raise ConversionError(f"pooler_act={act!r}: only the tanh pooler can be represented (representation_size)")
+    return dict(representation_size=state["vit.pre_logits.fc.weight"].shape[0])
+
+
+def _vit_fields(hf, state) -> dict:
+    return {**_common_fields(hf), **_pooler_fields(hf, state)}
+
+
+def _deit_fields(hf, state) -> dict:
+    fields = _vit_fields(hf, state)
+    if "head_dist.weight" in state:
+        return {**fields, "distilled": True}
+    return {**fields, "num_register_tokens": 1}  # DeiTModel / DeiTForImageClassification: see convert_state
+
+
+def _dinov2_fields(hf, state) -> dict:
+    """DINOv2: LayerScale, MLP width from mlp_ratio, SwiGLU for giant, positions resampled at every call from the
+    stored (518-px) grid in float32, as transformers does (its processor crops 224)."""
+    fields = _common_fields(hf)
+    width = int(hf.hidden_size * hf.mlp_ratio)
+    if hf.use_swiglu_ffn:  # transformers' Dinov2SwiGLUFFN: two thirds of the width, rounded up to a multiple of 8
+        fields.update(mlp_layer="glu", hidden_act="silu", intermediate_size=(int(width * 2 / 3) + 7) // 8 * 8)
+    else:
+        fields.update(intermediate_size=width)
+    fields.update(
+        layer_scale_init_value=float(hf.layerscale_value), dynamic_img_size=True, pos_embed_interpolation="hf_dinov2"
+    )
+    if "head.weight" in state:
+        fields.update(pooling="token_mean")  # classifier(cat[cls, mean(patches)])
+    return fields
+
+
+def _dinov2_registers_fields(hf, state) -> dict:
+    fields = _dinov2_fields(hf, state)
+    return {
+        **fields, "num_register_tokens": hf.num_register_tokens, "no_embed_registers": True,
+        "pos_embed_interpolation": "hf_dinov2_reg",
+    }
+
+
+def _clip_fields(hf, state) -> dict:
+    """CLIP: ln_pre, no patch bias, quick_gelu (from the config); pooled = post_layernorm(cls) = our norm, token 0."""
+    return {**_common_fields(hf), "pre_norm": True, "patch_bias": False}
+
+
+def _siglip_fields(hf, state) -> dict:
+    """SigLIP: no class token, MAP head (transformers' SiglipMultiheadAttentionPoolingHead)."""
+    if not getattr(hf, "vision_use_head", True):
+        raise ConversionError(
+            "SigLIP with vision_use_head=false has no pooled output (and no MAP head): converting it is not supported"
+        )
+    return {**_common_fields(hf), "class_token": False, "pooling": "map", "patch_bias": True}
+
+
+_VIT_RULES = VIT_EMBEDDINGS + VIT_BLOCKS
+_DINO_RULES = VIT_EMBEDDINGS + DINOV2_BLOCKS
+FAMILIES = {
+    "vit": Family("ViT", ("vit.", ""), _VIT_RULES, _vit_fields,
+                  {"head": "ViTForImageClassification", "none": "ViTModel"}, "last_hidden_state"),
+    "deit": Family("DeiT", ("deit.", ""), _VIT_RULES, _deit_fields,
+                   {"distilled": "DeiTForImageClassificationWithTeacher", "head": "DeiTForImageClassification",
+                    "none": "DeiTModel"}, "last_hidden_state"),
+    "vit_mae": Family("ViTMAE", ("vit.", ""), _VIT_RULES, _vit_fields, {"none": "ViTMAEModel"}, "last_hidden_state"),
+    "dinov2": Family("DINOv2", ("dinov2.", ""), _DINO_RULES, _dinov2_fields,
+                     {"head": "Dinov2ForImageClassification", "none": "Dinov2Model"}, "pooler_output"),
+    "dinov2_with_registers": Family(
+        "DINOv2 with registers", ("dinov2_with_registers.", ""), _DINO_RULES, _dinov2_registers_fields,
+        {"head": "Dinov2WithRegistersForImageClassification", "none": "Dinov2WithRegistersModel"}, "pooler_output"),
+    "clip": Family("CLIP vision tower", ("vision_model.", ""), CLIP_TOWER, _clip_fields,
+                   {"none": "CLIPVisionModel"}, "pooler_output"),
+    "siglip": Family("SigLIP vision tower", ("vision_model.", ""), CLIP_TOWER, _siglip_fields,
+                     {"none": "SiglipVisionModel"}, "pooler_output"),
+}
+# Full dual-encoder repos and their vision-only configs: the vision config is the one to read
+VISION_CONFIG_OF = {"clip": "clip", "clip_vision_model": "clip", "siglip": "siglip", "siglip_vision_model": "siglip"}
+HEAD_KEYS = ("classifier.", "cls_classifier.", "distillation_classifier.")
+
+
+def family_of(model_type: str | None) -> tuple[str, Family]:
+    """(family key, Family) for a config.json `model_type`; anything that is not a plain ViT is refused by name."""
+    key = VISION_CONFIG_OF.get(model_type, model_type)
+    if key not in FAMILIES:
+        if not model_type:
+            raise ConversionError("config.json has no model_type: not a transformers model folder")
+        supported = ", ".join(sorted(set(FAMILIES) | set(VISION_CONFIG_OF)))
+        raise ConversionError(f"{model_type} is not a plain ViT: model_type must be one of {supported}")
+    return key, FAMILIES[key]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Reading the folder
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConversionError(f"{path}: not a readable JSON file ({e})") from None
+    if not isinstance(value, dict):
+        raise ConversionError(f"{path}: expected a JSON object")
+    return value
+
+
+def load_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """The checkpoint's tensors (safetensors first, then pytorch_model.bin; sharded ones through their index) and
+    the file name they came from."""
+    for name in WEIGHT_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        if not name.endswith(".index.json"):
+            return load_torch_state_dict(path), name
+        weight_map = read_json(path).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ConversionError(f"{path}: has no weight_map: re-download the checkpoint")
+        state = {}
+        for shard in sorted(set(weight_map.values())):
+            if not (folder / shard).is_file():
+                raise ConversionError(f"{path} names the shard {shard}, which is not in {folder}: download it too")
+            state.update(load_torch_state_dict(folder / shard))
+        missing = sorted(set(weight_map) - set(state))
+        if missing:
+            raise ConversionError(f"{path}: key(s) listed but not in the shards: {', '.join(missing[:5])}")
+        return state, name
+    raise ConversionError(f"{folder} holds no weights: expected one of {', '.join(WEIGHT_FILES)}")
+
+
+def vision_config(folder: Path, raw: dict):
+    """The transformers config object (class defaults for absent fields, as transformers reads it), the vision
+    config for dual-encoder repos."""
+    from transformers import AutoConfig
+
+    try:
+        hf = AutoConfig.from_pretrained(folder)
+    except (ValueError, TypeError, KeyError, OSError) as e:
+        raise ConversionError(f"{folder / CONFIG}: transformers cannot read it ({str(e).splitlines()[0]})") from None
+    if raw.get("model_type") in ("clip", "siglip"):
+        return hf.vision_config
+    return hf
+
+
+def split_backbone(
+    state: Mapping[str, torch.Tensor], family: Family
+) -> tuple[str, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(backbone prefix, backbone tensors with the prefix removed, top-level tensors: heads, other towers)."""
+    prefix = next((p for p in family.prefixes if any(k.startswith(p + "embeddings.") for k in state)), None)
+    if prefix is None:
+        raise ConversionError(
+            f"no {family.name} embeddings in the weights (looked for "
+            f"{' or '.join(p + 'embeddings.*' for p in family.prefixes)}): is config.json from the same checkpoint?"
+        )
+    backbone, top = {}, {}
+    for key, tensor in state.items():
+        if prefix and key.startswith(prefix):
+            backbone[key[len(prefix) :]] = tensor
+        elif not prefix and not key.startswith(HEAD_KEYS):
+            backbone[key] = tensor
+        else:
+            top[key] = tensor
+    return prefix, backbone, top
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Conversion
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def head_kind(state: Mapping[str, torch.Tensor]) -> str:
+    if "head_dist.weight" in state:
+        return "distilled"
+    return "head" if "head.weight" in state else "none"
+
+
+def labels(hf, num_labels: int) -> dict:
+    """num_labels and id2label from the source (only when they describe the classifier that is there)."""
+    if not num_labels:
+        return dict(num_labels=0)
+    id2label = {int(k): str(v) for k, v in (getattr(hf, "id2label", None) or {}).items()}
+    if sorted(id2label) != list(range(num_labels)):
+        return dict(num_labels=num_labels)
+    return dict(num_labels=num_labels, id2label=id2label, label2id={v: k for k, v in id2label.items()})
+
+
+def convert_state(folder: Path) -> dict:
+    """Read and map a transformers folder: returns the pieces `convert_transformers_folder` writes (and tests use).
+
+    Keys: family, family_key, hf (the transformers vision config), config (VitHfConfig), state (vit_hf tensors),
+    kind (head kind), source_class, compared, weights_file, dropped, raw (config.json), preprocessor (dict or None).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConversionError(f"{folder}: not a folder (a transformers checkpoint is a folder with {CONFIG})")
+    if not (folder / CONFIG).is_file():
+        raise ConversionError(f"{folder} has no {CONFIG}: not a transformers model folder")
+    raw = read_json(folder / CONFIG)
+    key, family = family_of(raw.get("model_type"))
+    hf = vision_config(folder, raw)
+    source, weights_file = load_weights(folder)
+    prefix, backbone, top = split_backbone(source, family)
+    state, unknown, dropped, origin = map_keys(backbone, top, family.rules)
+    # messages name the tensors as they are on disk
+    origin = {k: ", ".join(prefix + n for n in v.split(", ")) if k.startswith("vit.") else v for k, v in origin.items()}
+    if unknown:
+        raise ConversionError(
+            f"{family.name} checkpoint has tensor(s) with no place in a plain ViT (a family feature that cannot be "
+            f"represented): {', '.join(sorted(unknown)[:8])}"
+        )
+    kind = head_kind(state)
+    if key == "deit" and kind != "distilled" and "vit.dist_token" in state:
+        # only the class token is read: the distillation token is a register (positions cover it, as DeiT's do)
+        state["vit.reg_token"] = state.pop("vit.dist_token")
+        origin["vit.reg_token"] = origin.pop("vit.dist_token")
+    num_labels = state["head.weight"].shape[0] if kind != "none" else 0
+    fields = {**family.fields(hf, state), **labels(hf, num_labels)}
+    if fields.get("intermediate_size") is None:
+        raise ConversionError(f"{family.name} config has no intermediate_size: the MLP width is unknown")
+    try:
+        config = VitHfConfig(**fields)
+    except ValueError as e:
+        raise ConversionError(f"{family.name} config cannot be represented: {e}") from None
+    preprocessor = read_json(folder / PREPROCESSOR) if (folder / PREPROCESSOR).is_file() else None
+    compared = "logits" if kind != "none" else family.pooled
+    if key in ("vit", "deit") and kind == "none" and "representation_size" in fields:
+        compared = "pooler_output"  # the in21k pooler tanh(dense(cls))
+    return dict(
+        family=family, family_key=key, hf=hf, config=config, state=state, kind=kind, origin=origin,
+        source_class=family.classes[kind], compared=compared, weights_file=weights_file, dropped=dropped, raw=raw,
+        preprocessor=preprocessor,
+    )
+
+
+def build_converted(info: dict) -> VitHfForImageClassification:
+    """The vit_hf model adopting the mapped tensors (their dtype; no copy), keys spelled as the source's in errors."""
+    origin = info["origin"]
+    try:
+        return build_model(info["config"], info["state"], name=lambda k: origin.get(k, k))
+    except ConversionError as e:
+        raise ConversionError(f"{info['family'].name} weights do not fit the config: {e}") from None
+
+
+def make_processor(info: dict, config: VitHfConfig, args: argparse.Namespace):
+    """The source's preprocessing (its preprocessor_config.json), with --crop-pct/--interpolation/--mean/--std over
+    it; without one, the flags over timm's ViT defaults (the note says which were assumed)."""
+    flags = {k: getattr(args, k, None) for k in ("crop_pct", "interpolation", "mean", "std")}
+    try:
+        from convert.preprocessing import processor_from_flags, processor_from_transformers
+    except ImportError:  # pragma: no cover - engineer C's module not there: the model's own defaults
+        from vit_hf import VitHfImageProcessor
+
+        return VitHfImageProcessor.from_model_config(config), "preprocessing: vit_hf defaults (no converter support)"
+    base, note = None, None
+    if info["preprocessor"] is not None:
+        base, note = processor_from_transformers(info["preprocessor"], config)
+    if base is None or any(v is not None for v in flags.values()):
+        base, note = processor_from_flags(config, **flags, base=base)
+    return base, note
+
+
+def source_markdown(folder: Path, info: dict, args: argparse.Namespace, processor_note: str) -> str:
+    repo, commit = getattr(args, "source_repo", None), getattr(args, "source_commit", None)
+    where = f"`{repo}`" + (f" at commit `{commit}`" if commit else "") if repo else f"the local folder `{folder}`"
+    import transformers
+
+    architectures = ", ".join(info["raw"].get("architectures") or [])
+    rows = [
+        ("format", f"transformers `{info['raw'].get('model_type')}` ({architectures})"),
+        ("weights", f"`{info['weights_file']}`"),
+        ("reproduces", f"transformers {transformers.__version__} `{info['source_class']}` ({info['compared']})"),
+        ("preprocessing", processor_note),
+    ]
+    rows += [("not converted", reason) for reason in info["dropped"]]
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    return f"Converted from {where} ({info['family'].name}).\n\n| | |\n| --- | --- |\n{table}"
+
+
+def convert_transformers_folder(folder: Path, out_dir: Path, args: argparse.Namespace) -> None:
+    """Convert the transformers folder `folder` into a hub-ready vit_hf folder `out_dir`.
+
+    `args`: verify (compare with the transformers class in float64 and float32 first; refuse over tolerance),
+    crop_pct / interpolation / mean / std (override the source's preprocessing), push_to_hub / hub_token / private,
+    source_repo / source_commit (named in the card). Every refusal is a `ConversionError` raised before writing.
+    """
+    from convert.common import push_if_requested, write_folder
+
+    folder, out_dir = Path(folder), Path(out_dir)
+    check_paths(folder, out_dir)
+    info = convert_state(folder)
+    model = build_converted(info)
+    processor, note = make_processor(info, model.config, args)
+    parity = None
+    if getattr(args, "verify", False):
+        from convert.transformers_verify import verify
+
+        parity = verify(folder, info, processor)
+    card = dict(
+        source=source_markdown(folder, info, args, note),
+        parity=parity_markdown(parity) if parity else None,
+        tags=["transformers", info["family_key"]],
+        base_model=getattr(args, "source_repo", None),
+        license=info["raw"].get("license") or "apache-2.0",
+    )
+    out = write_folder(model, processor, out_dir, card)
+    print(f"wrote {out} ({info['family'].name}, {info['source_class']})")
+    print(note)
+    for row in parity or []:
+        print(f"parity vs {row['reference']} ({row['dtype']}, {row['outputs']}): max abs diff "
+              f"{row['max_abs_diff']:.3e}")
+    if getattr(args, "push_to_hub", None):
+        push_if_requested(out, args, f"Convert {getattr(args, 'source_repo', None) or folder.name} from transformers")

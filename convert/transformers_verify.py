@@ -1,0 +1,105 @@
+"""`--verify` for transformers sources: the source's own transformers class is the oracle.
+
+The source class is loaded from the same folder by transformers itself (`from_pretrained`, SDPA attention: its eager
+softmax always runs in float32), both models run in float64 and then float32 on seeded pixels, and the outputs the
+source exposes are compared: logits, or the pooled output of a headless source, or `last_hidden_state` where the
+source has no pooled output (ViTMAE: no masking, patches in order). DINOv2 is also compared at its processor's crop
+size, where transformers resamples the 518-px position table at every call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+from convert.common import ConversionError, build_model, fixed_batch
+
+TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-3}  # times max(1, largest reference magnitude)
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers prints a load report for every unused tensor (text towers, decoders): not news here."""
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
+def load_source(folder: Path, info: dict) -> torch.nn.Module:
+    """The transformers model of the source class, float64, SDPA attention, eval mode."""
+    import transformers
+
+    cls = getattr(transformers, info["source_class"])
+    kwargs = {}
+    if info["source_class"] in ("ViTModel", "DeiTModel"):  # a pooler only when the checkpoint has one
+        kwargs["add_pooling_layer"] = "vit.pre_logits.fc.weight" in info["state"]
+    if info["source_class"] == "ViTMAEModel":
+        kwargs["mask_ratio"] = 0.0
+    with _quiet_transformers():
+        model = cls.from_pretrained(folder, dtype=torch.float64, attn_implementation="sdpa", **kwargs)
+    return model.eval()
+
+
+def _outputs(model, x: torch.Tensor, compared: str, source: bool) -> torch.Tensor:
+    if compared == "logits":
+        return model(x).logits
+    if not source:
+        model = model.vit
+    kwargs = {}
+    if source and type(model).__name__ == "ViTMAEModel":  # keep every patch, in order: noise = arange
+        n = (x.shape[-2] // model.config.patch_size) * (x.shape[-1] // model.config.patch_size)
+        kwargs["noise"] = torch.arange(n, dtype=x.dtype).expand(x.shape[0], n)
+    return getattr(model(x, **kwargs), compared)
+
+
+def _sizes(config, processor) -> list[tuple[int, int]]:
+    sizes = [tuple(config.image_hw)]
+    size = getattr(processor, "size", None) or {}
+    crop = (size.get("height"), size.get("width"))
+    if config.dynamic_img_size and None not in crop and crop not in sizes:
+        sizes.append(crop)
+    return sizes
+
+
+def _row(reference: str, dtype: torch.dtype, compared: str, hw, got, expected) -> dict:
+    diff = (got - expected).abs().max().item()
+    top1 = (got.argmax(-1) == expected.argmax(-1)).double().mean().item() if compared == "logits" else None
+    limit = TOLERANCE[dtype] * max(1.0, expected.abs().max().item())
+    return dict(
+        reference=reference, dtype=str(dtype).replace("torch.", ""), outputs=f"{compared} at {hw[0]}x{hw[1]}",
+        max_abs_diff=diff, top1_agreement=top1, ok=diff <= limit,
+    )
+
+
+def verify(folder: Path, info: dict, processor) -> list[dict]:
+    """Parity rows against the source's transformers class; ConversionError if any is over tolerance."""
+    import transformers
+
+    config, compared = info["config"], info["compared"]
+    source = load_source(folder, info)
+    ours = build_model(config, info["state"], dtype=torch.float64)
+    reference = f"transformers {transformers.__version__} `{info['source_class']}`"
+    rows = []
+    for dtype in (torch.float64, torch.float32):
+        source, ours = source.to(dtype), ours.to(dtype)
+        for k, hw in enumerate(_sizes(config, processor)):
+            x = fixed_batch(config, dtype=dtype) if k == 0 else torch.randn(
+                4, config.num_channels, *hw, generator=torch.Generator().manual_seed(1)).to(dtype)
+            with torch.no_grad():
+                got, expected = _outputs(ours, x, compared, False), _outputs(source, x, compared, True)
+            rows.append(_row(reference, dtype, compared, hw, got, expected))
+    bad = [r for r in rows if not r.pop("ok")]
+    if bad:
+        worst = max(bad, key=lambda r: r["max_abs_diff"])
+        raise ConversionError(
+            f"--verify: the converted model differs from {reference} by {worst['max_abs_diff']:.3e} "
+            f"({worst['dtype']}, {worst['outputs']}); nothing written"
+        )
+    return rows

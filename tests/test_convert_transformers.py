@@ -1,0 +1,231 @@
+"""transformers-format folders -> vit_hf: every family written by the real `save_pretrained`, converted, and compared
+with the source class's own forward in float64 (1e-9), plus the written folder and every refusal."""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from convert.common import ConversionError  # noqa: E402
+from convert.transformers import (  # noqa: E402
+    TRANSFORMERS_ALLOW_PATTERNS,
+    build_converted,
+    convert_state,
+    convert_transformers_folder,
+)
+from convert.transformers_verify import load_source, verify  # noqa: E402
+
+SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8)
+VIT = dict(SMALL, intermediate_size=37, layer_norm_eps=1e-12)
+DINO = dict(SMALL, mlp_ratio=4, image_size=56)  # a 7x7 stored grid, run at a 4x4 crop as the repos are
+TEXT = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=20, vocab_size=50,
+            bos_token_id=0, eos_token_id=1, pad_token_id=1)
+LABELS = {0: "cat", 1: "dog", 2: "eel"}
+# DINOv2 repos' processor: shortest edge 256, crop 224 of a 518-px model; here 36 / 32 of a 56-px one
+DINO_PROCESSOR = (transformers.BitImageProcessor, dict(size={"shortest_edge": 36}, crop_size=dict(height=32, width=32)))
+# the crop size verify() also compares DINOv2 at (what the source's processor gives; 32 for every fixture)
+CROP = SimpleNamespace(size={"height": 32, "width": 32})
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Every tensor visibly random (LayerNorm scales != 1, LayerScale != init), so no mapping hides at init."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            values = torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.3
+            if p.ndim == 1 and ("norm" in name or "lambda" in name) and name.endswith(("weight", "lambda1")):
+                values = 1.0 + values
+            p.copy_(values.to(p.dtype))
+    return model
+
+
+def _vit_in21k():
+    return transformers.ViTModel(transformers.ViTConfig(**VIT), add_pooling_layer=True)
+
+
+def _vit_dino():
+    return transformers.ViTModel(transformers.ViTConfig(**VIT), add_pooling_layer=False)
+
+
+def _dual(config_cls, model_cls, **vision):
+    return model_cls(config_cls(vision_config=dict(SMALL, intermediate_size=37, **vision), text_config=TEXT))
+
+
+# name -> (builder, preprocessor (class, kwargs) or None)
+FAMILIES = {
+    "vit": (lambda: transformers.ViTForImageClassification(transformers.ViTConfig(**VIT, id2label=LABELS)),
+            (transformers.ViTImageProcessor, dict(size={"height": 32, "width": 32}))),
+    "vit_in21k_pooler": (_vit_in21k, None),
+    "vit_dino_no_pooler": (_vit_dino, None),
+    "deit_distilled": (lambda: transformers.DeiTForImageClassificationWithTeacher(
+        transformers.DeiTConfig(**VIT, id2label=LABELS)), None),
+    "deit": (lambda: transformers.DeiTForImageClassification(transformers.DeiTConfig(**VIT, id2label=LABELS)), None),
+    "clip_vision": (lambda: transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**SMALL, intermediate_size=37)),
+                    (transformers.CLIPImageProcessor, dict(size={"shortest_edge": 32},
+                                                           crop_size={"height": 32, "width": 32}))),
+    "clip_full": (lambda: _dual(transformers.CLIPConfig, transformers.CLIPModel), None),
+    "siglip_vision": (lambda: transformers.SiglipVisionModel(
+        transformers.SiglipVisionConfig(**SMALL, intermediate_size=37)), None),
+    "siglip_full": (lambda: _dual(transformers.SiglipConfig, transformers.SiglipModel), None),
+    "dinov2": (lambda: transformers.Dinov2Model(transformers.Dinov2Config(**DINO)), DINO_PROCESSOR),
+    "dinov2_classifier": (lambda: transformers.Dinov2ForImageClassification(
+        transformers.Dinov2Config(**DINO, id2label=LABELS)), None),
+    "dinov2_swiglu": (lambda: transformers.Dinov2Model(transformers.Dinov2Config(**DINO, use_swiglu_ffn=True)), None),
+    "dinov2_registers": (lambda: transformers.Dinov2WithRegistersModel(
+        transformers.Dinov2WithRegistersConfig(**DINO, num_register_tokens=2)),
+        DINO_PROCESSOR),
+    "dinov2_registers_classifier": (lambda: transformers.Dinov2WithRegistersForImageClassification(
+        transformers.Dinov2WithRegistersConfig(**DINO, num_register_tokens=2, id2label=LABELS)), None),
+    "vit_mae": (lambda: transformers.ViTMAEForPreTraining(transformers.ViTMAEConfig(
+        **VIT, decoder_hidden_size=16, decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
+        decoder_intermediate_size=20)), None),
+}
+
+
+def save_family(name: str, folder, safe_serialization: bool = True):
+    build, processor = FAMILIES[name]
+    model = randomize(build(), seed=len(name))
+    model.save_pretrained(folder, safe_serialization=safe_serialization)
+    if processor is not None:
+        cls, kwargs = processor
+        cls(**kwargs).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_family_reproduces_the_source_in_float64(tmp_path, name):
+    folder = save_family(name, tmp_path / "src")
+    info = convert_state(folder)
+    rows = verify(folder, info, processor=CROP)
+    assert {r["dtype"] for r in rows} == {"float64", "float32"}
+    for row in rows:
+        if row["dtype"] == "float64":
+            assert row["max_abs_diff"] < 1e-9, row
+    if info["config"].dynamic_img_size:  # DINOv2: compared at the stored 7x7 grid and at the processor's 4x4 crop
+        assert {r["outputs"].split(" at ")[1] for r in rows} == {"56x56", "32x32"}
+    if info["kind"] != "none":
+        assert info["config"].id2label == LABELS
+
+
+def test_family_switches_come_from_the_source(tmp_path):
+    expected = {
+        "vit": dict(layer_norm_eps=1e-12, hidden_act="gelu", pooling="token"),
+        "vit_in21k_pooler": dict(representation_size=32, num_labels=0),
+        "deit_distilled": dict(distilled=True, num_register_tokens=0),
+        "deit": dict(distilled=False, num_register_tokens=1),
+        "clip_full": dict(pre_norm=True, patch_bias=False, hidden_act="quick_gelu", layer_norm_eps=1e-5),
+        "siglip_full": dict(class_token=False, pooling="map", hidden_act="gelu_pytorch_tanh"),
+        "dinov2_classifier": dict(pooling="token_mean", dynamic_img_size=True, pos_embed_interpolation="hf_dinov2"),
+        "dinov2_swiglu": dict(mlp_layer="glu", hidden_act="silu", intermediate_size=88),
+        "dinov2_registers": dict(
+            num_register_tokens=2, no_embed_registers=True, pos_embed_interpolation="hf_dinov2_reg"
+        ),
+    }
+    for name, fields in expected.items():
+        config = convert_state(save_family(name, tmp_path / name))["config"]
+        assert {k: getattr(config, k) for k in fields} == fields, name
+
+
+def test_bin_and_sharded_checkpoints_read_like_safetensors(tmp_path):
+    save_family("vit", tmp_path / "safe")
+    save_family("vit", tmp_path / "bin", safe_serialization=False)
+    model = transformers.ViTForImageClassification.from_pretrained(tmp_path / "safe")
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    reference = convert_state(tmp_path / "safe")["state"]
+    for other in ("bin", "sharded"):
+        state = convert_state(tmp_path / other)["state"]
+        assert state.keys() == reference.keys()
+        assert all(torch.equal(state[k], reference[k]) for k in state), other
+
+
+def test_converted_folder_loads_as_remote_code_and_equals_the_source(tmp_path):
+    folder = save_family("dinov2", tmp_path / "src")
+    out = tmp_path / "out"
+    args = argparse.Namespace(verify=True, source_repo="facebook/dinov2-tiny", source_commit="0" * 40)
+    convert_transformers_folder(folder, out, args)
+    card = (out / "README.md").read_text()
+    assert "base_model: facebook/dinov2-tiny" in card and "0" * 40 in card and "float64" in card
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True, dtype=torch.float64).eval()
+    processor = AutoImageProcessor.from_pretrained(out, trust_remote_code=True)
+    source = transformers.Dinov2Model.from_pretrained(folder, dtype=torch.float64, attn_implementation="sdpa").eval()
+    from PIL import Image
+
+    image = Image.fromarray((torch.rand(45, 60, 3, generator=torch.Generator().manual_seed(3)) * 255).byte().numpy())
+    pixels = processor(image, return_tensors="pt")["pixel_values"].double()
+    assert pixels.shape[-2:] == (32, 32)  # the processor crops; the 56-px table is resampled at run time
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixels).logits, source(pixels).pooler_output, rtol=0, atol=1e-9)
+
+
+def test_allow_patterns_cover_what_is_read():
+    for name in ("config.json", "preprocessor_config.json", "model.safetensors", "pytorch_model.bin",
+                 "model.safetensors.index.json", "model-00001-of-00002.safetensors"):
+        assert any(fnmatch.fnmatch(name, p) for p in TRANSFORMERS_ALLOW_PATTERNS), name
+
+
+# ----------------------------------------------------------------------------------------------- refusals
+def _refused(folder, out, match):
+    with pytest.raises(ConversionError, match=match):
+        convert_transformers_folder(folder, out, argparse.Namespace(verify=False))
+    assert not out.exists()
+
+
+def test_not_a_plain_vit_is_refused_by_name(tmp_path):
+    swin = transformers.SwinModel(transformers.SwinConfig(embed_dim=16, depths=[1], num_heads=[2], image_size=32))
+    swin.save_pretrained(tmp_path / "swin")
+    _refused(tmp_path / "swin", tmp_path / "out", "swin is not a plain ViT")
+
+
+def test_broken_folders_are_refused(tmp_path):
+    folder = save_family("vit", tmp_path / "src")
+    _refused(tmp_path / "missing", tmp_path / "out", "not a folder")
+    _refused(folder / "model.safetensors", tmp_path / "out", "not a folder")
+    (folder / "model.safetensors").write_bytes(b"\0" * 64)
+    _refused(folder, tmp_path / "out", "not a readable .safetensors")
+    (folder / "model.safetensors").unlink()
+    _refused(folder, tmp_path / "out", "holds no weights")
+    (folder / "config.json").write_text("{")
+    _refused(folder, tmp_path / "out", "not a readable JSON")
+
+
+def test_extra_or_missing_tensors_are_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = save_family("vit", tmp_path / "src")
+    state = load_file(folder / "model.safetensors")
+    save_file({**state, "vit.encoder.layer.0.attention.attention.rotary.weight": torch.zeros(2)},
+              folder / "model.safetensors", metadata={"format": "pt"})
+    _refused(folder, tmp_path / "out", "cannot be represented.*rotary")
+    del state["vit.encoder.layer.1.attention.attention.value.weight"]
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    _refused(folder, tmp_path / "out", "missing key.*vit.encoder.layer.1.attention.attention")
+
+
+def test_unrepresentable_features_are_refused(tmp_path):
+    folder = save_family("vit_in21k_pooler", tmp_path / "src")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "pooler_act": "relu"}))
+    _refused(folder, tmp_path / "out", "pooler_act='relu'")
+    folder = save_family("siglip_vision", tmp_path / "siglip")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "vision_use_head": False}))
+    _refused(folder, tmp_path / "out", "vision_use_head=false")
+
+
+def test_verify_refuses_a_model_that_differs(tmp_path):
+    folder = save_family("vit", tmp_path / "src")
+    info = convert_state(folder)
+    info["state"]["vit.norm.bias"] = info["state"]["vit.norm.bias"] + 1e-6
+    with pytest.raises(ConversionError, match="differs from transformers"):
+        verify(folder, info, processor=None)
+    assert build_converted(info) is not None and load_source(folder, info) is not None
