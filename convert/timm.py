@@ -159,23 +159,29 @@ def arch_from_name(
     """The architecture `timm.create_model(name, num_classes=N, img_size=S, **create_kwargs)` builds, with N and S
     read off the weights (a checkpoint fine-tuned to N classes at size S converts under its base model's name).
 
-    `name` is a timm model name or `local-dir:FOLDER` (a timm Hub layout, read by timm's own config parser).
+    `name` is a timm model name or `local-dir:FOLDER` (a timm Hub layout, read by timm's own config parser); `label`
+    is how messages, notes and parity rows name it (default: `name`).
     """
+    label = label or name
     k = state["head.weight"].shape[0] if "head.weight" in state else 0
     kwargs = dict(create_kwargs or {}, num_classes=k)
     if "pre_logits.fc.weight" in state:
         raise ConversionError(
-            f"pre_logits.fc.* (representation layer) is not part of {name} in this timm; "
+            f"pre_logits.fc.* (representation layer) is not part of {label} in this timm; "
             f"convert without a model name to keep the layer"
         )
     timm_model = timm_model_by_name(name, **kwargs)
     arch = TimmArch.from_timm_model(timm_model)
-    _check_flags_agree(name, arch, flags)
-    grid = _checkpoint_grid(name, arch, state, target, source_size)
-    notes = [f"architecture from timm.create_model({name!r}, pretrained=False, num_classes={k})"]
+    _check_flags_agree(label, arch, flags)
+    grid = _checkpoint_grid(label, arch, state, target, source_size)
+    if name.startswith("local-dir:"):
+        notes = [f"architecture from {label}'s config.json (`architecture` + `model_args`, read by timm's own "
+                 f"create_model('local-dir:...'), num_classes={k} from the weights)"]
+    else:
+        notes = [f"architecture from timm.create_model({label!r}, pretrained=False, num_classes={k})"]
     if grid != arch.grid:
         size = (grid[0] * arch.patch_size[0], grid[1] * arch.patch_size[1])
-        notes.append(f"image size {size[0]}x{size[1]} from the position table ({name} is {arch.img_size})")
+        notes.append(f"image size {size[0]}x{size[1]} from the position table ({label} is {arch.img_size})")
         arch = dataclasses.replace(arch, img_size=size)
     data_cfg = dict(timm_model.pretrained_cfg or {})
     reference = TimmReference(name=name, kwargs=kwargs, label=label)
@@ -273,7 +279,7 @@ def convert_timm_state_dict(
     processor, processor_origin, assumed = timm_processor(config, data_cfg, preprocessing)
     info = dict(arch=arch, notes=notes, renames=renames, source_grid=source_grid, resampled=source_pos is not None,
                 processor=processor_origin, assumed=assumed, pretrained_cfg=data_cfg, parity=parity,
-                model_name=model_name)
+                model_name=reference_label or model_name)
     return model, processor, info
 
 
@@ -373,14 +379,13 @@ def write_conversion(model, processor, info: dict, args: argparse.Namespace, car
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    src = Path(args.src)
+def run_file(args: argparse.Namespace, src: Path, tool: str = "python -m convert.timm") -> None:
+    """Convert the state-dict file `src` with the CLI's flags, write OUT_DIR, push if asked."""
     check_paths(src, args.out_dir)
     model, processor, info = convert_args(load_torch_state_dict(src), args)
     cfg = info["pretrained_cfg"] or {}
     origin = (f"Converted from the timm `VisionTransformer` state dict `{src.name}` (sha256 `{sha256_of(src)}`) with "
-              f"`python -m convert.timm`.")
+              f"`{tool}`.")
     card = dict(
         source=source_markdown(origin, info),
         parity=parity_markdown(info["parity"]) if info["parity"] else None,
@@ -389,6 +394,11 @@ def main(argv: list[str] | None = None) -> int:
         license=cfg.get("license") or "apache-2.0",
     )
     write_conversion(model, processor, info, args, card, f"Convert {src.name} from timm")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    run_file(args, Path(args.src))
     return 0
 
 

@@ -25,7 +25,7 @@ FLOAT64_TOLERANCE = 1e-9
 @dataclasses.dataclass
 class TimmReference:
     """How to build the timm model the conversion is checked against: `create_model(name, **kwargs)` or, without a
-    name, `VisionTransformer(**arch.timm_kwargs())`; `label` names it in the parity rows."""
+    name, `VisionTransformer(**arch.timm_kwargs())`; `label` names it in the parity rows (default: `name`)."""
 
     name: str | None = None
     kwargs: dict = dataclasses.field(default_factory=dict)
@@ -115,7 +115,7 @@ def verify_against_timm(
         ref_pos = resample_abs_pos_embed(table, new_size=list(arch.grid), old_size=list(old_grid),
                                          num_prefix_tokens=prefix)
     if reference.name:
-        label = reference.label or f"timm {timm.__version__} `{reference.name}`"
+        label = f"timm {timm.__version__} `{reference.label or reference.name}`"
     else:
         label = self_check_label(arch, timm.__version__)
     label += " + pre_logits" if arch.representation_size else ""

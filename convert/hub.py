@@ -1,0 +1,152 @@
+"""Download a model repo from the Hub, only the files a conversion needs, with every failure as one line.
+
+`huggingface_hub` does the work (its cache, `HF_ENDPOINT`, `HF_HOME`, `HF_TOKEN`, `HF_HUB_OFFLINE`); `offline=True`
+(`--offline`) reads the cache only and fails at once when the files are not there. The format is decided from
+`config.json` before any weights are fetched: a timm repo (`architecture` + `pretrained_cfg`) needs one weights file,
+`model.safetensors` or else `pytorch_model.bin` (timm's own order); a transformers repo (`model_type`) the files its
+converter names (`convert.transformers.TRANSFORMERS_ALLOW_PATTERNS`). Errors: reference/hub-checkpoint-formats.md §4.3.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from convert.common import ConversionError
+
+# owner/name[@revision], as the Hub spells repo ids (a path that exists locally is never read as one)
+REPO_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*)(?:@(?P<rev>[^\s@]+))?$")
+TIMM_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+DEFAULT_TRANSFORMERS_PATTERNS = [
+    "config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model.bin", "preprocessor_config.json",
+]
+
+
+@dataclass
+class Downloaded:
+    """A repo's files in the local cache: the snapshot folder, the commit it resolves to, its config.json."""
+
+    repo_id: str
+    folder: Path
+    commit: str
+    config: dict
+
+
+def split_repo_id(text: str) -> tuple[str, str | None] | None:
+    """`owner/name` or `owner/name@rev` -> (repo id, revision or None); anything else -> None."""
+    m = REPO_ID.match(text)
+    return (m.group("repo"), m.group("rev")) if m else None
+
+
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def hub_errors(repo_id: str, revision: str | None, offline: bool) -> Callable[[BaseException], ConversionError]:
+    """The one-line message for each huggingface_hub failure (subclasses first: GatedRepoError is a
+    RepositoryNotFoundError, LocalEntryNotFoundError an EntryNotFoundError)."""
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    at = f"@{revision}" if revision else ""
+
+    def message(e: BaseException) -> ConversionError:
+        if isinstance(e, GatedRepoError):
+            text = f"{repo_id} is gated: accept its terms on the Hub, then log in (HF_TOKEN or `hf auth login`)"
+        elif isinstance(e, RepositoryNotFoundError):
+            text = f"{repo_id}: no such model repo on {_endpoint()}, or it is private and no valid token was given"
+        elif isinstance(e, RevisionNotFoundError):
+            text = f"{repo_id}: revision {revision!r} does not exist"
+        elif isinstance(e, LocalEntryNotFoundError):
+            text = (f"{repo_id}{at} is not in the local cache and --offline was given: run once without --offline"
+                    if offline else
+                    f"{repo_id}{at}: cannot reach the Hub at {_endpoint()} and the files are not in the local cache "
+                    f"(network down? HF_ENDPOINT?)")
+        elif isinstance(e, EntryNotFoundError):
+            text = f"{repo_id}{at} has no config.json: not a timm or transformers model repo"
+        elif isinstance(e, HfHubHTTPError):
+            status = e.response.status_code if getattr(e, "response", None) is not None else "?"
+            text = f"{repo_id}{at}: the Hub answered HTTP {status} ({' '.join(str(e).split())[:200]})"
+        else:
+            text = f"{repo_id}{at}: download failed ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+        return ConversionError(text)
+
+    return message
+
+
+def _commit_of(path: str) -> str:
+    """The commit a cached file belongs to: its snapshot folder is `.../snapshots/<commit>/<file>`."""
+    return Path(path).parent.name
+
+
+def _download_timm_weights(repo_id: str, revision: str | None, offline: bool) -> Path:
+    """`model.safetensors`, else `pytorch_model.bin` (timm's own preference), into the cache."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    for name in TIMM_WEIGHTS:
+        try:
+            return Path(hf_hub_download(repo_id, name, revision=revision, local_files_only=offline,
+                                        library_name="vit_hf"))
+        except LocalEntryNotFoundError:
+            if not offline:
+                raise
+        except EntryNotFoundError:
+            continue
+    raise ConversionError(f"{repo_id}: a timm repo without {' or '.join(TIMM_WEIGHTS)}")
+
+
+def transformers_patterns() -> list[str]:
+    """The files the transformers converter needs (its own list when it publishes one)."""
+    try:
+        from convert.transformers import TRANSFORMERS_ALLOW_PATTERNS
+    except ImportError:
+        return list(DEFAULT_TRANSFORMERS_PATTERNS)
+    return list(TRANSFORMERS_ALLOW_PATTERNS)
+
+
+def _download_transformers(repo_id: str, commit: str, offline: bool) -> Path:
+    from huggingface_hub import snapshot_download
+
+    folder = Path(snapshot_download(repo_id, revision=commit, allow_patterns=transformers_patterns(),
+                                    local_files_only=offline, library_name="vit_hf"))
+    if not (folder / "config.json").is_file():  # allow_patterns that match nothing only log, and return a bare path
+        raise ConversionError(f"{repo_id}@{commit}: the snapshot holds no config.json")
+    return folder
+
+
+def download(repo_id: str, revision: str | None = None, offline: bool = False) -> Downloaded:
+    """config.json first (to tell the format), then the weights and files that format needs, all at one commit."""
+    from huggingface_hub import hf_hub_download
+
+    to_error = hub_errors(repo_id, revision, offline)
+    try:
+        config_path = hf_hub_download(repo_id, "config.json", revision=revision, local_files_only=offline,
+                                      library_name="vit_hf")
+        commit = _commit_of(config_path)
+        try:
+            config = json.loads(Path(config_path).read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ConversionError(f"{repo_id}@{commit}: config.json is not valid JSON ({e})") from None
+        if not isinstance(config, dict):
+            raise ConversionError(f"{repo_id}@{commit}: config.json is not a JSON object")
+        if "model_type" in config:
+            folder = _download_transformers(repo_id, commit, offline)
+        else:  # timm (or unknown: the folder converter says what is missing)
+            folder = _download_timm_weights(repo_id, commit, offline).parent
+    except ConversionError:
+        raise
+    except (OSError, ValueError) as e:  # huggingface_hub's errors are OSError/HTTPError; HFValidationError ValueError
+        raise to_error(e) from None
+    return Downloaded(repo_id=repo_id, folder=folder, commit=commit, config=config)

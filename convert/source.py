@@ -1,0 +1,113 @@
+"""What a SOURCE argument is: a local file, a local folder, or a Hub repo id, and which format it holds.
+
+The format is read from what is there, never from a flag:
+- a folder with `config.json`: `model_type` -> transformers layout; `architecture` (with `pretrained_cfg`, or the
+  legacy flat timm config) -> timm Hub layout (the same test transformers uses to spot a timm repo);
+- a file: `.npz` (or `path.npz:subtree`) -> Google; `.safetensors` / `.pth` / `.pt` / `.bin` -> a timm state dict,
+  unless its keys are a transformers model's (then its folder, with config.json, is what converts);
+- `owner/name[@REV]` that is not a local path -> the Hub (convert/hub.py), then as the downloaded folder.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from convert.common import ConversionError
+from convert.hub import download, split_repo_id
+
+TORCH_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+# first keys of transformers ViT-family state dicts, as stored on disk (legacy names; reference §2)
+TRANSFORMERS_KEY_MARKS = ("embeddings.patch_embeddings.", "vision_model.embeddings.", "embeddings.patch_embedding.",
+                          "encoder.layer.", "encoder.layers.")
+
+
+@dataclass
+class Source:
+    """kind: 'timm-file', 'npz', 'timm-folder' or 'transformers-folder'; `repo` / `commit` for a Hub download."""
+
+    kind: str
+    path: Path
+    text: str
+    repo: str | None = None
+    commit: str | None = None
+
+
+def folder_kind(folder: Path, config: dict | None = None) -> str:
+    """'timm-folder' or 'transformers-folder' from config.json; anything else is refused in one line."""
+    if config is None:
+        path = folder / "config.json"
+        if not path.is_file():
+            weights = sorted(p.name for p in folder.iterdir() if p.suffix in (*TORCH_SUFFIXES, ".npz"))[:3]
+            hint = f"; to convert a weights file in it, pass the file (e.g. {folder / weights[0]})" if weights else ""
+            raise ConversionError(f"{folder} is a folder without config.json: not a timm or transformers model "
+                                  f"folder{hint}")
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            raise ConversionError(f"{path}: not a readable JSON config ({type(e).__name__}: {e})") from None
+    if not isinstance(config, dict):
+        raise ConversionError(f"{folder / 'config.json'} is not a JSON object")
+    if "model_type" in config:
+        return "transformers-folder"
+    if "architecture" in config:
+        return "timm-folder"
+    raise ConversionError(
+        f"{folder / 'config.json'} has neither `model_type` (transformers) nor `architecture` (timm): format unknown"
+    )
+
+
+def _sniff_transformers(path: Path) -> None:
+    """A transformers model's weights file, passed alone: its config.json decides the architecture, so refuse and
+    point at the folder (only .safetensors can be listed without loading the tensors)."""
+    if path.suffix != ".safetensors":
+        return
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+    except (SafetensorError, OSError):
+        return  # unreadable: the loader reports it in its own words
+    if any(k.startswith(TRANSFORMERS_KEY_MARKS) or k.startswith("vit." + TRANSFORMERS_KEY_MARKS[0]) for k in keys):
+        raise ConversionError(
+            f"{path} holds a transformers model's weights (keys such as {keys[0]!r}): convert the folder that holds it "
+            f"with its config.json (python -m convert {path.parent} OUT_DIR), or the Hub repo id"
+        )
+
+
+def _file_kind(path: Path, text: str) -> Source:
+    if path.suffix == ".npz":
+        return Source("npz", path, text)
+    if path.suffix in TORCH_SUFFIXES:
+        _sniff_transformers(path)
+        return Source("timm-file", path, text)
+    if path.name == "config.json":
+        raise ConversionError(f"{path} is a config file: pass the folder that holds it ({path.parent})")
+    raise ConversionError(
+        f"{path}: unknown file type {path.suffix or '(no suffix)'}; a file source is .safetensors, .pth/.pt/.bin "
+        f"(timm state dict) or .npz (Google)"
+    )
+
+
+def resolve(text: str, revision: str | None = None, offline: bool = False) -> Source:
+    """SOURCE -> Source: local paths first (a path that exists is never a repo id), then `owner/name[@REV]`."""
+    path = Path(text)
+    if path.is_dir():
+        if revision:
+            raise ConversionError(f"--revision applies to a Hub repo id; {text} is a local folder")
+        return Source(folder_kind(path), path, text)
+    if path.is_file():
+        return _file_kind(path, text)
+    base, _, subtree = text.rpartition(":")
+    if base.endswith(".npz") and Path(base).is_file() and subtree:
+        return Source("npz", Path(base), text)  # `path.npz:img` selects a two-tower file's image tower
+    parsed = split_repo_id(text)
+    if parsed is None:
+        raise ConversionError(f"{text}: no such file or folder, and not a Hub repo id (owner/name or owner/name@REV)")
+    repo, rev = parsed
+    if rev and revision and rev != revision:
+        raise ConversionError(f"{text} names revision {rev} but --revision says {revision}: give one")
+    got = download(repo, rev or revision, offline=offline)
+    return Source(folder_kind(got.folder, got.config), got.folder, text, repo=repo, commit=got.commit)
