@@ -21,7 +21,8 @@ def plot_training_curves(history: Sequence[dict], path: str | Path) -> Path:
     """
     train = [h for h in history if "loss" in h]
     evals = [h for h in history if "eval_accuracy" in h]
-    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.6))
+    # constrained layout makes room for the legend below the axes, where no curve can hide it
+    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.9), layout="constrained")
     if train:
         ax_loss.plot([h["step"] for h in train], [h["loss"] for h in train], label="train loss", color="tab:blue")
     if evals:
@@ -32,17 +33,19 @@ def plot_training_curves(history: Sequence[dict], path: str | Path) -> Path:
                     label="eval top-1")
         ax_acc.set_ylabel("eval top-1 accuracy")
         ax_acc.set_ylim(0, 1)
-        ax_acc.legend(loc="center right")
+    # One legend for both y axes (two legends, one per axis, overlapped each other and the curves)
+    handles = [line for ax in fig.axes if ax is not ax_lr for line in ax.get_lines()]
+    if handles:
+        ax_loss.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=len(handles),
+                       frameon=False)
     ax_loss.set_xlabel("optimizer step")
     ax_loss.set_ylabel("loss")
-    ax_loss.legend(loc="upper right")
     ax_loss.set_title("loss and accuracy")
     if train:
         ax_lr.plot([h["step"] for h in train], [h["lr"] for h in train], color="tab:purple")
     ax_lr.set_xlabel("optimizer step")
     ax_lr.set_ylabel("learning rate (last group)")
     ax_lr.set_title("schedule")
-    fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)
