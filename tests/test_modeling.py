@@ -300,3 +300,155 @@ def test_bad_config_errors_name_the_field():
         VitHfConfig(class_token=False, num_register_tokens=4, pooling="token")
     with pytest.raises(ValueError, match="pooling='none'"):
         VitHfForImageClassification(VitHfConfig.from_preset("test", pooling="none", num_labels=0))
+
+
+# ----------------------------------------------------------------------------------------------- family switches
+# Each switch added for transformers' families (issue 12) is off by default and checked against its source here;
+# the families themselves are checked end to end in tests/test_convert_transformers.py.
+def _timm_to_ours(state: dict) -> dict:
+    return {(k if k.startswith("head") else f"vit.{k}"): v for k, v in state.items()}
+
+
+def test_family_switches_are_off_by_default(tiny_config):
+    assert not (tiny_config.distilled or tiny_config.no_embed_registers or tiny_config.dynamic_img_size)
+    assert tiny_config.mlp_layer == "mlp" and tiny_config.pooling == "token"
+    names = {n for n, _ in VitHfForImageClassification(tiny_config).named_parameters()}
+    assert not any("dist" in n for n in names)
+
+
+def test_distilled_equals_timm_vision_transformer_distilled():
+    """DeiT distilled: [cls, dist, patches] + positions, heads on tokens 0 and 1 averaged (timm at inference)."""
+    from timm.models.deit import VisionTransformerDistilled
+
+    timm_model = VisionTransformerDistilled(
+        img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, mlp_ratio=37 / 32, num_classes=10
+    )
+    timm_model = randomize(timm_model, seed=3).double().eval()
+    model = make({"distilled": True})
+    model.load_state_dict(_timm_to_ours(timm_model.state_dict()), strict=True)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits, timm_model(x), rtol=0, atol=1e-10)
+        pooled = model.vit(x).pooler_output
+    torch.testing.assert_close(pooled, timm_model.forward_features(x)[:, 0], rtol=0, atol=1e-12)
+
+
+def test_glu_mlp_equals_timm_swiglu_packed():
+    """mlp_layer='glu' with SiLU: fc1 -> [gate; up], silu(gate) * up, fc2 (timm SwiGLUPacked, DINOv2-giant)."""
+    from timm.layers import SwiGLUPacked
+    from timm.models.vision_transformer import VisionTransformer
+
+    timm_model = VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, mlp_ratio=74 / 32, num_classes=10,
+        mlp_layer=SwiGLUPacked, act_layer=torch.nn.SiLU,
+    )
+    timm_model = randomize(timm_model, seed=4).double().eval()
+    model = make({"mlp_layer": "glu", "hidden_act": "silu"})
+    assert model.vit.blocks[0].mlp.fc1.weight.shape == (74, 32)
+    model.load_state_dict(_timm_to_ours(timm_model.state_dict()), strict=True)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits, timm_model(x), rtol=0, atol=1e-10)
+
+
+def test_token_mean_pooling_is_cls_and_mean_of_patches():
+    model = make({"pooling": "token_mean", "num_register_tokens": 2})
+    assert model.head.in_features == 64
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        out = model.vit(x)
+        tokens = out.last_hidden_state
+        expected = torch.cat([tokens[:, 0], tokens[:, 3:].mean(1)], dim=-1)  # registers excluded from the mean
+        torch.testing.assert_close(out.pooler_output, expected, rtol=0, atol=0)
+        torch.testing.assert_close(model(x).logits, model.head(expected), rtol=0, atol=1e-12)
+
+
+def test_no_embed_registers_equals_folding_the_class_position():
+    """Positions on [cls, patches], registers joining after: the same as timm's fold (cls + pos[0], positions on
+    the patches only) up to the fold's rounding, which the switch avoids."""
+    ours = make({"num_register_tokens": 2, "no_embed_registers": True})
+    assert ours.vit.pos_embed.shape[1] == 1 + 16
+    folded = make({"num_register_tokens": 2, "no_embed_class": True})
+    state = ours.state_dict()
+    state["vit.cls_token"] = state["vit.cls_token"] + state["vit.pos_embed"][:, :1]
+    state["vit.pos_embed"] = state["vit.pos_embed"][:, 1:]
+    folded.load_state_dict(state, strict=True)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x).logits, folded(x).logits, rtol=0, atol=1e-12)
+        torch.testing.assert_close(  # also resampled: the class slot is kept, the grid resampled
+            ours(torch.randn(1, 3, 48, 40, dtype=torch.float64), interpolate_pos_encoding=True).logits.shape,
+            torch.Size([1, 10]),
+        )
+
+
+def test_dynamic_img_size_resamples_from_the_stored_grid_at_every_call():
+    plain = make({"pos_embed_interpolation": "hf_dinov2"})
+    dynamic = make({"pos_embed_interpolation": "hf_dinov2", "dynamic_img_size": True})
+    x = torch.randn(2, 3, 24, 40, dtype=torch.float64)
+    with pytest.raises(ValueError, match="interpolate_pos_encoding=True"):
+        plain(x)
+    with torch.no_grad():
+        torch.testing.assert_close(dynamic(x).logits, plain(x, interpolate_pos_encoding=True).logits, rtol=0, atol=0)
+        same = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+        torch.testing.assert_close(dynamic(same).logits, plain(same).logits, rtol=0, atol=0)  # stored grid: as is
+    assert tuple(dynamic.config.image_hw) == (32, 32)
+
+
+@pytest.mark.parametrize(
+    "algorithm,embeddings",
+    [("hf_dinov2", "dinov2.modeling_dinov2.Dinov2Embeddings"),
+     ("hf_dinov2_reg", "dinov2_with_registers.modeling_dinov2_with_registers.Dinov2WithRegistersEmbeddings")],
+)
+def test_dinov2_resampling_is_transformers_own_in_float32(algorithm, embeddings):
+    """transformers' DINOv2 embeddings resample in float32 whatever the table's dtype: bit-identical here."""
+    import importlib
+
+    from transformers import Dinov2Config
+
+    module, cls = embeddings.rsplit(".", 1)
+    hf = getattr(importlib.import_module(f"transformers.models.{module}"), cls)(
+        Dinov2Config(hidden_size=8, image_size=56, patch_size=8, num_register_tokens=0)
+    ).double()
+    table = hf.position_embeddings.data
+    for h, w in ((32, 32), (24, 40), (80, 80)):
+        expected = hf.interpolate_pos_encoding(torch.zeros(1, 1 + (h // 8) * (w // 8), 8), h, w)
+        ours = resample_position_embedding(table, (7, 7), (h // 8, w // 8), 1, algorithm)
+        assert ours.dtype == torch.float64
+        assert torch.equal(ours, expected.reshape(ours.shape)), (h, w)
+    # the same interpolation computed in float64 ("hf" / "timm") is ~1e-7 away: the float32 rounding is the point
+    in_float64 = resample_position_embedding(table, (7, 7), (10, 10), 1, "hf" if algorithm == "hf_dinov2" else "timm")
+    assert 0 < (in_float64 - ours).abs().max() < 1e-5
+
+
+def test_family_switches_train_and_round_trip(tmp_path):
+    features = {"distilled": True, "mlp_layer": "glu", "hidden_act": "silu", "dynamic_img_size": True,
+                "pos_embed_interpolation": "hf_dinov2_reg"}
+    for config in (features, {"pooling": "token_mean", "num_register_tokens": 1, "no_embed_registers": True}):
+        model = make(config, attn="sdpa").train()
+        x = torch.randn(2, 3, 24, 24, dtype=torch.float64)
+        model(x, labels=torch.tensor([1, 2]), interpolate_pos_encoding=True).loss.backward()
+        for name, p in model.named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient for {name}"
+        model.save_pretrained(tmp_path / "m")
+        loaded = VitHfForImageClassification.from_pretrained(tmp_path / "m", dtype=torch.float64).eval()
+        assert all(getattr(loaded.config, k) == v for k, v in config.items())
+        x = torch.randn(1, 3, 40, 40, dtype=torch.float64)
+        with torch.no_grad():
+            expected = model.eval()(x, interpolate_pos_encoding=True).logits
+            torch.testing.assert_close(loaded(x, interpolate_pos_encoding=True).logits, expected, rtol=0, atol=1e-12)
+
+
+def test_bad_family_switches_name_the_field():
+    cases = [
+        (dict(distilled=True, pooling="mean"), "distilled=True reads the class and distillation tokens"),
+        (dict(distilled=True, class_token=False, pooling="map"), "distilled=True"),
+        (dict(no_embed_registers=True, no_embed_class=True, num_register_tokens=2), "no_embed_registers=True needs"),
+        (dict(pooling="token_mean", class_token=False), "token_mean"),
+        (dict(pooling="token_mean", representation_size=8), "cannot take fc_norm or representation_size"),
+        (dict(mlp_layer="moe"), "mlp_layer"),
+        (dict(pos_embed_interpolation="dinov3"), "hf_dinov2"),
+    ]
+    for fields, message in cases:
+        with pytest.raises(ValueError, match=message):
+            VitHfConfig.from_preset("test", **fields)
