@@ -17,7 +17,6 @@ What cannot be reproduced exactly is a `ConversionError` naming the option.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 from convert.common import ConversionError
@@ -255,28 +254,9 @@ def _flag_text(value) -> str:
 
 
 def describe(processor: VitHfImageProcessor) -> str:
-    """The eval transform in words: resize, crop, rescale, normalisation."""
-    h, w = processor.size["height"], processor.size["width"]
-    resample = RESAMPLE_NAME.get(int(processor.resample), processor.resample)
-    resize = processor.resize_size
-    if resize is not None and "shortest_edge" in resize:
-        step = f"shortest edge to {resize['shortest_edge']}"
-    elif resize is not None:
-        step = f"resize to {resize['height']}x{resize['width']} (aspect ratio ignored)"
-    else:
-        pct = processor.crop_pct
-        step = f"crop_pct {pct} ({processor.crop_mode}: {math.floor(h / pct)}x{math.floor(w / pct)})"
-    scaled = (h, w) != tuple((resize or {}).get(k) for k in ("height", "width"))
-    crop = f", centre crop {h}x{w}" + (" ((L - C) // 2)" if processor.crop_offset == "floor" else "")
-    rescale = "" if abs(processor.rescale_factor - 1 / 255) < 1e-15 else f", rescale {processor.rescale_factor:g}"
-    return (
-        f"{step} {resample}{crop if scaled else ''}{rescale}, mean {_round(processor.image_mean)}, "
-        f"std {_round(processor.image_std)}"
-    )
-
-
-def _round(values: Sequence[float]) -> str:
-    return "(" + ", ".join(f"{v:.6g}" for v in values) + ")"
+    """The eval transform in words, without the sentence's capital and full stop (it goes inside a note)."""
+    text = processor.describe_eval(channels=False).rstrip(".")
+    return text[0].lower() + text[1:]
 
 
 def _size_remark(size: Mapping[str, int], model_config: VitHfConfig) -> str:

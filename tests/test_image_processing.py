@@ -309,3 +309,19 @@ def test_bad_transformers_settings_raise_clear_errors():
         VitHfImageProcessor(resize_size={"longest_edge": 300})
     with pytest.raises(ValueError, match="crop_offset must be one of"):
         VitHfImageProcessor(crop_offset="ceil")
+
+
+def test_describe_eval_states_the_steps_that_run():
+    assert VitHfImageProcessor(size=224, crop_pct=0.9).describe_eval() == (
+        "Convert to 3 channel(s) (alpha composited onto white), resize the shorter side to 248 (bicubic; size / "
+        "crop_pct 0.9), centre-crop to 224x224, scale to [0, 1], normalise with mean=(0.5, 0.5, 0.5), "
+        "std=(0.5, 0.5, 0.5)."
+    )
+    clip = VitHfImageProcessor(size=224, resize_size={"shortest_edge": 224}, crop_offset="floor", num_channels=1,
+                               image_mean=[0.5], image_std=[0.5], resample="bilinear")
+    assert clip.describe_eval(channels=False) == (
+        "Resize the shorter side to 224 keeping the aspect ratio (bilinear), centre-crop to 224x224 (starting at "
+        "(L - C) // 2, as transformers does), scale to [0, 1], normalise with mean=(0.5), std=(0.5)."
+    )
+    squash = VitHfImageProcessor(size=64, resize_size={"height": 64, "width": 64}, rescale_factor=1.0)
+    assert "resize to 64x64 ignoring the aspect ratio (bicubic), multiply by 1, normalise" in squash.describe_eval()

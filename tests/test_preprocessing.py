@@ -93,7 +93,8 @@ def test_the_crop_offset_is_transformers_floor_not_timm_round(repo):
 def test_notes_say_what_came_from_the_class_defaults():
     _, note = processor_from_transformers({"image_processor_type": "SiglipImageProcessor"}, MODEL)
     assert "SiglipImageProcessor's defaults for size, resample, image_mean, image_std" in note
-    assert "resize to 224x224 (aspect ratio ignored) bicubic" in note and "model's image size is 32x32" in note
+    assert "resize to 224x224 ignoring the aspect ratio (bicubic), scale to [0, 1]" in note
+    assert note.endswith("(the model's image size is 32x32)")
 
 
 @pytest.mark.parametrize(

@@ -513,6 +513,33 @@ class VitHfImageProcessor(BaseImageProcessor):
             self._rescale_factor(),
         )
 
+    def describe_eval(self, channels: bool = True) -> str:
+        """The eval transform in one sentence (model cards, converter notes); `channels=False` leaves out the
+        channel conversion."""
+        tf = self.eval_transforms()
+        (h, w), resize = tf.size, tf.resize_size
+        filt = {int(v): k for k, v in RESAMPLE.items()}.get(tf.resample, str(tf.resample))
+        pct = f"{math.floor(h / tf.crop_pct)}x{math.floor(w / tf.crop_pct)}"
+        rule = f"{filt}; size / crop_pct {tf.crop_pct}"
+        if resize is not None and "shortest_edge" in resize:
+            step = f"resize the shorter side to {resize['shortest_edge']} keeping the aspect ratio ({filt})"
+        elif resize is not None:
+            step = f"resize to {resize['height']}x{resize['width']} ignoring the aspect ratio ({filt})"
+        elif tf.crop_mode == "squash":
+            step = f"resize to {pct} ignoring the aspect ratio ({rule})"
+        elif h == w:
+            step = f"resize the shorter side to {math.floor(h / tf.crop_pct)} ({rule})"
+        else:
+            step = f"resize keeping the aspect ratio until the image covers {pct} ({rule})"
+        crop = "" if resize == {"height": h, "width": w} else f", centre-crop to {h}x{w}"
+        if crop and tf.crop_offset == "floor":
+            crop += " (starting at (L - C) // 2, as transformers does)"
+        scale = "scale to [0, 1]" if tf.rescale_factor == RESCALE_255 else f"multiply by {tf.rescale_factor:g}"
+        mean, std = ", ".join(f"{v:.6g}" for v in tf.mean), ", ".join(f"{v:.6g}" for v in tf.std)
+        convert = f"convert to {tf.num_channels} channel(s) (alpha composited onto white), " if channels else ""
+        text = f"{convert}{step}{crop}, {scale}, normalise with mean=({mean}), std=({std})."
+        return text[0].upper() + text[1:]
+
     def _rescale_factor(self) -> float:
         # folders saved before the setting existed (and transformers' class default) mean 1/255
         factor = getattr(self, "rescale_factor", None)
