@@ -284,6 +284,12 @@ def convert_state(folder: Path) -> dict:
             f"represented): {', '.join(sorted(unknown)[:8])}"
         )
     kind = head_kind(state)
+    if kind not in family.classes:
+        names = ", ".join(raw.get("architectures") or []) or "the checkpoint"
+        raise ConversionError(
+            f"{names}: a {family.name} with a classification head on averaged tokens is not supported (only the "
+            f"tower's own pooled output is): convert the tower without its classifier"
+        )
     if key == "deit" and kind != "distilled" and "vit.dist_token" in state:
         # only the class token is read: the distillation token is a register (positions cover it, as DeiT's do)
         state["vit.reg_token"] = state.pop("vit.dist_token")

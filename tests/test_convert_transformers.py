@@ -167,6 +167,30 @@ def test_converted_folder_loads_as_remote_code_and_equals_the_source(tmp_path):
         torch.testing.assert_close(model(pixels).logits, source(pixels).pooler_output, rtol=0, atol=1e-9)
 
 
+def test_pipeline_on_a_converted_dinov2_classifier_equals_the_source(tmp_path):
+    """The repos' processor crops below the stored grid: the pipeline runs (positions resampled at every call, as
+    transformers does) and its scores are the source model's on the same pixels."""
+    from PIL import Image
+    from transformers import pipeline
+
+    folder = save_family("dinov2_registers_classifier", tmp_path / "src")
+    DINO_PROCESSOR[0](**DINO_PROCESSOR[1]).save_pretrained(folder)
+    out = tmp_path / "out"
+    convert_transformers_folder(folder, out, argparse.Namespace(verify=True))
+    classify = pipeline("image-classification", model=str(out), trust_remote_code=True)
+    image = Image.fromarray((torch.rand(50, 41, 3, generator=torch.Generator().manual_seed(5)) * 255).byte().numpy())
+    results = classify(image, top_k=3)
+    pixels = classify.image_processor(image, return_tensors="pt")["pixel_values"]
+    source = transformers.Dinov2WithRegistersForImageClassification.from_pretrained(folder).eval()
+    with torch.no_grad():
+        expected = source(pixels).logits.softmax(-1)[0]
+    assert pixels.shape[-2:] == (32, 32)
+    assert {r["label"] for r in results} == set(LABELS.values())
+    for r in results:
+        index = {v: k for k, v in LABELS.items()}[r["label"]]
+        assert abs(r["score"] - expected[index].item()) < 1e-5, r
+
+
 def test_allow_patterns_cover_what_is_read():
     for name in ("config.json", "preprocessor_config.json", "model.safetensors", "pytorch_model.bin",
                  "model.safetensors.index.json", "model-00001-of-00002.safetensors"):
@@ -220,6 +244,14 @@ def test_unrepresentable_features_are_refused(tmp_path):
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "vision_use_head": False}))
     _refused(folder, tmp_path / "out", "vision_use_head=false")
+
+
+def test_tower_classifiers_are_refused(tmp_path):
+    clip = transformers.CLIPForImageClassification(
+        transformers.CLIPConfig(vision_config=dict(SMALL, intermediate_size=37), text_config=TEXT, num_labels=3)
+    )
+    clip.save_pretrained(tmp_path / "clip")
+    _refused(tmp_path / "clip", tmp_path / "out", "CLIPForImageClassification: .* not supported")
 
 
 def test_verify_refuses_a_model_that_differs(tmp_path):
