@@ -68,6 +68,11 @@ def load_torch_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     `module.` key prefix. Any file that cannot be read this way is a `ConversionError` naming the file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ConversionError(
+            f"{path} is a folder: pass the weights file in it, or convert the whole folder (a timm or transformers "
+            f"model folder) with `python -m convert {path} OUT_DIR`"
+        )
     if not path.is_file():
         raise ConversionError(f"{path}: no such file")
     state = _load_safetensors(path) if path.suffix == ".safetensors" else _load_torch(path)
@@ -247,6 +252,8 @@ def positive_float(text: str) -> float:
 def check_paths(src: str | Path, out_dir: str | Path) -> None:
     """Refuse an OUT_DIR that holds SRC (or is SRC): writing the folder would overwrite or remove the source."""
     src_path, out = Path(src).resolve(), Path(out_dir).resolve()
+    if out.is_file():
+        raise ConversionError(f"the output folder {out_dir} is an existing file: choose a folder path for OUT_DIR")
     if src_path == out or src_path.is_relative_to(out):
         raise ConversionError(
             f"the source {src} is inside the output folder {out_dir}: writing the folder could overwrite or remove "

@@ -162,6 +162,8 @@ def open_npz(path: str) -> np.lib.npyio.NpzFile:
     Anything but a zip archive of .npy members is a ConversionError saying what the file is not (and, for the
     formats users confuse it with, what it looks like instead).
     """
+    if Path(path).is_dir():
+        raise ConversionError(f"{path} is a folder: pass the .npz file itself")
     if not Path(path).is_file():
         raise ConversionError(f"{path}: no such file")
     with open(path, "rb") as f:

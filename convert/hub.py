@@ -47,9 +47,19 @@ def _endpoint() -> str:
     return constants.ENDPOINT
 
 
+def _is_network_error(e: BaseException) -> bool:
+    """A failure to reach the server at all (refused, DNS, timeout, offline mode), as opposed to an HTTP answer."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(e, HfHubHTTPError):
+        return False
+    return isinstance(e, (OSError, TimeoutError)) or type(e).__module__.split(".")[0] in ("httpx", "httpx2")
+
+
 def hub_errors(repo_id: str, revision: str | None, offline: bool) -> Callable[[BaseException], ConversionError]:
     """The one-line message for each huggingface_hub failure (subclasses first: GatedRepoError is a
-    RepositoryNotFoundError, LocalEntryNotFoundError an EntryNotFoundError)."""
+    RepositoryNotFoundError, LocalEntryNotFoundError an EntryNotFoundError). `offline`: the cache was all there was
+    (--offline, HF_HUB_OFFLINE, or the Hub could not be reached)."""
     from huggingface_hub.errors import (
         EntryNotFoundError,
         GatedRepoError,
@@ -69,10 +79,7 @@ def hub_errors(repo_id: str, revision: str | None, offline: bool) -> Callable[[B
         elif isinstance(e, RevisionNotFoundError):
             text = f"{repo_id}: revision {revision!r} does not exist"
         elif isinstance(e, LocalEntryNotFoundError):
-            text = (f"{repo_id}{at} is not in the local cache and --offline was given: run once without --offline"
-                    if offline else
-                    f"{repo_id}{at}: cannot reach the Hub at {_endpoint()} and the files are not in the local cache "
-                    f"(network down? HF_ENDPOINT?)")
+            text = f"{repo_id}{at}: {offline}: the files are not in the local cache ({_cache_dir()})"
         elif isinstance(e, EntryNotFoundError):
             text = f"{repo_id}{at} has no config.json: not a timm or transformers model repo"
         elif isinstance(e, HfHubHTTPError):
@@ -85,6 +92,30 @@ def hub_errors(repo_id: str, revision: str | None, offline: bool) -> Callable[[B
     return message
 
 
+def _cache_dir() -> str:
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_CACHE
+
+
+def _reachable(repo_id: str, revision: str | None, offline: bool) -> str | None:
+    """One API call that fails fast (file downloads retry with back-off for ~20 s and log each retry) when the Hub
+    cannot be reached, and names a missing repo or revision. Returns why only the cache can be used, or None."""
+    from huggingface_hub import HfApi, constants
+
+    if offline:
+        return "--offline was given"
+    if constants.HF_HUB_OFFLINE:
+        return "offline mode (HF_HUB_OFFLINE=1)"
+    try:
+        HfApi().model_info(repo_id, revision=revision)
+    except Exception as e:
+        if not _is_network_error(e):
+            raise
+        return f"cannot reach the Hub at {_endpoint()} (network down? HF_ENDPOINT?)"
+    return None
+
+
 def _commit_of(path: str) -> str:
     """The commit a cached file belongs to: its snapshot folder is `.../snapshots/<commit>/<file>`."""
     return Path(path).parent.name
@@ -95,15 +126,19 @@ def _download_timm_weights(repo_id: str, revision: str | None, offline: bool) ->
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
+    not_cached = None
     for name in TIMM_WEIGHTS:
         try:
             return Path(hf_hub_download(repo_id, name, revision=revision, local_files_only=offline,
                                         library_name="vit_hf"))
-        except LocalEntryNotFoundError:
+        except LocalEntryNotFoundError as e:
             if not offline:
                 raise
+            not_cached = e  # the other file may be cached
         except EntryNotFoundError:
             continue
+    if not_cached is not None:
+        raise not_cached
     raise ConversionError(f"{repo_id}: a timm repo without {' or '.join(TIMM_WEIGHTS)}")
 
 
@@ -130,23 +165,33 @@ def download(repo_id: str, revision: str | None = None, offline: bool = False) -
     """config.json first (to tell the format), then the weights and files that format needs, all at one commit."""
     from huggingface_hub import hf_hub_download
 
-    to_error = hub_errors(repo_id, revision, offline)
     try:
-        config_path = hf_hub_download(repo_id, "config.json", revision=revision, local_files_only=offline,
+        cache_only = _reachable(repo_id, revision, offline)
+    except (OSError, ValueError) as e:  # huggingface_hub's errors are OSError/HTTPError; HFValidationError ValueError
+        raise hub_errors(repo_id, revision, False)(e) from None
+    to_error = hub_errors(repo_id, revision, cache_only)
+    try:
+        # by the revision's own name (so a branch is cached as such for --offline), then everything at its commit
+        config_path = hf_hub_download(repo_id, "config.json", revision=revision, local_files_only=bool(cache_only),
                                       library_name="vit_hf")
         commit = _commit_of(config_path)
-        try:
-            config = json.loads(Path(config_path).read_text())
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ConversionError(f"{repo_id}@{commit}: config.json is not valid JSON ({e})") from None
-        if not isinstance(config, dict):
-            raise ConversionError(f"{repo_id}@{commit}: config.json is not a JSON object")
+        config = _read_json(config_path, f"{repo_id}@{commit}")
         if "model_type" in config:
-            folder = _download_transformers(repo_id, commit, offline)
+            folder = _download_transformers(repo_id, commit, bool(cache_only))
         else:  # timm (or unknown: the folder converter says what is missing)
-            folder = _download_timm_weights(repo_id, commit, offline).parent
+            folder = _download_timm_weights(repo_id, commit, bool(cache_only)).parent
     except ConversionError:
         raise
-    except (OSError, ValueError) as e:  # huggingface_hub's errors are OSError/HTTPError; HFValidationError ValueError
+    except (OSError, ValueError) as e:
         raise to_error(e) from None
     return Downloaded(repo_id=repo_id, folder=folder, commit=commit, config=config)
+
+
+def _read_json(path: str, where: str) -> dict:
+    try:
+        config = json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConversionError(f"{where}: config.json is not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ConversionError(f"{where}: config.json is not a JSON object")
+    return config

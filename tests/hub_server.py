@@ -27,6 +27,7 @@ What is emulated, and why each piece is there:
 - Auth: `tokens` maps token -> user, `orgs` maps org -> members. Writes need a valid token whose user owns the
   namespace (else 401 / 403); an unknown token is a 401 on any route; private repos are a 401 (no token) or a 404
   (wrong user) with `X-Error-Code: RepoNotFound`, as on the Hub.
+- Gated repos (`set_gated`): metadata is public, files answer 401/403 `GatedRepo` to users without access.
 - `requests` is the request log (method, path, status, query) that tests assert on.
 """
 
@@ -105,6 +106,8 @@ class Repo:
     created_at: str
     commits: dict[str, Commit] = field(default_factory=dict)
     refs: dict[str, str] = field(default_factory=dict)
+    gated: bool = False  # files need an accepted access request (`granted`), as a gated Hub repo's do
+    granted: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -250,6 +253,19 @@ class HubServer:
             # The Hub hides private repos: 401 without credentials, 404 with the wrong ones.
             raise HubError(401 if user is None else 404, "Repository not found", "RepoNotFound")
         return repo
+
+    def set_gated(self, repo_id: str, granted: tuple[str, ...] = ()) -> None:
+        """Gate a repo: its metadata stays visible, its files need the owner or a granted user (else 401 without a
+        token, 403 with one, `X-Error-Code: GatedRepo`, which the client raises as GatedRepoError)."""
+        with self._lock:
+            repo = self.repos[repo_id]
+            repo.gated, repo.granted = True, set(granted)
+
+    def check_gate(self, repo: Repo, user: str | None) -> None:
+        if repo.gated and user not in repo.granted and not self.can_write(user, repo.repo_id.split("/")[0]):
+            raise HubError(401 if user is None else 403,
+                           f"Access to model {repo.repo_id} is restricted. You must have access to it and be "
+                           f"authenticated to access it. Please log in.", "GatedRepo")
 
     def repo_for_write(self, repo_id: str, user: str | None) -> Repo:
         self.require_write(user, repo_id.split("/")[0])
@@ -570,7 +586,8 @@ def _make_handler(server: HubServer):
             card = _card_data(server, commit) or {}
             self._json({
                 "_id": hashlib.sha1(repo_id.encode()).hexdigest()[:24], "id": repo_id, "modelId": repo_id,
-                "author": repo_id.split("/")[0], "sha": commit.sha, "private": repo.private, "gated": False,
+                "author": repo_id.split("/")[0], "sha": commit.sha, "private": repo.private,
+                "gated": "manual" if repo.gated else False,
                 "disabled": False, "downloads": 0, "likes": 0, "tags": card.get("tags") or [],
                 "library_name": card.get("library_name"), "pipeline_tag": card.get("pipeline_tag"),
                 "lastModified": commit.date, "createdAt": repo.created_at, "cardData": card or None,
@@ -620,6 +637,7 @@ def _make_handler(server: HubServer):
         # -- downloads ---------------------------------------------------------------------------------------
         def _resolve(self, repo_id: str, revision: str, path: str, user: str | None) -> None:
             repo = server.repo_for_read(repo_id, user)
+            server.check_gate(repo, user)
             commit = server.resolve(repo, revision)
             entry = commit.files.get(path)
             if entry is None:

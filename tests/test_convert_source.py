@@ -1,0 +1,329 @@
+"""`python -m convert SOURCE OUT_DIR`: the front door, against the loopback Hub (tests/hub_server.py).
+
+Repos are written by the real writer (`timm.models.save_for_hf`) and pushed with `HfApi.upload_folder`; the oracle is
+timm's own Hub loader (`timm.create_model("hf-hub:<repo>", pretrained=True)`) reading the same repo, in float64.
+The converter runs in-process (its huggingface_hub pointed at the loopback Hub) except for the end-to-end check, which
+runs the real CLI and loads its output in an interpreter without this package.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("timm")  # timm is in the dev extra: the writer and the oracle of timm repos
+
+import timm  # noqa: E402
+from hub_server import HubServer  # noqa: E402
+from huggingface_hub import HfApi, ModelCard  # noqa: E402
+from images import assert_same_pixels  # noqa: E402
+from isolated import last_json_line, run_isolated  # noqa: E402
+from test_hub import TOKEN, TOKENS, consumer_env  # noqa: E402
+from timm.models import save_for_hf  # noqa: E402
+from timm_variants import randomize_  # noqa: E402
+
+import convert.__main__ as front_door  # noqa: E402
+from convert.common import run_cli  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TINY = "tester/vit_tiny_patch16_224.augreg_in21k_ft_in1k"  # timm >= 1.0.31 writer: model_args; both weight files
+CLIP = "tester/vit_xsmall_patch16_clip_224.tinyclip_yfcc15m"  # as timm 0.9.x wrote it: no model_args; .bin only
+LABELS = ["ant", "bee", "cat", "dog", "eel"]
+
+
+def _online(mp: pytest.MonkeyPatch, hub: HubServer, cache: Path) -> None:
+    """This process's huggingface_hub (imported offline by conftest) talks to the loopback Hub, with its own cache."""
+    import huggingface_hub.constants as constants
+
+    mp.setattr(constants, "HF_HUB_OFFLINE", False)
+    mp.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    mp.setattr(constants, "ENDPOINT", hub.endpoint)
+    mp.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    mp.setattr(constants, "HF_HUB_CACHE", str(cache))
+    mp.setenv("HF_TOKEN", TOKEN)
+
+
+def _publish(api: HfApi, folder: Path, repo: str) -> str:
+    api.create_repo(repo, exist_ok=True)
+    return api.upload_folder(repo_id=repo, folder_path=folder).oid
+
+
+def _write_tiny(folder: Path) -> None:
+    model = timm.create_model(TINY.split("/")[1], pretrained=False, depth=2, embed_dim=48, num_heads=3, img_size=32,
+                              num_classes=len(LABELS))
+    save_for_hf(randomize_(model, seed=1), folder, model_config={"label_names": LABELS}, safe_serialization="both")
+
+
+def _write_clip(folder: Path) -> None:
+    model = timm.create_model(CLIP.split("/")[1], pretrained=False)
+    save_for_hf(randomize_(model, seed=2), folder, safe_serialization=False)
+    config = json.loads((folder / "config.json").read_text())
+    del config["model_args"]  # repos pushed before timm 0.9.16 carry none: the architecture name decides
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    root = tmp_path_factory.mktemp("timm_repos")
+    with HubServer(tokens=TOKENS) as server, pytest.MonkeyPatch.context() as mp:
+        _online(mp, server, root / "pusher_cache")
+        api = HfApi(endpoint=server.endpoint, token=TOKEN)
+        server.commits = {}
+        for repo, write in ((TINY, _write_tiny), (CLIP, _write_clip)):
+            write(root / repo.split("/")[1])
+            server.commits[repo] = _publish(api, root / repo.split("/")[1], repo)
+        bob = HfApi(endpoint=server.endpoint, token="hf_bob_write")
+        _publish(bob, root / TINY.split("/")[1], "bob/gated-vit")
+        server.set_gated("bob/gated-vit")
+        yield server
+
+
+@pytest.fixture
+def online(hub, monkeypatch, tmp_path):
+    _online(monkeypatch, hub, tmp_path / "cache")
+    return hub
+
+
+def convert(argv: list, capsys) -> tuple[int, str, str]:
+    """`python -m convert ...` in-process: (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        run_cli(front_door.main, [str(a) for a in argv])
+    captured = capsys.readouterr()
+    return exc.value.code, captured.out, captured.err
+
+
+def float64_rows(stdout: str) -> list[float]:
+    return [float(ln.split("max abs diff ")[1].split(",")[0]) for ln in stdout.splitlines()
+            if ln.startswith("parity vs") and "(float64)" in ln]
+
+
+def timm_oracle(repo: str) -> torch.nn.Module:
+    """timm's own reading of the repo: config.json through its parser, weights through its Hub loader."""
+    return timm.create_model(f"hf-hub:{repo}", pretrained=True).double().eval()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# timm Hub repos
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("repo, pinned", [(TINY, False), (CLIP, True)])
+def test_timm_repo_converts_exactly(online, tmp_path, capsys, repo, pinned):
+    """With and without model_args, model.safetensors (preferred) and pytorch_model.bin only: logits equal timm's
+    own loader of the same repo to 1e-9 in float64; labels, preprocessing and the card come from the repo."""
+    from transformers import AutoModelForImageClassification
+
+    commit = online.commits[repo]
+    out = tmp_path / "out"
+    online.clear_log()
+    code, stdout, err = convert([f"{repo}@{commit}" if pinned else repo, out, "--verify"], capsys)
+    assert code == 0, err
+    rows = float64_rows(stdout)
+    assert rows and max(rows) < 1e-9, stdout
+    fetched = {r.path.rsplit("/", 1)[-1] for r in online.requests if "/resolve/" in r.path and r.method == "GET"}
+    assert fetched == {"config.json", "model.safetensors" if repo == TINY else "pytorch_model.bin"}, fetched
+
+    reference = timm_oracle(repo)
+    model = AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True).double().eval()
+    h, w = model.config.image_hw
+    x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixel_values=x).logits, reference(x), rtol=0, atol=1e-9)
+    if repo == TINY:
+        assert [model.config.id2label[i] for i in range(len(LABELS))] == LABELS
+    else:  # the name decided: CLIP towers are pre-norm with LayerNorm eps 1e-5
+        assert model.config.pre_norm and model.config.layer_norm_eps == 1e-5 and model.config.num_labels == 512
+
+    from timm.data import create_transform, resolve_data_config
+
+    from vit_hf import VitHfImageProcessor
+
+    processor = VitHfImageProcessor.from_pretrained(out)
+    assert_same_pixels(processor, create_transform(**resolve_data_config({}, model=reference)),
+                       [(300, 200), (h, w), (97, 181)])
+    card = ModelCard.load(out / "README.md")
+    assert card.data.base_model == repo and commit in card.text and "## Parity report" in card.text
+
+
+def test_offline_reads_the_cache(online, tmp_path, capsys):
+    """Once downloaded, `--offline` converts from the cache with no request at all."""
+    assert convert([TINY, tmp_path / "first"], capsys)[0] == 0
+    online.clear_log()
+    code, _, err = convert([TINY, tmp_path / "again", "--offline"], capsys)
+    assert code == 0, err
+    assert online.requests == []
+    assert (tmp_path / "first" / "model.safetensors").read_bytes() == (tmp_path / "again" / "model.safetensors"
+                                                                        ).read_bytes()
+
+
+@pytest.mark.parametrize("case, argv, expected", [
+    ("unknown repo", ["tester/no-such-vit"], "tester/no-such-vit: no such model repo"),
+    ("gated repo", ["bob/gated-vit"], "bob/gated-vit is gated: accept its terms"),
+    ("unknown revision", [f"{TINY}@no-such-branch"], "revision 'no-such-branch' does not exist"),
+    ("offline, not cached", [TINY, "--offline"], "--offline was given: the files are not in the local cache"),
+    ("not a repo id", ["no/such/path.safetensors"], "no such file or folder, and not a Hub repo id"),
+])
+def test_hub_refusals_are_one_line(online, tmp_path, capsys, case, argv, expected):
+    out = tmp_path / "out"
+    code, stdout, err = convert([argv[0], out, *argv[1:]], capsys)
+    assert code == 2, (case, err)
+    assert err.count("\n") == 1 and err.startswith("error: ") and expected in err, (case, err)
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_network_failure_is_one_line_and_fast(online, tmp_path, capsys, monkeypatch):
+    """Nothing listens at the endpoint: one line naming it (no retry warnings, no 20 s of back-off)."""
+    import time
+
+    import huggingface_hub.constants as constants
+
+    down = HubServer(tokens=TOKENS)
+    down.stop()
+    monkeypatch.setattr(constants, "ENDPOINT", down.endpoint)
+    start = time.perf_counter()
+    code, _, err = convert([TINY, tmp_path / "out"], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"cannot reach the Hub at {down.endpoint}" in err and "not in the local cache" in err
+    assert time.perf_counter() - start < 5 and not (tmp_path / "out").exists()
+
+
+def test_cli_then_a_consumer_without_vit_hf(hub, tmp_path):
+    """The real CLI against the loopback Hub (HF_ENDPOINT, HF_HOME, HF_TOKEN from the environment), then the folder
+    loads with AutoModelForImageClassification as remote code where neither vit_hf nor timm is installed."""
+    out = tmp_path / "out"
+    env = consumer_env(hub, tmp_path / "home")
+    proc = subprocess.run([sys.executable, "-m", "convert", TINY, out], cwd=REPO_ROOT,
+                          env=dict(env, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    torch.save(x, tmp_path / "x.pt")
+    child = run_isolated(f"""
+        import json, torch
+        from transformers import AutoModelForImageClassification
+        model = AutoModelForImageClassification.from_pretrained({str(out)!r}, trust_remote_code=True).eval()
+        with torch.no_grad():
+            logits = model(pixel_values=torch.load({str(tmp_path / "x.pt")!r})).logits
+        print(json.dumps(dict(module=type(model).__module__, logits=logits.tolist(), labels=model.config.id2label)))
+        """, cwd=tmp_path, env=consumer_env(hub, tmp_path / "consumer_home"))
+    got = last_json_line(child)
+    assert got["module"].startswith("transformers_modules.")
+    assert list(got["labels"].values()) == LABELS
+    with pytest.MonkeyPatch.context() as mp:
+        _online(mp, hub, tmp_path / "oracle_cache")
+        expected = timm.create_model(f"hf-hub:{TINY}", pretrained=True).eval()(x)
+    torch.testing.assert_close(torch.tensor(got["logits"]), expected.detach(), rtol=0, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Local folders and files: what is not a plain ViT, damaged files, the wrong kind of path
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _saved(tmp_path: Path, name: str, **kwargs) -> Path:
+    folder = tmp_path / name
+    save_for_hf(timm.create_model(name, pretrained=False, **kwargs), folder, safe_serialization="both")
+    return folder
+
+
+def _truncated(src: Path, dst: Path) -> Path:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    data = src.read_bytes()
+    dst.write_bytes(data[: len(data) // 2])
+    return dst
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("local") / "tiny"
+    _write_tiny(folder)
+    return folder
+
+
+def test_not_a_plain_vit_is_refused_by_family(tmp_path, capsys):
+    swin = _saved(tmp_path, "swin_tiny_patch4_window7_224", embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))
+    rope = _saved(tmp_path, "vit_base_patch16_rope_224", embed_dim=32, depth=1, num_heads=2)
+    for folder, expected in ((swin, "swin is not a plain ViT"), (rope, "rotary position embeddings")):
+        code, _, err = convert([folder, tmp_path / "out"], capsys)
+        assert code == 2 and err.count("\n") == 1 and expected in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def _transformers_folder(tmp_path: Path) -> Path:
+    from transformers import ViTConfig, ViTForImageClassification
+
+    folder = tmp_path / "hf_vit"
+    config = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37, image_size=32,
+                       patch_size=8, num_labels=3)
+    ViTForImageClassification(config).save_pretrained(folder)
+    return folder
+
+
+def test_wrong_paths_and_damaged_files(tiny_folder, tmp_path, capsys, monkeypatch):
+    """Each a single line, exit 2, nothing written: damaged weights of every kind, a folder where a file is meant
+    and the reverse, a transformers weights file on its own, an existing file as OUT_DIR."""
+    import numpy as np
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_bytes((tiny_folder / "config.json").read_bytes())
+    _truncated(tiny_folder / "model.safetensors", broken / "model.safetensors")
+    bin_only = tmp_path / "bin_only"
+    bin_only.mkdir()
+    (bin_only / "config.json").write_bytes((tiny_folder / "config.json").read_bytes())
+    _truncated(tiny_folder / "pytorch_model.bin", bin_only / "pytorch_model.bin")
+    np.savez(tmp_path / "g.npz", a=np.zeros((64, 64), np.float32))
+    npz = _truncated(tmp_path / "g.npz", tmp_path / "cut.npz")
+    hf = _transformers_folder(tmp_path)
+    (tmp_path / "a_file").write_text("x")
+    cases = [
+        ([broken, "OUT"], "model.safetensors: not a readable .safetensors file"),
+        ([bin_only, "OUT"], "pytorch_model.bin: cannot be read as a torch.save file"),
+        ([npz, "OUT"], "cut.npz: not a readable .npz file, corrupt or truncated"),
+        ([tiny_folder / "config.json", "OUT"], "is a config file: pass the folder that holds it"),
+        ([hf / "model.safetensors", "OUT"], "holds a transformers model's weights"),
+        ([tiny_folder, tmp_path / "a_file"], "is an existing file: choose a folder path"),
+    ]
+    for argv, expected in cases:
+        out = tmp_path / "out" if argv[1] == "OUT" else argv[1]
+        code, _, err = convert([argv[0], out], capsys)
+        assert code == 2 and err.count("\n") == 1 and expected in err and "Traceback" not in err, (argv, err)
+    assert not (tmp_path / "out").exists()
+
+    from convert import timm as convert_timm  # the per-format CLI, given a folder where a file is meant
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        run_cli(convert_timm.main, [str(tiny_folder), str(tmp_path / "out"), "--num-heads", "3"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "is a folder: pass the weights file in it" in err
+
+    monkeypatch.setitem(sys.modules, "convert.transformers", None)  # as before convert/transformers.py exists
+    code, _, err = convert([hf, tmp_path / "out"], capsys)
+    assert code == 2 and "transformers-format conversion is not available" in err and err.count("\n") == 1
+
+
+def test_preprocessing_flags(tiny_folder, tmp_path, capsys):
+    """A state-dict file says nothing about preprocessing: one line names the defaults assumed; the flags set it and
+    silence the line; over a timm repo's pretrained_cfg the flags win."""
+    from vit_hf import VitHfImageProcessor
+
+    weights = tiny_folder / "model.safetensors"
+    code, stdout, err = convert([weights, tmp_path / "plain", "--num-heads", "3"], capsys)
+    assert code == 0, err
+    assumed = [ln for ln in stdout.splitlines() if "assumed" in ln]
+    assert len(assumed) == 1 and "--crop-pct" in assumed[0], stdout
+    flags = ["--crop-pct", "1.0", "--interpolation", "bilinear", "--mean", "0.1", "0.2", "0.3", "--std", "1", "2", "3"]
+    code, stdout, err = convert([weights, tmp_path / "flags", "--num-heads", "3", *flags], capsys)
+    assert code == 0 and "assumed" not in stdout, stdout
+    p = VitHfImageProcessor.from_pretrained(tmp_path / "flags")
+    assert (p.crop_pct, p.resample, list(p.image_mean), list(p.image_std)) == (1.0, 2, [0.1, 0.2, 0.3], [1, 2, 3])
+    code, stdout, err = convert([tiny_folder, tmp_path / "repo", "--crop-pct", "1.0"], capsys)
+    assert code == 0 and "assumed" not in stdout, stdout
+    p = VitHfImageProcessor.from_pretrained(tmp_path / "repo")
+    assert p.crop_pct == 1.0 and p.resample == 3  # the flag over the repo's crop_pct 0.9; its bicubic kept
