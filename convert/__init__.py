@@ -1,2 +1,21 @@
-"""Converters into vit_hf (`python -m convert.timm`, `python -m convert.google`) and back to timm
-(`python -m convert.to_timm`)."""
+"""Converters into vit_hf, and back to timm.
+
+    python -m convert SOURCE OUT_DIR        the front door: a Hub repo id, a timm or transformers folder, or a file
+    python -m convert.timm SRC OUT_DIR      a timm state dict (.safetensors / .pth / .pt / .bin)
+    python -m convert.google SRC OUT_DIR    a Google .npz (vit_jax, big_vision)
+    python -m convert.to_timm DIR OUT       a vit_hf folder -> a timm state dict + its VisionTransformer kwargs
+
+Layout (one module per source format, shared machinery in one place):
+    common.py          loading files safely, strict key/shape checks, the meta-device model, CLI flags, the output
+                       folder, parity tables, the push, one-line errors (`ConversionError`, `run_cli`)
+    source.py, hub.py  what SOURCE is (file / folder / repo id, and its format); Hub downloads and their errors
+    key_mapping.py     the declarative key tables of every source (timm, Google) and their tensor transforms
+    timm_arch.py       `TimmArch`: the one mapping between a vit_hf config and timm's VisionTransformer arguments
+    timm.py            timm state dicts (+ timm_infer.py: architecture from shapes; timm_verify.py: vs timm)
+    timm_hub.py        timm Hub repos / folders (config.json + weights, read by timm's own parser)
+    google.py          Google npz (+ google_tree.py: reading the file; google_verify.py: vs timm and a numpy Flax
+                       forward in flax_numpy.py)
+    transformers.py    transformers-format ViT-family folders (ViT, DeiT, DINOv2, CLIP, SigLIP, ViTMAE)
+    preprocessing.py   the converted image processor from the source's preprocessing or the flags
+    to_timm.py         the export back to timm
+"""

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from convert.common import (
     ConversionError,
@@ -41,9 +40,9 @@ from convert.common import (
     square_side,
     write_folder,
 )
-from convert.google_tree import STACKED, FlaxTree, open_npz, select_prefix
+from convert.google_tree import STACKED, FlaxTree, map_tree, npz_names, open_npz, select_prefix
 from convert.google_verify import verify
-from convert.key_mapping import BLOCK_NAMING, POS_EMBED_SOURCES, Rule, rules_for, source_for
+from convert.key_mapping import BLOCK_NAMING, POS_EMBED_SOURCES, rules_for
 from convert.preprocessing import describe, processor_from_flags
 from convert.timm_arch import TimmArch
 from vit_hf import VitHfForImageClassification, VitHfImageProcessor, resample_position_embedding
@@ -88,6 +87,28 @@ def _need(tree: FlaxTree, name: str) -> tuple[int, ...]:
     return tree.shape(name)
 
 
+def _pooling(tree: FlaxTree, pool: str | None) -> str:
+    """The pool type: `--pool` checked against the keys, else cls -> tok, MAPHead_0 -> map, else gap."""
+    has_cls, has_map = "cls" in tree, any(n.startswith("MAPHead_0/") for n in tree.names())
+    if pool is None:
+        if has_cls and has_map:
+            raise ConversionError("unsupported feature: both a cls token and a MAPHead_0 (MAP pooling over a cls)")
+        pool = "tok" if has_cls else "map" if has_map else "gap"
+    else:
+        if pool not in POOLS:
+            raise ConversionError(f"--pool {pool!r}: choose one of {POOLS}")
+        if (pool == "tok") != has_cls:
+            raise ConversionError(
+                f"--pool {pool}: the file {'has' if has_cls else 'has no'} cls token ({tree.prefix}cls); "
+                f"'tok' needs one and the other poolings have none"
+            )
+        if (pool == "map") != has_map:
+            raise ConversionError(
+                f"--pool {pool}: the file {'has' if has_map else 'has no'} MAPHead_0; 'map' needs it, others do not"
+            )
+    return pool
+
+
 def infer_layout(tree: FlaxTree, pool: str | None) -> Layout:
     """Naming scheme, sizes, pooling, position source, head and representation layer, from keys and shapes."""
     block_re = re.compile(r"^Transformer/encoderblock_(\d+)/")
@@ -121,23 +142,7 @@ def infer_layout(tree: FlaxTree, pool: str | None) -> Layout:
     if len(fc1) != 2 or fc1[0] != width:
         raise ConversionError(f"{names['mlp']}/Dense_0/kernel: expected (D={width}, M), got {fc1}")
 
-    has_cls, has_map = "cls" in tree, any(n.startswith("MAPHead_0/") for n in tree.names())
-    if pool is None:
-        if has_cls and has_map:
-            raise ConversionError("unsupported feature: both a cls token and a MAPHead_0 (MAP pooling over a cls)")
-        pool = "tok" if has_cls else "map" if has_map else "gap"
-    else:
-        if pool not in POOLS:
-            raise ConversionError(f"--pool {pool!r}: choose one of {POOLS}")
-        if (pool == "tok") != has_cls:
-            raise ConversionError(
-                f"--pool {pool}: the file {'has' if has_cls else 'has no'} cls token ({tree.prefix}cls); "
-                f"'tok' needs one and the other poolings have none"
-            )
-        if (pool == "map") != has_map:
-            raise ConversionError(
-                f"--pool {pool}: the file {'has' if has_map else 'has no'} MAPHead_0; 'map' needs it, others do not"
-            )
+    pool = _pooling(tree, pool)
 
     sources = [s for s in POS_EMBED_SOURCES if s in tree]
     if len(sources) > 1:
@@ -169,69 +174,6 @@ def infer_layout(tree: FlaxTree, pool: str | None) -> Layout:
         representation_size=int(rep[1]) if rep is not None else None,
         notes=notes,
     )
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# State dict assembly
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def _match(name: str, rules: list[Rule]) -> tuple[Rule, str] | None:
-    for rule in rules:
-        m = rule.source_regex.match(name)
-        if m:
-            return rule, rule.target.format(**m.groupdict())
-    return None
-
-
-def map_tree(tree: FlaxTree, rules: list[Rule]) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
-    """Apply the key table to every canonical name; unknown names are an error (nothing is dropped silently).
-
-    Returns the float32 state dict and, per target key, the npz keys it came from (for error messages).
-    """
-    parts: dict[str, dict[int, np.ndarray]] = {}
-    counts: dict[str, int] = {}
-    groups: dict[str, dict] = {}  # target -> the template groups ({i}) that named it, to name missing parts
-    provenance: dict[str, list[str]] = {}
-    unknown = []
-    for name in tree.names():
-        hit = _match(name, rules)
-        if hit is None:
-            unknown.append(tree.key_of(name))
-            continue
-        rule, target = hit
-        groups[target] = rule.source_regex.match(name).groupdict()
-        try:
-            array = rule.transform(tree.get(name))
-        except ValueError as e:
-            raise ConversionError(f"wrong shape: {tree.key_of(name)}: {e}") from None
-        slots = parts.setdefault(target, {})
-        if rule.part in slots:
-            raise ConversionError(f"{provenance[target]} and {tree.key_of(name)} both map to {target}")
-        slots[rule.part] = np.ascontiguousarray(array)
-        counts[target] = rule.parts
-        provenance.setdefault(target, []).append(tree.key_of(name))
-    tree.release()
-    if unknown:
-        raise ConversionError(f"unknown key(s) with no place in the model: {', '.join(unknown)}")
-    state: dict[str, torch.Tensor] = {}
-    for target in list(parts):
-        slots = parts.pop(target)
-        if len(slots) != counts[target]:
-            absent = [
-                tree.prefix + r.source.format(**groups[target])
-                for r in rules
-                if r.target_regex.match(target) and r.parts == counts[target] and r.part not in slots
-            ]
-            raise ConversionError(
-                f"missing key(s): {', '.join(absent)} (fused into {target} with {provenance[target]})"
-            )
-        arrays = [slots[i] for i in range(counts[target])]
-        if len({a.shape for a in arrays}) != 1:
-            shapes = {k: tuple(a.shape) for k, a in zip(provenance[target], arrays)}
-            raise ConversionError(f"wrong shape: the arrays fused into {target} differ: {shapes}")
-        state[target] = torch.from_numpy(arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0))
-    return state, provenance
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -398,7 +340,7 @@ def _convert(
     size, resampled_from = _resize(state, layout, grid, cls_slot, native, image_size, notes)
     config = google_arch(layout, size, gelu, cls_slot, learned=grid is not None).to_config(
         pos_embed_interpolation="google")
-    model = build_model(config, state, name=_npz_names(provenance, rules, tree.prefix))
+    model = build_model(config, state, name=npz_names(provenance, rules, tree.prefix))
     processor, processor_text, assumed = google_processor(config, preprocessing)
     notes += _layout_notes(tree, layout, pool)
     info = dict(
@@ -408,17 +350,6 @@ def _convert(
         bf16=tree.bf16, ignored_keys=tree.ignored, notes=notes, processor=processor_text, assumed=assumed,
     )
     return Conversion(model, processor, info, tree, layout)
-
-
-def _npz_names(provenance: dict[str, list[str]], rules: list[Rule], prefix: str) -> Callable[[str], str]:
-    """Spell a vit_hf key as the npz key(s) it came from (or, for a missing one, could come from) in messages."""
-
-    def name(key: str) -> str:
-        if key in provenance:
-            return f"{', '.join(provenance[key])} -> {key}"
-        return " or ".join(prefix + s for s in source_for(key, rules)) or key
-
-    return name
 
 
 def convert_npz(
@@ -447,7 +378,6 @@ def convert_npz(
     return conv.model, conv.processor, conv.info
 
 
-# ----------------------------------------------------------------------------------------------------------------------
 # ----------------------------------------------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Reading a Google `.npz` checkpoint: the file itself (`open_npz`: a lazy zip of .npy members, never unpickled),
-the ViT parameters' prefix (`select_prefix`), and their canonical, lazily read view (`FlaxTree`): the prefix stripped,
-a scan-stacked encoder split per block, an old inlined MAP head moved under `MAPHead_0/`, bfloat16 widened exactly.
+the ViT parameters' prefix (`select_prefix`), their canonical, lazily read view (`FlaxTree`): the prefix stripped,
+a scan-stacked encoder split per block, an old inlined MAP head moved under `MAPHead_0/`, bfloat16 widened exactly;
+and the key table applied to it (`map_tree`, tables in convert/key_mapping.py).
 A corrupt or truncated file is a `ConversionError` naming it, whenever the damage is found.
 """
 
@@ -9,13 +10,14 @@ from __future__ import annotations
 import re
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from convert.common import ConversionError
-from convert.key_mapping import UNSUPPORTED_FEATURES
+from convert.key_mapping import UNSUPPORTED_FEATURES, Rule, source_for
 
 # Checked in this order; a file matching several (e.g. a training state with both params/ and params/img/) must
 # be disambiguated with --prefix.
@@ -187,3 +189,76 @@ def open_npz(path: str) -> np.lib.npyio.NpzFile:
         raise ConversionError(f"{path}: not an .npz parameter tree")
     return npz
 
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The key table applied to the tree
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _match(name: str, rules: list[Rule]) -> tuple[Rule, str] | None:
+    for rule in rules:
+        m = rule.source_regex.match(name)
+        if m:
+            return rule, rule.target.format(**m.groupdict())
+    return None
+
+
+def map_tree(tree: FlaxTree, rules: list[Rule]) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
+    """Apply the key table to every canonical name; unknown names are an error (nothing is dropped silently).
+
+    Returns the float32 state dict and, per target key, the npz keys it came from (for error messages).
+    """
+    parts: dict[str, dict[int, np.ndarray]] = {}
+    counts: dict[str, int] = {}
+    groups: dict[str, dict] = {}  # target -> the template groups ({i}) that named it, to name missing parts
+    provenance: dict[str, list[str]] = {}
+    unknown = []
+    for name in tree.names():
+        hit = _match(name, rules)
+        if hit is None:
+            unknown.append(tree.key_of(name))
+            continue
+        rule, target = hit
+        groups[target] = rule.source_regex.match(name).groupdict()
+        try:
+            array = rule.transform(tree.get(name))
+        except ValueError as e:
+            raise ConversionError(f"wrong shape: {tree.key_of(name)}: {e}") from None
+        slots = parts.setdefault(target, {})
+        if rule.part in slots:
+            raise ConversionError(f"{provenance[target]} and {tree.key_of(name)} both map to {target}")
+        slots[rule.part] = np.ascontiguousarray(array)
+        counts[target] = rule.parts
+        provenance.setdefault(target, []).append(tree.key_of(name))
+    tree.release()
+    if unknown:
+        raise ConversionError(f"unknown key(s) with no place in the model: {', '.join(unknown)}")
+    state: dict[str, torch.Tensor] = {}
+    for target in list(parts):
+        slots = parts.pop(target)
+        if len(slots) != counts[target]:
+            absent = [
+                tree.prefix + r.source.format(**groups[target])
+                for r in rules
+                if r.target_regex.match(target) and r.parts == counts[target] and r.part not in slots
+            ]
+            raise ConversionError(
+                f"missing key(s): {', '.join(absent)} (fused into {target} with {provenance[target]})"
+            )
+        arrays = [slots[i] for i in range(counts[target])]
+        if len({a.shape for a in arrays}) != 1:
+            shapes = {k: tuple(a.shape) for k, a in zip(provenance[target], arrays)}
+            raise ConversionError(f"wrong shape: the arrays fused into {target} differ: {shapes}")
+        state[target] = torch.from_numpy(arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0))
+    return state, provenance
+
+
+def npz_names(provenance: dict[str, list[str]], rules: list[Rule], prefix: str) -> Callable[[str], str]:
+    """Spell a vit_hf key as the npz key(s) it came from (or, for a missing one, could come from) in messages."""
+
+    def name(key: str) -> str:
+        if key in provenance:
+            return f"{', '.join(provenance[key])} -> {key}"
+        return " or ".join(prefix + s for s in source_for(key, rules)) or key
+
+    return name
