@@ -63,31 +63,54 @@ TRANSFORMERS_CONFIGS = {
 MODEL = VitHfConfig.from_preset("test")  # 32x32: every source size above differs, as DINOv2's 518 vs 224 does
 
 
-def _reference(config: dict):
-    """transformers' own PIL processor class for the config (what AutoImageProcessor builds with backend="pil")."""
-    from transformers.models.auto.image_processing_auto import get_image_processor_class_from_name
+def _reference(config: dict, folder):
+    """What transformers builds for a repo holding this preprocessor_config.json, with its PIL backend."""
+    from transformers import AutoImageProcessor
 
-    name = config.get("image_processor_type") or config["feature_extractor_type"].replace("FeatureExtractor", "")
-    name = name.removesuffix("Fast").removesuffix("ImageProcessor") + "ImageProcessorPil"
-    source = get_image_processor_class_from_name(name).from_dict(dict(config))
+    (folder / "preprocessor_config.json").write_text(json.dumps(config))
+    source = AutoImageProcessor.from_pretrained(folder, backend="pil")
+    assert source.backend == "pil"
     return lambda image: source(image, return_tensors="np").pixel_values[0]
 
 
 @pytest.mark.parametrize("repo", list(TRANSFORMERS_CONFIGS))
-def test_transformers_processors_give_the_same_pixels(repo):
+def test_transformers_processors_give_the_same_pixels(repo, tmp_path):
     config = TRANSFORMERS_CONFIGS[repo]
     processor, note = processor_from_transformers(config, MODEL)
-    assert max_pixel_difference(processor, _reference(config), photos()) <= 1e-5
+    assert max_pixel_difference(processor, _reference(config, tmp_path), photos()) <= 1e-5
     assert note.startswith("preprocessing from preprocessor_config.json") and "\n" not in note
 
 
+# each family's processor built from its own class as the conversion scripts build it, written by save_pretrained
+# (transformers 5 spelling: size dicts, image_processor_type without the backend suffix)
+SAVED_BY_CLASS = {
+    "ViTImageProcessorPil": {},
+    "DeiTImageProcessorPil": {"size": 256, "crop_size": 224, **IMAGENET},
+    "BitImageProcessorPil": {"size": {"shortest_edge": 256}, "crop_size": {"height": 224, "width": 224}, **IMAGENET},
+    "CLIPImageProcessorPil": {},
+    "SiglipImageProcessorPil": {"size": {"height": 384, "width": 384}},
+}
+
+
+@pytest.mark.parametrize("name", list(SAVED_BY_CLASS))
+def test_processors_written_by_save_pretrained_give_the_same_pixels(name, tmp_path):
+    import transformers
+
+    source = getattr(transformers, name)(**SAVED_BY_CLASS[name])
+    source.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    processor, _ = processor_from_transformers(config, MODEL)
+    reference = lambda image: source(image, return_tensors="np").pixel_values[0]  # noqa: E731
+    assert max_pixel_difference(processor, reference, photos()) <= 1e-5
+
+
 @pytest.mark.parametrize("repo", ["facebook/dinov2", "openai/clip"])
-def test_the_crop_offset_is_transformers_floor_not_timm_round(repo):
+def test_the_crop_offset_is_transformers_floor_not_timm_round(repo, tmp_path):
     """On the odd margins of the test photos timm's rounding starts the crop one pixel off: the switch matters."""
     config = TRANSFORMERS_CONFIGS[repo]
     processor, _ = processor_from_transformers(config, MODEL)
     rounding = VitHfImageProcessor(**{**processor.to_dict(), "crop_offset": "round"})
-    assert max_pixel_difference(rounding, _reference(config), photos()) > 0.1
+    assert max_pixel_difference(rounding, _reference(config, tmp_path), photos()) > 0.1
 
 
 def test_notes_say_what_came_from_the_class_defaults():
