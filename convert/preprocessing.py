@@ -232,7 +232,7 @@ def processor_from_flags(
     processor = VitHfImageProcessor(**fields)
     stated = ", ".join(f"--{k} {_flag_text(v)}" for k, v in given.items())
     if base is not None:
-        note = f"preprocessing: {stated} from the command line over the source's: {describe(processor)}"
+        note = f"preprocessing: {describe(processor)}; {stated} from the command line, the rest from the source"
     else:
         rest = [k for k in flags if k not in given]
         note = (

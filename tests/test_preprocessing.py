@@ -235,7 +235,7 @@ def test_flags_override_the_sources_processor():
 
     base, _ = processor_from_transformers(TRANSFORMERS_CONFIGS["openai/clip"], MODEL)
     processor, note = processor_from_flags(MODEL, crop_pct=0.875, interpolation="bilinear", base=base)
-    assert note.startswith("preprocessing: --crop-pct 0.875, --interpolation bilinear from the command line")
+    assert note.endswith("; --crop-pct 0.875, --interpolation bilinear from the command line, the rest from the source")
     assert processor.resize_size is None and processor.image_mean == base.image_mean
     reference = create_transform(input_size=(3, 224, 224), crop_pct=0.875, interpolation="bilinear",
                                  mean=tuple(OPENAI["image_mean"]), std=tuple(OPENAI["image_std"]))
