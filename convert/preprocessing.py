@@ -120,7 +120,14 @@ def _resample_id(value, origin: str) -> int:
 def processor_from_transformers(
     preprocessor_config: Mapping, model_config: VitHfConfig
 ) -> tuple[VitHfImageProcessor, str]:
-    """The converted processor giving the same pixel values as transformers' PIL processor for this config."""
+    """The converted processor giving the same pixel values as transformers' PIL processor for this config (a
+    `VitHfImageProcessor` config, from a folder this package wrote, is taken as it is)."""
+    if preprocessor_config.get("image_processor_type") == VitHfImageProcessor.__name__:
+        try:
+            processor = VitHfImageProcessor.from_dict(dict(preprocessor_config))
+        except (TypeError, ValueError) as e:
+            raise ConversionError(f"preprocessor_config.json is not a valid VitHfImageProcessor config: {e}") from None
+        return processor, f"preprocessing from preprocessor_config.json (VitHfImageProcessor): {describe(processor)}"
     name, cls = _transformers_class(preprocessor_config)
     try:
         src = cls.from_dict(dict(preprocessor_config))

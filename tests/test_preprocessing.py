@@ -157,6 +157,14 @@ def test_round_trip_through_save_pretrained(tmp_path):
         assert torch.equal(loaded(images).pixel_values, processor(images).pixel_values)
 
 
+def test_a_vit_hf_processor_config_is_taken_as_it_is(tmp_path):
+    ours = VitHfImageProcessor(size=48, crop_pct=0.95, resample="bilinear", resize_backend="torch")
+    ours.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    processor, note = processor_from_transformers(config, MODEL)
+    assert processor.to_dict() == ours.to_dict() and "(VitHfImageProcessor)" in note
+
+
 # ---------------------------------------------------------------------------------------------------------------- timm
 TIMM_TAGS = [
     "vit_base_patch16_224.augreg2_in21k_ft_in1k",  # crop_pct 0.9, mean = std = 0.5
