@@ -325,3 +325,14 @@ def test_describe_eval_states_the_steps_that_run():
     )
     squash = VitHfImageProcessor(size=64, resize_size={"height": 64, "width": 64}, rescale_factor=1.0)
     assert "resize to 64x64 ignoring the aspect ratio (bicubic), multiply by 1, normalise" in squash.describe_eval()
+
+
+def test_a_per_call_crop_pct_replaces_a_stated_resize():
+    """On a processor converted from transformers (resize_size set), crop_pct=... per call is not silently ignored."""
+    converted = VitHfImageProcessor(size=24, resize_size={"height": 24, "width": 24}, crop_offset="floor")
+    image = photo(50, 40)
+    timm_style = VitHfImageProcessor(size=24, crop_pct=0.875, crop_offset="floor")(image).pixel_values
+    assert torch.equal(converted(image, crop_pct=0.875).pixel_values, timm_style)
+    assert not torch.equal(converted(image).pixel_values, timm_style)
+    assert torch.equal(converted(image, resize_size={"shortest_edge": 24}).pixel_values,
+                       VitHfImageProcessor(size=24, crop_pct=1.0, crop_offset="floor")(image).pixel_values)

@@ -399,7 +399,8 @@ class VitHfImageProcessor(BaseImageProcessor):
         resize_size: the resize step as transformers' processors state it, overriding the `size / crop_pct` rule:
             `{"shortest_edge": S}` (shorter side to S, the longer one truncated: CLIP, BiT/DINOv2) or
             `{"height": H, "width": W}` (both sides to exactly that, ignoring the aspect ratio: ViT, DeiT, SigLIP).
-            The centre crop to `size` follows (nothing to crop when the resize already gives `size`).
+            The centre crop to `size` follows (nothing to crop when the resize already gives `size`). When set,
+            `crop_pct` and `crop_mode` are not used.
         crop_offset: where the centre crop starts when the margin `L - C` is odd: `"round"` (timm/torchvision,
             `round((L - C) / 2)`, default) or `"floor"` (transformers, `(L - C) // 2`; an image smaller than the
             crop gets the extra padding pixel before it instead of after).
@@ -549,8 +550,10 @@ class VitHfImageProcessor(BaseImageProcessor):
         """Preprocess one image or a batch (PIL images, HWC/CHW numpy arrays or torch tensors, a 4-D batch too).
 
         Keyword arguments override the processor's eval settings for this call (`size`, `crop_pct`, `crop_mode`,
-        `resample`, `image_mean`, `image_std`); other transformers options (`do_resize=False`, ...) are refused
-        rather than silently ignored, since this processor always resizes, rescales and normalises.
+        `resample`, `image_mean`, `image_std`, `resize_size`, `crop_offset`, `rescale_factor`, `resize_backend`);
+        `crop_pct` or `crop_mode` alone also drops a `resize_size`, so that they take effect. Other transformers
+        options (`do_resize=False`, ...) are refused rather than silently ignored, since this processor always
+        resizes, rescales and normalises.
         """
         given = {k: v for k, v in kwargs.items() if v is not None and k not in ("data_format", "input_data_format")}
         unsupported = sorted(set(given) - set(_CALL_OVERRIDES))
@@ -563,6 +566,8 @@ class VitHfImageProcessor(BaseImageProcessor):
         if given:
             fields = {k: getattr(self, k) for k in _CALL_OVERRIDES}
             fields.update(num_channels=self.num_channels, **given)
+            if {"crop_pct", "crop_mode"} & set(given) and "resize_size" not in given:
+                fields["resize_size"] = None
             processor = type(self)(**fields)
         if return_tensors not in ("pt", "torch", "np", None):
             raise ValueError(f"return_tensors={return_tensors!r} is not supported; use 'pt' or 'np'")
