@@ -15,6 +15,7 @@ args)`; `TRANSFORMERS_ALLOW_PATTERNS` are the files it reads.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,13 +27,27 @@ from convert.common import ConversionError, build_model, check_paths, load_torch
 from convert.transformers_keys import CLIP_TOWER, DINOV2_BLOCKS, VIT_BLOCKS, VIT_EMBEDDINGS, Rule, map_keys
 from vit_hf import VitHfConfig, VitHfForImageClassification
 
-CONFIG, PREPROCESSOR = "config.json", "preprocessor_config.json"
+CONFIG, PREPROCESSOR, CARD = "config.json", "preprocessor_config.json", "README.md"
 # Weight files in transformers' own order of preference (safetensors first; sharded checkpoints by their index).
 WEIGHT_FILES = (
     "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
 )
 SHARD_PATTERNS = ("model-*-of-*.safetensors", "pytorch_model-*-of-*.bin")
-TRANSFORMERS_ALLOW_PATTERNS = [CONFIG, PREPROCESSOR, *WEIGHT_FILES, *SHARD_PATTERNS]
+TRANSFORMERS_ALLOW_PATTERNS = [CONFIG, PREPROCESSOR, CARD, *WEIGHT_FILES, *SHARD_PATTERNS]
+
+
+def files_to_download(repo_files: list[str]) -> list[str]:
+    """The files of a repo listing that the conversion reads: the configs, the card, and the weights in the first
+    format present (safetensors before pytorch_model.bin, so a repo holding both is not downloaded twice). The
+    shards of a sharded checkpoint are named by its index, which must be read first: they are matched by pattern."""
+    present = set(repo_files)
+    wanted = [name for name in (CONFIG, PREPROCESSOR, CARD) if name in present]
+    for name in WEIGHT_FILES:
+        if name in present:
+            shards = SHARD_PATTERNS[0] if name.startswith("model.") else SHARD_PATTERNS[1]
+            extra = [f for f in repo_files if name.endswith(".index.json") and fnmatch.fnmatch(f, shards)]
+            return wanted + [name, *sorted(extra)]
+    return wanted
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -340,6 +355,18 @@ def make_processor(info: dict, config: VitHfConfig, args: argparse.Namespace):
     return base, note
 
 
+def source_license(folder: Path) -> str:
+    """The license the source's model card states (its YAML front matter), else "other": weights keep their
+    source's license (CLIP MIT, ViTMAE CC-BY-NC, ...), so none is assumed."""
+    try:
+        from huggingface_hub import ModelCard
+
+        license = ModelCard.load(folder / CARD).data.license if (folder / CARD).is_file() else None
+    except Exception:  # a card that does not parse says nothing about the license
+        license = None
+    return license if isinstance(license, str) and license else "other"
+
+
 def source_markdown(folder: Path, info: dict, args: argparse.Namespace, processor_note: str) -> str:
     repo, commit = getattr(args, "source_repo", None), getattr(args, "source_commit", None)
     where = f"`{repo}`" + (f" at commit `{commit}`" if commit else "") if repo else f"the local folder `{folder}`"
@@ -381,7 +408,7 @@ def convert_transformers_folder(folder: Path, out_dir: Path, args: argparse.Name
         parity=parity_markdown(parity) if parity else None,
         tags=["transformers", info["family_key"]],
         base_model=getattr(args, "source_repo", None),
-        license=info["raw"].get("license") or "apache-2.0",
+        license=source_license(folder),
     )
     out = write_folder(model, processor, out_dir, card)
     print(f"wrote {out} ({info['family'].name}, {info['source_class']})")

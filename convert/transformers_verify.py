@@ -54,7 +54,9 @@ def _outputs(model, x: torch.Tensor, compared: str, source: bool) -> torch.Tenso
         model = model.vit
     kwargs = {}
     if source and type(model).__name__ == "ViTMAEModel":  # keep every patch, in order: noise = arange
-        n = (x.shape[-2] // model.config.patch_size) * (x.shape[-1] // model.config.patch_size)
+        p = model.config.patch_size
+        ph, pw = (p, p) if isinstance(p, int) else p
+        n = (x.shape[-2] // ph) * (x.shape[-1] // pw)
         kwargs["noise"] = torch.arange(n, dtype=x.dtype).expand(x.shape[0], n)
     return getattr(model(x, **kwargs), compared)
 

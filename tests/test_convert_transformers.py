@@ -19,6 +19,7 @@ from convert.transformers import (  # noqa: E402
     build_converted,
     convert_state,
     convert_transformers_folder,
+    files_to_download,
 )
 from convert.transformers_verify import load_source, verify  # noqa: E402
 
@@ -189,6 +190,25 @@ def test_pipeline_on_a_converted_dinov2_classifier_equals_the_source(tmp_path):
     for r in results:
         index = {v: k for k, v in LABELS.items()}[r["label"]]
         assert abs(r["score"] - expected[index].item()) < 1e-5, r
+
+
+def test_card_license_is_the_sources(tmp_path):
+    folder = save_family("vit_mae", tmp_path / "src")
+    (folder / "README.md").write_text("---\nlicense: cc-by-nc-4.0\ntags: [vision]\n---\n# MAE\n")
+    convert_transformers_folder(folder, tmp_path / "out", argparse.Namespace())
+    assert "license: cc-by-nc-4.0" in (tmp_path / "out" / "README.md").read_text()
+    (folder / "README.md").unlink()
+    convert_transformers_folder(folder, tmp_path / "out2", argparse.Namespace())
+    assert "license: other" in (tmp_path / "out2" / "README.md").read_text()
+
+
+def test_files_to_download_prefers_safetensors():
+    listing = ["config.json", "README.md", "pytorch_model.bin", "model.safetensors", "tf_model.h5", ".gitattributes"]
+    assert files_to_download(listing) == ["config.json", "README.md", "model.safetensors"]
+    sharded = ["config.json", "preprocessor_config.json", "pytorch_model.bin.index.json",
+               "pytorch_model-00002-of-00002.bin", "pytorch_model-00001-of-00002.bin"]
+    assert files_to_download(sharded) == ["config.json", "preprocessor_config.json", "pytorch_model.bin.index.json",
+                                          "pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"]
 
 
 def test_allow_patterns_cover_what_is_read():
