@@ -122,7 +122,7 @@ HEADS = [
 DROPPED = {
     r"embeddings\.mask_token": "mask token (masked-image-modelling input only)",
     r"embeddings\.position_ids": "position ids buffer (transformers <= 4.30)",
-    r"decoder\..*": "MAE pixel decoder (pre-training only)",
+    r"decoder\..*": "pixel decoder (masked-image-modelling pre-training only: MAE, SimMIM)",
     r"text_model\..*|text_projection\.weight|logit_scale|logit_bias": "text tower and contrastive logit parameters",
     r"visual_projection\.weight": "image-text projection (the pooled output is the tower's, before it)",
 }

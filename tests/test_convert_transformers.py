@@ -68,10 +68,13 @@ FAMILIES = {
     "deit_distilled": (lambda: transformers.DeiTForImageClassificationWithTeacher(
         transformers.DeiTConfig(**VIT, id2label=LABELS)), None),
     "deit": (lambda: transformers.DeiTForImageClassification(transformers.DeiTConfig(**VIT, id2label=LABELS)), None),
+    "deit_model_pooler": (lambda: transformers.DeiTModel(transformers.DeiTConfig(**VIT)), None),
     "clip_vision": (lambda: transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**SMALL, intermediate_size=37)),
                     (transformers.CLIPImageProcessor, dict(size={"shortest_edge": 32},
                                                            crop_size={"height": 32, "width": 32}))),
     "clip_full": (lambda: _dual(transformers.CLIPConfig, transformers.CLIPModel), None),
+    "clip_with_projection": (lambda: transformers.CLIPVisionModelWithProjection(
+        transformers.CLIPVisionConfig(**SMALL, intermediate_size=37, projection_dim=8)), None),
     "siglip_vision": (lambda: transformers.SiglipVisionModel(
         transformers.SiglipVisionConfig(**SMALL, intermediate_size=37)), None),
     "siglip_full": (lambda: _dual(transformers.SiglipConfig, transformers.SiglipModel), None),
@@ -87,6 +90,7 @@ FAMILIES = {
     "vit_mae": (lambda: transformers.ViTMAEForPreTraining(transformers.ViTMAEConfig(
         **VIT, decoder_hidden_size=16, decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
         decoder_intermediate_size=20)), None),
+    "vit_mae_model": (lambda: transformers.ViTMAEModel(transformers.ViTMAEConfig(**VIT)), None),
 }
 
 
@@ -190,6 +194,19 @@ def test_pipeline_on_a_converted_dinov2_classifier_equals_the_source(tmp_path):
     for r in results:
         index = {v: k for k, v in LABELS.items()}[r["label"]]
         assert abs(r["score"] - expected[index].item()) < 1e-5, r
+
+
+def test_preprocessing_is_the_sources_and_flags_override_it(tmp_path, capsys):
+    folder = save_family("vit", tmp_path / "src")  # ViTImageProcessor: 32x32 squash, bilinear, mean = std = 0.5
+    convert_transformers_folder(folder, tmp_path / "a", argparse.Namespace())
+    saved = json.loads((tmp_path / "a" / "preprocessor_config.json").read_text())
+    assert "ViTImageProcessor" in capsys.readouterr().out
+    assert saved["image_mean"] == [0.5] * 3 and saved["size"] == {"height": 32, "width": 32}
+    args = argparse.Namespace(crop_pct=0.5, interpolation="bicubic", mean=[0.1, 0.2, 0.3], std=None)
+    convert_transformers_folder(folder, tmp_path / "b", args)
+    saved = json.loads((tmp_path / "b" / "preprocessor_config.json").read_text())
+    assert "--crop-pct 0.5" in capsys.readouterr().out
+    assert saved["crop_pct"] == 0.5 and saved["image_mean"] == [0.1, 0.2, 0.3] and saved["image_std"] == [0.5] * 3
 
 
 def test_card_license_is_the_sources(tmp_path):
