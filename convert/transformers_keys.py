@@ -9,6 +9,7 @@ removed; `{i}` is the block index. A `Rule` maps one source tensor to one vit_hf
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,7 +34,12 @@ class Rule:
     lead_axes: int = 0
 
     def pattern(self) -> re.Pattern:
-        return re.compile(re.escape(self.source).replace(r"\{i\}", r"(\d+)") + r"\Z")
+        return _compiled(self.source)
+
+
+@functools.cache
+def _compiled(source: str) -> re.Pattern:
+    return re.compile(re.escape(source).replace(r"\{i\}", r"(\d+)") + r"\Z")
 
 
 def _wb(source: str, target: str, **kw) -> list[Rule]:
