@@ -100,7 +100,8 @@ def _per_channel(values, num_channels: int, what: str, origin: str) -> list[floa
         values = values * num_channels
     if len(values) != num_channels:
         raise ConversionError(
-            f"{origin} gives {len(values)} {what} values for a model with {num_channels} input channel(s)"
+            f"{origin} gives {len(values)} {what} values for a model with {num_channels} input channel(s) "
+            f"(give 1 or {num_channels})"
         )
     return values
 
@@ -231,15 +232,16 @@ def processor_from_flags(
     if interpolation is not None:
         fields["resample"] = _resample_id(interpolation, "--interpolation")
     if mean is not None:
-        fields["image_mean"] = _per_channel(mean, fields["num_channels"], "--mean", "--mean")
+        fields["image_mean"] = _per_channel(mean, fields["num_channels"], "mean", "--mean")
     if std is not None:
-        fields["image_std"] = _per_channel(std, fields["num_channels"], "--std", "--std")
+        fields["image_std"] = _per_channel(std, fields["num_channels"], "std", "--std")
         if min(fields["image_std"]) <= 0:
             raise ConversionError(f"--std {list(std)}: every value must be positive")
     processor = VitHfImageProcessor(**fields)
     stated = ", ".join(f"--{k} {_flag_text(v)}" for k, v in given.items())
     if base is not None:
-        note = f"preprocessing: {describe(processor)}; {stated} from the command line, the rest from the source"
+        origin = f"{stated} from the command line, the rest from the source" if given else "the source's"
+        note = f"preprocessing: {describe(processor)}; {origin}"
     else:
         rest = [k for k in flags if k not in given]
         note = (
