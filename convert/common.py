@@ -92,6 +92,13 @@ def load_torch_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def _few(items, sep: str = ", ", limit: int = 12) -> str:
+    """The first `limit` items joined, then how many more (a whole model's key list is no message)."""
+    items = list(items)
+    more = f"{sep}... and {len(items) - limit} more" if len(items) > limit else ""
+    return sep.join(items[:limit]) + more
+
+
 def check_state_dict(
     expected: Mapping[str, torch.Tensor | tuple[int, ...]],
     state: Mapping[str, torch.Tensor],
@@ -126,13 +133,13 @@ def check_state_dict(
     ]
     problems = []
     if unknown:
-        problems.append(f"unknown key(s) the {target} has no place for: {', '.join(name(k) for k in unknown)}")
+        problems.append(f"unknown key(s) the {target} has no place for: {_few(name(k) for k in unknown)}")
     if missing:
-        problems.append(f"missing key(s) the {target} needs: {', '.join(name(k) for k in missing)}")
+        problems.append(f"missing key(s) the {target} needs: {_few(name(k) for k in missing)}")
     if wrong:
-        problems.append(f"wrong shape(s): {'; '.join(wrong)}")
+        problems.append(f"wrong shape(s): {_few(wrong, '; ')}")
     if not_float:
-        problems.append(f"not floating-point (a float parameter is expected): {', '.join(not_float)}")
+        problems.append(f"not floating-point (a float parameter is expected): {_few(not_float)}")
     if problems:
         raise ConversionError(" | ".join(problems))
 

@@ -49,7 +49,6 @@ UNSUPPORTED_KEYS: list[tuple[str, str]] = [
     (r"^blocks\.\d+\.mlp\.(fc1_g|fc1_x|w12|w3|norm)", "a gated (SwiGLU/GLU) MLP"),
     (r"^patch_embed\.backbone\.", "a hybrid CNN patch embedding (VisionTransformerHybrid, patch_embed.backbone)"),
     (r"^patch_embed\.norm\.", "a norm inside the patch embedding (timm embed_norm_layer)"),
-    (r"^(dist_token|head_dist\.)", "a distillation token (DeiT distilled, VisionTransformerDistilled)"),
     (r"^attn_pool\.(q_norm|k_norm|pos_embed)", "an attention pool with qk-norm or positions (AttentionPoolLatent)"),
     (
         r"^attn_pool\.(?!latent$|q\.|kv\.|proj\.|norm\.|mlp\.fc[12]\.)",
@@ -70,7 +69,7 @@ UNSUPPORTED_KEYS: list[tuple[str, str]] = [
 
 # timm key (current spelling) -> vit_hf key. Every key must match exactly one rule; nothing is dropped or invented.
 KEY_RULES: list[tuple[str, str]] = [
-    (r"^(cls_token|reg_token|pos_embed)$", r"vit.\1"),
+    (r"^(cls_token|dist_token|reg_token|pos_embed)$", r"vit.\1"),
     (r"^patch_embed\.proj\.(weight|bias)$", r"vit.patch_embed.proj.\1"),
     (r"^(norm_pre|norm|fc_norm)\.(weight|bias)$", r"vit.\1.\2"),
     (
@@ -83,7 +82,7 @@ KEY_RULES: list[tuple[str, str]] = [
     (r"^attn_pool\.(q|kv|proj|norm|mlp\.fc1|mlp\.fc2)\.(weight|bias)$", r"vit.attn_pool.\1.\2"),
     # timm <= 0.5 representation layer (tanh(Linear) before the head); timm >= 0.6 drops it, vit_hf keeps it.
     (r"^pre_logits\.fc\.(weight|bias)$", r"vit.pre_logits.fc.\1"),
-    (r"^head\.(weight|bias)$", r"head.\1"),
+    (r"^(head|head_dist)\.(weight|bias)$", r"\1.\2"),
 ]
 
 def canonical_timm_keys(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:

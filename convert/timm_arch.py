@@ -18,7 +18,7 @@ from vit_hf import VitHfConfig
 POOL_TO_HF = {"token": "token", "avg": "mean", "map": "map", "": "none"}
 POOL_FROM_HF = {v: k for k, v in POOL_TO_HF.items()}
 # timm activation names (timm.layers.get_act_layer) <-> transformers ACT2FN names
-ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "quick_gelu": "quick_gelu"}
+ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "quick_gelu": "quick_gelu", "silu": "silu"}
 ACT_FROM_HF = {v: k for k, v in ACT_TO_HF.items()}
 # timm pos_embed <-> vit_hf pos_embed_type; 'sincos2d' (big_vision, generated, never stored) has no timm spelling
 POS_EMBED_TO_HF = {"learn": "learned", "none": "none", "sincos2d": "sincos2d"}
@@ -54,6 +54,8 @@ class TimmArch:
     act: str = "gelu"
     eps: float = TIMM_EPS
     representation_size: int | None = None
+    distilled: bool = False  # DeiT's distillation token and second head (timm VisionTransformerDistilled)
+    mlp_layer: str = "mlp"  # "glu": timm's SwiGLUPacked (fc1 -> [gate; up]); mlp_hidden is then fc2's input width
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -61,16 +63,17 @@ class TimmArch:
 
     @property
     def num_prefix_tokens(self) -> int:
-        return int(self.class_token) + self.reg_tokens
+        return int(self.class_token) + int(self.distilled) + self.reg_tokens
 
     @property
     def mlp_ratio(self) -> float:
         """A ratio for which timm's `int(embed_dim * mlp_ratio)` gives `mlp_hidden` back (M / D can truncate to M - 1,
-        reference/conversion-formats.md §1.1)."""
-        ratio = self.mlp_hidden / self.embed_dim
-        if int(self.embed_dim * ratio) != self.mlp_hidden:
-            ratio = (self.mlp_hidden + 0.25) / self.embed_dim
-        assert int(self.embed_dim * ratio) == self.mlp_hidden
+        reference/conversion-formats.md §1.1); a gated MLP's fc1 is twice as wide."""
+        hidden = self.mlp_hidden * (2 if self.mlp_layer == "glu" else 1)
+        ratio = hidden / self.embed_dim
+        if int(self.embed_dim * ratio) != hidden:
+            ratio = (hidden + 0.25) / self.embed_dim
+        assert int(self.embed_dim * ratio) == hidden
         return ratio
 
     # -------------------------------------------------------------- vit_hf config
@@ -111,6 +114,8 @@ class TimmArch:
             qk_norm=self.qk_norm,
             layer_scale_init_value=self.init_values,
             representation_size=self.representation_size,
+            distilled=self.distilled,
+            mlp_layer=self.mlp_layer,
             num_labels=self.num_classes,
             **kwargs,
         )
@@ -131,6 +136,10 @@ class TimmArch:
             )
         if config.hidden_act not in ACT_FROM_HF:
             problems.append(f"hidden_act={config.hidden_act!r} (timm names: {sorted(ACT_FROM_HF)})")
+        if config.pooling not in POOL_FROM_HF:
+            problems.append(f"pooling={config.pooling!r} (timm global_pool: {sorted(POOL_TO_HF)})")
+        if getattr(config, "no_embed_registers", False):
+            problems.append("no_embed_registers (positions for the class token but not the registers)")
         if problems:
             raise ConversionError("timm's VisionTransformer cannot represent: " + "; ".join(problems))
         return cls(
@@ -157,11 +166,14 @@ class TimmArch:
             pool_include_prefix=config.pool_include_prefix,
             act=ACT_FROM_HF[config.hidden_act],
             eps=config.layer_norm_eps,
+            distilled=bool(getattr(config, "distilled", False)),
+            mlp_layer=getattr(config, "mlp_layer", "mlp"),
         )
 
     # -------------------------------------------------------------- timm
     def timm_kwargs(self, json_safe: bool = True) -> dict:
-        """Keyword arguments of `timm.models.vision_transformer.VisionTransformer` for this architecture.
+        """Keyword arguments of `timm.models.vision_transformer.VisionTransformer` (`VisionTransformerDistilled` when
+        `distilled`) for this architecture.
 
         `json_safe=True` gives plain values only (for OUT.json) and refuses what needs Python objects: a LayerNorm eps
         other than timm's 1e-6 needs `norm_layer=partial(timm.layers.LayerNorm, eps=...)`, which JSON cannot hold.
@@ -203,6 +215,15 @@ class TimmArch:
             kwargs["proj_bias"] = False
         if self.act != "gelu":
             kwargs["act_layer"] = self.act
+        if json_safe and (self.distilled or self.mlp_layer == "glu"):
+            what = "a distillation token (timm's VisionTransformerDistilled class)" if self.distilled else (
+                "a gated MLP (mlp_layer=timm.layers.SwiGLUPacked)")
+            raise ConversionError(f"{what} needs a Python object, which a JSON file of VisionTransformer kwargs "
+                                  f"cannot hold")
+        if self.mlp_layer == "glu":
+            from timm.layers import SwiGLUPacked
+
+            kwargs["mlp_layer"] = SwiGLUPacked
         if self.eps != TIMM_EPS:
             if json_safe:
                 raise ConversionError(
@@ -220,56 +241,18 @@ class TimmArch:
     @classmethod
     def from_timm_model(cls, model: torch.nn.Module) -> TimmArch:
         """Read the architecture off a (meta-device) timm model; refuse module types vit_hf does not implement."""
-        from timm.layers import AttentionPoolLatent, LayerScale, PatchEmbed
-        from timm.layers.activations import GELU, GELUTanh, QuickGELU
-        from timm.layers.attention import Attention
-        from timm.layers.mlp import Mlp
-        from timm.models.vision_transformer import Block, VisionTransformer
+        from timm.layers import LayerScale
+        from timm.layers.mlp import GluMlp
 
-        name = type(model).__name__
-        if type(model) is not VisionTransformer:
-            raise ConversionError(
-                f"timm model class {name} is not a plain VisionTransformer; vit_hf cannot represent it"
-            )
+        _refuse_unsupported(model)
         block = model.blocks[0]
-        checks = [
-            (all(type(b) is Block for b in model.blocks), "a block type other than timm's Block"),
-            (type(block.attn) is Attention, f"attention {type(block.attn).__name__} (only timm's Attention)"),
-            (type(block.mlp) is Mlp, f"MLP {type(block.mlp).__name__} (only timm's Mlp; no gated/SwiGLU MLPs)"),
-            (isinstance(getattr(block.attn, "norm", torch.nn.Identity()), torch.nn.Identity), "scale_attn_norm"),
-            (isinstance(getattr(block.mlp, "norm", torch.nn.Identity()), torch.nn.Identity), "scale_mlp_norm"),
-            (type(model.patch_embed) is PatchEmbed, f"patch embedding {type(model.patch_embed).__name__}"),
-            (isinstance(model.patch_embed.norm, torch.nn.Identity), "a norm inside the patch embedding"),
-            (isinstance(block.norm1, torch.nn.LayerNorm), f"norm layer {type(block.norm1).__name__} (LayerNorm only)"),
-            (model.global_pool in POOL_TO_HF, f"global_pool={model.global_pool!r}"),
-            (model.attn_pool is None or type(model.attn_pool) is AttentionPoolLatent, "this attention pool"),
-        ]
-        refused = [what for ok, what in checks if not ok]
-        pool = model.attn_pool
-        if pool is not None and type(pool) is AttentionPoolLatent:
-            if pool.latent_len != 1 or pool.pos_embed is not None or pool.mlp is None:
-                refused.append("an AttentionPoolLatent with several latents, positions or no MLP")
-            if not isinstance(pool.q_norm, torch.nn.Identity):
-                refused.append("an AttentionPoolLatent with qk-norm")
-        act = block.mlp.act
-        if isinstance(act, GELUTanh) or (isinstance(act, torch.nn.GELU) and act.approximate == "tanh"):
-            act_name = "gelu_tanh"
-        elif isinstance(act, QuickGELU):
-            act_name = "quick_gelu"
-        elif isinstance(act, (GELU, torch.nn.GELU)):
-            act_name = "gelu"
-        else:
-            act_name = ""
-            refused.append(f"activation {type(act).__name__} (GELU, GELU-tanh or QuickGELU only)")
-        if refused:
-            raise ConversionError(f"timm model {name} uses features vit_hf cannot represent: " + "; ".join(refused))
         fc_norm = isinstance(model.fc_norm, torch.nn.LayerNorm)
         head = model.head
         return cls(
             embed_dim=model.embed_dim,
             depth=len(model.blocks),
             num_heads=block.attn.num_heads,
-            mlp_hidden=block.mlp.fc1.out_features,
+            mlp_hidden=block.mlp.fc2.in_features,
             img_size=tuple(model.patch_embed.img_size),
             patch_size=tuple(model.patch_embed.patch_size),
             in_chans=model.patch_embed.proj.in_channels,
@@ -287,8 +270,10 @@ class TimmArch:
             final_norm=fc_norm or isinstance(model.norm, torch.nn.LayerNorm),
             fc_norm=fc_norm,
             pool_include_prefix=bool(getattr(model, "pool_include_prefix", False)),
-            act=act_name,
+            act=_activation_name(block.mlp.act),
             eps=float(block.norm1.eps),
+            distilled=getattr(model, "dist_token", None) is not None,
+            mlp_layer="glu" if isinstance(block.mlp, GluMlp) else "mlp",
         )
 
     def expected_state(self) -> dict[str, torch.Tensor]:
@@ -299,6 +284,69 @@ class TimmArch:
             for key, value in empty_model(self.to_config()).state_dict().items()
         }
 
+
+
+def _activation_name(act: torch.nn.Module) -> str | None:
+    """timm activation module -> TimmArch.act (None: not one vit_hf has)."""
+    from timm.layers.activations import GELU, GELUTanh, QuickGELU
+
+    if isinstance(act, GELUTanh) or (isinstance(act, torch.nn.GELU) and act.approximate == "tanh"):
+        return "gelu_tanh"
+    if isinstance(act, QuickGELU):
+        return "quick_gelu"
+    if isinstance(act, (GELU, torch.nn.GELU)):
+        return "gelu"
+    if isinstance(act, torch.nn.SiLU):
+        return "silu"
+    return None
+
+
+def _mlp_refusal(mlp: torch.nn.Module) -> str | None:
+    from timm.layers.mlp import GluMlp, Mlp
+
+    if type(mlp) is GluMlp and not mlp.gate_last and isinstance(mlp.norm, torch.nn.Identity):
+        return None  # SwiGLUPacked (gate first): vit_hf mlp_layer='glu'
+    if type(mlp) is Mlp:
+        return None
+    return f"MLP {type(mlp).__name__} (timm's Mlp, or GluMlp with the gate first: SwiGLUPacked)"
+
+
+def _refuse_unsupported(model: torch.nn.Module) -> None:
+    """ConversionError listing every module type of `model` vit_hf does not implement."""
+    from timm.layers import AttentionPoolLatent, PatchEmbed
+    from timm.layers.attention import Attention
+    from timm.models.deit import VisionTransformerDistilled
+    from timm.models.vision_transformer import Block, VisionTransformer
+
+    name = type(model).__name__
+    if type(model) not in (VisionTransformer, VisionTransformerDistilled):
+        raise ConversionError(f"timm model class {name} is not a plain VisionTransformer; vit_hf cannot represent it")
+    if not all(type(b) is Block for b in model.blocks):
+        kinds = sorted({type(b).__name__ for b in model.blocks} - {"Block"})
+        raise ConversionError(f"timm model {name} uses block type(s) {kinds}, not timm's Block: vit_hf has no such "
+                              f"block")
+    block, pool = model.blocks[0], model.attn_pool
+    checks = [
+        (type(block.attn) is Attention, f"attention {type(block.attn).__name__} (only timm's Attention)"),
+        (_mlp_refusal(block.mlp) is None, _mlp_refusal(block.mlp)),
+        (isinstance(getattr(block.attn, "norm", torch.nn.Identity()), torch.nn.Identity), "scale_attn_norm"),
+        (isinstance(getattr(block.mlp, "norm", torch.nn.Identity()), torch.nn.Identity), "scale_mlp_norm"),
+        (type(model.patch_embed) is PatchEmbed, f"patch embedding {type(model.patch_embed).__name__}"),
+        (isinstance(model.patch_embed.norm, torch.nn.Identity), "a norm inside the patch embedding"),
+        (isinstance(block.norm1, torch.nn.LayerNorm), f"norm layer {type(block.norm1).__name__} (LayerNorm only)"),
+        (model.global_pool in POOL_TO_HF, f"global_pool={model.global_pool!r}"),
+        (pool is None or type(pool) is AttentionPoolLatent, "this attention pool"),
+        (_activation_name(block.mlp.act) is not None,
+         f"activation {type(block.mlp.act).__name__} (GELU, GELU-tanh, QuickGELU or SiLU only)"),
+    ]
+    refused = [what for ok, what in checks if not ok]
+    if pool is not None and type(pool) is AttentionPoolLatent:
+        if pool.latent_len != 1 or pool.pos_embed is not None or pool.mlp is None:
+            refused.append("an AttentionPoolLatent with several latents, positions or no MLP")
+        if not isinstance(pool.q_norm, torch.nn.Identity):
+            refused.append("an AttentionPoolLatent with qk-norm")
+    if refused:
+        raise ConversionError(f"timm model {name} uses features vit_hf cannot represent: " + "; ".join(refused))
 
 
 def import_timm(why: str) -> ModuleType:

@@ -40,8 +40,9 @@ def _need(state: Mapping[str, torch.Tensor], key: str, what: str) -> torch.Tenso
     return state[key]
 
 
-def _trunk(state: Mapping[str, torch.Tensor]) -> tuple[tuple[int, int, int, int], int, int]:
-    """(D, C, ph, pw) of the patch kernel, the depth, and the MLP width."""
+def _trunk(state: Mapping[str, torch.Tensor]) -> tuple[tuple[int, int, int, int], int, int, str]:
+    """(D, C, ph, pw) of the patch kernel, the depth, the MLP width (fc2's input) and the MLP kind: an fc1 twice as
+    wide as fc2's input is a gated MLP ([gate; up], timm's SwiGLUPacked)."""
     patch = _need(state, "patch_embed.proj.weight", "the patch embedding")
     if patch.ndim != 4:
         raise ConversionError(
@@ -54,8 +55,9 @@ def _trunk(state: Mapping[str, torch.Tensor]) -> tuple[tuple[int, int, int, int]
     if blocks != list(range(len(blocks))):
         gap = sorted(set(range(blocks[-1] + 1)) - set(blocks))
         raise ConversionError(f"missing key(s) of block(s) {gap}: blocks must be numbered 0..{blocks[-1]}")
-    mlp_hidden = _need(state, "blocks.0.mlp.fc1.weight", "the first MLP layer").shape[0]
-    return tuple(patch.shape), len(blocks), mlp_hidden
+    fc1 = _need(state, "blocks.0.mlp.fc1.weight", "the first MLP layer").shape[0]
+    fc2 = _need(state, "blocks.0.mlp.fc2.weight", "the second MLP layer").shape[1]
+    return tuple(patch.shape), len(blocks), fc2, ("glu" if fc1 == 2 * fc2 else "mlp")
 
 
 def _heads(state: Mapping[str, torch.Tensor], dim: int, num_heads: int | None, notes: list[str]) -> int:
@@ -158,8 +160,10 @@ def _pooling(state: Mapping[str, torch.Tensor], global_pool: str | None, notes: 
     )
 
 
-def _act_eps(state: Mapping[str, torch.Tensor], act: str | None, eps: float | None, notes: list[str]) -> None:
-    """Check the activation / eps flags; a CLIP-style pre-norm tower needs both (the weights cannot tell)."""
+def _act_eps(state: Mapping[str, torch.Tensor], act: str | None, eps: float | None, notes: list[str],
+             gated: bool = False) -> str:
+    """Check the activation / eps flags (a CLIP-style pre-norm tower needs both: the weights cannot tell) and return
+    the activation: the flag, else SiLU for a gated MLP (every timm model with SwiGLUPacked), else exact GELU."""
     if act is not None and act not in ACT_TO_HF:
         raise ConversionError(f"--act must be one of {sorted(ACT_TO_HF)}, got {act!r}")
     if eps is not None and not eps > 0:
@@ -172,11 +176,14 @@ def _act_eps(state: Mapping[str, torch.Tensor], act: str | None, eps: float | No
             f"--act quick_gelu|gelu|gelu_tanh and --eps 1e-5|1e-6 (missing: "
             f"{', '.join(f for f, v in (('--act', act), ('--eps', eps)) if v is None)}), or --model-name"
         )
-    if act is None:
-        notes.append("activation: exact GELU (timm's default; pass --act or --model-name for CLIP/SigLIP-2 towers)")
-    else:
+    if act is not None:
         notes.append(f"activation: {act} (--act)")
+    elif gated:
+        notes.append("activation: SiLU (timm's SwiGLUPacked; --act to change)")
+    else:
+        notes.append("activation: exact GELU (timm's default; pass --act or --model-name for CLIP/SigLIP-2 towers)")
     notes.append(f"LayerNorm eps {eps:g} (--eps)" if eps else "LayerNorm eps 1e-6 (timm's default; --eps to change)")
+    return act or ("silu" if gated else "gelu")
 
 
 def infer_arch(
@@ -198,11 +205,14 @@ def infer_arch(
     the checkpoint's own grid and notes saying what was inferred from which key.
     """
     notes: list[str] = []
-    (dim, in_chans, ph, pw), depth, mlp_hidden = _trunk(state)
+    (dim, in_chans, ph, pw), depth, mlp_hidden, mlp_layer = _trunk(state)
     heads = _heads(state, dim, num_heads, notes)
-    class_token = "cls_token" in state
+    class_token, distilled = "cls_token" in state, "dist_token" in state
     reg_tokens = state["reg_token"].shape[1] if "reg_token" in state else 0
-    prefix = int(class_token) + reg_tokens
+    prefix = int(class_token) + int(distilled) + reg_tokens
+    if mlp_layer == "glu":
+        notes.append(f"gated MLP (fc1 {2 * mlp_hidden} rows = [gate; up], fc2 {mlp_hidden} wide: timm SwiGLUPacked)")
+
 
     given = source_image_size or image_size
     hints = [(given[0] // ph, given[1] // pw)] if given else []
@@ -224,7 +234,7 @@ def infer_arch(
     representation = state["pre_logits.fc.weight"].shape[0] if "pre_logits.fc.weight" in state else None
     if representation:
         notes.append(f"representation layer (timm <= 0.5 pre_logits, tanh) of width {representation}")
-    _act_eps(state, act, eps, notes)
+    act = _act_eps(state, act, eps, notes, gated=mlp_layer == "glu")
     arch = TimmArch(
         embed_dim=dim,
         depth=depth,
@@ -246,8 +256,10 @@ def infer_arch(
         pre_norm="norm_pre.weight" in state,
         final_norm="norm.weight" in state or "fc_norm.weight" in state,
         fc_norm="fc_norm.weight" in state,
-        act=act or "gelu",
+        act=act,
         eps=eps or TIMM_EPS,
         representation_size=representation,
+        distilled=distilled,
+        mlp_layer=mlp_layer,
     )
     return arch, notes

@@ -44,6 +44,7 @@ def self_check_label(arch: TimmArch, timm_version: str) -> str:
 def _reference_model(ref: TimmReference, arch: TimmArch, state: Mapping[str, torch.Tensor]) -> torch.nn.Module:
     """The timm model on the meta device, then adopting `state` (strict)."""
     timm = import_timm("--verify")
+    from timm.models.deit import VisionTransformerDistilled
     from timm.models.vision_transformer import VisionTransformer
 
     h, w = arch.img_size
@@ -53,7 +54,8 @@ def _reference_model(ref: TimmReference, arch: TimmArch, state: Mapping[str, tor
         else:
             rep = arch.representation_size
             ref_arch = dataclasses.replace(arch, representation_size=None, num_classes=0 if rep else arch.num_classes)
-            model = VisionTransformer(**ref_arch.timm_kwargs(json_safe=False))
+            vit_class = VisionTransformerDistilled if arch.distilled else VisionTransformer
+            model = vit_class(**ref_arch.timm_kwargs(json_safe=False))
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
 

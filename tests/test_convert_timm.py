@@ -565,3 +565,28 @@ def test_convert_with_image_size_resamples_like_timm(tmp_path: Path, capsys):
     x = pixels((48, 40))
     with torch.no_grad():
         torch.testing.assert_close(model(pixel_values=x).logits, timm_outputs(at_48x40, x)[0], rtol=0, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# timm variants beyond VisionTransformer's defaults: DeiT distilled (VisionTransformerDistilled), SwiGLUPacked MLPs
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, kwargs, model_name", [
+    ("deit_tiny_distilled_patch16_224", dict(img_size=32), "deit_tiny_distilled_patch16_224.fb_in1k"),
+    ("deit_tiny_distilled_patch16_224", dict(img_size=32, depth=2, num_classes=K), None),
+    ("vit_giant_patch14_dinov2", dict(img_size=28, depth=2, embed_dim=48, num_heads=3, num_classes=K), None),
+])
+def test_distilled_and_gated_mlp_variants(name, kwargs, model_name):
+    """DeiT's distillation token + averaged second head, and DINOv2-giant's SwiGLUPacked MLP (fc1 = [gate; up], SiLU,
+    read off fc1 being twice fc2's width): logits equal timm's to 1e-9 in float64, by name or inferred."""
+    reference = randomize_(timm.create_model(name, pretrained=False, **kwargs), seed=5).eval()
+    heads = None if model_name else reference.blocks[0].attn.num_heads
+    model, _, info = convert_timm.convert_timm_state_dict(reference.state_dict(), model_name=model_name,
+                                                          num_heads=heads, verify=True)
+    assert max(r["max_abs_diff"] for r in info["parity"] if r["dtype"] == "float64") < 1e-9
+    gated = name.startswith("vit_giant")
+    assert (model.config.distilled, model.config.mlp_layer) == (not gated, "glu" if gated else "mlp")
+    x = pixels(model.config.image_hw)
+    with torch.no_grad():
+        torch.testing.assert_close(model.double()(pixel_values=x).logits, reference.double()(x), rtol=0, atol=1e-9)
