@@ -32,8 +32,8 @@ def _quiet_transformers():
         logging.set_verbosity(level)
 
 
-def load_source(folder: Path, info: dict) -> torch.nn.Module:
-    """The transformers model of the source class, float64, SDPA attention, eval mode."""
+def load_source(folder: Path, info: dict, dtype: torch.dtype = torch.float64) -> torch.nn.Module:
+    """The transformers model of the source class in `dtype`, SDPA attention, eval mode."""
     import transformers
 
     cls = getattr(transformers, info["source_class"])
@@ -43,7 +43,7 @@ def load_source(folder: Path, info: dict) -> torch.nn.Module:
     if info["source_class"] == "ViTMAEModel":
         kwargs["mask_ratio"] = 0.0
     with _quiet_transformers():
-        model = cls.from_pretrained(folder, dtype=torch.float64, attn_implementation="sdpa", **kwargs)
+        model = cls.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa", **kwargs)
     return model.eval()
 
 
@@ -80,23 +80,37 @@ def _row(reference: str, dtype: torch.dtype, compared: str, hw, got, expected) -
     )
 
 
+def _inputs(config, processor, dtype: torch.dtype) -> list[torch.Tensor]:
+    """Seeded pixels at the model's size (the `fixed_batch`), and at the processor's crop for run-time resampling."""
+    inputs = []
+    for k, hw in enumerate(_sizes(config, processor)):
+        generator = torch.Generator().manual_seed(1)
+        x = fixed_batch(config) if k == 0 else torch.randn(4, config.num_channels, *hw, generator=generator)
+        inputs.append(x.to(dtype))
+    return inputs
+
+
+def _run(model: torch.nn.Module, inputs: list[torch.Tensor], compared: str, source: bool) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return [_outputs(model, x, compared, source) for x in inputs]
+
+
 def verify(folder: Path, info: dict, processor) -> list[dict]:
-    """Parity rows against the source's transformers class; ConversionError if any is over tolerance."""
+    """Parity rows against the source's transformers class; ConversionError if any is over tolerance.
+
+    One model at a time is held in each dtype (the source's outputs are computed, the source freed, then ours), so
+    the check adds one float64 copy of the weights at most."""
     import transformers
 
     config, compared = info["config"], info["compared"]
-    source = load_source(folder, info)
-    ours = build_model(config, info["state"], dtype=torch.float64)
     reference = f"transformers {transformers.__version__} `{info['source_class']}`"
     rows = []
     for dtype in (torch.float64, torch.float32):
-        source, ours = source.to(dtype), ours.to(dtype)
-        for k, hw in enumerate(_sizes(config, processor)):
-            x = fixed_batch(config, dtype=dtype) if k == 0 else torch.randn(
-                4, config.num_channels, *hw, generator=torch.Generator().manual_seed(1)).to(dtype)
-            with torch.no_grad():
-                got, expected = _outputs(ours, x, compared, False), _outputs(source, x, compared, True)
-            rows.append(_row(reference, dtype, compared, hw, got, expected))
+        inputs = _inputs(config, processor, dtype)
+        expected = _run(load_source(folder, info, dtype), inputs, compared, source=True)
+        got = _run(build_model(config, info["state"], dtype=dtype), inputs, compared, source=False)
+        for x, a, b in zip(inputs, got, expected):
+            rows.append(_row(reference, dtype, compared, x.shape[-2:], a, b))
     bad = [r for r in rows if not r.pop("ok")]
     if bad:
         worst = max(bad, key=lambda r: r["max_abs_diff"])
