@@ -377,7 +377,7 @@ def source_markdown(folder: Path, info: dict, args: argparse.Namespace, processo
         ("format", f"transformers `{info['raw'].get('model_type')}` ({architectures})"),
         ("weights", f"`{info['weights_file']}`"),
         ("reproduces", f"transformers {transformers.__version__} `{info['source_class']}` ({info['compared']})"),
-        ("preprocessing", processor_note),
+        ("preprocessing", processor_note.removeprefix("preprocessing: ")),
     ]
     rows += [("not converted", reason) for reason in info["dropped"]]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)

@@ -272,6 +272,19 @@ def test_extra_or_missing_tensors_are_refused(tmp_path):
     _refused(folder, tmp_path / "out", "missing key.*vit.encoder.layer.1.attention.attention")
 
 
+def test_old_clip_position_ids_buffer_is_dropped(tmp_path):
+    """transformers <= 4.30 saved CLIP's int64 position_ids buffer: not a weight, dropped (and said so)."""
+    from safetensors.torch import load_file, save_file
+
+    folder = save_family("clip_full", tmp_path / "src")
+    state = load_file(folder / "model.safetensors")
+    state["vision_model.embeddings.position_ids"] = torch.arange(17)[None]
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    info = convert_state(folder)
+    assert "position ids buffer (transformers <= 4.30)" in info["dropped"]
+    assert verify(folder, info, processor=None)[0]["max_abs_diff"] < 1e-9
+
+
 def test_unrepresentable_features_are_refused(tmp_path):
     folder = save_family("vit_in21k_pooler", tmp_path / "src")
     config = json.loads((folder / "config.json").read_text())
