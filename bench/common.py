@@ -1,11 +1,11 @@
 """Shared benchmark machinery: equal-weight candidates, interleaved timing, environment record, tables, JSON.
 
-Candidates (all built from ONE timm state dict, so weights are identical):
+Candidates (all built from ONE timm state dict, so weights are identical, and moved to the suite's `--device`):
   vit_hf     - vit_hf.VitHfForImageClassification (attn_implementation "sdpa", the default on direct construction)
   timm       - timm.models.vision_transformer.VisionTransformer
   hf_sdpa    - transformers ViTForImageClassification, attn_implementation="sdpa"
   hf_eager   - transformers ViTForImageClassification, attn_implementation="eager"
-Variants prototyped for proposals (bench/proposals.py) are added under their own names.
+  vit_hf_eager - vit_hf with attn_implementation "eager" (its einops path; a probe, not a peer)
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import gc
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -25,17 +24,41 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench.device import current_mib, describe, peak_mib, precision_context, sync
+
+# Where results are written and read: bench/results (the latest full run, cited by the READMEs); `python -m bench
+# SUITE --quick` points BENCH_RESULTS elsewhere so that smoke runs never overwrite it.
+RESULTS = Path(os.environ.get("BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 # BENCH_THREADS=N pins torch's intra-op threads for every script and child process. With other jobs on a 2-core
 # machine, 2 OpenMP threads stall at every barrier when one core is taken (10x slowdowns seen); 1 thread degrades
 # gracefully. The thread count is recorded in every JSON.
 if os.environ.get("BENCH_THREADS"):
     torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
-SIZES: dict[str, tuple[int, int, int, int, str]] = {
-    # name: (width, depth, heads, mlp, timm model name)
-    "S/16": (384, 12, 6, 1536, "vit_small_patch16_224"),
-    "B/16": (768, 12, 12, 3072, "vit_base_patch16_224"),
+
+
+@dataclass(frozen=True)
+class Size:
+    width: int
+    depth: int
+    heads: int
+    mlp: int
+    timm_name: str  # the timm architecture it is built from (with the fields below as overrides)
+    image: int = 224
+    patch: int = 16
+
+    def timm_kwargs(self) -> dict:
+        return dict(embed_dim=self.width, depth=self.depth, num_heads=self.heads, mlp_ratio=self.mlp / self.width,
+                    img_size=self.image, patch_size=self.patch)  # fmt: skip
+
+
+SIZES: dict[str, Size] = {
+    "S/16": Size(384, 12, 6, 1536, "vit_small_patch16_224"),
+    "B/16": Size(768, 12, 12, 3072, "vit_base_patch16_224"),
+    # `--quick`: 2 blocks of width 32 on 32x32 images (16 patches of 8x8): every code path of a suite in seconds, for
+    # smoke tests; its numbers measure overhead, not the models
+    "toy/8": Size(32, 2, 4, 64, "vit_tiny_patch16_224", image=32, patch=8),
 }
+QUICK_SIZE = "toy/8"
 PEERS = ("vit_hf", "timm", "hf_sdpa", "hf_eager")
 
 
@@ -48,7 +71,7 @@ def timm_model(size: str, num_classes: int = 1000, seed: int = 0) -> torch.nn.Mo
     import timm
 
     torch.manual_seed(seed)
-    m = timm.create_model(SIZES[size][4], pretrained=False, num_classes=num_classes)
+    m = timm.create_model(SIZES[size].timm_name, pretrained=False, num_classes=num_classes, **SIZES[size].timm_kwargs())
     # timm zero-inits the head; give it random numbers so logits comparisons mean something
     with torch.no_grad():
         m.head.weight.normal_(std=0.02)
@@ -88,22 +111,26 @@ def timm_to_hf_vit_state(sd: dict[str, torch.Tensor], depth: int) -> dict[str, t
 def vit_hf_config(size: str, num_classes: int = 1000):
     from vit_hf import VitHfConfig
 
-    return VitHfConfig.from_preset(size.lower().replace("s/", "small/").replace("b/", "base/"), num_labels=num_classes)
+    s = SIZES[size]
+    return VitHfConfig(
+        hidden_size=s.width, num_hidden_layers=s.depth, num_attention_heads=s.heads, intermediate_size=s.mlp,
+        image_size=s.image, patch_size=s.patch, num_labels=num_classes,
+    )  # fmt: skip
 
 
 def hf_vit_config(size: str, num_classes: int = 1000, attn: str = "sdpa"):
     from transformers import ViTConfig
 
-    d, depth, heads, mlp, _ = SIZES[size]
+    s = SIZES[size]
     cfg = ViTConfig(
-        hidden_size=d,
-        num_hidden_layers=depth,
-        num_attention_heads=heads,
-        intermediate_size=mlp,
+        hidden_size=s.width,
+        num_hidden_layers=s.depth,
+        num_attention_heads=s.heads,
+        intermediate_size=s.mlp,
         layer_norm_eps=1e-6,
         hidden_act="gelu",
-        image_size=224,
-        patch_size=16,
+        image_size=s.image,
+        patch_size=s.patch,
         num_labels=num_classes,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
@@ -134,7 +161,7 @@ def build(name: str, size: str, sd: dict[str, torch.Tensor] | None = None, num_c
         attn = name.split("_", 1)[1]
         m = ViTForImageClassification(hf_vit_config(size, num_classes, attn))
         m.set_attn_implementation(attn)
-        missing, unexpected = m.load_state_dict(timm_to_hf_vit_state(sd, SIZES[size][1]), strict=False)
+        missing, unexpected = m.load_state_dict(timm_to_hf_vit_state(sd, SIZES[size].depth), strict=False)
         if missing or unexpected:
             raise RuntimeError(f"HF ViT key mismatch: missing={missing} unexpected={unexpected}")
         return m.eval()
@@ -146,12 +173,20 @@ def logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.logits
 
 
-def build_all(names: list[str], size: str, seed: int = 0) -> dict[str, torch.nn.Module]:
+def images(size: str, batch: int, device: torch.device | str = "cpu", seed: int = 0) -> torch.Tensor:
+    """A fixed random input batch at the size's resolution."""
+    n = SIZES[size].image
+    return torch.randn(batch, 3, n, n, generator=torch.Generator().manual_seed(seed)).to(device)
+
+
+def build_all(
+    names: list[str], size: str, seed: int = 0, device: torch.device | str = "cpu"
+) -> dict[str, torch.nn.Module]:
     sd = timm_model(size, seed=seed).state_dict()
-    models = {n: build(n, size, sd) for n in names}
-    # equal-weights check: same logits in fp32 within 1e-4 on a fixed input
-    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
-    with torch.inference_mode():
+    models = {n: build(n, size, sd).to(device) for n in names}
+    # equal-weights check: same logits in true fp32 (TF32 off on CUDA) within 1e-3 on a fixed input
+    x = images(size, 1, device, seed=1)
+    with torch.inference_mode(), precision_context(torch.device(device), "fp32")():
         ref = None
         for n, m in models.items():
             y = logits(m, x)
@@ -167,9 +202,10 @@ def build_all(names: list[str], size: str, seed: int = 0) -> dict[str, torch.nn.
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def vit_flops(size: str, image: int = 224, patch: int = 16, num_classes: int = 1000) -> float:
+def vit_flops(size: str, num_classes: int = 1000) -> float:
     """Forward FLOPs per image, 2 * MACs of every matmul (patch embed, qkv, q@k^T, attn@v, proj, MLP, head)."""
-    d, depth, _, mlp, _ = SIZES[size]
+    s = SIZES[size]
+    d, depth, mlp, image, patch = s.width, s.depth, s.mlp, s.image, s.patch
     p = (image // patch) ** 2
     n = p + 1
     patch_embed = 2 * p * (3 * patch * patch) * d
@@ -177,16 +213,22 @@ def vit_flops(size: str, image: int = 224, patch: int = 16, num_classes: int = 1
     return float(patch_embed + depth * block + 2 * d * num_classes)
 
 
-def gemm_peak(dtype: torch.dtype, m: int = 8 * 197, k: int = 768, n: int = 3072, reps: int = 10) -> float:
+def gemm_peak(
+    dtype: torch.dtype, m: int = 8 * 197, k: int = 768, n: int = 3072, reps: int = 10,
+    device: torch.device | str = "cpu",
+) -> float:  # fmt: skip
     """Measured GFLOP/s of one (m,k)@(k,n) matmul at a ViT-B MLP shape (batch 8), best of `reps`."""
-    a = torch.randn(m, k).to(dtype)
-    b = torch.randn(k, n).to(dtype)
+    device = torch.device(device)
+    a = torch.randn(m, k).to(device, dtype)
+    b = torch.randn(k, n).to(device, dtype)
     for _ in range(3):
         a @ b
     times = []
     for _ in range(reps):
+        sync(device)
         t = time.perf_counter()
         a @ b
+        sync(device)
         times.append(time.perf_counter() - t)
     return 2 * m * k * n / min(times) / 1e9  # best of reps: capability, not contention
 
@@ -248,8 +290,12 @@ class Timing:
         return (max(t) - min(t)) / self.median if t else float("nan")
 
 
-def interleaved(fns: dict[str, Callable[[], object]], warmup: int, rounds: int) -> dict[str, Timing]:
-    """Warm every candidate up, then time rounds A, B, C, A, B, C, ... (rotating the start so order bias cancels)."""
+def interleaved(
+    fns: dict[str, Callable[[], object]], warmup: int, rounds: int, collect: bool = True
+) -> dict[str, Timing]:
+    """Warm every candidate up, then time rounds A, B, C, A, B, C, ... (rotating the start so order bias cancels).
+    `collect`: a full garbage collection before every timed call, so that none falls inside one (~0.5 s each with
+    torch and transformers loaded: smoke runs turn it off)."""
     names = list(fns)
     for _ in range(warmup):
         for n in names:
@@ -258,7 +304,8 @@ def interleaved(fns: dict[str, Callable[[], object]], warmup: int, rounds: int) 
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         for n in order:
-            gc.collect()
+            if collect:
+                gc.collect()
             c0 = cpu_snapshot()
             t = time.perf_counter()
             fns[n]()
@@ -269,18 +316,12 @@ def interleaved(fns: dict[str, Callable[[], object]], warmup: int, rounds: int) 
 
 
 def maxrss_mib() -> float:
-    """Peak RSS of this process: VmHWM of /proc/self/status (per address space, so reset by exec; getrusage's
-    ru_maxrss is NOT: Linux carries the pre-exec high-water mark, i.e. the forking parent's RSS, into the child)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """Peak resident memory of this process (VmHWM; see bench.device.peak_mib)."""
+    return peak_mib(torch.device("cpu"))
 
 
 def rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return current_mib(torch.device("cpu"))
 
 
 def run_child(args: list[str], timeout: float = 900, extra_env: dict[str, str] | None = None) -> dict:
@@ -300,7 +341,7 @@ def run_child(args: list[str], timeout: float = 900, extra_env: dict[str, str] |
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def environment() -> dict:
+def environment(device: torch.device | str = "cpu") -> dict:
     import timm
     import transformers
 
@@ -328,6 +369,7 @@ def environment() -> dict:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "loadavg_start": os.getloadavg(),
         "started_unix": time.time(),
+        **describe(torch.device(device)),
     }
 
 

@@ -1,6 +1,6 @@
 """Checkpoint conversion time and peak memory for ViT-B/16 (timm -> vit_hf, Google npz -> vit_hf), fresh processes.
 
-    .venv/bin/python -m bench.convert [--rounds N] [--size B/16]
+    python -m bench convert [--quick] [--rounds N] [--size B/16] [--device cpu]
 
 Inputs (written once to a temp dir from one seeded timm model): `timm.safetensors` (timm state dict) and
 `vit.npz` (vit_jax pre-Linen names, as in the original ViT-B_16.npz, float32). Each measurement is a fresh process:
@@ -12,6 +12,8 @@ imports, RSS recorded, then the timed work, then VmHWM (peak RSS). Candidates (r
 Peers (what a user would otherwise do):
   hf_manual      safetensors.load_file + key rename + ViTForImageClassification(cfg).load_state_dict + save_pretrained
   timm_npz       timm's own npz loader: create_model(pretrained=False) + timm.models.vision_transformer._load_weights
+Conversion is file to file on the CPU: `--device cuda` is accepted (for `python -m bench all --device cuda`) and
+measures the same CPU work. `--quick`: the toy size, 1 round.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import SIZES, environment, markdown, maxrss_mib, rss_mib, run_child, save
+from bench import device as dev
+from bench.common import QUICK_SIZE, SIZES, environment, markdown, maxrss_mib, rss_mib, run_child, save
 
 CANDS = ("timm_api", "timm_cli", "hf_manual", "npz_api", "npz_cli", "timm_npz")
 
@@ -79,7 +82,7 @@ def child(name: str, src: str, out: str, size: str) -> dict:
     if name == "timm_npz":
         import timm
         from timm.models.vision_transformer import _load_weights
-    heads = str(SIZES[size][2])
+    heads = str(SIZES[size].heads)
     rss0 = rss_mib()
     t = time.perf_counter()
     if name == "timm_api":
@@ -98,10 +101,10 @@ def child(name: str, src: str, out: str, size: str) -> dict:
         )
 
         m = transformers.ViTForImageClassification(hf_vit_config(size))
-        m.load_state_dict(timm_to_hf_vit_state(safetensors.torch.load_file(src), SIZES[size][1]), strict=False)
+        m.load_state_dict(timm_to_hf_vit_state(safetensors.torch.load_file(src), SIZES[size].depth), strict=False)
         m.save_pretrained(out)
     elif name == "timm_npz":
-        m = timm.create_model(SIZES[size][4], pretrained=False)
+        m = timm.create_model(SIZES[size].timm_name, pretrained=False, **SIZES[size].timm_kwargs())
         _load_weights(m, src)
     dt = time.perf_counter() - t
     return {"s": dt, "maxrss_mib": maxrss_mib(), "rss_before_mib": rss0}
@@ -110,6 +113,8 @@ def child(name: str, src: str, out: str, size: str) -> dict:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    dev.add_argument(ap)
+    ap.add_argument("--quick", action="store_true", help="the toy size, 1 round (smoke test)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--size", default="B/16")
     ap.add_argument("--out", default="convert")
@@ -117,6 +122,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         print("RESULT " + json.dumps(child(*args.child)))
         return
+    if dev.resolve(args.device).type == "cuda":
+        print("convert: conversion is file to file on the CPU; measuring that (--device cuda changes nothing here)")
+    if args.quick:
+        args.size, args.rounds = QUICK_SIZE, 1
     import safetensors.torch
 
     from bench.common import timm_model
@@ -130,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         st = Path(tmp) / "timm.safetensors"
         safetensors.torch.save_file({k: v.contiguous() for k, v in sd.items()}, str(st))
         npz = Path(tmp) / "vit.npz"
-        np.savez(npz, **timm_to_npz(sd, SIZES[args.size][1], SIZES[args.size][2]))
+        np.savez(npz, **timm_to_npz(sd, SIZES[args.size].depth, SIZES[args.size].heads))
         del sd
         src = {c: str(npz if ("npz" in c) else st) for c in cands}
         res: dict[str, list[dict]] = {c: [] for c in cands}

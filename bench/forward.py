@@ -1,30 +1,39 @@
 """Inference forward throughput (images/s): vit_hf vs timm vs transformers ViT (sdpa, eager), equal weights.
 
-    .venv/bin/python -m bench.forward [--quick] [--cases S/16-b8,B/16-b1-fp32] [--compile] [--rounds N]
+    python -m bench forward [--quick] [--device {cpu,cuda}] [--cases S/16-b8,B/16-b1-fp32] [--compile] [--rounds N]
 
-Case names: "{size}-b{batch}-{precision}[-compiled[-frozen]]"; precision is fp32, bf16-autocast (fp32 weights under
-torch.autocast("cpu", bfloat16)) or bf16-weights (model and input cast to bfloat16). All calls under
-torch.inference_mode(). Rounds interleave the candidates; medians, spread = (max - min) / median.
+Case names: "{size}-b{batch}-{precision}[-{sdpa backend}][-compiled[-frozen]]". Precisions (bench.device): on the
+CPU fp32, bf16-autocast (fp32 weights under torch.autocast) and bf16-weights (model and input cast to bfloat16); on
+CUDA also tf32, fp16-autocast and fp16-weights, and each case again with SDPA pinned to the flash (half precisions
+only) and memory-efficient kernels ("-flash", "-efficient"). All calls under torch.inference_mode(), each ending
+with a device synchronisation. Rounds interleave the candidates; medians, spread = (max - min) / median. On CUDA
+every row also has the allocator's peak during one call (`peak_mib`, all resident models included) and what the
+call added to the memory held before it (`call_mib`: activations and workspace).
 `--compile` adds torch.compile (inductor, default mode) for the subset S/16-b8 fp32 + bf16-autocast (compile time on
 2 cores is minutes per model); `--compile-cases` changes that subset; `--freezing` adds the same cases compiled with
 inductor's `freezing` option (weights folded as constants, oneDNN weight prepacking: the CPU inference setting).
+`--quick`: the toy size (bench.common.QUICK_SIZE), batch 1 and 2, 2 rounds of ~0.02 s: a smoke test, not a timing.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
+import os
 import time
 
 import torch
 
+from bench import device as dev
 from bench.common import (
     PEERS,
+    QUICK_SIZE,
+    SIZES,
     add_ratios,
     build_all,
     environment,
     gemm_peak,
+    images,
     interleaved,
     logits,
     markdown,
@@ -34,90 +43,147 @@ from bench.common import (
     vit_flops,
 )
 
-PRECISIONS = ("fp32", "bf16-autocast", "bf16-weights")
 GEMM = "gemm"  # the matmul pseudo-candidate
-GEMM_SHAPE = (8 * 197, 768, 3072)
+GEMM_SHAPE = (8 * 197, 768, 3072)  # the ViT-B/16 MLP at batch 8, the reference of every real size
 SUFFIX = {None: "", "default": "-compiled", "frozen": "-compiled-frozen"}  # case name per torch.compile mode
 SAME_ROUNDS_EAGER = "@eager"  # suffix of the uncompiled module timed in a compiled case's rounds
+CALL_S = 0.4  # target duration of one timed call (batch 1 loops inside it), so timer and scheduling jitter stay small
 
 
-def make_call(model: torch.nn.Module, x: torch.Tensor, precision: str, inner: int = 1):
-    ctx = (
-        (lambda: torch.autocast("cpu", dtype=torch.bfloat16))
-        if precision == "bf16-autocast"
-        else contextlib.nullcontext
-    )
+def make_call(
+    model: torch.nn.Module, x: torch.Tensor, precision: str, inner: int = 1, sdpa: str = "default"
+):  # fmt: skip
+    ctx = dev.precision_context(x.device, precision)
+    kernel = dev.sdpa_context(sdpa)
 
     def call() -> None:
-        with torch.inference_mode(), ctx():
+        with torch.inference_mode(), ctx(), kernel():
             for _ in range(inner):
                 logits(model, x)
+        dev.sync(x.device)
 
     return call
 
 
 def calibrate(call, target_s: float) -> int:
+    """How many repetitions of `call` take ~target_s (timed warm: the first call pays one-off costs)."""
+    call()
     t = time.perf_counter()
     call()
     dt = time.perf_counter() - t
     return max(1, round(target_s / max(dt, 1e-6)))
 
 
+def compile_all(
+    models: dict[str, torch.nn.Module], x: torch.Tensor, precision: str, mode: str, sdpa: str,
+    backend: str = "inductor",
+):  # fmt: skip
+    """torch.compile every candidate (fullgraph=True: issue 6 acc. 4, no graph breaks; a candidate that breaks falls
+    back to the default and is marked), run twice; returns (compiled models, compile seconds, fullgraph flags).
+    `backend="aot_eager"` traces the same graphs without inductor's code generation (tiny smoke configs)."""
+    torch._dynamo.reset()
+    out, seconds, fullgraph = {}, {}, {}
+    options = {"options": {"freezing": mode == "frozen"}} if backend == "inductor" else {}
+    for n, m in models.items():
+        t = time.perf_counter()
+        try:
+            out[n] = torch.compile(m, fullgraph=True, backend=backend, **options)
+            make_call(out[n], x, precision, sdpa=sdpa)()
+            fullgraph[n] = True
+        except Exception as e:  # noqa: BLE001 - any dynamo error means "not fullgraph"
+            print(f"{n}: fullgraph=True failed ({type(e).__name__}); default torch.compile")
+            torch._dynamo.reset()
+            out[n] = torch.compile(m, backend=backend)
+            make_call(out[n], x, precision, sdpa=sdpa)()
+            fullgraph[n] = False
+        make_call(out[n], x, precision, sdpa=sdpa)()
+        seconds[n] = time.perf_counter() - t
+    return out, seconds, fullgraph
+
+
+def call_memory(fns: dict, device: torch.device) -> dict[str, tuple[float, float]]:
+    """CUDA only: (allocator peak during one call, what the call added to the memory held before it) per candidate."""
+    if device.type != "cuda":
+        return {}
+    out = {}
+    for n, fn in fns.items():
+        dev.reset_peak(device)
+        before = dev.current_mib(device)
+        fn()
+        peak = dev.peak_mib(device)
+        out[n] = (peak, peak - before)
+    return out
+
+
+def gemm_shape(size: str) -> tuple[int, int, int]:
+    """The reference matmul: GEMM_SHAPE, or the toy size's own MLP at batch 8 (a CPU without bf16 instructions takes
+    seconds per bf16 GEMM of the real shape)."""
+    if size != QUICK_SIZE:
+        return GEMM_SHAPE
+    s = SIZES[size]
+    return 8 * ((s.image // s.patch) ** 2 + 1), s.width, s.mlp
+
+
+def gemm_call(device: torch.device, precision: str, target_s: float, shape: tuple[int, int, int] = GEMM_SHAPE):
+    """The machine's matmul throughput as one more candidate in the same rounds (contention and clock drift hit it
+    like the models): the ViT-B/16 MLP at batch 8, (1576, 768) @ (768, 3072), in the case's compute dtype (and TF32
+    setting), repeated for ~target_s per call. Returns (call, FLOP per call)."""
+    m, k, n = shape
+    dtype = dev.compute_dtype(precision)
+    a, w = torch.randn(m, k).to(device, dtype), torch.randn(k, n).to(device, dtype)
+    ctx = dev.precision_context(device, "tf32" if precision == "tf32" else "fp32")
+
+    def once() -> None:
+        with ctx():
+            a @ w
+        dev.sync(device)
+
+    reps = calibrate(once, target_s)
+
+    def call() -> None:
+        with ctx():
+            for _ in range(reps):
+                a @ w
+        dev.sync(device)
+
+    return call, 2 * m * k * n * reps
+
+
 def run_case(
-    models: dict[str, torch.nn.Module], size: str, batch: int, precision: str, rounds: int, compiled: str | None
-) -> list[dict]:
-    x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    if precision == "bf16-weights":
-        models = {n: copy.deepcopy(m).to(torch.bfloat16) for n, m in models.items()}
-        x = x.to(torch.bfloat16)
+    models: dict[str, torch.nn.Module], size: str, batch: int, precision: str, rounds: int, compiled: str | None,
+    sdpa: str = "default", call_s: float = CALL_S, backend: str = "inductor",
+) -> list[dict]:  # fmt: skip
+    device = next(next(iter(models.values())).parameters()).device
+    x = images(size, batch, device)
+    if dtype := dev.weights_dtype(precision):
+        models = {n: copy.deepcopy(m).to(dtype) for n, m in models.items()}
+        x = x.to(dtype)
     compile_s: dict[str, float] = {}
     fullgraph: dict[str, bool] = {}
     if compiled:
-        torch._dynamo.reset()
-        cm = {}
-        for n, m in models.items():
-            # fullgraph=True (issue 6 acc. 4: no graph breaks); a candidate that breaks falls back to the default
-            t = time.perf_counter()
-            try:
-                cm[n] = torch.compile(m, fullgraph=True, options={"freezing": compiled == "frozen"})
-                make_call(cm[n], x, precision)()
-                fullgraph[n] = True
-            except Exception as e:  # noqa: BLE001 - any dynamo error means "not fullgraph"
-                print(f"{n}: fullgraph=True failed ({type(e).__name__}); default torch.compile")
-                torch._dynamo.reset()
-                cm[n] = torch.compile(m)
-                make_call(cm[n], x, precision)()
-                fullgraph[n] = False
-            make_call(cm[n], x, precision)()
-            compile_s[n] = time.perf_counter() - t
+        cm, compile_s, fullgraph = compile_all(models, x, precision, compiled, sdpa, backend)
         # vit_hf's eager module as one more candidate in the same rounds: compiled / eager without the drift
         # between separately timed cases (issue 6 acc. 4)
         cm.update({f"{n}{SAME_ROUNDS_EAGER}": models[n] for n in models if n == "vit_hf"})
         models = cm
-    # one call ~ 0.4 s (batch 1 loops inside the call), so timer overhead and scheduling jitter stay small
-    inner = {n: calibrate(make_call(m, x, precision), 0.4) for n, m in models.items()}
+    inner = {n: calibrate(make_call(m, x, precision, sdpa=sdpa), call_s) for n, m in models.items()}
     inner_n = min(inner.values())
-    fns = {n: make_call(m, x, precision, inner_n) for n, m in models.items()}
-    # The machine's matmul throughput, timed as one more candidate in the same rounds (so contention and clock
-    # drift hit it like the models): one large GEMM in the case's dtype, the ViT-B/16 MLP at batch 8,
-    # (1576, 768) @ (768, 3072), repeated for ~0.4 s per call. (Smaller shapes run below this peak.)
-    m, k, n = GEMM_SHAPE
-    dtype = torch.float32 if precision == "fp32" else torch.bfloat16
-    a, w = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
-    gemm_flop = 2 * m * k * n
-    reps = calibrate(lambda: a @ w, 0.4)
-    fns[GEMM] = lambda: [a @ w for _ in range(reps)]
-    timings = interleaved(fns, warmup=1, rounds=rounds)
+    fns = {n: make_call(m, x, precision, inner_n, sdpa) for n, m in models.items()}
+    memory = call_memory({n: make_call(m, x, precision, 1, sdpa) for n, m in models.items()}, device)
+    fns[GEMM], gemm_flop = gemm_call(device, precision, call_s, gemm_shape(size))
+    timings = interleaved(fns, warmup=1, rounds=rounds, collect=call_s >= CALL_S)
     gemm = timings.pop(GEMM)
-    gemm_gflop_s, gemm_gflop_s_best = gemm_flop * reps / gemm.median / 1e9, gemm_flop * reps / gemm.best / 1e9
+    gemm_gflop_s, gemm_gflop_s_best = gemm_flop / gemm.median / 1e9, gemm_flop / gemm.best / 1e9
+    case = f"{size}-b{batch}-{precision}" + ("" if sdpa == "default" else f"-{sdpa}") + SUFFIX[compiled]
     rows = []
     for n, t in timings.items():
         rows.append(
             {
-                "case": f"{size}-b{batch}-{precision}" + SUFFIX[compiled],
+                "case": case,
                 "size": size,
                 "batch": batch,
                 "precision": precision,
+                "sdpa": sdpa,
                 "compiled": compiled or False,
                 "candidate": n,
                 "img_s": batch * inner_n / t.median,
@@ -129,20 +195,47 @@ def run_case(
                 "foreign_load": max(t.foreign),
                 "compile_s": compile_s.get(n),
                 "fullgraph": fullgraph.get(n),
+                "peak_mib": memory[n][0] if n in memory else None,
+                "call_mib": memory[n][1] if n in memory else None,
                 "gemm_gflop_s": gemm_gflop_s,
                 "gemm_gflop_s_best": gemm_gflop_s_best,
                 "gemm_spread": gemm.spread,
             }
         )
+    flops = vit_flops(size)
+    for r in rows:
+        r["gflop_s"] = r["img_s"] * flops / 1e9
+        r["frac_gemm_peak"] = r["gflop_s"] / r["gemm_gflop_s"]  # medians over the same rounds
+    add_ratios(rows, "img_s", ("case",))
     return rows
+
+
+def plan(args: argparse.Namespace, size: str, device: torch.device, batches: tuple[int, ...]) -> list[tuple]:
+    """(batch, precision, sdpa backend, compile mode) of every case of one size that the filters select."""
+    filters, compile_filters = parse_cases(args.cases), parse_cases(args.compile_cases)
+    modes = [mode for mode, on in (("default", args.compile), ("frozen", args.freezing)) if on]
+    out = []
+    for b in batches:
+        for p in dev.precisions(device):
+            for sdpa in dev.sdpa_backends(device, p):
+                case = f"{size}-b{b}-{p}" + ("" if sdpa == "default" else f"-{sdpa}")
+                if not selected(case, filters):
+                    continue
+                if not args.no_eager_cases:
+                    out.append((b, p, sdpa, None))
+                if selected(case, compile_filters):
+                    out += [(b, p, sdpa, mode) for mode in modes]
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="batch 1 and 8 only, 3 rounds")
+    dev.add_argument(ap)
+    ap.add_argument("--quick", action="store_true", help="the toy size, batch 1 and 2, 2 short rounds (smoke test)")
+    ap.add_argument("--sizes", default="S/16,B/16")
     ap.add_argument("--cases", help="comma-separated substrings of case names to run, e.g. 'S/16-b8,B/16-b1-fp32'")
     ap.add_argument("--candidates", default=",".join(PEERS))
-    ap.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,8,64; --quick: 1,8)")
+    ap.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,8,64; --quick: 1,2)")
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--compile", action="store_true", help="also run torch.compile on the compile subset")
     ap.add_argument("--compile-cases", default="S/16-b8-fp32,S/16-b8-bf16-autocast")
@@ -150,47 +243,40 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-eager-cases", action="store_true", help="only the compiled cases")
     ap.add_argument("--out", default="forward")
     args = ap.parse_args(argv)
-    filters = parse_cases(args.cases)
+    device = dev.resolve(args.device)
     names = args.candidates.split(",")
-    env = environment()
-    peaks = {"fp32": gemm_peak(torch.float32), "bf16": gemm_peak(torch.bfloat16)}
-    print(f"GEMM peak at (1576x768)@(768x3072): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
-    batches = (1, 8) if args.quick else (1, 8, 64)
+    env = environment(device)
+    half = "fp16" if device.type == "cuda" else "bf16"
+    # the best-of-10 GEMM at the start of the run, kept next to the in-round one for comparison with older runs
+    peaks = {} if args.quick else {p: gemm_peak(dev.compute_dtype(p), device=device) for p in ("fp32", "bf16", half)}
+    print("GEMM peak at (1576x768)@(768x3072): " + ", ".join(f"{p} {v:.0f}" for p, v in peaks.items()) + " GFLOP/s")
+    batches = (1, 2) if args.quick else (1, 8, 64)
     if args.batches:
         batches = tuple(int(b) for b in args.batches.split(","))
+    sizes = [QUICK_SIZE] if args.quick else args.sizes.split(",")
     rows: list[dict] = []
-    for size in ("S/16", "B/16"):
-        plan = []
-        for b in batches:
-            for p in PRECISIONS:
-                case = f"{size}-b{b}-{p}"
-                if not args.no_eager_cases and selected(case, filters):
-                    plan.append((b, p, None))
-                if selected(case, parse_cases(args.compile_cases)) and selected(case, filters):
-                    plan += [(b, p, mode) for mode, on in (("default", args.compile), ("frozen", args.freezing)) if on]
-        if not plan:
+    for size in sizes:
+        cases = plan(args, size, device, batches)
+        if not cases:
             continue
-        models = build_all(names, size)
-        for b, p, compiled in plan:
-            rounds = args.rounds or (5 if b == 1 else 4 if b == 8 else 2)
+        models = build_all(names, size, device=device)
+        for b, p, sdpa, compiled in cases:
+            rounds = args.rounds or (2 if args.quick else 5 if b == 1 else 4 if b == 8 else 2)
             t0 = time.perf_counter()
-            case_rows = run_case(models, size, b, p, rounds, compiled)
-            flops = vit_flops(size)
+            case_rows = run_case(models, size, b, p, rounds, compiled, sdpa, call_s=0.02 if args.quick else CALL_S)
+            start_peak = peaks.get(p.split("-")[0])  # the start-of-run best-of-10 GEMM (none taken for tf32)
             for r in case_rows:
-                r["gflop_s"] = r["img_s"] * flops / 1e9
-                # medians over the same rounds; and the start-of-run best-of-10 peak, for comparison
-                r["frac_gemm_peak"] = r["gflop_s"] / r["gemm_gflop_s"]
-                r["frac_gemm_peak_start"] = r["gflop_s"] / peaks["fp32" if p == "fp32" else "bf16"]
-            add_ratios(case_rows, "img_s", ("case",))
+                r["frac_gemm_peak_start"] = r["gflop_s"] / start_peak if start_peak else None
             rows += case_rows
             save(args.out, {"env": env, "gemm_peak_gflop_s": peaks, "args": vars(args), "rows": rows, "partial": True})
             print(f"\n## {case_rows[0]['case']}  ({time.perf_counter() - t0:.0f} s)")
             cols = ["candidate", "img_s", "img_s_best", "ms_per_batch", "spread", "clean_rounds", "vs_best_peer"]
-            print(markdown(case_rows, [*cols, "frac_gemm_peak"]))
+            cols += ["frac_gemm_peak"] + (["peak_mib", "call_mib"] if device.type == "cuda" else [])
+            print(markdown(case_rows, cols))
         del models
     cols = ["case", "candidate", "img_s", "spread", "vs_best_peer", "frac_gemm_peak", "compile_s"]
     print("\n" + markdown(rows, cols))
-    env["loadavg_end"] = __import__("os").getloadavg()
+    env["loadavg_end"] = os.getloadavg()
     path = save(args.out, {"env": env, "gemm_peak_gflop_s": peaks, "args": vars(args), "rows": rows})
     print(f"\nwrote {path}")
 

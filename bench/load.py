@@ -1,6 +1,6 @@
 """`from_pretrained` load time and peak memory, ViT-B/16: vit_hf vs transformers ViT, fresh subprocess each.
 
-    .venv/bin/python -m bench.load [--rounds N] [--size B/16]
+    python -m bench load [--quick] [--device {cpu,cuda}] [--rounds N] [--size B/16]
 
 Both folders are written once (safetensors, fp32, equal weights) to a temp dir. Each measurement is a fresh
 process: import torch + transformers (+ the class), record RSS, then time `from_pretrained(folder)` and read
@@ -12,6 +12,8 @@ checks, importing the copied module). Rounds interleave the candidates. Candidat
   vit_hf           VitHfForImageClassification.from_pretrained(folder)  (class imported from the package)
   vit_hf_remote    AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True) (remote code)
   hf_vit           ViTForImageClassification.from_pretrained(folder)
+With `--device cuda` every candidate loads with `device_map="cuda"` (weights go straight to the GPU) and the memory
+columns are the CUDA allocator's (peak over the load, and its growth). `--quick`: the toy size, 1 round.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import add_ratios, environment, markdown, maxrss_mib, rss_mib, run_child, save
+from bench import device as dev
+from bench.common import QUICK_SIZE, add_ratios, environment, markdown, run_child, save
 
 CANDS = ("vit_hf", "vit_hf_remote", "hf_vit")
 
 
-def child(name: str, folder: str) -> dict:
-    import torch  # noqa: F401
+def child(name: str, folder: str, device_name: str) -> dict:
+    import torch
     import transformers
     import transformers.modeling_utils  # noqa: F401  (pay every import before the clock starts, for all candidates)
     from transformers import AutoModelForImageClassification, ViTForImageClassification  # noqa: F401
@@ -42,13 +45,19 @@ def child(name: str, folder: str) -> dict:
     else:
         cls = transformers.ViTForImageClassification
     kw = {"trust_remote_code": True} if name == "vit_hf_remote" else {}
-    rss0 = rss_mib()
+    device = dev.resolve(device_name)
+    if device.type == "cuda":
+        kw["device_map"] = "cuda"
+        torch.cuda.init()  # the CUDA context is not part of the load
+    dev.reset_peak(device)
+    rss0 = dev.current_mib(device)
     t = time.perf_counter()
     model = cls.from_pretrained(folder, **kw)
+    dev.sync(device)
     dt = time.perf_counter() - t
     return {
         "load_s": dt,
-        "maxrss_mib": maxrss_mib(),
+        "maxrss_mib": dev.peak_mib(device),
         "rss_before_mib": rss0,
         "class": type(model).__name__,
         "attn": model.config._attn_implementation,
@@ -67,7 +76,9 @@ def write_folders(root: Path, size: str) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    dev.add_argument(ap)
+    ap.add_argument("--quick", action="store_true", help="the toy size, 1 round (smoke test)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--size", default="B/16")
     ap.add_argument("--out", default="load")
@@ -75,7 +86,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         print("RESULT " + json.dumps(child(*args.child)))
         return
-    env = environment()
+    device = dev.resolve(args.device)
+    if args.quick:
+        args.size, args.rounds = QUICK_SIZE, 1
+    env = environment(device)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["HF_HOME"] = str(Path(tmp) / "hf_home")  # remote-code module cache stays in the temp dir
         folders = write_folders(Path(tmp), args.size)
@@ -83,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         res: dict[str, list[dict]] = {n: [] for n in CANDS}
         for r in range(args.rounds):
             for n in CANDS[r % len(CANDS) :] + CANDS[: r % len(CANDS)]:
-                res[n].append(run_child(["-m", "bench.load", "--child", n, folders[n]]))
+                res[n].append(run_child(["-m", "bench.load", "--child", n, folders[n], device.type]))
     rows = []
     for n, rs in res.items():
         t = [x["load_s"] for x in rs]

@@ -1,6 +1,6 @@
 """Image preprocessing throughput: a list of PIL images -> one (B, 3, 224, 224) float tensor, images/s.
 
-    .venv/bin/python -m bench.preprocess [--quick] [--rounds N] [--batch 32]
+    python -m bench preprocess [--quick] [--device {cpu,cuda}] [--rounds N] [--batch 32]
 
 Candidates:
   vit_hf          VitHfImageProcessor(size=224, crop_pct=0.9, resample="bicubic").preprocess(images, "pt")
@@ -18,7 +18,9 @@ Candidates:
   timm            timm eval transform (create_transform from vit_base_patch16_224's data config: bicubic resize
                   to 248, center crop 224, ToTensor, Normalize) per image + torch.stack
 Inputs: JPEG-decoded RGB PIL images of mixed sizes (640x480, 500x375, 375x500, 1024x768), made from smooth random
-noise so decoding artefacts look like photos. Rounds interleave the candidates.
+noise so decoding artefacts look like photos. Rounds interleave the candidates. Preprocessing is CPU work for every
+candidate; with `--device cuda` each call ends with the batch on the GPU (`.to("cuda")` and a synchronisation
+included), what a GPU model waits for. `--quick`: 8 images, 2 rounds (a smoke test).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+from bench import device as dev
 from bench.common import add_ratios, environment, interleaved, markdown, save
 
 PEERS_PP = ("hf_torchvision_crop", "hf_pil_crop", "timm")  # equal-work peers for vs_best_peer
@@ -85,24 +88,45 @@ def candidates() -> dict:
     }
 
 
+def on_device(fns: dict, device: torch.device) -> dict:
+    """Each candidate's batch delivered to `device` (unchanged on the CPU)."""
+    if device.type == "cpu":
+        return fns
+
+    def moved(f):
+        def call(ims):
+            out = f(ims).to(device, non_blocking=True)
+            dev.sync(device)
+            return out
+
+        return call
+
+    return {n: moved(f) for n, f in fns.items()}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--batch", type=int, default=32)
+    dev.add_argument(ap)
+    ap.add_argument("--quick", action="store_true", help="8 images, 2 rounds (smoke test)")
+    ap.add_argument("--batch", type=int, default=None, help="images per call (default 32, --quick 8)")
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--out", default="preprocess")
     args = ap.parse_args(argv)
-    env = environment()
+    device = dev.resolve(args.device)
+    args.batch = args.batch or (8 if args.quick else 32)
+    env = environment(device)
     images = make_images(args.batch)
-    fns = candidates()
+    fns = on_device(candidates(), device)
     shapes = {n: tuple(f(images[:2]).shape) for n, f in fns.items()}
-    assert all(s == (2, 3, 224, 224) for s in shapes.values()), shapes
+    if any(s != (2, 3, 224, 224) for s in shapes.values()):
+        raise RuntimeError(f"a candidate returned the wrong shape: {shapes}")
     # parity of the two timm-semantics pipelines (ours vs timm), for the record
-    a, b = fns["vit_hf"](images[:4]), fns["timm"](images[:4])
+    a, b = fns["vit_hf"](images[:4]).cpu(), fns["timm"](images[:4]).cpu()
     timm_maxdiff = (a - b).abs().max().item()
-    torch_maxdiff = (fns["vit_hf_torch"](images[:4]) - b).abs().max().item()
+    torch_maxdiff = (fns["vit_hf_torch"](images[:4]).cpu() - b).abs().max().item()
     timings = interleaved(
-        {n: (lambda f=f: f(images)) for n, f in fns.items()}, warmup=1, rounds=args.rounds or (3 if args.quick else 7)
+        {n: (lambda f=f: f(images)) for n, f in fns.items()}, warmup=1, rounds=args.rounds or (2 if args.quick else 7),
+        collect=not args.quick,
     )
     rows = [
         {

@@ -1,223 +1,170 @@
-"""Training step (forward + cross-entropy + backward + AdamW.step) throughput and peak memory, equal weights.
+"""Training-step speed, in-process and interleaved: vit_hf vs timm (vs hf_sdpa), same weights, same batch.
 
-    .venv/bin/python -m bench.train_step [--quick] [--cases S/16-fp32,B/16-bf16] [--rounds N] [--steps N]
+    python -m bench train_step [--quick] [--device {cpu,cuda}] [--sizes S/16,B/16] [--batch 8]
+        [--cases fp32,bf16-ckpt] [--candidates vit_hf,timm,hf_sdpa] [--rounds 3]
 
-Every (case, candidate, round) runs in a FRESH subprocess (rounds interleave the candidates: A B C D, B C D A, ...)
-that builds the model, does 1 warm-up step, then `--steps` timed steps. Memory: the child's VmHWM from
-/proc/self/status, its resident high-water mark, which counts everything the allocator touched: weights, grads,
-AdamW state, activations, oneDNN scratch (not getrusage's ru_maxrss: Linux carries the forking parent's RSS into it
-across exec); reported as the peak and as the peak minus the RSS just before the first
-step (model + optimizer built, so the delta is what training adds: grads, AdamW moments, activations). Model building
-holds one extra fp32 copy of the weights briefly, far below the training peak.
-Case names: "{size}-b{batch}-{fp32|bf16}[-ckpt]"; bf16 = torch.autocast("cpu", bfloat16) with fp32 master weights;
-ckpt = activation checkpointing per block (timm `set_grad_checkpointing`, HF `gradient_checkpointing_enable`).
-
-Equal footing for memory: every child imports the same libraries (torch, timm, transformers, vit_hf) whatever its
-candidate, and builds its model the same way: from one timm state dict the parent saved once per size (safetensors),
-loaded into the freshly built candidate. So the peak differs only by what the model and its training step allocate.
-What importing each candidate's own library costs is reported separately (`import_mib`, a child that imports only
-that library). `--alloc mmap` (default) runs the children with glibc's MALLOC_MMAP_THRESHOLD_=131072: every tensor
-above 128 KiB is mmapped and returned to the OS when freed, so VmHWM follows the live tensors instead of glibc's
-dynamic threshold, which keeps freed blocks resident depending on the order of earlier allocations (model building);
-`--alloc default` measures with glibc's defaults.
+One process per size; for every case "{size}-b{batch}-{precision}[-ckpt]" each candidate gets a fresh AdamW, one
+warm-up step, then `--rounds` rounds of one timed step each, candidates alternating (A B C, B C A, ...), so drift
+hits all alike. Step = forward (bf16/fp16: torch.autocast with fp32 master weights; fp16 with a GradScaler, as fp16
+training needs; tf32: CUDA TF32 matmuls) + CE on fp32 logits + backward + AdamW(lr 1e-4, wd 0.05) + zero_grad, ending
+with a device synchronisation. ckpt = activation checkpointing per block (timm `set_grad_checkpointing`,
+HF/vit_hf `gradient_checkpointing_enable(use_reentrant=False)`).
+Memory: on CUDA every row has the allocator's peak during the candidate's first step minus what was allocated before
+it (`step_mib`: gradients, AdamW moments, activations, workspace), its weights (`weights_mib`) and their sum
+(`peak_mib`, the peak of a process holding only this model). On the CPU memory is per process: see
+`python -m bench train_memory` (fresh process per candidate, VmHWM).
+Each case is saved as soon as it finishes to results/<out>/<case>.json (bench.report merges them).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import statistics
+import gc
+import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 
+from bench import device as dev
 from bench.common import (
-    PEERS,
-    Timing,
+    QUICK_SIZE,
     add_ratios,
-    cpu_snapshot,
+    build_all,
     environment,
-    foreign_load,
+    images,
+    interleaved,
+    logits,
     markdown,
-    maxrss_mib,
     parse_cases,
-    rss_mib,
-    run_child,
-    save,
     save_case,
+    selected,
 )
-from bench.common import selected as case_selected
-
-BATCH = {"S/16": 8, "B/16": 4}
 
 
-# the per-candidate columns of every table this script prints
-COLUMNS = [
-    "candidate", "img_s", "img_s_best", "clean_steps", "img_s_vs_best", "peak_rss_mib", "train_delta_mib", "mem_vs_best"
-]
-
-def child(name: str, size: str, batch: int, precision: str, ckpt: bool, steps: int, weights: str) -> dict:
-    import timm  # noqa: F401  (equal imports in every child, see the module docstring)
-    import transformers  # noqa: F401
-    from safetensors.torch import load_file
-
-    import vit_hf  # noqa: F401
-    from bench.common import build, logits
-
-    model = build(name, size, load_file(weights)).train()
-    if ckpt:
-        if name == "timm":
-            model.set_grad_checkpointing(True)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, 224, 224, generator=g)
-    y = torch.randint(0, 1000, (batch,), generator=g)
-    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
-
-    def step() -> float:
-        with ctx():
-            out = logits(model, x)
-        loss = torch.nn.functional.cross_entropy(out.float(), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.item()
-
-    import gc
-
-    gc.collect()
-    rss0 = rss_mib()
-    step()
-    times, foreign = [], []
-    for _ in range(steps):
-        c0 = cpu_snapshot()
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-        foreign.append(foreign_load(c0, cpu_snapshot(), times[-1]))
-    return {"times": times, "foreign": foreign, "maxrss_mib": maxrss_mib(), "rss_before_mib": rss0}
-
-
-def save_weights(size: str, folder: Path) -> str:
-    """The timm state dict every child of this size loads (built once from seed 0)."""
-    from safetensors.torch import save_file
-
-    from bench.common import timm_model
-
-    path = folder / f"{size.replace('/', '_')}.safetensors"
-    save_file({k: v.contiguous() for k, v in timm_model(size).state_dict().items()}, str(path))
-    return str(path)
-
-
-def import_child(name: str) -> dict:
-    """RSS added by importing the library a candidate needs (torch already imported)."""
-    before_mods, rss0 = set(sys.modules), rss_mib()
+def set_ckpt(name: str, model: torch.nn.Module, on: bool) -> None:
     if name == "timm":
-        import timm  # noqa: F401
-    elif name.startswith("vit_hf"):
-        from vit_hf import VitHfForImageClassification  # noqa: F401
+        model.set_grad_checkpointing(on)
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     else:
-        from transformers import ViTForImageClassification  # noqa: F401
-    return {"import_mib": rss_mib() - rss0, "modules": len(set(sys.modules) - before_mods)}
+        model.gradient_checkpointing_disable()
+
+
+def make_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str):
+    """One training step of `model` on (x, y): a fresh AdamW; fp16 scales the loss (GradScaler) as fp16 needs."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    ctx = dev.precision_context(x.device, precision)
+    scaler = torch.amp.GradScaler(x.device.type) if precision == "fp16" else None
+
+    def step() -> None:
+        with ctx():
+            loss = torch.nn.functional.cross_entropy(logits(model, x).float(), y)
+        if scaler is None:
+            loss.backward()
+            opt.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        opt.zero_grad(set_to_none=True)
+        dev.sync(x.device)
+
+    return step
+
+
+def first_step_memory(step, model: torch.nn.Module, device: torch.device) -> dict:
+    """CUDA only: run the first step under the allocator's peak counter (see the module docstring)."""
+    if device.type != "cuda":
+        return {}
+    dev.reset_peak(device)
+    before = dev.current_mib(device)
+    step()
+    step_mib = dev.peak_mib(device) - before
+    weights_mib = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    return {"step_mib": step_mib, "weights_mib": weights_mib, "peak_mib": step_mib + weights_mib}
+
+
+def run_case(
+    models: dict[str, torch.nn.Module], case: str, x: torch.Tensor, y: torch.Tensor, precision: str, ckpt: bool,
+    rounds: int, collect: bool = True,
+) -> list[dict]:  # fmt: skip
+    fns, memory = {}, {}
+    for n, m in models.items():
+        m.train()
+        set_ckpt(n, m, ckpt)
+        fns[n] = make_step(m, x, y, precision)
+        memory[n] = first_step_memory(fns[n], m, x.device)
+    t = interleaved(fns, warmup=1, rounds=rounds, collect=collect)
+    batch = x.shape[0]
+    rows = [
+        {
+            "case": case,
+            "candidate": n,
+            "img_s": batch / v.median,
+            "img_s_best": batch / v.best,
+            "s_per_step": v.median,
+            "spread": v.spread,
+            "rounds": len(v.times),
+            "clean_rounds": v.n_clean,
+            **memory[n],
+        }
+        for n, v in t.items()
+    ]
+    add_ratios(rows, "img_s", ("case",))
+    timm_r = [r["img_s"] for r in rows if r["candidate"] == "timm"]
+    for r in rows:
+        if timm_r:
+            r["vs_timm"] = r["img_s"] / timm_r[0]
+    for n, m in models.items():  # leave the models as found: no checkpointing, no gradients
+        set_ckpt(n, m, False)
+        m.zero_grad(set_to_none=True)
+    del fns
+    gc.collect()
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument(
-        "--child", nargs=7, metavar=("NAME", "SIZE", "BATCH", "PREC", "CKPT", "STEPS", "WEIGHTS"),
-        help=argparse.SUPPRESS,
-    )
-    ap.add_argument("--import-child", metavar="NAME", help=argparse.SUPPRESS)
-    ap.add_argument("--alloc", choices=("mmap", "default"), default="mmap", help="glibc allocator setting, see above")
-    ap.add_argument("--quick", action="store_true", help="S/16 only, 1 round")
-    ap.add_argument("--cases", help="comma-separated substrings of case names")
-    ap.add_argument("--candidates", default=",".join(PEERS))
-    ap.add_argument("--rounds", type=int, default=2, help="fresh processes per candidate and case")
-    ap.add_argument(
-        "--steps", type=int, default=3, help="timed steps per process after 1 warm-up step (0: memory only)"
-    )
-    ap.add_argument("--batch", type=int, default=None, help="batch for every size (default S/16: 8, B/16: 4)")
+    dev.add_argument(ap)
+    ap.add_argument("--quick", action="store_true", help="the toy size, batch 2, 2 rounds (smoke test)")
     ap.add_argument("--sizes", default="S/16,B/16")
+    ap.add_argument("--batch", type=int, default=None, help="default 8 (--quick: 2)")
+    ap.add_argument("--cases", help="comma-separated substrings of case names")
+    ap.add_argument("--rounds", type=int, default=None, help="default 3 (--quick: 2)")
+    ap.add_argument("--candidates", default="vit_hf,timm,hf_sdpa")
     ap.add_argument("--out", default="train_step")
     args = ap.parse_args(argv)
-    if args.child:
-        name, size, batch, prec, ckpt, steps, weights = args.child
-        res = child(name, size, int(batch), prec, ckpt == "1", int(steps), weights)
-        print("RESULT " + json.dumps(res))
-        return
-    if args.import_child:
-        print("RESULT " + json.dumps(import_child(args.import_child)))
-        return
-    alloc_env = {"MALLOC_MMAP_THRESHOLD_": "131072"} if args.alloc == "mmap" else {}
-    tmp = tempfile.TemporaryDirectory()
-    weights_of = {}
-    names = args.candidates.split(",")
+    device = dev.resolve(args.device)
     filters = parse_cases(args.cases)
-    rounds = 1 if args.quick else args.rounds
-    env = environment()
-    batch_of = {s: args.batch or BATCH[s] for s in BATCH}
-    rows: list[dict] = []
-    for size in ("S/16",) if args.quick else args.sizes.split(","):
-        for prec in ("fp32", "bf16"):
-            for ckpt in (False, True):
-                case = f"{size}-b{batch_of[size]}-{prec}" + ("-ckpt" if ckpt else "")
-                if not case_selected(case, filters):
-                    continue
-                t0 = time.perf_counter()
-                res: dict[str, list[dict]] = {n: [] for n in names}
-                for r in range(rounds):
-                    for n in names[r % len(names) :] + names[: r % len(names)]:
-                        if size not in weights_of:
-                            weights_of[size] = save_weights(size, Path(tmp.name))
-                        argv_c = ["-m", "bench.train_step", "--child", n, size, str(batch_of[size]), prec]
-                        argv_c += ["1" if ckpt else "0", str(args.steps), weights_of[size]]
-                        res[n].append(run_child(argv_c, extra_env=alloc_env))
-                case_rows = []
-                for n, rs in res.items():
-                    tm = Timing([t for r in rs for t in r["times"]], [f for r in rs for f in r["foreign"]])
-                    times = tm.times  # --steps 0: memory only (the warm-up step already reaches the peak)
-                    med = tm.median if times else None
-                    peak = max(r["maxrss_mib"] for r in rs)
-                    case_rows.append(
-                        {
-                            "case": case,
-                            "candidate": n,
-                            "img_s": batch_of[size] / med if med else None,
-                            "s_per_step": med,
-                            "spread": (max(times) - min(times)) / med if med else None,
-                            "steps": len(times),
-                            "clean_steps": tm.n_clean if times else 0,
-                            "img_s_best": batch_of[size] / tm.best if times else None,
-                            "peak_rss_mib": peak,
-                            "train_delta_mib": statistics.median(r["maxrss_mib"] - r["rss_before_mib"] for r in rs),
-                        }
-                    )
-                add_ratios(case_rows, "img_s", ("case",))
-                for r in case_rows:
-                    r["img_s_vs_best"] = r.pop("vs_best_peer", None)
-                add_ratios(case_rows, "peak_rss_mib", ("case",), higher_better=False)
-                for r in case_rows:
-                    r["mem_vs_best"] = r.pop("vs_best_peer", None)
-                rows += case_rows
-                env_c = {**env, "loadavg_end": __import__("os").getloadavg()}
-                save_case(args.out, case, {"env": env_c, "args": vars(args), "batch": batch_of, "rows": case_rows})
-                save(args.out, {"env": env, "args": vars(args), "batch": batch_of, "rows": rows, "partial": True})
-                print(f"\n## {case} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
-                print(markdown(case_rows, COLUMNS), file=sys.stderr)
-    print("\n" + markdown(rows, ["case", *COLUMNS]))
-    # what importing each candidate's own library costs (not part of the rows above: every child imports all)
-    imports = [{"candidate": n, **run_child(["-m", "bench.train_step", "--import-child", n], extra_env=alloc_env)}
-               for n in names]
-    print("\n" + markdown(imports, ["candidate", "import_mib", "modules"]))
-    env["loadavg_end"] = __import__("os").getloadavg()
-    payload = {"env": env, "args": vars(args), "batch": batch_of, "rows": rows, "imports": imports}
-    print(f"\nwrote {save(args.out, payload)}")
+    env = environment(device)
+    batch, rounds = args.batch or (2 if args.quick else 8), args.rounds or (2 if args.quick else 3)
+    all_rows: list[dict] = []
+    for size in [QUICK_SIZE] if args.quick else args.sizes.split(","):
+        x = images(size, batch, device)
+        y = torch.randint(0, 1000, (batch,), generator=torch.Generator().manual_seed(0)).to(device)
+        plan = [
+            (p, c, f"{size}-b{batch}-{p}" + ("-ckpt" if c else ""))
+            for p in dev.TRAIN_PRECISIONS[device.type]
+            for c in (False, True)
+        ]
+        plan = [(p, c, case) for p, c, case in plan if selected(case, filters)]
+        if not plan:
+            continue
+        models = build_all(args.candidates.split(","), size, device=device)
+        for prec, ckpt, case in plan:
+            t0 = time.perf_counter()
+            rows = run_case(models, case, x, y, prec, ckpt, rounds, collect=not args.quick)
+            all_rows += rows
+            env_c = {**env, "loadavg_end": os.getloadavg()}
+            save_case(args.out, case, {"env": env_c, "args": vars(args), "rows": rows})
+            print(f"\n## {case} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+            cols = ["candidate", "img_s", "img_s_best", "spread", "clean_rounds", "vs_best_peer", "vs_timm"]
+            print(markdown(rows, cols + (["peak_mib", "step_mib"] if device.type == "cuda" else [])))
+            sys.stdout.flush()
+        del models
+        gc.collect()
+    print(markdown(all_rows, ["case", "candidate", "img_s", "spread", "vs_best_peer", "vs_timm"]))
 
 
 if __name__ == "__main__":
