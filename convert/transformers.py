@@ -25,6 +25,7 @@ import torch
 
 from convert.common import ConversionError, build_model, check_paths, load_torch_state_dict, parity_markdown
 from convert.transformers_keys import CLIP_TOWER, DINOV2_BLOCKS, VIT_BLOCKS, VIT_EMBEDDINGS, Rule, map_keys
+from convert.transformers_resize import resize_model, scale_processor
 from vit_hf import VitHfConfig, VitHfForImageClassification
 
 CONFIG, PREPROCESSOR, CARD = "config.json", "preprocessor_config.json", "README.md"
@@ -380,6 +381,7 @@ def source_markdown(folder: Path, info: dict, args: argparse.Namespace, processo
         ("preprocessing", processor_note.removeprefix("preprocessing: ")),
     ]
     rows += [("not converted", reason) for reason in info["dropped"]]
+    rows += [("note", n) for n in info.get("notes", [])]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     return f"Converted from {where} ({info['family'].name}).\n\n| | |\n| --- | --- |\n{table}"
 
@@ -397,7 +399,10 @@ def convert_transformers_folder(folder: Path, out_dir: Path, args: argparse.Name
     check_paths(folder, out_dir)
     info = convert_state(folder)
     model = build_converted(info)
+    resized = resize_model(model, info, getattr(args, "image_size", None))
     processor, note = make_processor(info, model.config, args)
+    processor, scaled = scale_processor(processor, model.config.image_hw)
+    info["notes"] = [n for n in (resized, scaled) if n]
     parity = None
     if getattr(args, "verify", False):
         from convert.transformers_verify import verify
@@ -412,7 +417,7 @@ def convert_transformers_folder(folder: Path, out_dir: Path, args: argparse.Name
     )
     out = write_folder(model, processor, out_dir, card)
     print(f"wrote {out} ({info['family'].name}, {info['source_class']})")
-    print(note)
+    print("\n".join([note, *info["notes"]]))
     for row in parity or []:
         print(f"parity vs {row['reference']} ({row['dtype']}, {row['outputs']}): max abs diff "
               f"{row['max_abs_diff']:.3e}")

@@ -10,6 +10,7 @@ size, where transformers resamples the 518-px position table at every call.
 from __future__ import annotations
 
 import contextlib
+import copy
 from pathlib import Path
 
 import torch
@@ -47,12 +48,12 @@ def load_source(folder: Path, info: dict, dtype: torch.dtype = torch.float64) ->
     return model.eval()
 
 
-def _outputs(model, x: torch.Tensor, compared: str, source: bool) -> torch.Tensor:
+def _outputs(model, x: torch.Tensor, compared: str, source: bool, resized: bool = False) -> torch.Tensor:
+    kwargs = {"interpolate_pos_encoding": True} if resized and source else {}
     if compared == "logits":
-        return model(x).logits
+        return model(x, **kwargs).logits
     if not source:
         model = model.vit
-    kwargs = {}
     if source and type(model).__name__ == "ViTMAEModel":  # keep every patch, in order: noise = arange
         p = model.config.patch_size
         ph, pw = (p, p) if isinstance(p, int) else p
@@ -90,9 +91,20 @@ def _inputs(config, processor, dtype: torch.dtype) -> list[torch.Tensor]:
     return inputs
 
 
-def _run(model: torch.nn.Module, inputs: list[torch.Tensor], compared: str, source: bool) -> list[torch.Tensor]:
+def _run(model: torch.nn.Module, inputs: list[torch.Tensor], compared: str, source: bool, resized: bool = False):
     with torch.no_grad():
-        return [_outputs(model, x, compared, source) for x in inputs]
+        return [_outputs(model, x, compared, source, resized) for x in inputs]
+
+
+def _ours(info: dict, dtype: torch.dtype) -> torch.nn.Module:
+    """The converted model in `dtype`; after --image-size, the stored table resampled in that dtype (the written
+    float32 table was resampled in float32, as transformers does in a float32 model; float64 is then exact too)."""
+    if "unresized" not in info:
+        return build_model(info["config"], info["state"], dtype=dtype)
+    config, table = info["unresized"]
+    model = build_model(copy.deepcopy(config), {**info["state"], "vit.pos_embed": table}, dtype=dtype)
+    model.vit.resize_position_embeddings(tuple(info["config"].image_hw), algorithm="hf")
+    return model
 
 
 def verify(folder: Path, info: dict, processor) -> list[dict]:
@@ -107,8 +119,9 @@ def verify(folder: Path, info: dict, processor) -> list[dict]:
     rows = []
     for dtype in (torch.float64, torch.float32):
         inputs = _inputs(config, processor, dtype)
-        expected = _run(load_source(folder, info, dtype), inputs, compared, source=True)
-        got = _run(build_model(config, info["state"], dtype=dtype), inputs, compared, source=False)
+        resized = "resized_from" in info  # the source runs at the new size with its own run-time resampling
+        expected = _run(load_source(folder, info, dtype), inputs, compared, source=True, resized=resized)
+        got = _run(_ours(info, dtype), inputs, compared, source=False)
         for x, a, b in zip(inputs, got, expected):
             rows.append(_row(reference, dtype, compared, x.shape[-2:], a, b))
     bad = [r for r in rows if not r.pop("ok")]

@@ -209,6 +209,33 @@ def test_preprocessing_is_the_sources_and_flags_override_it(tmp_path, capsys):
     assert saved["crop_pct"] == 0.5 and saved["image_mean"] == [0.1, 0.2, 0.3] and saved["image_std"] == [0.5] * 3
 
 
+@pytest.mark.parametrize("name", ["vit", "clip_vision", "deit_distilled", "siglip_vision", "vit_mae"])
+def test_image_size_resamples_as_transformers_does(tmp_path, name):
+    """--image-size: positions resampled as transformers' interpolate_pos_encoding=True does (--verify runs the source
+    that way at the new size), and the source's processor scaled to the new size."""
+    folder = save_family(name, tmp_path / "src")
+    args = argparse.Namespace(verify=True, image_size=(48, 40))
+    convert_transformers_folder(folder, tmp_path / "out", args)
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["image_size"] == [48, 40] and config["pos_embed_interpolation"] == "hf"
+    assert "as transformers does at run time" in (tmp_path / "out" / "README.md").read_text()
+    from vit_hf import VitHfImageProcessor
+
+    processor = VitHfImageProcessor.from_pretrained(tmp_path / "out")
+    image = (torch.rand(70, 50, 3, generator=torch.Generator().manual_seed(0)) * 255).byte().numpy()
+    assert processor(image, return_tensors="pt")["pixel_values"].shape[-2:] == (48, 40)
+
+
+def test_image_size_is_refused_where_positions_follow_the_input(tmp_path):
+    folder = save_family("dinov2", tmp_path / "src")
+    with pytest.raises(ConversionError, match="resamples its positions at every call"):
+        convert_transformers_folder(folder, tmp_path / "out", argparse.Namespace(image_size=(48, 48)))
+    with pytest.raises(ConversionError, match="not divisible by the patch size"):
+        convert_transformers_folder(save_family("vit", tmp_path / "v"), tmp_path / "out",
+                                    argparse.Namespace(image_size=(50, 48)))
+    assert not (tmp_path / "out").exists()
+
+
 def test_card_license_is_the_sources(tmp_path):
     folder = save_family("vit_mae", tmp_path / "src")
     (folder / "README.md").write_text("---\nlicense: cc-by-nc-4.0\ntags: [vision]\n---\n# MAE\n")
