@@ -48,8 +48,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from convert.google import add_google_arguments
 
     add_google_arguments(google_group, image_size=False)
+    p.set_defaults(gelu=None)  # to tell a given --gelu from none; an npz without it gets convert.google's default
     add_hub_arguments(p)
     return p.parse_args(argv)
+
+
+# Flags that only mean something for some formats: given for another, they are refused rather than ignored.
+FORMAT_FLAGS = {
+    "--model-name": ("model_name", ("timm-file",)),
+    "--num-heads": ("num_heads", ("timm-file", "timm-folder")),
+    "--global-pool": ("global_pool", ("timm-file", "timm-folder")),
+    "--source-image-size": ("source_image_size", ("timm-file", "timm-folder")),
+    "--act": ("act", ("timm-file", "timm-folder")),
+    "--eps": ("eps", ("timm-file", "timm-folder")),
+    "--prefix": ("prefix", ("npz",)),
+    "--gelu": ("gelu", ("npz",)),
+    "--pool": ("pool", ("npz",)),
+}
+KIND_NAMES = {"timm-file": "a timm state dict", "timm-folder": "a timm repo/folder", "npz": "a Google .npz",
+              "transformers-folder": "a transformers repo/folder"}
+
+
+def refuse_inapplicable(args: argparse.Namespace, kind: str) -> None:
+    given = [flag for flag, (dest, kinds) in FORMAT_FLAGS.items()
+             if getattr(args, dest, None) is not None and kind not in kinds]
+    if given:
+        verb = "does" if len(given) == 1 else "do"
+        raise ConversionError(f"{', '.join(given)} {verb} not apply to {KIND_NAMES[kind]} (the SOURCE given): drop it")
 
 
 def _transformers_converter():
@@ -69,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     source = resolve(args.source, revision=args.revision, offline=args.offline)
     args.source_repo, args.source_commit = source.repo, source.commit
+    refuse_inapplicable(args, source.kind)
     if source.kind == "npz":
+        args.gelu = args.gelu or "tanh"
         from convert.google import run
 
         return run(args, source.text)

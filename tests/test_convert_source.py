@@ -303,6 +303,9 @@ def test_wrong_paths_and_damaged_files(tiny_folder, tmp_path, capsys, monkeypatc
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "is a folder: pass the weights file in it" in err
 
+    code, _, err = convert([tiny_folder, tmp_path / "out", "--prefix", "params/", "--model-name", "vit_tiny"], capsys)
+    assert code == 2 and "--model-name, --prefix do not apply to a timm repo/folder" in err, err
+
     monkeypatch.setitem(sys.modules, "convert.transformers", None)  # as before convert/transformers.py exists
     code, _, err = convert([hf, tmp_path / "out"], capsys)
     assert code == 2 and "transformers-format conversion is not available" in err and err.count("\n") == 1
