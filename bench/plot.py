@@ -1,6 +1,6 @@
 """Bar charts of vit_hf's ratio to the best peer, from bench/results/*.json.
 
-    .venv/bin/python -m bench.plot            # writes bench/results/ratios.png
+    python -m bench plot            # writes bench/results/ratios.png
 
 Ratio > 1: vit_hf is faster (or lighter) than the best peer in that case; < 1: slower. One panel per benchmark.
 """
@@ -20,8 +20,8 @@ PANELS = (  # (results name, value, ratio column, title, vit_hf candidates shown
     ("forward_b64", "img_s", "vs_best_peer", "inference forward, batch 64", ("vit_hf",)),
     ("forward_compiled", "img_s", "vs_best_peer", "forward, eager and torch.compile (default, freezing), batch 8",
      ("vit_hf",)),
-    ("train_step_inproc", "img_s", "vs_timm", "train step (images/s, in-process interleaved), vs timm", ("vit_hf",)),
-    ("train_step", "peak_rss_mib", "mem_vs_best", "train step peak RSS, fresh process, equal imports (best/ours)",
+    ("train_step", "img_s", "vs_timm", "train step (images/s, in-process interleaved), vs timm", ("vit_hf",)),
+    ("train_memory", "peak_rss_mib", "mem_vs_best", "train step peak RSS, fresh process, equal imports (best/ours)",
      ("vit_hf",)),
     ("preprocess", "img_s", "vs_hf_pil", "preprocessing (images/s) vs transformers' PIL ViTImageProcessor",
      ("vit_hf", "vit_hf_torch")),

@@ -1,11 +1,11 @@
 """Render bench/results/*.json (and per-case results/<name>/*.json) as the markdown tables of bench/README.md.
 
-    .venv/bin/python -m bench.report > bench/results/tables.md
-    .venv/bin/python -m bench.report --summary > bench/results/summary.md   # one row per case, vit_hf vs best peer
+    python -m bench report > bench/results/tables.md
+    python -m bench report --summary > bench/results/summary.md   # one row per case, vit_hf vs best peer
 
-Per-case files (written by bench.train_step and bench.train_step_inproc as each case finishes) are merged with the
-aggregate file of the same name; for a case present in several files the newest file wins. Partial runs show up
-with the cases they finished.
+(`python -m bench all` writes both after its steps.) Per-case files (written by bench.train_step and
+bench.train_memory as each case finishes) are merged with the aggregate file of the same name; for a case present in
+several files the newest file wins. Partial runs show up with the cases they finished.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ SECTIONS = (
      "options={'freezing': True}), batch 8, same process",
      ["case", "candidate", "img_s", "img_s_best", "spread", "vs_best_peer", "frac_gemm_peak", "compile_s",
       "fullgraph"]),
-    ("train_step_inproc", "Training step speed: forward + CE + backward + AdamW, in-process interleaved (images/s)",
+    ("train_step", "Training step speed: forward + CE + backward + AdamW, in-process interleaved (images/s)",
      ["case", "candidate", "img_s", "img_s_best", "spread", "clean_rounds", "vs_best_peer", "vs_timm"]),
-    ("train_step", "Training step memory: fresh process per candidate, VmHWM (MiB); img/s here is 1 step, fresh",
+    ("train_memory", "Training step memory: fresh process per candidate, VmHWM (MiB); img/s here is 1 step, fresh",
      ["case", "candidate", "peak_rss_mib", "train_delta_mib", "mem_vs_best", "img_s"]),
     ("forward_b64", "Inference forward, batch 64",
      ["case", "candidate", "img_s", "img_s_best", "spread", "vs_best_peer", "frac_gemm_peak", "gemm_gflop_s"]),
@@ -37,9 +37,6 @@ SECTIONS = (
      ["candidate", "load_s", "load_s_best", "spread", "vs_best_peer", "peak_rss_mib", "load_delta_mib", "attn"]),
     ("convert", "Conversion, ViT-B/16 (fresh process each)",
      ["candidate", "seconds", "seconds_best", "spread", "peak_rss_mib", "delta_mib"]),
-    ("proposals", "Proposed modeling changes, prototyped (vs_vit_hf = variant / current vit_hf)",
-     ["case", "candidate", "img_s", "img_s_best", "spread", "vs_best_peer", "vs_vit_hf", "best_vs_vit_hf", "us_per_fwd",
-      "ms", "ms_best"]),
 )  # fmt: skip
 
 
@@ -81,10 +78,6 @@ def tables() -> None:
                 print("\n\nRSS added by importing each candidate's own library (every training child above imports all "
                       "of them, so that this is not in its peak):\n")
                 print(markdown(data["imports"], ["candidate", "import_mib", "modules"]))
-            if "numerics" in data:
-                print("\n\nNumerics (max |logits diff| vs current vit_hf):\n")
-                num = [{"variant": k, **v} for k, v in data["numerics"].items()]
-                print(markdown(num, ["variant", "fp64", "fp32", "ok"]))
         present = [c for c in cols if any(c in r for r in rows)]
         print("\n" + markdown(rows, present) + "\n")
 
@@ -135,13 +128,13 @@ def summary() -> None:
         if r["candidate"] == "vit_hf" and r.get("compiled") and ref:
             add(f"compile: vit_hf {r['case']} vs eager", [r, {**ref, "candidate": "vit_hf eager"}],
                 "img_s", ("vit_hf eager",))
-    rows, _ = load_rows("train_step_inproc")
+    rows, _ = load_rows("train_step")
     for case in dict.fromkeys(r["case"] for r in rows):
         add(f"train {case}", [r for r in rows if r["case"] == case], "img_s", ("timm",))
     rows, _ = load_rows("train_loop")
     for case in dict.fromkeys(r["case"] for r in rows):
         add(f"fine-tune loop {case}", [r for r in rows if r["case"] == case], "img_s", ("timm_loop",))
-    rows, _ = load_rows("train_step")
+    rows, _ = load_rows("train_memory")
     for case in dict.fromkeys(r["case"] for r in rows):
         add(f"train peak RSS {case} (MiB, lower is better)", [r for r in rows if r["case"] == case], "peak_rss_mib",
             ("timm",), higher=False)
