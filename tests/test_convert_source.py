@@ -77,6 +77,8 @@ def hub(tmp_path_factory):
         for repo, write in ((TINY, _write_tiny), (CLIP, _write_clip)):
             write(root / repo.split("/")[1])
             server.commits[repo] = _publish(api, root / repo.split("/")[1], repo)
+        api.create_repo("tester/private-vit", private=True)
+        _publish(api, root / TINY.split("/")[1], "tester/private-vit")
         bob = HfApi(endpoint=server.endpoint, token="hf_bob_write")
         _publish(bob, root / TINY.split("/")[1], "bob/gated-vit")
         server.set_gated("bob/gated-vit")
@@ -175,6 +177,17 @@ def test_hub_refusals_are_one_line(online, tmp_path, capsys, case, argv, expecte
     assert code == 2, (case, err)
     assert err.count("\n") == 1 and err.startswith("error: ") and expected in err, (case, err)
     assert "Traceback" not in err and not out.exists()
+
+
+def test_private_repo_needs_the_token(online, tmp_path, capsys, monkeypatch):
+    """HF_TOKEN is what opens a private repo; without it the Hub hides the repo, and the line says both causes."""
+    code, _, err = convert(["tester/private-vit", tmp_path / "with_token"], capsys)
+    assert code == 0, err
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setattr("huggingface_hub.constants.HF_TOKEN_PATH", str(tmp_path / "no_token"))
+    code, _, err = convert(["tester/private-vit", tmp_path / "without"], capsys)
+    assert code == 2 and "no such model repo" in err and "private and no valid token" in err, err
+    assert not (tmp_path / "without").exists()
 
 
 def test_network_failure_is_one_line_and_fast(online, tmp_path, capsys, monkeypatch):
