@@ -401,7 +401,9 @@ def convert_transformers_folder(folder: Path, out_dir: Path, args: argparse.Name
     model = build_converted(info)
     resized = resize_model(model, info, getattr(args, "image_size", None))
     processor, note = make_processor(info, model.config, args)
-    processor, scaled = scale_processor(processor, model.config.image_hw)
+    scaled = None
+    if resized:  # the source's processor made the source's size; a dynamic DINOv2 keeps its processor's crop
+        processor, scaled = scale_processor(processor, model.config.image_hw)
     info["notes"] = [n for n in (resized, scaled) if n]
     parity = None
     if getattr(args, "verify", False):
