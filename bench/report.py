@@ -71,9 +71,9 @@ def tables() -> None:
             import json
 
             data = json.loads(agg.read_text())
-            if "gemm_peak_gflop_s" in data:
-                p = data["gemm_peak_gflop_s"]
-                print(f"; best-of-10 GEMM at the start of the run: fp32 {p['fp32']:.0f}, bf16 {p['bf16']:.0f} GFLOP/s")
+            if data.get("gemm_peak_gflop_s"):  # none in --quick runs
+                peaks = ", ".join(f"{k} {v:.0f}" for k, v in data["gemm_peak_gflop_s"].items())
+                print(f"; best-of-10 GEMM at the start of the run: {peaks} GFLOP/s")
             if "imports" in data:
                 print("\n\nRSS added by importing each candidate's own library (every training child above imports all "
                       "of them, so that this is not in its peak):\n")

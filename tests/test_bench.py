@@ -1,0 +1,116 @@
+"""Smoke tests of the benchmark entry point: `python -m bench SUITE --quick` and `bench/device_check.sh --device cpu`
+on the toy size, asserting the structure of what they write (rows, candidates, ratios, columns), never timings."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+PEERS = {"vit_hf", "timm", "hf_sdpa", "hf_eager"}
+
+
+def run_bench(args: list[str], results: Path, **env: str) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "BENCH_RESULTS": str(results), "HF_HUB_OFFLINE": "1", "BENCH_THREADS": "1", **env}
+    return subprocess.run(args, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=300)
+
+
+def assert_ratios(rows: list[dict], key: str = "vs_best_peer") -> None:
+    """Per case: every candidate has a ratio to the best peer, and the best peer's own ratio is exactly 1."""
+    for case in {r["case"] for r in rows}:
+        ratios = [r[key] for r in rows if r["case"] == case and r["candidate"] in PEERS]
+        assert all(x > 0 for x in ratios), (case, ratios)
+        peers_only = [r[key] for r in rows if r["case"] == case and r["candidate"] in PEERS - {"vit_hf"}]
+        assert max(peers_only) == pytest.approx(1.0), (case, peers_only)
+
+
+def test_forward_quick_writes_every_precision_for_every_candidate(tmp_path):
+    proc = run_bench([sys.executable, "-m", "bench", "forward", "--quick", "--batches", "2"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((tmp_path / "forward.json").read_text())
+    rows = data["rows"]
+    cases = {r["case"] for r in rows}
+    assert cases == {"toy/8-b2-fp32", "toy/8-b2-bf16-autocast", "toy/8-b2-bf16-weights"}
+    for case in cases:
+        assert {r["candidate"] for r in rows if r["case"] == case} == PEERS
+    assert_ratios(rows)
+    for r in rows:
+        assert r["img_s"] > 0 and r["img_s_best"] >= r["img_s"] and r["rounds"] == 2
+        assert r["frac_gemm_peak"] == pytest.approx(r["gflop_s"] / r["gemm_gflop_s"])
+    assert data["env"]["device"] == "cpu" and not data.get("partial")
+    # the report renders these files: one table row per result row
+    report = run_bench([sys.executable, "-m", "bench", "report"], tmp_path)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert sum(line.startswith("| toy/8-b2-") for line in report.stdout.splitlines()) == len(rows)
+
+
+def test_train_step_quick_writes_one_file_per_case(tmp_path):
+    proc = run_bench([sys.executable, "-m", "bench", "train_step", "--quick", "--cases", "fp32"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = sorted(p.name for p in (tmp_path / "train_step").glob("*.json"))
+    assert files == ["toy8-b2-fp32-ckpt.json", "toy8-b2-fp32.json"]
+    for name in files:
+        rows = json.loads((tmp_path / "train_step" / name).read_text())["rows"]
+        assert {r["candidate"] for r in rows} == {"vit_hf", "timm", "hf_sdpa"}
+        assert_ratios(rows)
+        assert next(r["vs_timm"] for r in rows if r["candidate"] == "timm") == 1.0
+        assert all(r["img_s"] > 0 and r["clean_rounds"] <= r["rounds"] == 2 for r in rows)
+
+
+def test_device_check_cpu_tiny_writes_one_table(tmp_path):
+    proc = run_bench([str(ROOT / "bench" / "device_check.sh"), "--device", "cpu"], tmp_path, BENCH_TINY="1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = (tmp_path / "device_check_cpu.md").read_text()
+    assert text.startswith("# Device check: cpu") and "TINY CONFIG" in text
+    table = [line for line in text.splitlines() if line.startswith("|")]
+    assert table[0] == "| section | case | metric | vit_hf | timm | hf_sdpa | hf_eager | vit_hf / best peer |"
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
+    assert all(len(r) == 8 for r in rows)
+    sections = {r[0] for r in rows}
+    assert sections == {"forward", "train step", "compile (aot_eager)"}  # no memory rows on the CPU
+    assert {r[1] for r in rows if r[0] == "forward"} == {f"toy/8-b2-{p}" for p in ("fp32", "bf16-autocast",
+                                                                                 "bf16-weights")}  # fmt: skip
+    assert {r[1] for r in rows if r[0] == "train step"} == {"toy/8-b2-fp32", "toy/8-b2-bf16"}
+    for section, _, metric, *values, ratio in rows:
+        if metric == "vit_hf compiled / eager, same rounds":
+            assert float(values[0]) > 0 and not any(values[1:]) and not ratio
+            continue
+        filled = [float(v) for v in values if v]
+        assert len(filled) == (4 if section == "forward" else 3) and min(filled) > 0, (section, metric, values)
+        assert float(ratio) > 0
+    data = json.loads((tmp_path / "device_check_cpu.json").read_text())
+    assert data["tiny"] and data["skipped"] == [] and len(data["rows"]) == len(rows)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_device_cuda_without_gpu_fails_with_one_line_and_writes_nothing(tmp_path):
+    proc = run_bench([sys.executable, "-m", "bench", "train_step", "--quick", "--device", "cuda"], tmp_path)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--device cuda" in lines[0] and "--device cpu" in lines[0]
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_unknown_suite_names_the_choices(tmp_path):
+    proc = run_bench([sys.executable, "-m", "bench", "forwards"], tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: unknown suite 'forwards'; choose one of forward, compile, train_step, train_memory, train_loop, "
+        "preprocess, load, convert, device_check, profile, report, plot, all"
+    ]
+
+
+def test_readmes_cite_only_result_files_that_exist():
+    cited = set()
+    for readme, base in ((ROOT / "README.md", ROOT), (ROOT / "bench" / "README.md", ROOT / "bench")):
+        for path in re.findall(r"((?:bench/)?results/[\w./-]+\.(?:json|md|png|txt))", readme.read_text()):
+            cited.add((base if not path.startswith("bench/") else ROOT) / path)
+    assert cited, "no result file cited"
+    assert [str(p.relative_to(ROOT)) for p in sorted(cited) if not p.exists()] == []
