@@ -151,11 +151,26 @@ def transformers_patterns() -> list[str]:
     return list(TRANSFORMERS_ALLOW_PATTERNS)
 
 
+def _transformers_files(repo_id: str, commit: str, offline: bool) -> list[str]:
+    """The files to fetch: the converter picks them from the repo's listing (one weights format, the shards its index
+    names) when it can; offline, or without its picker, its patterns (only cached files are read offline anyway)."""
+    try:
+        from convert.transformers import files_to_download
+    except ImportError:
+        return transformers_patterns()
+    if offline:
+        return transformers_patterns()
+    from huggingface_hub import HfApi
+
+    return files_to_download(HfApi().list_repo_files(repo_id, revision=commit))
+
+
 def _download_transformers(repo_id: str, commit: str, offline: bool) -> Path:
     from huggingface_hub import snapshot_download
 
-    folder = Path(snapshot_download(repo_id, revision=commit, allow_patterns=transformers_patterns(),
-                                    local_files_only=offline, library_name="vit_hf"))
+    files = _transformers_files(repo_id, commit, offline)
+    folder = Path(snapshot_download(repo_id, revision=commit, allow_patterns=files, local_files_only=offline,
+                                    library_name="vit_hf"))
     if not (folder / "config.json").is_file():  # allow_patterns that match nothing only log, and return a bare path
         raise ConversionError(f"{repo_id}@{commit}: the snapshot holds no config.json")
     return folder

@@ -34,6 +34,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY = "tester/vit_tiny_patch16_224.augreg_in21k_ft_in1k"  # timm >= 1.0.31 writer: model_args; both weight files
 CLIP = "tester/vit_xsmall_patch16_clip_224.tinyclip_yfcc15m"  # as timm 0.9.x wrote it: no model_args; .bin only
 LABELS = ["ant", "bee", "cat", "dog", "eel"]
+HF_VIT = "tester/vit-tiny-transformers"  # transformers format, both weight files (as many 4.x-era repos)
 
 
 def _online(mp: pytest.MonkeyPatch, hub: HubServer, cache: Path) -> None:
@@ -67,6 +68,18 @@ def _write_clip(folder: Path) -> None:
     (folder / "config.json").write_text(json.dumps(config))
 
 
+def _write_transformers(folder: Path) -> None:
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, image_size=32,
+                       patch_size=8, num_labels=3)
+    torch.manual_seed(3)
+    model = ViTForImageClassification(config)
+    model.save_pretrained(folder, safe_serialization=False)  # pytorch_model.bin
+    model.save_pretrained(folder)  # model.safetensors next to it
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+
+
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     root = tmp_path_factory.mktemp("timm_repos")
@@ -79,6 +92,8 @@ def hub(tmp_path_factory):
             server.commits[repo] = _publish(api, root / repo.split("/")[1], repo)
         api.create_repo("tester/private-vit", private=True)
         _publish(api, root / TINY.split("/")[1], "tester/private-vit")
+        _write_transformers(root / "hf_vit")
+        server.commits[HF_VIT] = _publish(api, root / "hf_vit", HF_VIT)
         bob = HfApi(endpoint=server.endpoint, token="hf_bob_write")
         _publish(bob, root / TINY.split("/")[1], "bob/gated-vit")
         server.set_gated("bob/gated-vit")
@@ -162,6 +177,28 @@ def test_offline_reads_the_cache(online, tmp_path, capsys):
     assert online.requests == []
     assert (tmp_path / "first" / "model.safetensors").read_bytes() == (tmp_path / "again" / "model.safetensors"
                                                                         ).read_bytes()
+
+
+def test_transformers_repo_through_the_front_door(online, tmp_path, capsys):
+    """A transformers-format repo id goes to convert.transformers with the snapshot: one weights format fetched,
+    logits equal the source class's to 1e-9 in float64, the card names the repo and its commit."""
+    from transformers import AutoModelForImageClassification, ViTForImageClassification
+
+    out = tmp_path / "out"
+    online.clear_log()
+    code, stdout, err = convert([HF_VIT, out, "--verify"], capsys)
+    assert code == 0, err
+    fetched = {r.path.rsplit("/", 1)[-1] for r in online.requests if "/resolve/" in r.path and r.method == "GET"}
+    assert "model.safetensors" in fetched and "pytorch_model.bin" not in fetched, fetched
+    with pytest.MonkeyPatch.context() as mp:
+        _online(mp, online, tmp_path / "oracle_cache")
+        source = ViTForImageClassification.from_pretrained(HF_VIT).double().eval()
+    model = AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True).double().eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixel_values=x).logits, source(pixel_values=x).logits, rtol=0, atol=1e-9)
+    card = ModelCard.load(out / "README.md")
+    assert card.data.base_model == HF_VIT and online.commits[HF_VIT] in card.text
 
 
 @pytest.mark.parametrize("case, argv, expected", [
