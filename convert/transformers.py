@@ -172,6 +172,11 @@ HEAD_KEYS = ("classifier.", "cls_classifier.", "distillation_classifier.")
 def family_of(model_type: str | None) -> tuple[str, Family]:
     """(family key, Family) for a config.json `model_type`; anything that is not a plain ViT is refused by name."""
     key = VISION_CONFIG_OF.get(model_type, model_type)
+    if model_type == VitHfConfig.model_type:
+        raise ConversionError(
+            "this folder is already a vit_hf model: nothing to convert, load it with from_pretrained(..., "
+            "trust_remote_code=True)"
+        )
     if key not in FAMILIES:
         if not model_type:
             raise ConversionError("config.json has no model_type: not a transformers model folder")

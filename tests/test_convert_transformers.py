@@ -272,6 +272,8 @@ def test_not_a_plain_vit_is_refused_by_name(tmp_path):
     swin = transformers.SwinModel(transformers.SwinConfig(embed_dim=16, depths=[1], num_heads=[2], image_size=32))
     swin.save_pretrained(tmp_path / "swin")
     _refused(tmp_path / "swin", tmp_path / "out", "swin is not a plain ViT")
+    convert_transformers_folder(save_family("vit", tmp_path / "src"), tmp_path / "done", argparse.Namespace())
+    _refused(tmp_path / "done", tmp_path / "out", "already a vit_hf model")
 
 
 def test_broken_folders_are_refused(tmp_path):
