@@ -380,3 +380,27 @@ def test_preprocessing_flags(tiny_folder, tmp_path, capsys):
     assert code == 0 and "assumed" not in stdout, stdout
     p = VitHfImageProcessor.from_pretrained(tmp_path / "repo")
     assert p.crop_pct == 1.0 and p.resample == 3  # the flag over the repo's crop_pct 0.9; its bicubic kept
+
+
+def test_legacy_flat_timm_config(tmp_path, capsys):
+    """timm's oldest Hub configs are one flat dict (no `pretrained_cfg`; `labels` for label names): timm's own parser
+    reads them, so the architecture, labels and preprocessing come out as timm would build them."""
+    from safetensors.torch import save_file
+
+    from vit_hf import VitHfImageProcessor
+
+    folder = tmp_path / "legacy"
+    folder.mkdir()
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps({
+        "architecture": "vit_tiny_patch16_224", "num_classes": 3, "num_features": 192, "labels": ["x", "y", "z"],
+        "input_size": [3, 224, 224], "interpolation": "bilinear", "crop_pct": 0.875, "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+    }))
+    code, stdout, err = convert([folder, tmp_path / "out"], capsys)
+    assert code == 0, err
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert list(config["id2label"].values()) == ["x", "y", "z"] and config["hidden_size"] == 192
+    processor = VitHfImageProcessor.from_pretrained(tmp_path / "out")
+    assert (processor.crop_pct, processor.resample) == (0.875, 2)
