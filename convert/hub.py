@@ -176,8 +176,10 @@ def _download_transformers(repo_id: str, commit: str, offline: bool) -> Path:
     return folder
 
 
-def download(repo_id: str, revision: str | None = None, offline: bool = False) -> Downloaded:
-    """config.json first (to tell the format), then the weights and files that format needs, all at one commit."""
+def download(repo_id: str, revision: str | None = None, offline: bool = False,
+             check: Callable[[dict], None] | None = None) -> Downloaded:
+    """config.json first (to tell the format; `check(config)` may refuse it before any weights are fetched), then the
+    weights and files that format needs, all at one commit."""
     from huggingface_hub import hf_hub_download
 
     try:
@@ -191,6 +193,8 @@ def download(repo_id: str, revision: str | None = None, offline: bool = False) -
                                       library_name="vit_hf")
         commit = _commit_of(config_path)
         config = _read_json(config_path, f"{repo_id}@{commit}")
+        if check is not None:
+            check(config)
         if "model_type" in config:
             folder = _download_transformers(repo_id, commit, bool(cache_only))
         else:  # timm (or unknown: the folder converter says what is missing)

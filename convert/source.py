@@ -58,6 +58,22 @@ def folder_kind(folder: Path, config: dict | None = None) -> str:
     )
 
 
+def refuse_early(config: dict, repo: str) -> None:
+    """What config.json alone refuses (an unknown format, an architecture or model_type that is not a plain ViT),
+    checked before a repo's weights are downloaded."""
+    kind = folder_kind(Path(repo), config)
+    if kind == "timm-folder":
+        from convert.timm_hub import check_architecture
+
+        check_architecture(config["architecture"])
+        return
+    try:
+        from convert.transformers import family_of
+    except ImportError:
+        return  # the front door says in one line that the format is not available
+    family_of(config.get("model_type"))
+
+
 def _sniff_transformers(path: Path) -> None:
     """A transformers model's weights file, passed alone: its config.json decides the architecture, so refuse and
     point at the folder (only .safetensors can be listed without loading the tensors)."""
@@ -109,5 +125,5 @@ def resolve(text: str, revision: str | None = None, offline: bool = False) -> So
     repo, rev = parsed
     if rev and revision and rev != revision:
         raise ConversionError(f"{text} names revision {rev} but --revision says {revision}: give one")
-    got = download(repo, rev or revision, offline=offline)
+    got = download(repo, rev or revision, offline=offline, check=lambda config: refuse_early(config, repo))
     return Source(folder_kind(got.folder, got.config), got.folder, text, repo=repo, commit=got.commit)

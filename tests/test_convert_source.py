@@ -90,6 +90,9 @@ def hub(tmp_path_factory):
         for repo, write in ((TINY, _write_tiny), (CLIP, _write_clip)):
             write(root / repo.split("/")[1])
             server.commits[repo] = _publish(api, root / repo.split("/")[1], repo)
+        save_for_hf(timm.create_model("swin_tiny_patch4_window7_224", embed_dim=24, depths=(1, 1, 1, 1),
+                                      num_heads=(1, 1, 1, 1)), root / "swin", safe_serialization=True)
+        _publish(api, root / "swin", "tester/swin-tiny")
         api.create_repo("tester/private-vit", private=True)
         _publish(api, root / TINY.split("/")[1], "tester/private-vit")
         _write_transformers(root / "hf_vit")
@@ -207,13 +210,17 @@ def test_transformers_repo_through_the_front_door(online, tmp_path, capsys):
     ("unknown revision", [f"{TINY}@no-such-branch"], "revision 'no-such-branch' does not exist"),
     ("offline, not cached", [TINY, "--offline"], "--offline was given: the files are not in the local cache"),
     ("not a repo id", ["no/such/path.safetensors"], "no such file or folder, and not a Hub repo id"),
+    ("not a plain ViT", ["tester/swin-tiny"], "swin is not a plain ViT"),
 ])
 def test_hub_refusals_are_one_line(online, tmp_path, capsys, case, argv, expected):
     out = tmp_path / "out"
+    online.clear_log()
     code, stdout, err = convert([argv[0], out, *argv[1:]], capsys)
     assert code == 2, (case, err)
     assert err.count("\n") == 1 and err.startswith("error: ") and expected in err, (case, err)
     assert "Traceback" not in err and not out.exists()
+    weights = [r.path for r in online.requests if r.path.endswith((".safetensors", ".bin"))]
+    assert weights == [], weights  # every refusal comes before any weights are fetched
 
 
 def test_private_repo_needs_the_token(online, tmp_path, capsys, monkeypatch):
