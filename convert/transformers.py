@@ -373,6 +373,22 @@ def source_license(folder: Path) -> str:
     return license if isinstance(license, str) and license else "other"
 
 
+def _switches_text(config: VitHfConfig) -> str:
+    """The config switches a family turned on that the card's architecture table does not show."""
+    parts = []
+    if config.dynamic_img_size:
+        h, w = config.image_hw
+        parts.append(f"positions stored for {h}x{w}, resampled to every input at run time (`dynamic_img_size`, "
+                     f"`{config.pos_embed_interpolation}`)")
+    parts += [text for on, text in (
+        (config.distilled, "distillation token and head, logits averaged (`distilled`)"),
+        (config.no_embed_registers, "registers without positions (`no_embed_registers`)"),
+        (config.pooling == "token_mean", "head on [class token; mean of patches] (`pooling='token_mean'`)"),
+        (config.mlp_layer == "glu", f"gated MLP, {config.hidden_act} gate (`mlp_layer='glu'`)"),
+    ) if on]
+    return "; ".join(parts)
+
+
 def source_markdown(folder: Path, info: dict, args: argparse.Namespace, processor_note: str) -> str:
     repo, commit = getattr(args, "source_repo", None), getattr(args, "source_commit", None)
     where = f"`{repo}`" + (f" at commit `{commit}`" if commit else "") if repo else f"the local folder `{folder}`"
@@ -385,6 +401,7 @@ def source_markdown(folder: Path, info: dict, args: argparse.Namespace, processo
         ("reproduces", f"transformers {transformers.__version__} `{info['source_class']}` ({info['compared']})"),
         ("preprocessing", processor_note.removeprefix("preprocessing: ")),
     ]
+    rows += [("family switches", _switches_text(info["config"]))] if _switches_text(info["config"]) else []
     rows += [("not converted", reason) for reason in info["dropped"]]
     rows += [("note", n) for n in info.get("notes", [])]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
