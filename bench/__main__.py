@@ -99,11 +99,12 @@ def run_all(argv: list[str]) -> int:
         gate.wait_quiet()
         clear_results(results)
     logs.mkdir(parents=True, exist_ok=True)
-    failed = []
+    failed, done = [], set()
     with gate.Gate(logs / "gate.txt") if use_gate else contextlib.nullcontext(), sampling(None if quick else logs):
         for step, timeout_s, suite, args in SEQUENCE:
-            if quick and step != suite:
+            if quick and suite in done:
                 continue  # quick: each suite once
+            done.add(suite)
             cmd = [sys.executable, "-m", "bench", suite, *(passed if quick else [*args, *passed])]
             if gate.run_step(step, timeout_s, cmd, logs) != 0:
                 failed.append(step)

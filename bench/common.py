@@ -294,24 +294,32 @@ def interleaved(
     fns: dict[str, Callable[[], object]], warmup: int, rounds: int, collect: bool = True
 ) -> dict[str, Timing]:
     """Warm every candidate up, then time rounds A, B, C, A, B, C, ... (rotating the start so order bias cancels).
-    `collect`: a full garbage collection before every timed call, so that none falls inside one (~0.5 s each with
-    torch and transformers loaded: smoke runs turn it off)."""
+    Garbage collection stays out of the timed calls: `collect` runs a full collection before every one (~0.5 s each
+    with torch and transformers loaded, fine for 0.4 s calls); without it the automatic collector is off during the
+    rounds (short calls: smoke runs, GPU cases)."""
     names = list(fns)
     for _ in range(warmup):
         for n in names:
             fns[n]()
     out = {n: Timing([], []) for n in names}
-    for r in range(rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for n in order:
-            if collect:
-                gc.collect()
-            c0 = cpu_snapshot()
-            t = time.perf_counter()
-            fns[n]()
-            dt = time.perf_counter() - t
-            out[n].times.append(dt)
-            out[n].foreign.append(foreign_load(c0, cpu_snapshot(), dt))
+    was_enabled = gc.isenabled()
+    if not collect:
+        gc.disable()
+    try:
+        for r in range(rounds):
+            order = names[r % len(names) :] + names[: r % len(names)]
+            for n in order:
+                if collect:
+                    gc.collect()
+                c0 = cpu_snapshot()
+                t = time.perf_counter()
+                fns[n]()
+                dt = time.perf_counter() - t
+                out[n].times.append(dt)
+                out[n].foreign.append(foreign_load(c0, cpu_snapshot(), dt))
+    finally:
+        if was_enabled:
+            gc.enable()
     return out
 
 

@@ -94,11 +94,7 @@ def child(name: str, src: str, out: str, size: str) -> dict:
     elif name == "npz_cli":
         cg.main([src, out])
     elif name == "hf_manual":
-        from bench.common import (
-            build,  # noqa: F401  (key table only)
-            hf_vit_config,
-            timm_to_hf_vit_state,
-        )
+        from bench.common import hf_vit_config, timm_to_hf_vit_state
 
         m = transformers.ViTForImageClassification(hf_vit_config(size))
         m.load_state_dict(timm_to_hf_vit_state(safetensors.torch.load_file(src), SIZES[size].depth), strict=False)

@@ -7,6 +7,8 @@ Ratio > 1: vit_hf is faster (or lighter) than the best peer in that case; < 1: s
 
 from __future__ import annotations
 
+import argparse
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -30,7 +32,8 @@ PANELS = (  # (results name, value, ratio column, title, vit_hf candidates shown
 )  # fmt: skip
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     panels = []
     for name, _, ratio, title, ours in PANELS:
         rows, _ = load_rows(name)

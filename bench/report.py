@@ -139,8 +139,9 @@ def summary() -> None:
         add(f"train peak RSS {case} (MiB, lower is better)", [r for r in rows if r["case"] == case], "peak_rss_mib",
             ("timm",), higher=False)
     rows, _ = load_rows("preprocess")
-    add("preprocess, 32 PIL images: PIL (default, = timm)", rows, "img_s", ("hf_pil",))
-    add("preprocess, 32 PIL images: resize_backend='torch'", rows, "img_s", ("hf_pil",), ours_name="vit_hf_torch")
+    n = rows[0]["case"].lstrip("b") if rows else ""
+    add(f"preprocess, {n} PIL images: PIL (default, = timm)", rows, "img_s", ("hf_pil",))
+    add(f"preprocess, {n} PIL images: resize_backend='torch'", rows, "img_s", ("hf_pil",), ours_name="vit_hf_torch")
     rows, _ = load_rows("load")
     add("from_pretrained ViT-B (s, lower is better)", rows, "load_s", ("hf_vit",), higher=False, unit=" s")
     print("img/s unless stated; ratio = vit_hf / best peer (> 1: vit_hf faster); training vs timm only; ")
