@@ -20,6 +20,7 @@ import argparse
 from pathlib import Path
 
 from convert.common import (
+    OUT_DIR_HELP,
     ConversionError,
     add_hub_arguments,
     add_preprocessing_arguments,
@@ -33,7 +34,7 @@ from convert.source import resolve
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m convert", description=__doc__.split("\n\n")[0])
     p.add_argument("source", help="Hub repo id owner/name[@REV], a timm or transformers folder, or a weights file")
-    p.add_argument("out_dir", help="output folder (hub files written only on success; other files left alone)")
+    p.add_argument("out_dir", help=OUT_DIR_HELP)
     p.add_argument("--revision", default=None, help="branch, tag or commit of a Hub repo (default: main)")
     p.add_argument("--offline", action="store_true", help="use the local Hub cache only (no network)")
     p.add_argument("--verify", action="store_true", help="compare outputs with the source library in float64/32")

@@ -4,6 +4,7 @@ folder and the Hub push, and CLI argument types and error handling."""
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import pickle
@@ -90,6 +91,18 @@ def load_torch_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 # ----------------------------------------------------------------------------------------------------------------------
 # Checks and the model
 # ----------------------------------------------------------------------------------------------------------------------
+
+
+def read_json_object(path: str | Path, where: str | None = None) -> dict:
+    """A JSON object from `path` (a config.json); anything else is a ConversionError naming `where` (default: path)."""
+    where = where or str(path)
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise ConversionError(f"{where}: not a readable JSON config ({type(e).__name__}: {e})") from None
+    if not isinstance(value, dict):
+        raise ConversionError(f"{where}: not a JSON object")
+    return value
 
 
 def _few(items, sep: str = ", ", limit: int = 12) -> str:
@@ -287,6 +300,24 @@ def add_preprocessing_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interpolation", choices=("bilinear", "bicubic"), default=None, help="resize filter")
     parser.add_argument("--mean", type=float, nargs="+", default=None, metavar="M", help="per-channel mean")
     parser.add_argument("--std", type=positive_float, nargs="+", default=None, metavar="S", help="per-channel std")
+
+
+OUT_DIR_HELP = "output folder (hub files written only on success; other files left alone)"
+
+
+def converter_parser(
+    prog: str, doc: str, src_help: str, verify_help: str, add_format: Callable[[argparse.ArgumentParser], None]
+) -> argparse.ArgumentParser:
+    """A per-format converter's parser: SRC, OUT_DIR, the format's own flags (`add_format`), --verify, the
+    preprocessing flags and the Hub flags."""
+    p = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
+    p.add_argument("src", help=src_help)
+    p.add_argument("out_dir", help=OUT_DIR_HELP)
+    add_format(p)
+    p.add_argument("--verify", action="store_true", help=verify_help)
+    add_preprocessing_arguments(p)
+    add_hub_arguments(p)
+    return p
 
 
 def add_hub_arguments(parser: argparse.ArgumentParser) -> None:

@@ -27,10 +27,9 @@ import numpy as np
 
 from convert.common import (
     ConversionError,
-    add_hub_arguments,
-    add_preprocessing_arguments,
     build_model,
     check_paths,
+    converter_parser,
     image_size_arg,
     parity_markdown,
     parse_image_size,
@@ -421,14 +420,11 @@ def add_google_arguments(p: argparse.ArgumentParser, image_size: bool = True) ->
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m convert.google", description=__doc__.split("\n\n")[0])
-    p.add_argument("src", help="Google .npz file (vit_jax or big_vision); `path.npz:img` selects a sub-tree")
-    p.add_argument("out_dir", help="output folder (hub files written only on success; other files left alone)")
-    add_google_arguments(p)
-    p.add_argument("--verify", action="store_true", help="check logits against timm / a numpy Flax forward pass")
-    add_preprocessing_arguments(p)
-    add_hub_arguments(p)
-    return p.parse_args(argv)
+    return converter_parser(
+        "python -m convert.google", __doc__,
+        "Google .npz file (vit_jax or big_vision); `path.npz:img` selects a sub-tree",
+        "check logits against timm / a numpy Flax forward pass", add_google_arguments,
+    ).parse_args(argv)
 
 
 def run(args: argparse.Namespace, src: str, card_extra: dict | None = None) -> int:

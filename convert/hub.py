@@ -9,13 +9,12 @@ converter names (`convert.transformers.TRANSFORMERS_ALLOW_PATTERNS`). Errors: re
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from convert.common import ConversionError
+from convert.common import ConversionError, read_json_object
 
 # owner/name[@revision], as the Hub spells repo ids (a path that exists locally is never read as one)
 REPO_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*)(?:@(?P<rev>[^\s@]+))?$")
@@ -192,7 +191,7 @@ def download(repo_id: str, revision: str | None = None, offline: bool = False,
         config_path = hf_hub_download(repo_id, "config.json", revision=revision, local_files_only=bool(cache_only),
                                       library_name="vit_hf")
         commit = _commit_of(config_path)
-        config = _read_json(config_path, f"{repo_id}@{commit}")
+        config = read_json_object(config_path, f"{repo_id}@{commit}: config.json")
         if check is not None:
             check(config)
         if "model_type" in config:
@@ -204,13 +203,3 @@ def download(repo_id: str, revision: str | None = None, offline: bool = False,
     except (OSError, ValueError) as e:
         raise to_error(e) from None
     return Downloaded(repo_id=repo_id, folder=folder, commit=commit, config=config)
-
-
-def _read_json(path: str, where: str) -> dict:
-    try:
-        config = json.loads(Path(path).read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ConversionError(f"{where}: config.json is not valid JSON ({e})") from None
-    if not isinstance(config, dict):
-        raise ConversionError(f"{where}: config.json is not a JSON object")
-    return config

@@ -10,11 +10,10 @@ The format is read from what is there, never from a flag:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from convert.common import ConversionError
+from convert.common import ConversionError, read_json_object
 from convert.hub import download, split_repo_id
 
 TORCH_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
@@ -43,12 +42,7 @@ def folder_kind(folder: Path, config: dict | None = None) -> str:
             hint = f"; to convert a weights file in it, pass the file (e.g. {folder / weights[0]})" if weights else ""
             raise ConversionError(f"{folder} is a folder without config.json: not a timm or transformers model "
                                   f"folder{hint}")
-        try:
-            config = json.loads(path.read_text())
-        except (OSError, ValueError, UnicodeDecodeError) as e:
-            raise ConversionError(f"{path}: not a readable JSON config ({type(e).__name__}: {e})") from None
-    if not isinstance(config, dict):
-        raise ConversionError(f"{folder / 'config.json'} is not a JSON object")
+        config = read_json_object(path)
     if "model_type" in config:
         return "transformers-folder"
     if "architecture" in config:

@@ -34,11 +34,10 @@ import torch
 
 from convert.common import (
     ConversionError,
-    add_hub_arguments,
-    add_preprocessing_arguments,
     build_model,
     check_paths,
     check_state_dict,
+    converter_parser,
     image_size_arg,
     load_torch_state_dict,
     parity_markdown,
@@ -350,14 +349,10 @@ def add_timm_arguments(p: argparse.ArgumentParser, image_size: bool = True) -> N
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m convert.timm", description=__doc__.split("\n\n")[0])
-    p.add_argument("src", help="timm state dict: .safetensors or a torch.save file (.pth/.pt/.bin)")
-    p.add_argument("out_dir", help="output folder (hub files written only on success; other files left alone)")
-    add_timm_arguments(p)
-    p.add_argument("--verify", action="store_true", help="compare logits with timm in float32 and float64")
-    add_preprocessing_arguments(p)
-    add_hub_arguments(p)
-    return p.parse_args(argv)
+    return converter_parser(
+        "python -m convert.timm", __doc__, "timm state dict: .safetensors or a torch.save file (.pth/.pt/.bin)",
+        "compare logits with timm in float32 and float64", add_timm_arguments,
+    ).parse_args(argv)
 
 
 def convert_args(state: Mapping[str, torch.Tensor], args: argparse.Namespace, **extra):

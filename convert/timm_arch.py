@@ -22,6 +22,36 @@ ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "quick_gelu": "qu
 ACT_FROM_HF = {v: k for k, v in ACT_TO_HF.items()}
 # timm pos_embed <-> vit_hf pos_embed_type; 'sincos2d' (big_vision, generated, never stored) has no timm spelling
 POS_EMBED_TO_HF = {"learn": "learned", "none": "none", "sincos2d": "sincos2d"}
+
+# TimmArch field <-> VitHfConfig field, with the value map where the two vocabularies differ (None: same values).
+# The one table both directions read; image/patch size (pairs), patch bias (tied to pre_norm in timm) and the run-time
+# position resampling are set apart.
+CONFIG_FIELDS: list[tuple[str, str, dict | None]] = [
+    ("embed_dim", "hidden_size", None),
+    ("depth", "num_hidden_layers", None),
+    ("num_heads", "num_attention_heads", None),
+    ("mlp_hidden", "intermediate_size", None),
+    ("mlp_layer", "mlp_layer", None),
+    ("act", "hidden_act", ACT_TO_HF),
+    ("eps", "layer_norm_eps", None),
+    ("in_chans", "num_channels", None),
+    ("qkv_bias", "qkv_bias", None),
+    ("proj_bias", "proj_bias", None),
+    ("qk_norm", "qk_norm", None),
+    ("class_token", "class_token", None),
+    ("distilled", "distilled", None),
+    ("reg_tokens", "num_register_tokens", None),
+    ("no_embed_class", "no_embed_class", None),
+    ("pos_embed", "pos_embed_type", POS_EMBED_TO_HF),
+    ("pre_norm", "pre_norm", None),
+    ("final_norm", "final_norm", None),
+    ("global_pool", "pooling", POOL_TO_HF),
+    ("fc_norm", "fc_norm", None),
+    ("pool_include_prefix", "pool_include_prefix", None),
+    ("init_values", "layer_scale_init_value", None),
+    ("representation_size", "representation_size", None),
+    ("num_classes", "num_labels", None),
+]
 TIMM_EPS = 1e-6  # timm's LayerNorm default
 
 
@@ -88,35 +118,14 @@ class TimmArch:
             raise ConversionError(f"unsupported configuration: {e}") from None
 
     def _config(self, h: int, w: int, ph: int, pw: int, interpolation: str, kwargs: dict) -> VitHfConfig:
+        fields = {hf: (values[getattr(self, name)] if values else getattr(self, name))
+                  for name, hf, values in CONFIG_FIELDS}
         return VitHfConfig(
-            hidden_size=self.embed_dim,
-            num_hidden_layers=self.depth,
-            num_attention_heads=self.num_heads,
-            intermediate_size=self.mlp_hidden,
-            hidden_act=ACT_TO_HF[self.act],
-            layer_norm_eps=self.eps,
+            **fields,
             image_size=h if h == w else [h, w],
             patch_size=ph if ph == pw else [ph, pw],
-            num_channels=self.in_chans,
-            qkv_bias=self.qkv_bias,
-            proj_bias=self.proj_bias,
             patch_bias=not self.pre_norm,  # timm ties them: PatchEmbed(bias=not pre_norm)
-            class_token=self.class_token,
-            num_register_tokens=self.reg_tokens,
-            no_embed_class=self.no_embed_class,
-            pos_embed_type=POS_EMBED_TO_HF[self.pos_embed],
             pos_embed_interpolation=interpolation,
-            pre_norm=self.pre_norm,
-            final_norm=self.final_norm,
-            pooling=POOL_TO_HF[self.global_pool],
-            fc_norm=self.fc_norm,
-            pool_include_prefix=self.pool_include_prefix,
-            qk_norm=self.qk_norm,
-            layer_scale_init_value=self.init_values,
-            representation_size=self.representation_size,
-            distilled=self.distilled,
-            mlp_layer=self.mlp_layer,
-            num_labels=self.num_classes,
             **kwargs,
         )
 
@@ -142,33 +151,9 @@ class TimmArch:
             problems.append("no_embed_registers (positions for the class token but not the registers)")
         if problems:
             raise ConversionError("timm's VisionTransformer cannot represent: " + "; ".join(problems))
-        return cls(
-            embed_dim=config.hidden_size,
-            depth=config.num_hidden_layers,
-            num_heads=config.num_attention_heads,
-            mlp_hidden=config.intermediate_size,
-            img_size=config.image_hw,
-            patch_size=config.patch_hw,
-            in_chans=config.num_channels,
-            num_classes=config.num_labels,
-            global_pool=POOL_FROM_HF[config.pooling],
-            class_token=config.class_token,
-            reg_tokens=config.num_register_tokens,
-            no_embed_class=config.no_embed_class,
-            pos_embed="learn" if config.pos_embed_type == "learned" else "none",
-            qkv_bias=config.qkv_bias,
-            qk_norm=config.qk_norm,
-            proj_bias=config.proj_bias,
-            init_values=config.layer_scale_init_value,
-            pre_norm=config.pre_norm,
-            final_norm=config.final_norm,
-            fc_norm=bool(config.fc_norm),
-            pool_include_prefix=config.pool_include_prefix,
-            act=ACT_FROM_HF[config.hidden_act],
-            eps=config.layer_norm_eps,
-            distilled=bool(getattr(config, "distilled", False)),
-            mlp_layer=getattr(config, "mlp_layer", "mlp"),
-        )
+        fields = {name: ({v: k for k, v in values.items()}[getattr(config, hf)] if values else getattr(config, hf))
+                  for name, hf, values in CONFIG_FIELDS}
+        return cls(**fields, img_size=config.image_hw, patch_size=config.patch_hw)
 
     # -------------------------------------------------------------- timm
     def timm_kwargs(self, json_safe: bool = True) -> dict:

@@ -11,10 +11,9 @@ from the weights. Architectures that are not a plain ViT are refused by name bef
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from convert.common import ConversionError, check_paths, load_torch_state_dict, parity_markdown
+from convert.common import ConversionError, check_paths, load_torch_state_dict, parity_markdown, read_json_object
 from convert.timm import convert_args, sha256_of, source_markdown, write_conversion
 from convert.timm_arch import import_timm
 
@@ -30,17 +29,6 @@ FAMILIES = {
     "crossvit": "CrossViT", "mvitv2": "MViTv2", "hiera": "Hiera", "volo": "VOLO", "tnt": "TNT", "convit": "ConViT",
 }
 TIMM_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
-
-
-def read_config(folder: Path) -> dict:
-    path = folder / "config.json"
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise ConversionError(f"{path}: not a readable JSON config ({type(e).__name__}: {e})") from None
-    if not isinstance(config, dict):
-        raise ConversionError(f"{path}: not a JSON object")
-    return config
 
 
 def check_architecture(arch: str) -> None:
@@ -89,7 +77,7 @@ def convert_timm_folder(folder: Path, args: argparse.Namespace) -> None:
     """Convert a timm-layout folder (a Hub snapshot when `args.source_repo` is set) into `args.out_dir`."""
     if getattr(args, "model_name", None):
         raise ConversionError("--model-name applies to a state-dict file; a timm repo names its own architecture")
-    config = read_config(folder)
+    config = read_json_object(folder / "config.json")
     arch = config.get("architecture")
     if not isinstance(arch, str):
         raise ConversionError(f"{folder / 'config.json'} names no `architecture`: not a timm model folder")
