@@ -80,8 +80,11 @@ def run_suite(name: str, argv: list[str]) -> None:
 
 
 def clear_results(results: Path) -> None:
-    """A full sequence replaces the previous run's files (git history keeps them): only the latest run stays."""
+    """A full sequence replaces the previous run's files (git history keeps them): only the latest run stays. The
+    device check's table is not part of the sequence (it comes from a GPU machine) and stays."""
     for path in results.iterdir():
+        if path.name.startswith("device_check_"):
+            continue
         if path.suffix in (".json", ".md", ".png") or path.is_dir():
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
@@ -92,6 +95,10 @@ def run_all(argv: list[str]) -> int:
     from bench import gate
 
     quick, use_gate = "--quick" in argv, "--no-gate" not in argv and "--quick" not in argv
+    if "cuda" in argv or "--device=cuda" in argv:  # no GPU: one line now, not one failure per step later
+        from bench import device
+
+        device.resolve("cuda")
     passed = [a for a in argv if a != "--no-gate"]
     results = Path(os.environ["BENCH_RESULTS"]) if os.environ.get("BENCH_RESULTS") else ROOT / "bench/results"
     logs = results / "logs"
