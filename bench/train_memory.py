@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -121,6 +122,37 @@ def import_child(name: str) -> dict:
     return {"import_mib": rss_mib() - rss0, "modules": len(set(sys.modules) - before_mods)}
 
 
+def case_table(case: str, res: dict[str, list[dict]], batch: int, peak_key: str) -> list[dict]:
+    """One row per candidate from its children's results: speed of the timed steps (when any), peak memory (the
+    largest over the children), what the training step added (median), each against the best peer."""
+    rows = []
+    for n, rs in res.items():
+        tm = Timing([t for r in rs for t in r["times"]], [f for r in rs for f in r["foreign"]])
+        times = tm.times  # --steps 0: memory only (the warm-up step already reaches the peak)
+        med = tm.median if times else None
+        rows.append(
+            {
+                "case": case,
+                "candidate": n,
+                "img_s": batch / med if med else None,
+                "s_per_step": med,
+                "spread": (max(times) - min(times)) / med if med else None,
+                "steps": len(times),
+                "clean_steps": tm.n_clean if times else 0,
+                "img_s_best": batch / tm.best if times else None,
+                peak_key: max(r["maxrss_mib"] for r in rs),
+                "train_delta_mib": statistics.median(r["maxrss_mib"] - r["rss_before_mib"] for r in rs),
+            }
+        )
+    add_ratios(rows, "img_s", ("case",))
+    for r in rows:
+        r["img_s_vs_best"] = r.pop("vs_best_peer", None)
+    add_ratios(rows, peak_key, ("case",), higher_better=False)
+    for r in rows:
+        r["mem_vs_best"] = r.pop("vs_best_peer", None)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -177,34 +209,9 @@ def main(argv: list[str] | None = None) -> None:
                         argv_c = ["-m", "bench.train_memory", "--child", n, size, str(batch_of[size]), prec]
                         argv_c += ["1" if ckpt else "0", str(args.steps), weights_of[size], device.type]
                         res[n].append(run_child(argv_c, extra_env=alloc_env))
-                case_rows = []
-                for n, rs in res.items():
-                    tm = Timing([t for r in rs for t in r["times"]], [f for r in rs for f in r["foreign"]])
-                    times = tm.times  # --steps 0: memory only (the warm-up step already reaches the peak)
-                    med = tm.median if times else None
-                    peak = max(r["maxrss_mib"] for r in rs)
-                    case_rows.append(
-                        {
-                            "case": case,
-                            "candidate": n,
-                            "img_s": batch_of[size] / med if med else None,
-                            "s_per_step": med,
-                            "spread": (max(times) - min(times)) / med if med else None,
-                            "steps": len(times),
-                            "clean_steps": tm.n_clean if times else 0,
-                            "img_s_best": batch_of[size] / tm.best if times else None,
-                            peak_key: peak,
-                            "train_delta_mib": statistics.median(r["maxrss_mib"] - r["rss_before_mib"] for r in rs),
-                        }
-                    )
-                add_ratios(case_rows, "img_s", ("case",))
-                for r in case_rows:
-                    r["img_s_vs_best"] = r.pop("vs_best_peer", None)
-                add_ratios(case_rows, peak_key, ("case",), higher_better=False)
-                for r in case_rows:
-                    r["mem_vs_best"] = r.pop("vs_best_peer", None)
+                case_rows = case_table(case, res, batch_of[size], peak_key)
                 rows += case_rows
-                env_c = {**env, "loadavg_end": __import__("os").getloadavg()}
+                env_c = {**env, "loadavg_end": os.getloadavg()}
                 save_case(args.out, case, {"env": env_c, "args": vars(args), "batch": batch_of, "rows": case_rows})
                 save(args.out, {"env": env, "args": vars(args), "batch": batch_of, "rows": rows, "partial": True})
                 print(f"\n## {case} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
@@ -214,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     imports = [{"candidate": n, **run_child(["-m", "bench.train_memory", "--import-child", n], extra_env=alloc_env)}
                for n in names]
     print("\n" + markdown(imports, ["candidate", "import_mib", "modules"]))
-    env["loadavg_end"] = __import__("os").getloadavg()
+    env["loadavg_end"] = os.getloadavg()
     payload = {"env": env, "args": vars(args), "batch": batch_of, "rows": rows, "imports": imports}
     print(f"\nwrote {save(args.out, payload)}")
 
