@@ -13,12 +13,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench import gate
+
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = {"vit_hf", "timm", "hf_sdpa", "hf_eager"}
 
 
-def run_bench(args: list[str], results: Path, **env: str) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "BENCH_RESULTS": str(results), "HF_HUB_OFFLINE": "1", "BENCH_THREADS": "1", **env}
+def run_bench(args: list[str], results: Path | None, **env: str) -> subprocess.CompletedProcess:
+    """Run a bench command; results=None leaves the results folder to the entry point (quick runs: a temp folder)."""
+    full_env = {k: v for k, v in os.environ.items() if k != "BENCH_RESULTS"}
+    full_env.update({"HF_HUB_OFFLINE": "1", "BENCH_THREADS": "1", **env})
+    if results is not None:
+        full_env["BENCH_RESULTS"] = str(results)
     return subprocess.run(args, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=300)
 
 
@@ -32,9 +38,15 @@ def assert_ratios(rows: list[dict], key: str = "vs_best_peer") -> None:
 
 
 def test_forward_quick_writes_every_precision_for_every_candidate(tmp_path):
-    proc = run_bench([sys.executable, "-m", "bench", "forward", "--quick", "--batches", "2"], tmp_path)
+    measured = (ROOT / "bench" / "results" / "forward.json").read_bytes()
+    # no BENCH_RESULTS: a quick run must pick a temporary folder itself, never bench/results
+    argv = [sys.executable, "-m", "bench", "forward", "--quick", "--batches", "2"]
+    proc = run_bench(argv, None, TMPDIR=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    data = json.loads((tmp_path / "forward.json").read_text())
+    quick = tmp_path / "vit_hf-bench-quick"
+    assert f"results in {quick}" in proc.stdout
+    assert (ROOT / "bench" / "results" / "forward.json").read_bytes() == measured
+    data = json.loads((quick / "forward.json").read_text())
     rows = data["rows"]
     cases = {r["case"] for r in rows}
     assert cases == {"toy/8-b2-fp32", "toy/8-b2-bf16-autocast", "toy/8-b2-bf16-weights"}
@@ -46,7 +58,7 @@ def test_forward_quick_writes_every_precision_for_every_candidate(tmp_path):
         assert r["frac_gemm_peak"] == pytest.approx(r["gflop_s"] / r["gemm_gflop_s"])
     assert data["env"]["device"] == "cpu" and not data.get("partial")
     # the report renders these files: one table row per result row
-    report = run_bench([sys.executable, "-m", "bench", "report"], tmp_path)
+    report = run_bench([sys.executable, "-m", "bench", "report"], quick)
     assert report.returncode == 0, report.stderr[-3000:]
     assert sum(line.startswith("| toy/8-b2-") for line in report.stdout.splitlines()) == len(rows)
 
@@ -115,3 +127,20 @@ def test_readmes_cite_only_result_files_that_exist():
             cited.add((base if not path.startswith("bench/") else ROOT) / path)
     assert cited, "no result file cited"
     assert [str(p.relative_to(ROOT)) for p in sorted(cited) if not p.exists()] == []
+
+
+def test_gate_run_step_logs_output_and_times_out(tmp_path, capsys):
+    assert gate.run_step("ok", 60, [sys.executable, "-c", "print('measured')"], tmp_path) == 0
+    assert (tmp_path / "ok.txt").read_text() == "measured\n"
+    assert gate.run_step("slow", 0.5, [sys.executable, "-c", "import time; time.sleep(30)"], tmp_path) == 124
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[1:3] for line in lines] == [["START", "ok"], ["END", "ok"], ["START", "slow"], ["END", "slow"]]
+    assert lines[-1].split()[3] == "rc=124"
+
+
+def test_gate_counts_only_other_processes_ticks():
+    prev = {1: (0, 100, "python"), 2: (1, 50, "python"), 3: (1, 10, "make")}
+    snap = {1: (0, 130, "python"), 2: (1, 90, "python"), 3: (1, 15, "make"), 4: (1, 99, "new")}
+    # 2 is ours; 4 was not in the previous snapshot (its ticks before it was seen are unknown); 1 and 3 count
+    assert gate.others_ticks(prev, snap, mine={2}) == 30 + 5
+    assert gate.descendants(1, snap) == {1, 2, 3, 4}
