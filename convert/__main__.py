@@ -28,7 +28,11 @@ from convert.common import (
     image_size_arg,
     run_cli,
 )
+from convert.google import add_google_arguments
+from convert.google import run as convert_npz_file
 from convert.source import resolve
+from convert.timm import add_timm_arguments, run_file
+from convert.timm_hub import convert_timm_folder
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -41,14 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--image-size", type=image_size_arg, default=None,
                    help="output image size S or HxW (positions resampled the source's way)")
     add_preprocessing_arguments(p)
-    timm_group = p.add_argument_group("timm state dicts (see python -m convert.timm -h)")
-    from convert.timm import add_timm_arguments
-
-    add_timm_arguments(timm_group, image_size=False)
-    google_group = p.add_argument_group("Google .npz files (see python -m convert.google -h)")
-    from convert.google import add_google_arguments
-
-    add_google_arguments(google_group, image_size=False)
+    add_timm_arguments(p.add_argument_group("timm state dicts (see python -m convert.timm -h)"), image_size=False)
+    add_google_arguments(p.add_argument_group("Google .npz files (see python -m convert.google -h)"), image_size=False)
     p.set_defaults(gelu=None)  # to tell a given --gelu from none; an npz without it gets convert.google's default
     add_hub_arguments(p)
     return p.parse_args(argv)
@@ -79,7 +77,8 @@ def refuse_inapplicable(args: argparse.Namespace, kind: str) -> None:
 
 
 def _transformers_converter():
-    """B2's converter, when its module exists (an ImportError from inside it is a real error, not absence)."""
+    """convert.transformers' converter, when the module exists (an ImportError from inside it is a real error, not its
+    absence)."""
     try:
         from convert.transformers import convert_transformers_folder
     except ImportError as e:
@@ -98,16 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     refuse_inapplicable(args, source.kind)
     if source.kind == "npz":
         args.gelu = args.gelu or "tanh"
-        from convert.google import run
-
-        return run(args, source.text)
+        return convert_npz_file(args, source.text)
     if source.kind == "timm-file":
-        from convert.timm import run_file
-
         run_file(args, source.path, tool="python -m convert")
     elif source.kind == "timm-folder":
-        from convert.timm_hub import convert_timm_folder
-
         convert_timm_folder(source.path, args)
     else:
         convert_transformers_folder = _transformers_converter()
