@@ -171,6 +171,17 @@ def test_timm_repo_converts_exactly(online, tmp_path, capsys, repo, pinned):
     assert card.data.base_model == repo and commit in card.text and "## Parity report" in card.text
 
 
+def test_converted_repo_is_pushed_with_its_lineage(online, tmp_path, capsys):
+    """`--push-to-hub` from the front door: the pushed card names the source repo as base_model and its commit."""
+    code, stdout, err = convert([TINY, tmp_path / "out", "--push-to-hub", "tester/vit-tiny-vit_hf", "--hub-token",
+                                 TOKEN], capsys)
+    assert code == 0, err
+    assert "pushed" in stdout and "tester/vit-tiny-vit_hf" in stdout
+    card = ModelCard.load(HfApi(endpoint=online.endpoint, token=TOKEN).hf_hub_download(
+        "tester/vit-tiny-vit_hf", "README.md", cache_dir=tmp_path / "pulled"))
+    assert card.data.base_model == TINY and online.commits[TINY] in card.text
+
+
 def test_offline_reads_the_cache(online, tmp_path, capsys):
     """Once downloaded, `--offline` converts from the cache with no request at all."""
     assert convert([TINY, tmp_path / "first"], capsys)[0] == 0
