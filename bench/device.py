@@ -64,8 +64,19 @@ def describe(device: torch.device) -> dict:
     }
 
 
+def _bf16_ok(device: torch.device) -> bool:
+    """bf16 has hardware support on this device (CUDA: Ampere and later; pre-Ampere GPUs would emulate or refuse)."""
+    return device.type != "cuda" or torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def precisions(device: torch.device) -> tuple[str, ...]:
-    return PRECISIONS[device.type]
+    """The forward precisions measured on this device."""
+    return tuple(p for p in PRECISIONS[device.type] if _bf16_ok(device) or not p.startswith("bf16"))
+
+
+def train_precisions(device: torch.device) -> tuple[str, ...]:
+    """The training-step precisions measured on this device."""
+    return tuple(p for p in TRAIN_PRECISIONS[device.type] if _bf16_ok(device) or p != "bf16")
 
 
 def compute_dtype(precision: str) -> torch.dtype:
@@ -118,8 +129,9 @@ def sdpa_backends(device: torch.device, precision: str) -> tuple[str, ...]:
     """The SDPA pinnings worth timing for a case: none on the CPU; on CUDA flash only where it has a kernel (half)."""
     if device.type != "cuda":
         return ("default",)
-    half = precision.split("-")[0] in HALF
-    return tuple(b for b in SDPA_BACKENDS if b != "flash" or half)
+    # PyTorch's flash-attention kernels need half precision and an Ampere or later GPU
+    flash = precision.split("-")[0] in HALF and torch.cuda.get_device_capability(device) >= (8, 0)
+    return tuple(b for b in SDPA_BACKENDS if b != "flash" or flash)
 
 
 def sync(device: torch.device) -> None:

@@ -114,7 +114,7 @@ def train_section(models: dict, size: str, device: torch.device, cfg: dict, budg
     y = torch.randint(0, 1000, (batch,), generator=torch.Generator().manual_seed(0)).to(device)
     # copies: training changes the weights, and the compile section times the models as built
     trained = {n: copy.deepcopy(m) for n, m in models.items() if n in TRAINED}
-    for p in dev.TRAIN_PRECISIONS[device.type]:
+    for p in dev.train_precisions(device):
         case = f"{size}-b{batch}-{p}"
         if not budget.left(f"train step {case}"):
             continue
@@ -126,10 +126,11 @@ def train_section(models: dict, size: str, device: torch.device, cfg: dict, budg
     return out
 
 
-def compile_section(models: dict, size: str, cfg: dict, budget: Budget) -> list[dict]:
+def compile_section(models: dict, size: str, device: torch.device, cfg: dict, budget: Budget) -> list[dict]:
     out = []
     batch = cfg["compile_batch"]
-    for p in cfg["compile_precisions"]:
+    # a GPU without bf16 (pre-Ampere) compiles its fp16 autocast instead
+    for p in (p if p in dev.precisions(device) else "fp16-autocast" for p in cfg["compile_precisions"]):
         if not budget.left(f"compile {size}-b{batch}-{p}"):
             continue
         compiled = {n: m for n, m in models.items() if n in COMPILED}
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         rows += forward_section(models[size], size, device, cfg, budget)
         rows += train_section(models[size], size, device, cfg, budget)
     for size in cfg["sizes"]:
-        rows += compile_section(models[size], size, cfg, budget)
+        rows += compile_section(models[size], size, device, cfg, budget)
     order = {"forward": 0, "train step": 1, "memory": 2}
     rows.sort(key=lambda r: order.get(r["section"], 3))
     columns = ["section", "case", "metric", *CANDIDATES, "vit_hf / best peer"]

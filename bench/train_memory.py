@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     columns = [peak_key if c == "peak_rss_mib" else c for c in COLUMNS]
     rows: list[dict] = []
     for size in [QUICK_SIZE] if args.quick else args.sizes.split(","):
-        for prec in ("fp32",) if args.quick else dev.TRAIN_PRECISIONS[device.type]:
+        for prec in ("fp32",) if args.quick else dev.train_precisions(device):
             for ckpt in (False,) if args.quick else (False, True):
                 case = f"{size}-b{batch_of[size]}-{prec}" + ("-ckpt" if ckpt else "")
                 if not case_selected(case, filters):

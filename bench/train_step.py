@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         y = torch.randint(0, 1000, (batch,), generator=torch.Generator().manual_seed(0)).to(device)
         plan = [
             (p, c, f"{size}-b{batch}-{p}" + ("-ckpt" if c else ""))
-            for p in dev.TRAIN_PRECISIONS[device.type]
+            for p in dev.train_precisions(device)
             for c in (False, True)
         ]
         plan = [(p, c, case) for p, c, case in plan if selected(case, filters)]
