@@ -188,6 +188,16 @@ def fixed_batch(config: VitHfConfig, batch_size: int = 8, seed: int = 0, dtype=t
     return torch.randn(batch_size, config.num_channels, h, w, generator=g).to(dtype)
 
 
+def parity_row(reference: str, dtype: torch.dtype | str, got: torch.Tensor, expected: torch.Tensor, outputs: str,
+               **extra) -> dict:
+    """One parity row: the largest absolute difference (in float64), the reference's scale, and for logits the share
+    of images whose top-1 class agrees. `extra` (e.g. a tolerance) is kept in the row."""
+    got, expected = got.double(), expected.double()
+    top1 = (got.argmax(-1) == expected.argmax(-1)).double().mean().item() if outputs == "logits" else None
+    return dict(reference=reference, dtype=str(dtype).replace("torch.", ""), max_abs_diff=(got - expected).abs().max()
+                .item(), top1_agreement=top1, scale=expected.abs().max().item(), outputs=outputs, **extra)
+
+
 def parity_markdown(rows: list[dict]) -> str:
     """Parity report table. Each row: reference, dtype, max_abs_diff, top1_agreement (fraction), outputs."""
     lines = ["| reference | dtype | compared | max abs diff | top-1 agreement |", "| --- | --- | --- | --- | --- |"]

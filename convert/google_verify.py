@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from convert.common import build_model, fixed_batch
+from convert.common import build_model, fixed_batch, parity_row
 from convert.timm_arch import TimmArch
 from vit_hf import VitHfForImageClassification
 
@@ -78,19 +78,6 @@ def layout_mlp_ratio(conv: Conversion) -> float:
     return conv.layout.mlp / conv.layout.width
 
 
-def _row(reference: str, dtype: str, ours: torch.Tensor, ref: torch.Tensor, outputs: str) -> dict:
-    ours, ref = ours.double(), ref.double()
-    top1 = (ours.argmax(-1) == ref.argmax(-1)).double().mean().item() if outputs == "logits" else None
-    return dict(
-        reference=reference,
-        dtype=dtype,
-        max_abs_diff=(ours - ref).abs().max().item(),
-        top1_agreement=top1,
-        scale=ref.abs().max().item(),
-        outputs=outputs,
-    )
-
-
 def _zoom_table(table: np.ndarray, old: tuple[int, int], new: tuple[int, int], slot: bool) -> np.ndarray:
     """vit_jax `interpolate_posembed`: scipy.ndimage.zoom(order=1) on the grid, the cls slot kept apart."""
     from scipy import ndimage
@@ -123,13 +110,14 @@ def verify(conv: Conversion, path: str | None) -> tuple[list[dict], bool]:
                 reason = f"mlp_ratio {layout_mlp_ratio(conv)} does not give timm an MLP of width {conv.layout.mlp}"
             if timm_model is not None:
                 exact32 = _clone(model, torch.float32, "gelu")
-                rows.append(_row("timm 1.x `_load_weights` (GELU exact)", "float32", exact32(pixels).logits,
-                                 timm_model(pixels), outputs))
+                rows.append(parity_row("timm 1.x `_load_weights` (GELU exact)", "float32", exact32(pixels).logits,
+                                       timm_model(pixels), outputs))
                 del exact32
                 exact64 = _clone(model, torch.float64, "gelu")
                 timm_model = timm_model.double()
-                rows.append(_row("timm 1.x `_load_weights` (GELU exact)", "float64", exact64(pixels.double()).logits,
-                                 timm_model(pixels.double()), outputs))
+                x64 = pixels.double()
+                rows.append(parity_row("timm 1.x `_load_weights` (GELU exact)", "float64", exact64(x64).logits,
+                                       timm_model(x64), outputs))
                 del exact64, timm_model
 
         layout, info = conv.layout, conv.info
@@ -149,9 +137,9 @@ def verify(conv: Conversion, path: str | None) -> tuple[list[dict], bool]:
         )
         conv.tree.release()
         label = f"numpy Flax forward (float64, GELU {info['gelu']})"
-        rows.append(_row(label, "float32", model(pixels).logits, reference, outputs))
+        rows.append(parity_row(label, "float32", model(pixels).logits, reference, outputs))
         model64 = _clone(model, torch.float64)
-        rows.append(_row(label, "float64", model64(pixels.double()).logits, reference, outputs))
+        rows.append(parity_row(label, "float64", model64(pixels.double()).logits, reference, outputs))
         del model64
     ok = True
     for r in rows:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
-from convert.common import ConversionError, build_model, fixed_batch, parity_markdown
+from convert.common import ConversionError, build_model, fixed_batch, parity_markdown, parity_row
 from convert.key_mapping import timm_to_hf_key
 from convert.timm_arch import TimmArch, import_timm
 from vit_hf import VitHfConfig
@@ -58,19 +58,6 @@ def _reference_model(ref: TimmReference, arch: TimmArch, state: Mapping[str, tor
             model = vit_class(**ref_arch.timm_kwargs(json_safe=False))
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
-
-
-def _row(name: str, dtype: torch.dtype, got: torch.Tensor, expected: torch.Tensor, tol: float | None,
-         outputs: str) -> dict:
-    agree = (got.argmax(-1) == expected.argmax(-1)).double().mean().item() if outputs == "logits" else None
-    return dict(
-        reference=name,
-        dtype=str(dtype).replace("torch.", ""),
-        max_abs_diff=(got.double() - expected.double()).abs().max().item(),
-        top1_agreement=agree,
-        outputs=outputs,
-        tolerance=tol,
-    )
 
 
 def _outputs(arch, ref: TimmReference, cast, ref_pos, config, dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,14 +116,15 @@ def verify_against_timm(
         got, expected = _outputs(arch, reference, cast, ref_pos, config, dtype)
         refs[dtype] = expected
         if dtype == torch.float64:
-            rows.append(_row(label, dtype, got, expected, FLOAT64_TOLERANCE, outputs))
+            rows.append(parity_row(label, dtype, got, expected, outputs, tolerance=FLOAT64_TOLERANCE))
         else:
             # float32 rounding grows with depth and activation size; two correct float32 implementations differ by
             # about twice timm's own float32-vs-float64 error, so that (reported as its own row) sets the bar when it
             # exceeds 1e-4. Mapping bugs are caught by the float64 row.
-            noise = _row(f"{label} float32 vs its float64 (rounding noise)", dtype, expected, refs[torch.float64],
-                         None, outputs)
-            rows.insert(0, _row(label, dtype, got, expected, max(1e-4, 4 * noise["max_abs_diff"]), outputs))
+            noise = parity_row(f"{label} float32 vs its float64 (rounding noise)", dtype, expected,
+                               refs[torch.float64], outputs, tolerance=None)
+            rows.insert(0, parity_row(label, dtype, got, expected, outputs,
+                                      tolerance=max(1e-4, 4 * noise["max_abs_diff"])))
             rows.append(noise)
         del cast
     if any(r["tolerance"] is not None and not r["max_abs_diff"] <= r["tolerance"] for r in rows):  # NaN fails too
