@@ -52,6 +52,11 @@ def _read_config(folder: Path, name: str) -> dict:
     return config
 
 
+def _few(items, limit: int = 6) -> str:
+    items = sorted(map(str, items))
+    return ", ".join(items[:limit]) + (f", ... and {len(items) - limit} more" if len(items) > limit else "")
+
+
 def _load_model(folder: Path, name: str) -> torch.nn.Module:
     from vit_hf import VitHfConfig, VitHfForImageClassification
 
@@ -63,6 +68,13 @@ def _load_model(folder: Path, name: str) -> torch.nn.Module:
     except (ValueError, TypeError, KeyError) as e:
         detail = " ".join(str(e).split())
         raise ExportError(f"{name}: config.json is not a valid {MODEL_TYPE} config ({detail})") from None
+    from transformers.utils import logging as hf_logging
+
+    # a progress bar per load is noise, and the loading report (missing / unexpected keys) is refused below in one
+    # line instead
+    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     try:
         model, info = VitHfForImageClassification.from_pretrained(
             folder, config=config, dtype=torch.float32, attn_implementation="sdpa", output_loading_info=True
@@ -70,10 +82,14 @@ def _load_model(folder: Path, name: str) -> torch.nn.Module:
     except Exception as e:  # safetensors, torch and transformers each raise their own types for a damaged file
         detail = " ".join(str(e).split())[:200]
         raise ExportError(f"{name}: model.safetensors cannot be loaded ({type(e).__name__}: {detail})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     problems = {k: v for k, v in info.items() if k != "error_msgs" and v} | {"errors": info.get("error_msgs")}
     problems = {k: v for k, v in problems.items() if v}
     if problems:
-        listed = "; ".join(f"{k.replace('_', ' ')}: {', '.join(map(str, sorted(v))[:6])}" for k, v in problems.items())
+        listed = "; ".join(f"{k.replace('_', ' ')}: {_few(v)}" for k, v in problems.items())
         raise ExportError(f"{name}: model.safetensors does not match config.json ({listed})")
     return model.eval()
 

@@ -54,19 +54,20 @@ def random_cases(config, dynamic_batch: bool, dynamic_size: bool) -> dict[str, t
     return {"random " + "x".join(map(str, shape)): torch.randn(shape, generator=g) for shape in shapes}
 
 
-def digits_test_split() -> tuple[list, np.ndarray]:
-    """The 360 test images (PIL, grey 16x16) and labels of `prepare_sklearn_digits`'s split."""
+def digits_split(split: str = "test") -> tuple[list, np.ndarray]:
+    """Images (PIL, grey 16x16) and labels of `prepare_sklearn_digits`'s "train" (1437) or "test" (360) split."""
     import PIL.Image
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
     index = np.arange(len(digits.target))
-    _, test = train_test_split(index, test_size=0.2, random_state=0, stratify=digits.target)
+    chosen = dict(zip(("train", "test"), train_test_split(index, test_size=0.2, random_state=0,
+                                                          stratify=digits.target)))[split]
     bicubic = PIL.Image.Resampling.BICUBIC
     images = [PIL.Image.fromarray((digits.images[i] * 255 / 16).astype(np.uint8)).resize((16, 16), bicubic)
-              for i in test]
-    return images, digits.target[test]
+              for i in chosen]
+    return images, digits.target[chosen]
 
 
 def digit_label_ids(config) -> np.ndarray | None:
@@ -88,7 +89,7 @@ def verify(model, processor, onnx_paths: dict[str, Path], dynamic_batch: bool, d
     fp32 = {}
     for label, x in random_cases(model.config, dynamic_batch, dynamic_size).items():
         fp32[label] = _compare(torch_logits(model, x, dynamic_size), sessions["fp32"](x))["max_abs_diff"]
-    images, targets = digits_test_split()
+    images, targets = digits_split("test")
     x = processor(images, return_tensors="pt").pixel_values
     reference = torch_logits(model, x, dynamic_size)
     outputs = {"pytorch": reference} | {name: session(x) for name, session in sessions.items()}
