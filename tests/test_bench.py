@@ -144,3 +144,24 @@ def test_gate_counts_only_other_processes_ticks():
     # 2 is ours; 4 was not in the previous snapshot (its ticks before it was seen are unknown); 1 and 3 count
     assert gate.others_ticks(prev, snap, mine={2}) == 30 + 5
     assert gate.descendants(1, snap) == {1, 2, 3, 4}
+
+
+def test_device_precision_contexts_switch_tf32_and_restore_it():
+    """The CUDA fp32 / tf32 contexts only flip torch's switches, so they are checked here without a GPU."""
+    from bench import device
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    before = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    with device.precision_context(cuda, "tf32")():
+        assert (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32) == ("high", True)
+    with device.precision_context(cuda, "fp32")():  # true fp32: no TF32 for matmuls nor for cuDNN convolutions
+        assert (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32) == ("highest", False)
+    assert (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32) == before
+    with device.precision_context(cpu, "bf16-autocast")():
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    with device.precision_context(cpu, "bf16-weights")():
+        assert not torch.is_autocast_enabled("cpu")
+    assert device.weights_dtype("fp16-weights") == torch.float16 and device.weights_dtype("bf16-autocast") is None
+    assert device.compute_dtype("tf32") == torch.float32 and device.compute_dtype("fp16-autocast") == torch.float16
+    assert device.sdpa_backends(cpu, "bf16-autocast") == ("default",)
+    assert device.precisions(cpu) == ("fp32", "bf16-autocast", "bf16-weights")
