@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from vit_hf import VitHfImageProcessor
-from vit_hf.data import (
+from vit_hf.train.data import (
     INDEX_COLUMN,
     DataError,
     EpochShuffleSampler,

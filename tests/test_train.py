@@ -19,7 +19,7 @@ from test_data import add_odd_images, make_digits_folder
 
 from vit_hf import VitHfConfig, VitHfForImageClassification, VitHfImageProcessor
 from vit_hf import train as train_mod
-from vit_hf.data import DataError
+from vit_hf.train.data import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).parent / "accelerate"
@@ -277,7 +277,11 @@ def test_finetune_new_labels_new_head_higher_resolution(digits, tmp_path):
     model, processor, base_model, notes = train_mod.build_model_and_processor(args, ["one", "two", "zero"])
     assert base_model is None and any("new head" in n for n in notes)
     assert model.config.id2label == {0: "one", 1: "two", 2: "zero"} and model.head.weight.shape == (3, 32)
-    assert model.head.weight.abs().sum() == 0
+    # a new head as timm and transformers make one (issue 16: a zero head starves the trunk of gradient)
+    assert model.head.bias.abs().sum() == 0 and 0.01 < model.head.weight.std() < 0.04
+    zeros = train_mod.parse_args(["--model_name_or_path", str(tmp_path / "src"), *data_args(digits), "--output_dir",
+                                  str(tmp_path / "o"), "--head_init", "zeros"])
+    assert train_mod.build_model_and_processor(zeros, ["one", "two", "zero"])[0].head.weight.abs().sum() == 0
     assert torch.equal(model.vit.blocks[1].attn.qkv.weight, source.vit.blocks[1].attn.qkv.weight)
     assert model.vit.pos_embed.shape[1] == 1 + 6 * 6 and model.config.image_size == 24
     assert processor.size == {"height": 24, "width": 24}

@@ -70,7 +70,7 @@ print(json.dumps(rows))
 
 
 def prepare_data() -> tuple[str, Path]:
-    from .data import prepare_fashion_mnist, prepare_sklearn_digits
+    from ..train.data import prepare_fashion_mnist, prepare_sklearn_digits
 
     try:
         return "fashion_mnist", prepare_fashion_mnist(DATA_ROOT)

@@ -1,0 +1,484 @@
+"""The training loop, top to bottom: `set_up`, then per epoch `train_epoch` and `evaluate_epoch` (with `checkpoint`
+where asked), then `finish`. Everything the phases share lives in one `Run`; what changes as training goes (and what
+a checkpoint records) in its `TrainState`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..packaging import save_hub_folder
+from .args import parse_args, resolve_recipe
+from .checkpoints import (
+    HF_MODEL_SUBDIR,
+    KILL_AFTER_STEP_ENV,
+    NAN_AT_STEP_ENV,
+    TRAINER_STATE,
+    maybe_kill,
+    resolve_checkpoint,
+    save_checkpoint,
+    write_json,
+)
+from .metrics import evaluate, masked_cross_entropy, mix_batch, results_markdown
+from .model import build_model_and_processor, parameter_groups
+
+logger = logging.getLogger("vit_hf.train")
+CURVES_PNG, CONFUSION_PNG = "training_curves.png", "confusion_matrix.png"
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainState:
+    """Counters and logs that change as training goes; the part a checkpoint's `trainer_state.json` records."""
+
+    completed_steps: int = 0
+    epoch: int = 0
+    skip_batches: int = 0  # batches of `epoch` already trained before a resume
+    history: list[dict] = field(default_factory=list)
+    train_skipped: set[int] = field(default_factory=set)
+    last_checkpoint: Path | None = None
+    eval_metrics: dict | None = None
+    train_images: int = 0
+    train_seconds: float = 0.0
+
+    def record(self, epoch: int, batches_in_epoch: int, batches_per_epoch: int) -> dict:
+        return {"completed_steps": self.completed_steps, "epoch": epoch, "batches_in_epoch": batches_in_epoch,
+                "batches_per_epoch": batches_per_epoch, "log_history": self.history,
+                "train_skipped_indices": sorted(self.train_skipped)}
+
+
+@dataclass
+class Run:
+    """What `set_up` builds once and every phase reads."""
+
+    args: argparse.Namespace
+    accelerator: Any
+    output_dir: Path
+    data: Any  # vit_hf.train.data.ImageClassificationData
+    model: Any
+    processor: Any
+    optimizer: Any
+    scheduler: Any
+    train_dl: Any
+    eval_dl: Any
+    sampler: Any
+    train_transform: Any
+    seed: int
+    max_train_steps: int
+    num_epochs: int
+    card_base: dict
+    progress: Any = None
+    state: TrainState = field(default_factory=TrainState)
+    window: dict = field(default_factory=dict)  # loss/images since the last log line
+    pending: Any = None  # [non-finite losses, summed loss] of the optimizer step being accumulated
+
+
+def training_function(args: argparse.Namespace) -> dict[str, Any]:
+    """Train and evaluate; returns the `all_results.json` dict (on every process)."""
+    run = set_up(args)
+    for epoch in range(run.state.epoch, run.num_epochs):
+        train_epoch(run, epoch)
+        evaluate_epoch(run, epoch)
+        if args.checkpointing_steps == "epoch":
+            checkpoint(run, f"epoch_{epoch}", run.state.record(epoch, len(run.train_dl), len(run.train_dl)),
+                       f"Training in progress, epoch {epoch}")
+        if run.state.completed_steps >= run.max_train_steps:
+            break
+    return finish(run)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Set-up
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def make_accelerator(args: argparse.Namespace, output_dir: Path):
+    import datasets
+    import transformers
+    from accelerate import Accelerator, DataLoaderConfiguration
+
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=args.report_to if args.with_tracking else None,
+        project_dir=str(output_dir),
+        # our own sampler is already rank-agnostic and epoch-seeded; keep accelerate from swapping it
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=False),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        level=logging.INFO)
+    quiet = not accelerator.is_main_process
+    logger.setLevel(logging.ERROR if quiet else logging.INFO)
+    for lib in (datasets, transformers):
+        (lib.utils.logging.set_verbosity_error if quiet else lib.utils.logging.set_verbosity_warning)()
+    if accelerator.mixed_precision == "bf16" and accelerator.device.type == "cpu" and not _cpu_has_bf16():
+        logger.warning("bf16 on a CPU without native bf16 (no AVX512-BF16 / AMX): matmuls are emulated, measured "
+                       "20-50x slower than fp32 on such a machine; pass --mixed_precision no")
+    return accelerator
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return True  # cannot tell: say nothing
+
+
+def make_loaders(args: argparse.Namespace, data, processor, seed: int):
+    from .data import EpochShuffleSampler, ExampleTransform, collate_fn
+
+    train_transform = ExampleTransform(processor, data.image_column, data.label_column, train=True, seed=seed)
+    eval_transform = ExampleTransform(processor, data.image_column, data.label_column, train=False, seed=seed)
+    train_ds, eval_ds = data.train.with_transform(train_transform), data.validation.with_transform(eval_transform)
+    sampler = EpochShuffleSampler(len(train_ds), seed=seed)
+    train_dl = torch.utils.data.DataLoader(train_ds, sampler=sampler, batch_size=args.per_device_train_batch_size,
+                                           collate_fn=collate_fn, num_workers=args.dataloader_num_workers)
+    eval_dl = torch.utils.data.DataLoader(eval_ds, batch_size=args.per_device_eval_batch_size, collate_fn=collate_fn,
+                                          num_workers=args.dataloader_num_workers)
+    return train_dl, eval_dl, sampler, train_transform
+
+
+def set_up(args: argparse.Namespace) -> Run:
+    """Accelerator, data, model, optimizer and schedule, prepared; then the resume, if asked."""
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    from .data import load_image_classification_data
+
+    output_dir = Path(args.output_dir).resolve()
+    accelerator = make_accelerator(args, output_dir)
+    seed = 0 if args.seed is None else args.seed
+    set_seed(seed)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    with accelerator.main_process_first():  # the main process fills the datasets cache, the others read it
+        data = load_image_classification_data(
+            args.dataset_name, args.dataset_config_name, args.train_dir, args.validation_dir,
+            args.image_column_name, args.label_column_name, args.train_val_split, args.max_train_samples,
+            args.max_eval_samples, seed, args.cache_dir, args.hub_token,
+        )
+    model, processor, base_model, notes = build_model_and_processor(args, data.labels)
+    for note in data.notes + notes:
+        logger.info(note)
+    if args.gradient_checkpointing:
+        enable_activation_checkpointing(model)
+    train_dl, eval_dl, sampler, train_transform = make_loaders(args, data, processor, seed)
+
+    n = accelerator.num_processes
+    steps_per_epoch = math.ceil(math.ceil(len(data.train) / n / args.per_device_train_batch_size)
+                                / args.gradient_accumulation_steps)
+    max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    logger.info(resolve_recipe(args, max_train_steps))
+    optimizer = torch.optim.AdamW(parameter_groups(model, args.learning_rate, args.weight_decay, args.layer_decay),
+                                  lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                  eps=args.adam_epsilon)
+    # Step counts are per process; accelerate steps a prepared scheduler once per process, hence the factor.
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer=optimizer, num_warmup_steps=args.num_warmup_steps * n,
+                              num_training_steps=max_train_steps * n)
+    model, optimizer, train_dl, eval_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, eval_dl, scheduler)
+    steps_per_epoch = math.ceil(len(train_dl) / args.gradient_accumulation_steps)  # exact, after sharding
+    run = Run(args, accelerator, output_dir, data, model, processor, optimizer, scheduler, train_dl, eval_dl, sampler,
+              train_transform, seed, max_train_steps, math.ceil(max_train_steps / steps_per_epoch),
+              _card_base(args, base_model))
+    if args.with_tracking:
+        hparams = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool)) and "token" not in k}
+        accelerator.init_trackers("vit_hf", config=hparams)
+    resume(run)
+    _log_plan(run)
+    run.progress = tqdm(total=max_train_steps, initial=run.state.completed_steps, desc="train",
+                        disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    run.window = {"loss": 0.0, "n": 0, "images": 0, "t": time.perf_counter()}
+    run.model.train()
+    return run
+
+
+def enable_activation_checkpointing(model) -> None:
+    # transformers 5 renamed it (the old name warns); non-reentrant checkpointing works with DDP's hooks
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def _card_base(args: argparse.Namespace, base_model: str | None) -> dict:
+    local = bool(args.dataset_name) and os.path.isdir(args.dataset_name)
+    return {
+        "base_model": base_model,
+        "datasets": [args.dataset_name] if args.dataset_name and not local else None,
+        # a local folder (save_to_disk, image folder) is named by its basename, not by a path of this machine
+        "dataset_name": Path(args.dataset_name).name if local else args.dataset_name or Path(args.train_dir).name,
+        "repo_id": args.hub_model_id,
+    }
+
+
+def resume(run: Run) -> None:
+    checkpoint = resolve_checkpoint(run.args.resume_from_checkpoint, run.output_dir)
+    if checkpoint is None:
+        return
+    run.accelerator.load_state(str(checkpoint))
+    saved = json.loads((checkpoint / TRAINER_STATE).read_text())
+    batches = len(run.train_dl)
+    if saved.get("batches_per_epoch") not in (None, batches):
+        raise ValueError(f"{checkpoint} was written with {saved['batches_per_epoch']} batches per epoch, this run "
+                         f"has {batches}: resume with the same data, batch size and number of processes")
+    state = run.state
+    state.completed_steps, state.epoch, state.skip_batches = (saved["completed_steps"], saved["epoch"],
+                                                              saved["batches_in_epoch"])
+    state.history, state.train_skipped = saved.get("log_history", []), set(saved.get("train_skipped_indices", []))
+    state.last_checkpoint = checkpoint
+    if state.skip_batches >= batches:
+        state.epoch, state.skip_batches = state.epoch + 1, 0
+    logger.info("resumed from %s: step %d, epoch %d, batch %d", checkpoint, state.completed_steps, state.epoch,
+                state.skip_batches)
+
+
+def _log_plan(run: Run) -> None:
+    args, acc, labels = run.args, run.accelerator, run.data.labels
+    logger.info("***** training *****")
+    logger.info("  examples: train %d, validation %d, classes %d (%s)", len(run.data.train),
+                len(run.data.validation), len(labels), ", ".join(labels[:10]) + (" ..." if len(labels) > 10 else ""))
+    logger.info("  images per optimizer step: %d (per device %d x processes %d x accumulation %d)",
+                args.per_device_train_batch_size * acc.num_processes * args.gradient_accumulation_steps,
+                args.per_device_train_batch_size, acc.num_processes, args.gradient_accumulation_steps)
+    logger.info("  optimizer steps: %d (%d epochs); mixed precision: %s; parameters: %.2fM", run.max_train_steps,
+                run.num_epochs, acc.mixed_precision, sum(p.numel() for p in run.model.parameters()) / 1e6)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# One epoch
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _seed_for(seed: int, a: int, b: int) -> int:
+    from .data import example_seed
+
+    return example_seed(seed, a, b) % (2**63)
+
+
+def train_epoch(run: Run, epoch: int) -> None:
+    args, state = run.args, run.state
+    run.train_dl.set_epoch(epoch)
+    run.sampler.set_epoch(epoch)
+    run.train_transform.epoch = epoch
+    first, state.skip_batches = state.skip_batches, 0
+    batches = run.accelerator.skip_first_batches(run.train_dl, first) if first else run.train_dl
+    every = int(args.checkpointing_steps) if args.checkpointing_steps not in (None, "epoch") else None
+    kill_after = os.environ.get(KILL_AFTER_STEP_ENV)
+    run.pending = torch.zeros(2, device=run.accelerator.device)
+    start = time.perf_counter()
+    for batch_index, batch in enumerate(batches, start=first):
+        step = train_micro_step(run, batch, epoch * len(run.train_dl) + batch_index)
+        if step is None:  # accumulating
+            continue
+        state.completed_steps += 1
+        run.progress.update(1)
+        log_step(run, step, epoch + (batch_index + 1) / len(run.train_dl))
+        if every and state.completed_steps % every == 0:
+            checkpoint(run, f"step_{state.completed_steps}", state.record(epoch, batch_index + 1, len(run.train_dl)),
+                       f"Training in progress, step {state.completed_steps}")
+        if kill_after is not None and state.completed_steps == int(kill_after):
+            maybe_kill(KILL_AFTER_STEP_ENV, state.completed_steps)
+        if state.completed_steps >= run.max_train_steps:
+            break
+    state.train_seconds += time.perf_counter() - start
+
+
+def train_micro_step(run: Run, batch: dict, micro_step: int) -> dict | None:
+    """Forward and backward of one batch; on the batch that completes an optimizer step, the step's mean loss and
+    gradient norm (None while accumulating)."""
+    args, acc = run.args, run.accelerator
+    # dropout, drop-path and mixup draw from the global RNG: a function of (seed, micro-step, rank), whatever resumed
+    torch.manual_seed(_seed_for(run.seed, micro_step, -2 - acc.process_index))
+    valid = batch["valid"]
+    if not bool(valid.all()):
+        run.state.train_skipped.update(batch["index"][~valid].tolist())
+    result = None
+    with acc.accumulate(run.model):
+        pixel_values, targets = batch["pixel_values"], batch["labels"]
+        if args.mixup > 0 or args.cutmix > 0:
+            targets = F.one_hot(targets, len(run.data.labels)).float()
+            pixel_values, targets = mix_batch(pixel_values, targets, args)
+        loss = masked_cross_entropy(run.model(pixel_values=pixel_values).logits, targets, valid, args.label_smoothing)
+        nan_at = os.environ.get(NAN_AT_STEP_ENV)
+        if nan_at is not None and run.state.completed_steps + 1 == int(nan_at):
+            loss = loss * float("nan")  # test hook: a loss that has gone non-finite
+        run.pending += torch.stack([(~torch.isfinite(loss.detach())).float(),
+                                    loss.detach().float() / args.gradient_accumulation_steps])
+        acc.backward(loss)
+        if acc.sync_gradients:
+            result = _finish_gradients(run)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+    images = int(valid.numel()) * acc.num_processes
+    run.window["images"] += images
+    run.state.train_images += images
+    return result
+
+
+def _finish_gradients(run: Run) -> dict:
+    """Stop on a non-finite loss (every rank agrees: one all-reduce per optimizer step, or DDP would hang), clip."""
+    acc, state = run.accelerator, run.state
+    totals = acc.reduce(run.pending, reduction="sum")
+    if bool(totals[0] > 0):
+        raise NonFiniteLossError(
+            f"non-finite loss at optimizer step {state.completed_steps + 1}; training stopped before the update. "
+            f"Last good checkpoint: {state.last_checkpoint or 'none'}. Try a lower --learning_rate, --max_grad_norm "
+            f"1.0, bf16 instead of fp16, or more warmup."
+        )
+    max_norm = run.args.max_grad_norm if run.args.max_grad_norm and run.args.max_grad_norm > 0 else float("inf")
+    grad_norm = acc.clip_grad_norm_(run.model.parameters(), max_norm)
+    run.pending.zero_()
+    return {"loss": float(totals[1]) / acc.num_processes, "grad_norm": grad_norm}
+
+
+def log_step(run: Run, step: dict, epoch: float) -> None:
+    window, state = run.window, run.state
+    window["loss"] += step["loss"]
+    window["n"] += 1
+    if state.completed_steps % run.args.logging_steps and state.completed_steps != run.max_train_steps:
+        return
+    now = time.perf_counter()
+    entry = {
+        "step": state.completed_steps,
+        "epoch": round(epoch, 4),
+        "loss": window["loss"] / window["n"],
+        "lr": run.scheduler.get_last_lr()[-1],
+        "grad_norm": float(step["grad_norm"]) if step["grad_norm"] is not None else None,
+        "images_per_second": window["images"] / max(now - window["t"], 1e-9),
+    }
+    state.history.append(entry)
+    run.progress.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{entry['lr']:.2e}",
+                             ips=f"{entry['images_per_second']:.0f}")
+    if run.args.with_tracking:
+        run.accelerator.log({f"train/{k}": v for k, v in entry.items() if v is not None and k != "step"},
+                            step=state.completed_steps)
+    window.update(loss=0.0, n=0, images=0, t=now)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Evaluation, checkpoints, the end
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def evaluate_epoch(run: Run, epoch: int) -> None:
+    metrics = evaluate(run.model, run.eval_dl, run.accelerator, len(run.data.labels))
+    run.state.eval_metrics = metrics
+    run.state.history.append({"step": run.state.completed_steps, "epoch": epoch + 1,
+                              "eval_accuracy": metrics["accuracy"], "eval_top5_accuracy": metrics["top5_accuracy"],
+                              "eval_loss": metrics["loss"]})
+    logger.info("epoch %d: eval accuracy %.4f, top-5 %.4f, loss %.4f (%d images, %.0f images/s)", epoch,
+                metrics["accuracy"], metrics["top5_accuracy"], metrics["loss"], metrics["valid_samples"],
+                metrics["images_per_second"])
+    if run.args.with_tracking:
+        run.accelerator.log({"eval/accuracy": metrics["accuracy"], "eval/top5_accuracy": metrics["top5_accuracy"],
+                             "eval/loss": metrics["loss"]}, step=run.state.completed_steps)
+
+
+def checkpoint(run: Run, name: str, record: dict, message: str) -> None:
+    run.state.last_checkpoint = save_checkpoint(run.accelerator, run.output_dir, name, record, run.model,
+                                                run.processor, run.card_base)
+    if run.args.push_to_hub and run.accelerator.is_main_process:
+        _push(run.state.last_checkpoint / HF_MODEL_SUBDIR, run.args, message)
+
+
+def _push(folder: Path, args: argparse.Namespace, message: str) -> str | None:
+    from ..hub import push_folder  # lazy: the hub client is only needed when pushing
+
+    sha = push_folder(folder, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo,
+                      commit_message=message)
+    logger.info("pushed %s to %s (%s)", folder, args.hub_model_id, sha)
+    return sha
+
+
+def collect_results(run: Run) -> dict[str, Any]:
+    from accelerate.utils import gather_object
+
+    state, acc, labels = run.state, run.accelerator, run.data.labels
+    metrics = state.eval_metrics
+    all_skipped: set[int] = set()
+    for part in gather_object([sorted(state.train_skipped)]):
+        all_skipped.update(part)
+    return {
+        "eval_accuracy": metrics["accuracy"],
+        "eval_top5_accuracy": metrics["top5_accuracy"],
+        "eval_loss": metrics["loss"],
+        "eval_samples": metrics["samples"],
+        "eval_unique_samples": metrics["unique_samples"],
+        "eval_valid_samples": metrics["valid_samples"],
+        "eval_per_class_accuracy": dict(zip(labels, metrics["per_class_accuracy"])),
+        "eval_confusion_matrix": metrics["confusion_matrix"],
+        "eval_images_per_second": metrics["images_per_second"],
+        "eval_skipped_images": metrics["skipped_images"],
+        "train_skipped_images": len(all_skipped),
+        "skipped_images": len(all_skipped) + metrics["skipped_images"],
+        "train_samples": len(run.data.train),
+        "train_images_per_second": state.train_images / max(state.train_seconds, 1e-9),
+        "train_runtime": state.train_seconds,
+        "completed_steps": state.completed_steps,
+        "epochs": run.num_epochs,
+        "num_processes": acc.num_processes,
+        "mixed_precision": acc.mixed_precision,
+        "labels": labels,
+        "data_source": run.data.source,
+    }
+
+
+def finish(run: Run) -> dict[str, Any]:
+    """Results, plots and the hub-ready output folder (main process), the push; returns the results everywhere."""
+    from .plots import plot_confusion_matrix, plot_training_curves
+
+    run.progress.close()
+    acc, out, labels = run.accelerator, run.output_dir, run.data.labels
+    if run.state.eval_metrics is None:  # resumed from a finished run: nothing trained, still report the metrics
+        run.state.eval_metrics = evaluate(run.model, run.eval_dl, acc, len(labels))
+    metrics, results = run.state.eval_metrics, collect_results(run)
+    if results["skipped_images"]:
+        logger.warning("skipped %d unreadable image(s): %d in train, %d in validation", results["skipped_images"],
+                       results["train_skipped_images"], results["eval_skipped_images"])
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        plot_training_curves(run.state.history, out / CURVES_PNG)
+        plot_confusion_matrix(metrics["confusion_matrix"], labels, out / CONFUSION_PNG,
+                              title=f"validation, top-1 {metrics['accuracy']:.2%}")
+        card = dict(run.card_base, eval_results={"accuracy": metrics["accuracy"]}, plots=[CURVES_PNG, CONFUSION_PNG],
+                    results=results_markdown(metrics, labels, {"optimizer steps": run.state.completed_steps,
+                                                               "mixed precision": acc.mixed_precision}))
+        # merges the hub files into output_dir; checkpoints, logs and tracker files stay where they are
+        save_hub_folder(acc.unwrap_model(run.model), run.processor, out, card,
+                        {CURVES_PNG: out / CURVES_PNG, CONFUSION_PNG: out / CONFUSION_PNG})
+        write_json(out / "all_results.json", results)
+        write_json(out / "log_history.json", run.state.history)
+        logger.info("eval_accuracy %.4f -> %s", results["eval_accuracy"], out / "all_results.json")
+        if run.args.push_to_hub:
+            _push(out, run.args, "End of training")
+    acc.wait_for_everyone()
+    if run.args.with_tracking:
+        acc.end_training()
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    try:
+        return training_function(args)
+    except NonFiniteLossError as err:
+        logger.error("%s", err)
+        print(f"vit_hf.train: {err}", file=sys.stderr)
+        raise SystemExit(3) from None
