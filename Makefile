@@ -21,6 +21,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q
 
+bench: $(STAMP)
+	$(PY) -m bench all
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
