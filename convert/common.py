@@ -16,8 +16,7 @@ from pathlib import Path
 import torch
 
 from vit_hf import VitHfConfig, VitHfForImageClassification
-from vit_hf.hub import HubPushError
-from vit_hf.packaging import HubFolderError
+from vit_hf.hub import HubFolderError, HubPushError
 
 
 class ConversionError(Exception):
@@ -338,9 +337,9 @@ def add_hub_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def write_folder(model, processor, out_dir: str | Path, card: dict) -> Path:
-    """Write the hub-ready folder (`vit_hf.packaging.save_hub_folder`, imported late: it pulls in the model-card
+    """Write the hub-ready folder (`vit_hf.hub.save_hub_folder`, imported late: it pulls in the model-card
     machinery only when a folder is written) and return its path."""
-    from vit_hf.packaging import save_hub_folder
+    from vit_hf.hub import save_hub_folder
 
     return save_hub_folder(model, processor, out_dir, card_kwargs=card)
 

@@ -28,7 +28,7 @@ from timm_variants import VARIANTS, make_timm, save_state
 
 from convert import google as convert_google
 from convert.common import run_cli
-from vit_hf.packaging import check_hub_folder
+from vit_hf.hub import check_hub_folder
 
 REPO = Path(__file__).resolve().parent.parent
 SELF_CHECK = "mapping self-check against timm built from the inferred arguments (activation gelu, eps 1e-06 assumed)"

@@ -205,7 +205,7 @@ def test_representation_layer(tmp_path: Path):
     float64 = [r for r in info["parity"] if r["dtype"] == "float64"]
     assert len(float64) == 1 and float64[0]["max_abs_diff"] < 1e-9
     out = tmp_path / "vit_rep"
-    from vit_hf.packaging import save_hub_folder
+    from vit_hf.hub import save_hub_folder
 
     save_hub_folder(model, processor, out)
     x = pixels((32, 32))

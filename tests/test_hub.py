@@ -28,8 +28,7 @@ from huggingface_hub.utils.sha import git_hash
 from isolated import last_json_line, run_isolated
 
 from vit_hf import VitHfConfig, VitHfForImageClassification, VitHfImageProcessor
-from vit_hf.hub import HubPushError, hub_files, pinned_usage, push_folder
-from vit_hf.packaging import REMOTE_FILES, HubFolderError, save_hub_folder
+from vit_hf.hub import REMOTE_FILES, HubFolderError, HubPushError, hub_files, pinned_usage, push_folder, save_hub_folder
 
 LABELS = ["sneaker", "bag", "coat"]
 TOKENS = {"hf_tester_write": "tester", "hf_bob_write": "bob"}

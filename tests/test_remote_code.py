@@ -12,7 +12,7 @@ import torch
 from isolated import last_json_line, run_isolated
 
 from vit_hf import VitHfConfig, VitHfForImageClassification, VitHfImageProcessor
-from vit_hf.packaging import HubFolderError, check_hub_folder
+from vit_hf.hub import HubFolderError, check_hub_folder
 
 LABELS = ["sneaker", "bag", "coat"]
 
@@ -117,7 +117,7 @@ def test_importing_vit_hf_registers_nothing_with_the_auto_factories():
 
 def test_save_hub_folder_merges_into_a_folder_with_other_files(tmp_path):
     """Writing into a folder that holds other things (a source checkpoint, notes) replaces only the hub files."""
-    from vit_hf.packaging import save_hub_folder
+    from vit_hf.hub import save_hub_folder
 
     config = VitHfConfig.from_preset("test", num_labels=3)
     model, processor = VitHfForImageClassification(config), VitHfImageProcessor.from_model_config(config)
@@ -163,4 +163,4 @@ def test_wheel_ships_the_model_card_template(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     (wheel,) = tmp_path.glob("vit_hf-*.whl")
     with zipfile.ZipFile(wheel) as zf:
-        assert zf.read("vit_hf/model_card.md") == (root / "model_card.md").read_bytes()
+        assert zf.read("vit_hf/hub/model_card.md") == (root / "model_card.md").read_bytes()

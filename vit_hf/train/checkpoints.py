@@ -11,7 +11,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from ..packaging import save_hub_folder
+from ..hub import save_hub_folder
 
 logger = logging.getLogger("vit_hf.train")
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..packaging import save_hub_folder
+from ..hub import save_hub_folder
 from .args import parse_args, resolve_recipe
 from .checkpoints import (
     HF_MODEL_SUBDIR,

@@ -1,4 +1,4 @@
-"""Publish a hub-ready folder (see `vit_hf.packaging`) to the Hugging Face Hub, and only its hub files.
+"""Publish a hub-ready folder (see `vit_hf.hub.folders`) to the Hugging Face Hub, and only its hub files.
 
 Used by the converters' and the training script's `--push_to_hub`. Not remote code: never imported by the
 modeling files, so it may use huggingface_hub freely.
@@ -23,7 +23,7 @@ from pathlib import Path
 from huggingface_hub import CommitOperationAdd, HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-from .packaging import REMOTE_FILES, check_hub_folder
+from .folders import REMOTE_FILES, check_hub_folder
 
 # Everything a consumer needs and nothing else: optimizer state, checkpoints, caches and tracker logs that a
 # training run leaves next to these files are never pushed.
@@ -165,7 +165,7 @@ def push_folder(
         endpoint: Hub URL; default `HF_ENDPOINT` or https://huggingface.co.
 
     Raises:
-        vit_hf.packaging.HubFolderError: the folder would not load as remote code.
+        vit_hf.hub.HubFolderError: the folder would not load as remote code.
         HubPushError: no token, no write access, the Hub unreachable, or another Hub error (named in the message).
     """
     folder = Path(folder)

@@ -92,10 +92,10 @@ def save_hub_folder(
       atomic rename, the weights last but one and the card last; nothing else in `out_dir` is touched.
 
     Args:
-        card_kwargs: keyword arguments for `vit_hf.model_card.render_model_card` (None: no card).
+        card_kwargs: keyword arguments for `vit_hf.hub.render_model_card` (None: no card).
         extra_files: `{name: path}` copied into the folder (e.g. plots for the card).
     """
-    from .model_card import render_model_card
+    from .cards import render_model_card
 
     out_dir = Path(out_dir).resolve()
     if out_dir.exists() and not out_dir.is_dir():

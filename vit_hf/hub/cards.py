@@ -13,10 +13,10 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .image_processing_vit_hf import RESAMPLE, VitHfImageProcessor
+from ..image_processing_vit_hf import RESAMPLE, VitHfImageProcessor
 
-# The template is the repository's top-level model_card.md; vit_hf/model_card.md is a symlink to it, which a wheel
-# build copies into the package (package-data), so a checkout, an editable install and a wheel all find it here.
+# The template is the repository's top-level model_card.md; vit_hf/hub/model_card.md is a symlink to it, which a
+# wheel build copies into the package (package-data), so a checkout, an editable install and a wheel all find it here.
 TEMPLATE = Path(__file__).parent / "model_card.md"
 
 
