@@ -121,12 +121,15 @@ def test_converted_variant_matches_timm(name: str, tmp_path: Path, capsys):
 
 
 # -- int8 on a model that has learnt the digits ---------------------------------------------------------------------
-def train_digits(model, processor, epochs: int = 6, seed: int = 0):
-    """A few AdamW epochs on the digits train split: enough for an accuracy that int8 can be measured against."""
+def train_digits(model, processor, epochs: int = 15, lr: float = 5e-3, seed: int = 0):
+    """AdamW with a one-cycle schedule on the digits train split (about 93 % test accuracy for the tiny model, a few
+    seconds): an accuracy that int8 can be measured against."""
     images, labels = digits_split("train")
     x, y = processor(images, return_tensors="pt").pixel_values, torch.as_tensor(labels)
     g = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * -(-len(y) // 64),
+                                                   pct_start=0.1)
     model.train()
     for _ in range(epochs):
         for batch in torch.randperm(len(y), generator=g).split(64):
@@ -134,6 +137,7 @@ def train_digits(model, processor, epochs: int = 6, seed: int = 0):
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            schedule.step()
     return model.eval()
 
 
@@ -142,9 +146,8 @@ def digits_model_dir(tmp_path_factory) -> Path:
     config = VitHfConfig.from_preset("test", image_size=16, patch_size=4, num_channels=1, pooling="mean",
                                      id2label=dict(enumerate(DIGITS)), label2id={d: i for i, d in enumerate(DIGITS)})
     processor = VitHfImageProcessor.from_model_config(config, crop_pct=1.0)
-    torch.manual_seed(0)
     with torch.random.fork_rng():
-        torch.set_num_threads(1)
+        torch.manual_seed(0)
         model = train_digits(VitHfForImageClassification(config), processor)
     return save_folder(model, processor, tmp_path_factory.mktemp("digits") / "model")
 
@@ -162,11 +165,11 @@ def test_int8_agreement_and_accuracy_on_digits(digits_model_dir: Path, tmp_path:
     assert abs(models["int8"]["accuracy"] - models["pytorch"]["accuracy"]) <= 0.03
     assert f"| ONNX int8 | {models['int8']['max_abs_diff']:.2e} | {100 * models['int8']['top1_agreement']:.2f} %" \
         in stdout
-    # every linear layer with a weight is int8 (patch embedding, qkv, proj, fc1, fc2 of each block), the
-    # attention products (activation x activation) and the Gemm head are not
+    # int8: the patch embedding and qkv, proj, fc1, fc2 of both blocks; float: the attention products (activation x
+    # activation) and the head (a Gemm)
     ops = [n.op_type for n in onnx.load(str(out / "model_int8.onnx")).graph.node]
     assert report["int8_linear_layers"] == ops.count("MatMulInteger") == 1 + 4 * 2
-    assert "Gemm" in ops and ops.count("MatMul") == 2 * 2
+    assert ops.count("MatMul") == 2 * 2 + 1  # the quantiser rewrites the Gemm head as MatMul + Add, left float
 
 
 def test_out_dir_processor_prepares_the_graph_input(digits_model_dir: Path, tmp_path: Path, capsys):

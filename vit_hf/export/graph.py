@@ -19,9 +19,10 @@ from torch import nn
 from .common import ExportError
 
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
-# onnxruntime's dynamic (integer-op) quantiser has kernels for MatMul, not Gemm: the head, a Gemm on the pooled 2-D
-# features (num_labels x hidden_size, a tiny share of the compute), stays float32
-LINEAR_OPS = ("MatMul", "Gemm")
+# The linear layers on token sequences are MatMuls. The head is a Gemm (on the pooled 2-D features) and stays float32:
+# onnxruntime's dynamic quantiser has no integer Gemm (it would rewrite it as MatMul + Add first), and the head is a
+# tiny share of the compute that decides the top-1 directly.
+LINEAR_OPS = ("MatMul",)
 QUANTIZED_OPS = ("MatMulInteger", "DynamicQuantizeMatMul")
 
 
@@ -98,8 +99,8 @@ def export_onnx(model: nn.Module, path: Path, opset: int, dynamic_batch: bool, d
 
 
 def linear_nodes(path: Path) -> list[str]:
-    """Names of the MatMul / Gemm nodes whose second operand is a weight (an initializer): the linear layers. The
-    attention products (both operands activations) stay float: quantising them costs accuracy for little speed."""
+    """Names of the MatMul nodes whose second operand is a weight (an initializer): the linear layers. The attention
+    products (both operands activations) stay float: quantising them costs accuracy for little speed."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
@@ -108,8 +109,12 @@ def linear_nodes(path: Path) -> list[str]:
 
 
 def quantize_int8(src: Path, dst: Path) -> int:
-    """Dynamic int8 quantisation of the linear layers (weights int8 per output channel, activations quantised at
-    run time); returns how many layers were quantised (counted in the written graph)."""
+    """Dynamic int8 quantisation of the linear layers (weights int8 per output channel, activations uint8 per tensor
+    at run time); returns how many layers were quantised (counted in the written graph).
+
+    `reduce_range`: 7-bit weights. x86 CPUs without VNNI (AVX2, as here) multiply uint8 x int8 with VPMADDUBSW,
+    whose int16 pair sums saturate with full-range weights. Measured here on a small digits model: full-range int8
+    weights agreed with float32 on 64 % of the top-1s, 7-bit ones on 99 %."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -119,7 +124,8 @@ def quantize_int8(src: Path, dst: Path) -> int:
     external = src.with_name(src.name + ".data").exists()
     try:
         quantize_dynamic(
-            src, dst, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=list(LINEAR_OPS),
+            src, dst, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
+            op_types_to_quantize=list(LINEAR_OPS),
             nodes_to_quantize=nodes, use_external_data_format=external, extra_options={"MatMulConstBOnly": True},
         )
     except Exception as e:  # onnxruntime's quantiser raises plain exceptions of many kinds
