@@ -7,13 +7,12 @@ The YAML front matter is built with huggingface_hub's `ModelCardData` (the Hub's
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..image_processing_vit_hf import RESAMPLE, VitHfImageProcessor
+from ..image_processing_vit_hf import VitHfImageProcessor
 
 # The template is the repository's top-level model_card.md; vit_hf/hub/model_card.md is a symlink to it, which a
 # wheel build copies into the package (package-data), so a checkout, an editable install and a wheel all find it here.
@@ -41,33 +40,22 @@ def architecture_table(config) -> list[tuple[str, Any]]:
         ("LayerNorm eps", config.layer_norm_eps),
         ("labels", config.num_labels),
     ]
-    for name in ("pre_norm", "qk_norm", "layer_scale_init_value", "representation_size"):
-        value = getattr(config, name)
+    for name in ("pre_norm", "qk_norm", "layer_scale_init_value", "representation_size", "distilled",
+                 "no_embed_registers", "dynamic_img_size"):
+        value = getattr(config, name, None)
         if value:
             rows.append((name, value))
+    if getattr(config, "mlp_layer", "mlp") != "mlp":
+        rows.append(("MLP", config.mlp_layer))
     return rows
 
 
 def preprocessing_text(processor: VitHfImageProcessor | None) -> str:
     if processor is None:
         return "No image processor was saved with this model."
-    h, w = processor.size["height"], processor.size["width"]
-    names = {int(v): k for k, v in RESAMPLE.items()}
-    resample = names.get(processor.resample, processor.resample)
-    crop_pct = processor.crop_pct or 1.0
-    scale = f"{math.floor(h / crop_pct)}x{math.floor(w / crop_pct)}"
-    if getattr(processor, "crop_mode", "center") == "squash":
-        resize = f"resize to {scale} ignoring the aspect ratio"
-    elif h == w:
-        resize = f"resize the shorter side to {math.floor(h / crop_pct)} keeping the aspect ratio"
-    else:
-        resize = f"resize keeping the aspect ratio until the image covers {scale}"
-    return (
-        f"Convert to {processor.num_channels} channel(s) (alpha composited onto white), {resize} ({resample}), "
-        f"centre-crop to {h}x{w} (crop_pct={processor.crop_pct}), scale to [0, 1], normalise with "
-        f"mean={processor.image_mean}, std={processor.image_std}. The same eval transform serves `pipeline`, "
-        f"evaluation during training, and the conversion checks (timm's `transforms_imagenet_eval`)."
-    )
+    # the processor describes the transform it runs (squash, shortest-edge, crop offsets, ... as converted)
+    return (f"{processor.describe_eval()} The same eval transform serves `pipeline`, evaluation during training, and "
+            f"the conversion checks.")
 
 
 def render_model_card(
