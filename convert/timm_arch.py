@@ -51,6 +51,7 @@ CONFIG_FIELDS: list[tuple[str, str, dict | None]] = [
     ("init_values", "layer_scale_init_value", None),
     ("representation_size", "representation_size", None),
     ("num_classes", "num_labels", None),
+    ("dynamic_img_size", "dynamic_img_size", None),
 ]
 TIMM_EPS = 1e-6  # timm's LayerNorm default
 
@@ -86,6 +87,7 @@ class TimmArch:
     representation_size: int | None = None
     distilled: bool = False  # DeiT's distillation token and second head (timm VisionTransformerDistilled)
     mlp_layer: str = "mlp"  # "glu": timm's SwiGLUPacked (fc1 -> [gate; up]); mlp_hidden is then fc2's input width
+    dynamic_img_size: bool = False  # positions resampled to every input's grid at run time (timm's own switch)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -198,6 +200,8 @@ class TimmArch:
             kwargs["pool_include_prefix"] = True
         if not self.proj_bias:
             kwargs["proj_bias"] = False
+        if self.dynamic_img_size:
+            kwargs["dynamic_img_size"] = True
         if self.act != "gelu":
             kwargs["act_layer"] = self.act
         if json_safe and (self.distilled or self.mlp_layer == "glu"):
@@ -259,6 +263,7 @@ class TimmArch:
             eps=float(block.norm1.eps),
             distilled=getattr(model, "dist_token", None) is not None,
             mlp_layer="glu" if isinstance(block.mlp, GluMlp) else "mlp",
+            dynamic_img_size=bool(getattr(model, "dynamic_img_size", False)),
         )
 
     def expected_state(self) -> dict[str, torch.Tensor]:

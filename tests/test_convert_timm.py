@@ -590,3 +590,18 @@ def test_distilled_and_gated_mlp_variants(name, kwargs, model_name):
     x = pixels(model.config.image_hw)
     with torch.no_grad():
         torch.testing.assert_close(model.double()(pixel_values=x).logits, reference.double()(x), rtol=0, atol=1e-9)
+
+
+def test_dynamic_img_size_carries_over():
+    """timm's dynamic_img_size (positions resampled to each input's grid at run time) becomes vit_hf's switch: equal
+    logits at the stored size (1e-9, float64) and at other sizes, where timm resamples in float32 whatever the model's
+    dtype (`resample_abs_pos_embed`: "interpolate needs float32"), hence the float32-level bound there."""
+    reference = randomize_(timm.create_model("test_vit", pretrained=False, img_size=32, num_classes=K), seed=6)
+    reference = reference.double().eval()
+    model, _, _ = convert_timm.convert_timm_state_dict(reference.state_dict(), model_name="test_vit")
+    model = model.double().eval()
+    assert model.config.dynamic_img_size and reference.dynamic_img_size
+    with torch.no_grad():
+        for hw, atol in (((32, 32), 1e-9), ((48, 64), 1e-6), ((80, 48), 1e-6)):
+            x = pixels(hw)
+            torch.testing.assert_close(model(pixel_values=x).logits, reference(x), rtol=0, atol=atol, msg=str(hw))
