@@ -146,9 +146,14 @@ def digits_model_dir(tmp_path_factory) -> Path:
     config = VitHfConfig.from_preset("test", image_size=16, patch_size=4, num_channels=1, pooling="mean",
                                      id2label=dict(enumerate(DIGITS)), label2id={d: i for i, d in enumerate(DIGITS)})
     processor = VitHfImageProcessor.from_model_config(config, crop_pct=1.0)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = train_digits(VitHfForImageClassification(config), processor)
+    threads = torch.get_num_threads()  # module fixtures run before the autouse one_thread
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model = train_digits(VitHfForImageClassification(config), processor)
+    finally:
+        torch.set_num_threads(threads)
     return save_folder(model, processor, tmp_path_factory.mktemp("digits") / "model")
 
 
