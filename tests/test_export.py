@@ -18,7 +18,7 @@ import torch
 from hub_server import HubServer
 from huggingface_hub import HfApi
 from test_hub import TOKEN, TOKENS
-from timm_variants import BASE_KWARGS, VARIANTS, H, make_timm
+from timm_variants import BASE_KWARGS, VARIANTS, H, L, make_timm
 
 from convert import timm as convert_timm
 from vit_hf import VitHfConfig, VitHfForImageClassification, VitHfImageProcessor
@@ -106,8 +106,11 @@ def test_converted_variant_matches_timm(name: str, tmp_path: Path, capsys):
     assert (inp, outp) == ("pixel_values", "logits") and in_dims[1] == 3 and out_dims[1] == 10
     assert isinstance(in_dims[0], str) == dynamic_batch and isinstance(out_dims[0], str) == dynamic_batch
     assert all(isinstance(d, str) for d in in_dims[2:]) if dynamic_size else in_dims[2:] == [h, w]
-    opset = {o.domain or "ai.onnx": o.version for o in onnx.load(str(out / "model.onnx")).opset_import}["ai.onnx"]
+    graph = onnx.load(str(out / "model.onnx"))
+    opset = {o.domain or "ai.onnx": o.version for o in graph.opset_import}["ai.onnx"]
     assert opset == (int(flags[flags.index("--opset") + 1]) if "--opset" in flags else 18)
+    fused = sum(n.op_type == "Attention" for n in graph.graph.node)  # ONNX's attention operator exists from opset 23
+    assert fused == ((L + (name == "map")) if opset >= 23 else 0)  # one per block and one in the MAP head
 
     # the graph against timm itself, at the sizes the graph accepts (other grids: timm's dynamic_img_size path)
     session = OrtModel(out / "model.onnx")
