@@ -68,7 +68,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="vit_hf.train", description=DESCRIPTION,
                                 formatter_class=argparse.RawTextHelpFormatter)
     p.set_defaults(**DEFAULTS)
-    d = p.add_argument_group("data")
+    _data_arguments(p.add_argument_group("data"))
+    _model_arguments(p.add_argument_group("model"))
+    _optimisation_arguments(p.add_argument_group("optimisation"))
+    _output_arguments(p.add_argument_group("checkpoints, logging, hub"))
+    args = p.parse_args(argv)
+    if args.dataset_name is None and args.train_dir is None:
+        p.error("give --dataset_name or --train_dir")
+    if args.checkpointing_steps is not None and args.checkpointing_steps != "epoch":
+        if not args.checkpointing_steps.isdigit() or int(args.checkpointing_steps) <= 0:
+            p.error(f"--checkpointing_steps must be a positive integer or 'epoch', got {args.checkpointing_steps!r}")
+    if args.push_to_hub and not args.hub_model_id:
+        p.error("--push_to_hub needs --hub_model_id")
+    return args
+
+
+def _data_arguments(d) -> None:
     d.add_argument("--dataset_name", help="Hub dataset id, a local dataset folder, or a `save_to_disk` folder")
     d.add_argument("--dataset_config_name")
     d.add_argument("--train_dir", help="image folder with one subfolder per class")
@@ -80,7 +95,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     d.add_argument("--max_eval_samples", type=int)
     d.add_argument("--cache_dir", help="datasets cache directory")
     d.add_argument("--dataloader_num_workers", type=int)
-    m = p.add_argument_group("model")
+
+
+def _model_arguments(m) -> None:
     m.add_argument(
         "--model_name_or_path",
         required=True,
@@ -104,7 +121,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     m.add_argument("--gradient_checkpointing", action="store_true")
     m.add_argument("--attn_implementation", choices=("eager", "sdpa", "flex_attention", "flash_attention_2"),
                    help="attention backend; on CPU 'eager' trains small ViTs several times faster than 'sdpa'")
-    o = p.add_argument_group("optimisation")
+
+
+def _optimisation_arguments(o) -> None:
     o.add_argument("--output_dir", required=True)
     o.add_argument("--num_train_epochs", type=int)
     o.add_argument("--max_train_steps", type=int, help="overrides --num_train_epochs")
@@ -129,7 +148,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     o.add_argument("--seed", type=int)
     o.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), help="for `python -m` runs; "
                    "`accelerate launch --mixed_precision` sets it otherwise")
-    c = p.add_argument_group("checkpoints, logging, hub")
+
+
+def _output_arguments(c) -> None:
     c.add_argument("--checkpointing_steps", help="save the state every N optimizer steps, or 'epoch'")
     c.add_argument("--resume_from_checkpoint", help="a checkpoint folder, or 'latest' (newest complete one in "
                    "--output_dir; a fresh start when there is none)")
@@ -140,13 +161,4 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     c.add_argument("--hub_model_id")
     c.add_argument("--hub_token")
     c.add_argument("--hub_private_repo", action="store_true")
-    args = p.parse_args(argv)
-    if args.dataset_name is None and args.train_dir is None:
-        p.error("give --dataset_name or --train_dir")
-    if args.checkpointing_steps is not None and args.checkpointing_steps != "epoch":
-        if not args.checkpointing_steps.isdigit() or int(args.checkpointing_steps) <= 0:
-            p.error(f"--checkpointing_steps must be a positive integer or 'epoch', got {args.checkpointing_steps!r}")
-    if args.push_to_hub and not args.hub_model_id:
-        p.error("--push_to_hub needs --hub_model_id")
-    return args
 
