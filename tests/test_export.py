@@ -185,7 +185,7 @@ def test_out_dir_processor_prepares_the_graph_input(digits_model_dir: Path, tmp_
     on them gives PyTorch's logits; config.json names the outputs."""
     from transformers import AutoConfig, AutoImageProcessor
 
-    out = tmp_path / "onnx"
+    out = tmp_path / "new" / "onnx"  # the parent is made too, on success only
     assert run([digits_model_dir, out], capsys)[0] == 0
     assert not (out / "model_int8.onnx").exists() and not (out / "export_report.json").exists()
     processor = AutoImageProcessor.from_pretrained(out, trust_remote_code=True)

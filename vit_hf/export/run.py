@@ -11,7 +11,7 @@ from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from .common import EXPORT_PACKAGES, VERIFY_PACKAGES, ExportError, check_opset, require_packages
+from .common import DEFAULT_OPSET, EXPORT_PACKAGES, VERIFY_PACKAGES, ExportError, check_opset, require_packages
 from .graph import export_onnx, quantize_int8
 from .source import Source, load_source
 
@@ -24,8 +24,6 @@ OUTPUT_FILES = {*ONNX_FILES.values(), *(f"{n}.data" for n in ONNX_FILES.values()
 
 
 def _check_out_dir(out: Path, source_folder: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"OUT_DIR {out} is an existing file: choose a folder path")
     if out.exists() and os.path.samefile(out, source_folder):
         raise ExportError(f"OUT_DIR {out} is MODEL_DIR: the export would replace the model's config.json; choose "
                           f"another folder")
@@ -59,7 +57,7 @@ def _move_into_place(tmp: Path, out: Path) -> None:
     for entry in tmp.iterdir():
         entry.chmod(0o666 & ~umask)
     if not out.exists():
-        os.replace(tmp, out)
+        shutil.move(tmp, out)  # a rename, unless the temporary folder is on another file system (no parent yet)
         return
     for stale in OUTPUT_FILES - {e.name for e in tmp.iterdir()}:  # e.g. an int8 model of an earlier export
         (out / stale).unlink(missing_ok=True)
@@ -72,7 +70,7 @@ def export_model(
     model_dir: str,
     out_dir: str | Path,
     revision: str | None = None,
-    opset: int = 18,
+    opset: int = DEFAULT_OPSET,
     dynamic_batch: bool = False,
     dynamic_size: bool = False,
     quantize: str = "none",
