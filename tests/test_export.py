@@ -17,6 +17,7 @@ import pytest
 import torch
 from hub_server import HubServer
 from huggingface_hub import HfApi
+from test_convert_timm import one_thread  # noqa: F401 (autouse: tiny matrices run faster on one thread)
 from test_hub import TOKEN, TOKENS
 from timm_variants import BASE_KWARGS, VARIANTS, H, L, make_timm
 
@@ -28,15 +29,6 @@ from vit_hf.export.verify import OrtModel, digits_split
 REPO = Path(__file__).resolve().parent.parent
 ATOL = 1e-4  # float32 graph vs float32 PyTorch / timm (the issue's bar)
 DIGITS = [str(d) for d in range(10)]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is faster, and immune to a busy machine's thread contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def save_folder(model, processor, folder: Path) -> Path:
