@@ -558,6 +558,70 @@ class VitHfModel(VitHfPreTrainedModel):
             last_hidden_state=x, pooler_output=pooled, hidden_states=all_hidden, attentions=all_attn
         )
 
+    def forward_intermediates(
+        self,
+        pixel_values: torch.Tensor,
+        indices: int | list[int] | tuple[int, ...] | None = None,
+        norm: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+        return_prefix_tokens: bool = False,
+        interpolate_pos_encoding: bool = False,
+    ) -> list | tuple[torch.Tensor, list]:
+        """Per-block features for dense tasks, with the semantics of timm's `VisionTransformer.forward_intermediates`.
+
+        Args:
+            indices: blocks to return: None for all, an int n for the last n, or a list (negative from the end).
+                Features come in block order, whatever the list's order.
+            norm: pass each returned block output through the final norm (`norm`; an identity when the model uses
+                `fc_norm` or has no final norm, as in timm).
+            output_fmt: `"NCHW"` (patch tokens as a (b, d, gh, gw) map) or `"NLC"` (b, gh * gw, d).
+            intermediates_only: return only the list (the blocks after the last index are not run).
+            return_prefix_tokens: each entry becomes `(patch features, prefix tokens (b, prefix, d))` when the model
+                has prefix tokens (class, distillation, registers).
+
+        Returns:
+            the list of features, or `(last_hidden_state, features)` with `last_hidden_state` as `forward`'s.
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt={output_fmt!r} is not supported: pass 'NCHW' or 'NLC'")
+        take = _take_indices(len(self.blocks), indices)
+        self._check_pixel_values(pixel_values, interpolate_pos_encoding)
+        pixel_values = pixel_values.to(self.patch_embed.proj.weight.dtype)
+        x = self.norm_pre(self.embed(pixel_values))
+        features = []
+        blocks = self.blocks[: max(take) + 1] if intermediates_only else self.blocks
+        for i, block in enumerate(blocks):
+            x, _ = block(x)
+            if i in take:
+                features.append(self.norm(x) if norm else x)
+        prefix = self.config.num_prefix_tokens
+        patches = [y[:, prefix:] for y in features]
+        if output_fmt == "NCHW":
+            gh = pixel_values.shape[-2] // self.config.patch_hw[0]
+            patches = [rearrange(y, "b (gh gw) d -> b d gh gw", gh=gh).contiguous() for y in patches]
+        if return_prefix_tokens and prefix:
+            patches = [(y, f[:, :prefix]) for y, f in zip(patches, features)]
+        return patches if intermediates_only else (self.norm(x), patches)
+
+
+def _take_indices(depth: int, indices: int | list[int] | tuple[int, ...] | None) -> list[int]:
+    """Block indices to return (timm's `feature_take_indices`): all for None, the last n for an int n, else the
+    listed ones (negative ones count from the end)."""
+    if indices is None:
+        indices = depth
+    if isinstance(indices, int):
+        if not 0 < indices <= depth:
+            raise ValueError(f"indices={indices} asks for the last {indices} blocks, but the model has {depth}: "
+                             f"pass 1..{depth}, or a list of block indices")
+        return list(range(depth - indices, depth))
+    taken = [i + depth if i < 0 else i for i in indices]
+    bad = [i for i, t in zip(indices, taken) if not 0 <= t < depth]
+    if bad or not taken:
+        raise ValueError(f"block indices {list(indices)} are out of range: the model has {depth} blocks "
+                         f"(indices 0..{depth - 1}, or -{depth}..-1 from the end)")
+    return taken
+
 
 class VitHfForImageClassification(VitHfPreTrainedModel):
     """ViT with a linear head on the pooled features; loss by `config.problem_type` (single/multi-label, regression).
