@@ -78,6 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.checkpointing_steps is not None and args.checkpointing_steps != "epoch":
         if not args.checkpointing_steps.isdigit() or int(args.checkpointing_steps) <= 0:
             p.error(f"--checkpointing_steps must be a positive integer or 'epoch', got {args.checkpointing_steps!r}")
+    if args.model_ema_decay is not None and not 0.0 < args.model_ema_decay < 1.0:
+        p.error(f"--model_ema_decay must be in (0, 1), e.g. 0.999; got {args.model_ema_decay}")
     if args.push_to_hub and not args.hub_model_id:
         p.error("--push_to_hub needs --hub_model_id")
     return args
@@ -146,6 +148,8 @@ def _optimisation_arguments(o) -> None:
     o.add_argument("--cutmix", type=float, help="cutmix Beta(alpha, alpha); 0 = off")
     o.add_argument("--mixup_switch_prob", type=float, help="with both on: probability of cutmix for a batch")
     o.add_argument("--seed", type=int)
+    o.add_argument("--model_ema_decay", type=float, help="keep an EMA of the weights (e.g. 0.999; timm's warm-up), "
+                   "evaluate it beside the raw weights and save it")
     o.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), help="for `python -m` runs; "
                    "`accelerate launch --mixed_precision` sets it otherwise")
 

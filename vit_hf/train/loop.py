@@ -51,7 +51,8 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
     train_skipped: set[int] = field(default_factory=set)
     last_checkpoint: Path | None = None
-    eval_metrics: dict | None = None
+    eval_metrics: dict | None = None  # of the weights the run saves (the EMA ones with --model_ema_decay)
+    eval_raw: dict | None = None  # with --model_ema_decay: of the trained (raw) weights
     train_images: int = 0
     train_seconds: float = 0.0
 
@@ -85,6 +86,7 @@ class Run:
     state: TrainState = field(default_factory=TrainState)
     window: dict = field(default_factory=dict)  # loss/images since the last log line
     pending: Any = None  # [non-finite losses, summed loss] of the optimizer step being accumulated
+    ema: Any = None  # vit_hf.train.ema.ModelEma with --model_ema_decay
 
 
 def training_function(args: argparse.Namespace) -> dict[str, Any]:
@@ -196,6 +198,14 @@ def set_up(args: argparse.Namespace) -> Run:
     run = Run(args, accelerator, output_dir, data, model, processor, optimizer, scheduler, train_dl, eval_dl, sampler,
               train_transform, seed, max_train_steps, math.ceil(max_train_steps / steps_per_epoch),
               _card_base(args, base_model))
+    if args.model_ema_decay is not None:
+        from .ema import ModelEma
+
+        # registered before `resume`: load_state restores the average and its step with the rest of the state
+        run.ema = ModelEma(accelerator.unwrap_model(model), args.model_ema_decay)
+        accelerator.register_for_checkpointing(run.ema)
+        logger.info("weight EMA: decay %s with timm ModelEmaV3's warm-up (min(D, 1 - step^(-2/3))); the EMA weights "
+                    "are evaluated beside the raw ones and saved", args.model_ema_decay)
     if args.with_tracking:
         hparams = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool)) and "token" not in k}
         accelerator.init_trackers("vit_hf", config=hparams)
@@ -287,6 +297,8 @@ def train_epoch(run: Run, epoch: int) -> None:
         if step is None:  # accumulating
             continue
         state.completed_steps += 1
+        if run.ema is not None:
+            run.ema.update(run.accelerator.unwrap_model(run.model))
         run.progress.update(1)
         log_step(run, step, epoch + (batch_index + 1) / len(run.train_dl))
         if every and state.completed_steps % every == 0:
@@ -377,12 +389,29 @@ def log_step(run: Run, step: dict, epoch: float) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def saved_model(run: Run):
+    """The weights a run saves (output folder, checkpoints' hf_model/): the EMA copy with --model_ema_decay."""
+    return run.ema.module if run.ema is not None else run.accelerator.unwrap_model(run.model)
+
+
+def evaluate_saved(run: Run) -> None:
+    """Evaluate the saved weights into `state.eval_metrics`, and with EMA the raw ones into `state.eval_raw`."""
+    n = len(run.data.labels)
+    raw = evaluate(run.model, run.eval_dl, run.accelerator, n)
+    run.state.eval_raw = raw if run.ema is not None else None
+    run.state.eval_metrics = evaluate(run.ema.module, run.eval_dl, run.accelerator, n) if run.ema is not None else raw
+
+
 def evaluate_epoch(run: Run, epoch: int) -> None:
-    metrics = evaluate(run.model, run.eval_dl, run.accelerator, len(run.data.labels))
-    run.state.eval_metrics = metrics
-    run.state.history.append({"step": run.state.completed_steps, "epoch": epoch + 1,
-                              "eval_accuracy": metrics["accuracy"], "eval_top5_accuracy": metrics["top5_accuracy"],
-                              "eval_loss": metrics["loss"]})
+    evaluate_saved(run)
+    metrics, raw = run.state.eval_metrics, run.state.eval_raw
+    entry = {"step": run.state.completed_steps, "epoch": epoch + 1, "eval_accuracy": metrics["accuracy"],
+             "eval_top5_accuracy": metrics["top5_accuracy"], "eval_loss": metrics["loss"]}
+    if raw is not None:
+        entry.update(eval_accuracy_raw=raw["accuracy"], eval_accuracy_ema=metrics["accuracy"])
+        logger.info("epoch %d: raw weights' eval accuracy %.4f, EMA's %.4f", epoch, raw["accuracy"],
+                    metrics["accuracy"])
+    run.state.history.append(entry)
     logger.info("epoch %d: eval accuracy %.4f, top-5 %.4f, loss %.4f (%d images, %.0f images/s)", epoch,
                 metrics["accuracy"], metrics["top5_accuracy"], metrics["loss"], metrics["valid_samples"],
                 metrics["images_per_second"])
@@ -392,7 +421,7 @@ def evaluate_epoch(run: Run, epoch: int) -> None:
 
 
 def checkpoint(run: Run, name: str, record: dict, message: str) -> None:
-    run.state.last_checkpoint = save_checkpoint(run.accelerator, run.output_dir, name, record, run.model,
+    run.state.last_checkpoint = save_checkpoint(run.accelerator, run.output_dir, name, record, saved_model(run),
                                                 run.processor, run.card_base)
     if run.args.push_to_hub and run.accelerator.is_main_process:
         _push(run.state.last_checkpoint / HF_MODEL_SUBDIR, run.args, message)
@@ -415,8 +444,12 @@ def collect_results(run: Run) -> dict[str, Any]:
     all_skipped: set[int] = set()
     for part in gather_object([sorted(state.train_skipped)]):
         all_skipped.update(part)
+    extra = {}
+    if state.eval_raw is not None:
+        extra = {"eval_accuracy_raw": state.eval_raw["accuracy"], "eval_accuracy_ema": metrics["accuracy"]}
     return {
         "eval_accuracy": metrics["accuracy"],
+        **extra,
         "eval_top5_accuracy": metrics["top5_accuracy"],
         "eval_loss": metrics["loss"],
         "eval_samples": metrics["samples"],
@@ -447,7 +480,7 @@ def finish(run: Run) -> dict[str, Any]:
     run.progress.close()
     acc, out, labels = run.accelerator, run.output_dir, run.data.labels
     if run.state.eval_metrics is None:  # resumed from a finished run: nothing trained, still report the metrics
-        run.state.eval_metrics = evaluate(run.model, run.eval_dl, acc, len(labels))
+        evaluate_saved(run)
     metrics, results = run.state.eval_metrics, collect_results(run)
     if results["skipped_images"]:
         logger.warning("skipped %d unreadable image(s): %d in train, %d in validation", results["skipped_images"],
@@ -461,7 +494,7 @@ def finish(run: Run) -> dict[str, Any]:
                     results=results_markdown(metrics, labels, {"optimizer steps": run.state.completed_steps,
                                                                "mixed precision": acc.mixed_precision}))
         # merges the hub files into output_dir; checkpoints, logs and tracker files stay where they are
-        save_hub_folder(acc.unwrap_model(run.model), run.processor, out, card,
+        save_hub_folder(saved_model(run), run.processor, out, card,
                         {CURVES_PNG: out / CURVES_PNG, CONFUSION_PNG: out / CONFUSION_PNG})
         write_json(out / "all_results.json", results)
         write_json(out / "log_history.json", run.state.history)

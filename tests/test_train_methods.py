@@ -1,0 +1,101 @@
+"""Training methods of `vit_hf.train` beyond plain fine-tuning, on the real digits the other training tests use, CPU,
+offline: weight EMA (`--model_ema_decay`) against timm's ModelEmaV3, its exact resume after SIGKILL, and the
+accuracy it records against a re-evaluation of the saved folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import PIL.Image
+import pytest
+import torch
+from test_data import make_digits_folder
+from test_train import SMALL, _fresh_accelerate_state, assert_same_weights, data_args, run_train, weights  # noqa: F401
+
+from vit_hf import VitHfConfig, VitHfForImageClassification, VitHfImageProcessor
+from vit_hf import train as train_mod
+from vit_hf.train.ema import ModelEma, ema_decay
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    """train: 40 real digits of 3 classes; validation: 37."""
+    return make_digits_folder(tmp_path_factory.mktemp("digits"), {"train": 40, "validation": 37}, classes=(0, 1, 2))
+
+
+def reevaluate(folder: Path, validation: Path) -> list[list[int]]:
+    """The confusion matrix (true label x predicted label) of a saved folder on an image folder, through its own
+    processor's eval transform."""
+    model = VitHfForImageClassification.from_pretrained(folder).eval()
+    transform = VitHfImageProcessor.from_pretrained(folder).eval_transforms()
+    n = model.config.num_labels
+    confusion = [[0] * n for _ in range(n)]
+    for class_dir in sorted(p for p in validation.iterdir() if p.is_dir()):
+        for path in sorted(class_dir.glob("*.png")):
+            with torch.no_grad():
+                logits = model(pixel_values=transform(PIL.Image.open(path))[None]).logits
+            confusion[model.config.label2id[class_dir.name]][int(logits.argmax())] += 1
+    return confusion
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# EMA
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_ema_matches_timm_model_ema_v3_with_warmup():
+    from timm.utils.model_ema import ModelEmaV3
+
+    config = VitHfConfig.from_preset("test", num_labels=3)
+    torch.manual_seed(0)
+    model = VitHfForImageClassification(config)
+    ours, timms = ModelEma(model, 0.99), ModelEmaV3(model, decay=0.99, use_warmup=True)
+    for step in range(1, 8):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+        ours.update(model)
+        timms.update(model, step=step)
+        assert ema_decay(0.99, step) == timms.get_decay(step)
+    got, want = ours.module.state_dict(), timms.module.state_dict()
+    assert got.keys() == want.keys()
+    for key in got:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-6, atol=1e-7, msg=key)
+    assert not torch.equal(got["head.weight"], model.head.weight)  # averaged, not a copy of the last weights
+
+
+def test_ema_sigkill_resume_bit_exact_and_saved_accuracy_reevaluates(digits, tmp_path):
+    common = [*SMALL, *data_args(digits), "--max_train_steps", "8", "--per_device_train_batch_size", "4",
+              "--gradient_accumulation_steps", "2", "--learning_rate", "2e-3", "--seed", "11", "--checkpointing_steps",
+              "3", "--drop_path_rate", "0.1", "--mixed_precision", "no", "--model_ema_decay", "0.9"]
+    reference, killed, plain = tmp_path / "reference", tmp_path / "killed", tmp_path / "plain"
+    run_train([*common, "--output_dir", str(reference)])
+    run_train([*common, "--output_dir", str(killed)], expect=-9, **{train_mod.KILL_AFTER_STEP_ENV: "7"})
+    assert [p.name for _, p in train_mod.list_checkpoints(killed)] == ["step_3", "step_6"]
+    run_train([*common, "--output_dir", str(killed), "--resume_from_checkpoint", "latest"])
+    assert_same_weights(reference, killed)
+
+    results = json.loads((reference / "all_results.json").read_text())
+    assert results["eval_accuracy"] == results["eval_accuracy_ema"]
+    assert 0.0 <= results["eval_accuracy_raw"] <= 1.0
+    confusion = reevaluate(reference, digits / "validation")
+    assert results["eval_confusion_matrix"] == confusion  # every prediction, not only the count of right ones
+    right = sum(confusion[i][i] for i in range(len(confusion)))
+    assert results["eval_accuracy_ema"] == pytest.approx(right / 37, rel=1e-6)
+    assert json.loads((killed / "all_results.json").read_text())["eval_accuracy_ema"] == results["eval_accuracy_ema"]
+
+    # the saved weights are the average: the same run without EMA ends on other weights, and records no EMA keys
+    run_train([*common[:-2], "--output_dir", str(plain)])
+    raw, ema = weights(plain), weights(reference)
+    assert max((raw[k] - ema[k]).abs().max().item() for k in raw) > 1e-4
+    assert "eval_accuracy_raw" not in json.loads((plain / "all_results.json").read_text())
+
+
+def test_ema_decay_out_of_range_is_refused(digits, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_mod.parse_args([*SMALL, *data_args(digits), "--output_dir", str(tmp_path / "o"),
+                              "--model_ema_decay", "1.5"])
+    assert exit_info.value.code == 2 and "--model_ema_decay must be in (0, 1)" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
