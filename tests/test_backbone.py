@@ -6,6 +6,9 @@ timm is the oracle: tiny VisionTransformers with every tensor randomised (tests/
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 import torch
 
@@ -14,6 +17,8 @@ pytest.importorskip("timm")  # timm is in the dev extra; without it there is no 
 from timm_variants import VARIANTS, H, make_timm  # noqa: E402
 
 from convert import timm as convert_timm  # noqa: E402
+from vit_hf import VitHfBackbone, VitHfImageProcessor  # noqa: E402
+from vit_hf.hub import check_hub_folder, push_folder, save_hub_folder  # noqa: E402
 
 ATOL64 = 1e-10
 # prefix tokens: none, class, class + 4 registers; fc_norm (timm's `norm` is then an identity); non-square grid
@@ -92,3 +97,81 @@ def test_forward_intermediates_refuses_bad_arguments_by_name(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ours.forward_intermediates(pixels((32, 32)), **kwargs)
 
+
+# ------------------------------------------------------------------------------------------------------ VitHfBackbone
+@pytest.mark.parametrize("variant", [FEATURE_VARIANTS[1], FEATURE_VARIANTS[2]], ids=lambda v: v.name)
+def test_backbone_feature_maps_are_timms_normed_intermediates(variant, tmp_path):
+    """Saved as a hub folder, loaded with `out_indices=[1, 3]`: stage i is block i - 1 through the final norm."""
+    reference, model = converted(variant)
+    save_hub_folder(model, VitHfImageProcessor.from_model_config(model.config), tmp_path / "folder")
+    backbone = VitHfBackbone.from_pretrained(tmp_path / "folder", out_indices=[1, 3]).double().eval()
+    assert backbone.out_features == ["stage1", "stage3"] and backbone.channels == [64, 64]
+    x = pixels(variant.image_hw)
+    with torch.no_grad():
+        expected = reference.forward_intermediates(x, indices=[0, 2], norm=True, intermediates_only=True)
+        out = backbone(x, output_hidden_states=True)
+    assert len(out.feature_maps) == 2 and len(out.hidden_states) == 4  # stem + 3 blocks
+    for e, g in zip(expected, out.feature_maps):
+        torch.testing.assert_close(g, e, rtol=0, atol=ATOL64)
+
+
+def test_backbone_stem_and_out_features(tmp_path):
+    _, model = converted(FEATURE_VARIANTS[0])
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["auto_map"]["AutoBackbone"] == "modeling_vit_hf.VitHfBackbone"
+    backbone = VitHfBackbone.from_pretrained(tmp_path, out_features=["stem", "stage2"]).double().eval()
+    assert backbone.out_indices == [0, 2]
+    x = pixels((32, 32))
+    with torch.no_grad():
+        stem, block1 = backbone(x).feature_maps
+        vit = backbone.vit
+        embedded = vit.norm(vit.norm_pre(vit.embed(x)))[:, 1:]
+    torch.testing.assert_close(stem, embedded.transpose(1, 2).reshape(2, 64, 4, 4), rtol=0, atol=0)
+    torch.testing.assert_close(block1, vit.forward_intermediates(x, [1], norm=True)[1][0], rtol=0, atol=0)
+
+
+def test_backbone_refuses_a_stage_the_model_does_not_have(tmp_path):
+    _, model = converted(FEATURE_VARIANTS[0])
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"out_indices must be valid indices for stage_names \['stem', 'stage1'"):
+        VitHfBackbone.from_pretrained(tmp_path, out_indices=[4])
+
+
+CONSUMER = """
+import json, torch
+from transformers import AutoBackbone
+backbone = AutoBackbone.from_pretrained({repo!r}, trust_remote_code=True, out_indices=[1, 3]).eval()
+with torch.no_grad():
+    maps = backbone(torch.load({pixels!r})).feature_maps
+print(json.dumps(dict(module=type(backbone).__module__, stages=backbone.out_features,
+                      maps=[m.tolist() for m in maps])))
+"""
+
+
+def test_auto_backbone_by_repo_id_as_remote_code(tmp_path, monkeypatch):
+    """Pushed to the loopback Hub, loaded by a consumer without vit_hf: `AutoBackbone` gives the same maps."""
+    import huggingface_hub.constants as constants
+    from hub_server import HubServer
+    from isolated import last_json_line, run_isolated
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    _, model = converted(FEATURE_VARIANTS[2])
+    model = model.float()  # as users save them (the reference was float64)
+    processor = VitHfImageProcessor.from_model_config(model.config)
+    folder = save_hub_folder(model, processor, tmp_path / "folder", card_kwargs={"repo_id": "tester/vit-backbone"})
+    check_hub_folder(folder)
+    x = pixels((32, 32)).float()
+    torch.save(x, tmp_path / "x.pt")
+    with torch.no_grad():
+        expected = VitHfBackbone.from_pretrained(folder, out_indices=[1, 3]).eval()(x).feature_maps
+    with HubServer(tokens={"hf_tester_write": "tester"}) as hub:
+        push_folder(folder, "tester/vit-backbone", token="hf_tester_write", endpoint=hub.endpoint)
+        env = dict(os.environ, HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "home"), HF_TOKEN="hf_tester_write",
+                   HF_HUB_DISABLE_XET="1", HF_HUB_OFFLINE="0", HF_HUB_DISABLE_PROGRESS_BARS="1")
+        code = CONSUMER.format(repo="tester/vit-backbone", pixels=str(tmp_path / "x.pt"))
+        out = last_json_line(run_isolated(code, cwd=tmp_path, env=env))
+    assert out["module"].startswith("transformers_modules.") and out["stages"] == ["stage1", "stage3"]
+    for e, g in zip(expected, out["maps"], strict=True):
+        torch.testing.assert_close(torch.tensor(g, dtype=e.dtype), e, rtol=0, atol=1e-6)

@@ -7,6 +7,7 @@ transformers (`AutoModel.from_pretrained(folder, trust_remote_code=True)`).
 from .configuration_vit_hf import PRESETS, VitHfConfig
 from .image_processing_vit_hf import VitHfImageProcessor
 from .modeling_vit_hf import (
+    VitHfBackbone,
     VitHfForImageClassification,
     VitHfModel,
     VitHfPreTrainedModel,
@@ -21,6 +22,7 @@ __all__ = [
     "VitHfImageProcessor",
     "VitHfModel",
     "VitHfForImageClassification",
+    "VitHfBackbone",
     "VitHfPreTrainedModel",
     "resample_position_embedding",
     "sincos_2d_position_embedding",

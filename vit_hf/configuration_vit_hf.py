@@ -11,6 +11,11 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
+try:
+    from transformers.backbone_utils import BackboneConfigMixin
+except ImportError:  # transformers < 5.2 kept it under utils
+    from transformers.utils.backbone_utils import BackboneConfigMixin
+
 # Size presets: (hidden_size, num_hidden_layers, num_attention_heads, intermediate_size).
 # Ti/S/B/L/H from the ViT and DeiT papers; "test" is odd on purpose (head_dim != heads, mlp != 4 * width)
 # so that a swapped (h d) axis or an mlp/width mix-up cannot go unnoticed.
@@ -52,8 +57,8 @@ def _pair(x: int | list[int] | tuple[int, int]) -> tuple[int, int]:
     return x
 
 
-class VitHfConfig(PretrainedConfig):
-    r"""Configuration of [`VitHfModel`] / [`VitHfForImageClassification`].
+class VitHfConfig(BackboneConfigMixin, PretrainedConfig):
+    r"""Configuration of [`VitHfModel`] / [`VitHfForImageClassification`] / [`VitHfBackbone`].
 
     Args:
         hidden_size: token width D.
@@ -110,6 +115,9 @@ class VitHfConfig(PretrainedConfig):
             ImageNet-21k ViT releases, big_vision `rep_size`).
         drop_path_rate: stochastic depth, linearly increasing over the blocks up to this rate.
         classifier_dropout: dropout before the classification head.
+        out_features / out_indices: the stages [`VitHfBackbone`] returns (transformers' backbone convention):
+            `stage_names` are `"stem"` (the embeddings) then `"stage1"` ... `"stageL"` (block i's output is stage
+            i + 1); the default is the last stage.
     """
 
     model_type = "vit_hf"
@@ -189,6 +197,10 @@ class VitHfConfig(PretrainedConfig):
         self.classifier_dropout = classifier_dropout
         # Checked before PretrainedConfig's own validators run (they read `head_dim`, which needs heads > 0).
         self.check_fields()
+        kwargs.pop("stage_names", None)  # derived from num_hidden_layers (see the property)
+        self.set_output_features_output_indices(
+            out_features=kwargs.pop("out_features", None), out_indices=kwargs.pop("out_indices", None)
+        )
         super().__init__(**kwargs)
 
     # ------------------------------------------------------------------ derived quantities
@@ -218,6 +230,11 @@ class VitHfConfig(PretrainedConfig):
         if self.no_embed_registers:
             return self.num_prefix_tokens - self.num_register_tokens
         return self.num_prefix_tokens
+
+    @property
+    def stage_names(self) -> list[str]:
+        """Backbone stages: `"stem"` (embeddings), then one `"stage{i}"` per block (transformers' convention)."""
+        return ["stem"] + [f"stage{i}" for i in range(1, self.num_hidden_layers + 1)]
 
     @property
     def head_dim(self) -> int:

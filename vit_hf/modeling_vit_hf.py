@@ -25,10 +25,15 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_vit_hf import POS_EMBED_INTERPOLATIONS, VitHfConfig
+
+try:
+    from transformers.backbone_utils import BackboneMixin
+except ImportError:  # transformers < 5.2 kept it under utils
+    from transformers.utils.backbone_utils import BackboneMixin
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Position tables
@@ -329,6 +334,7 @@ class VitHfPreTrainedModel(PreTrainedModel):
             ("AutoConfig", VitHfConfig),
             ("AutoModel", VitHfModel),
             ("AutoModelForImageClassification", VitHfForImageClassification),
+            ("AutoBackbone", VitHfBackbone),
         ):
             # keep cross-repo references ("owner/repo--module.Class") that a Hub load may have written
             auto_map.setdefault(auto_class, f"{cls.__module__.split('.')[-1]}.{cls.__name__}")
@@ -687,10 +693,67 @@ class VitHfForImageClassification(VitHfPreTrainedModel):
         )
 
 
+class VitHfBackbone(BackboneMixin, VitHfPreTrainedModel):
+    """The trunk as a transformers backbone (as `Dinov2Backbone`): NCHW feature maps of the stages named by
+    `config.out_features` / `config.out_indices`, for dense-prediction heads (`AutoBackbone`, `load_backbone`).
+
+    Stages are `"stem"` (the embeddings, after `norm_pre`) and `"stage1"` ... `"stageL"` (block outputs), so
+    `out_indices=[1, 3]` are blocks 0 and 2. Each map is passed through the final norm (`vit.norm`: an identity
+    for `fc_norm` models, as timm's `forward_intermediates(norm=True)`), the prefix tokens are dropped, and the
+    patch tokens are laid out as (b, hidden, gh, gw). Weights load from any vit_hf folder (the head is unused).
+
+    Example:
+    ```python
+    >>> from vit_hf import VitHfBackbone, VitHfConfig
+    >>> model = VitHfBackbone(VitHfConfig.from_preset("test", out_indices=[1, 2]))
+    >>> [f.shape for f in model(torch.randn(2, 3, 32, 32)).feature_maps]
+    [torch.Size([2, 32, 4, 4]), torch.Size([2, 32, 4, 4])]
+    ```
+    """
+
+    def __init__(self, config: VitHfConfig):
+        super().__init__(config)
+        self.vit = VitHfModel(config)
+        self.num_features = [config.hidden_size] * (config.num_hidden_layers + 1)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        interpolate_pos_encoding: bool = False,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BackboneOutput | tuple:
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        outputs = self.vit(
+            pixel_values,
+            output_attentions=output_attentions,
+            output_hidden_states=True,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            return_dict=True,
+        )
+        prefix, gh = self.config.num_prefix_tokens, pixel_values.shape[-2] // self.config.patch_hw[0]
+        feature_maps = tuple(
+            rearrange(self.vit.norm(hidden)[:, prefix:], "b (gh gw) d -> b d gh gw", gh=gh).contiguous()
+            for stage, hidden in zip(self.stage_names, outputs.hidden_states)
+            if stage in self.out_features
+        )
+        hidden_states = outputs.hidden_states if output_hidden_states else None
+        if not return_dict:
+            return tuple(v for v in (feature_maps, hidden_states, outputs.attentions) if v is not None)
+        return BackboneOutput(feature_maps=feature_maps, hidden_states=hidden_states, attentions=outputs.attentions)
+
+
 __all__ = [
     "VitHfPreTrainedModel",
     "VitHfModel",
     "VitHfForImageClassification",
+    "VitHfBackbone",
     "resample_position_embedding",
     "sincos_2d_position_embedding",
 ]
@@ -699,3 +762,4 @@ __all__ = [
 # registered with the Auto factories in-process (a local registration would beat a saved folder's auto_map).
 VitHfModel.register_for_auto_class("AutoModel")
 VitHfForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+VitHfBackbone.register_for_auto_class("AutoBackbone")
