@@ -9,6 +9,7 @@ from .image_processing_vit_hf import VitHfImageProcessor
 from .modeling_vit_hf import (
     VitHfBackbone,
     VitHfForImageClassification,
+    VitHfForMaskedImageModeling,
     VitHfModel,
     VitHfPreTrainedModel,
     resample_position_embedding,
@@ -23,6 +24,7 @@ __all__ = [
     "VitHfModel",
     "VitHfForImageClassification",
     "VitHfBackbone",
+    "VitHfForMaskedImageModeling",
     "VitHfPreTrainedModel",
     "resample_position_embedding",
     "sincos_2d_position_embedding",

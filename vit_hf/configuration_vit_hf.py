@@ -115,6 +115,8 @@ class VitHfConfig(BackboneConfigMixin, PretrainedConfig):
             ImageNet-21k ViT releases, big_vision `rep_size`).
         drop_path_rate: stochastic depth, linearly increasing over the blocks up to this rate.
         classifier_dropout: dropout before the classification head.
+        encoder_stride: upsampling factor of [`VitHfForMaskedImageModeling`]'s decoder (transformers' ViTConfig
+            field); `None` means the patch size, which SimMIM's masked loss needs.
         out_features / out_indices: the stages [`VitHfBackbone`] returns (transformers' backbone convention):
             `stage_names` are `"stem"` (the embeddings) then `"stage1"` ... `"stageL"` (block i's output is stage
             i + 1); the default is the last stage.
@@ -158,6 +160,7 @@ class VitHfConfig(BackboneConfigMixin, PretrainedConfig):
         mlp_layer: str = "mlp",
         drop_path_rate: float = 0.0,
         classifier_dropout: float = 0.0,
+        encoder_stride: int | None = None,
         **kwargs,
     ):
         self.hidden_size = hidden_size
@@ -195,6 +198,7 @@ class VitHfConfig(BackboneConfigMixin, PretrainedConfig):
         self.mlp_layer = mlp_layer
         self.drop_path_rate = drop_path_rate
         self.classifier_dropout = classifier_dropout
+        self.encoder_stride = encoder_stride
         # Checked before PretrainedConfig's own validators run (they read `head_dim`, which needs heads > 0).
         self.check_fields()
         kwargs.pop("stage_names", None)  # derived from num_hidden_layers (see the property)

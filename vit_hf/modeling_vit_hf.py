@@ -25,7 +25,12 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.modeling_outputs import (
+    BackboneOutput,
+    BaseModelOutputWithPooling,
+    ImageClassifierOutput,
+    MaskedImageModelingOutput,
+)
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_vit_hf import POS_EMBED_INTERPOLATIONS, VitHfConfig
@@ -335,6 +340,7 @@ class VitHfPreTrainedModel(PreTrainedModel):
             ("AutoModel", VitHfModel),
             ("AutoModelForImageClassification", VitHfForImageClassification),
             ("AutoBackbone", VitHfBackbone),
+            ("AutoModelForMaskedImageModeling", VitHfForMaskedImageModeling),
         ):
             # keep cross-repo references ("owner/repo--module.Class") that a Hub load may have written
             auto_map.setdefault(auto_class, f"{cls.__module__.split('.')[-1]}.{cls.__name__}")
@@ -365,6 +371,8 @@ class VitHfPreTrainedModel(PreTrainedModel):
                 init.normal_(module.reg_token, std=1e-6)
             if module.dist_token is not None:
                 init.trunc_normal_(module.dist_token, std=std)
+            if module.mask_token is not None:
+                init.zeros_(module.mask_token)
 
 
 class VitHfModel(VitHfPreTrainedModel):
@@ -383,10 +391,12 @@ class VitHfModel(VitHfPreTrainedModel):
     ```
     """
 
-    def __init__(self, config: VitHfConfig):
+    def __init__(self, config: VitHfConfig, use_mask_token: bool = False):
         super().__init__(config)
         d = config.hidden_size
         self.patch_embed = PatchEmbed(config)
+        # SimMIM's learned token for masked patches (transformers' ViTModel(use_mask_token=True)); absent otherwise
+        self.mask_token = nn.Parameter(torch.empty(1, 1, d)) if use_mask_token else None
         self.cls_token = nn.Parameter(torch.empty(1, 1, d)) if config.class_token else None
         self.dist_token = nn.Parameter(torch.empty(1, 1, d)) if config.distilled else None
         registers = config.num_register_tokens
@@ -490,10 +500,27 @@ class VitHfModel(VitHfPreTrainedModel):
         cfg.pos_embed_interpolation = algorithm
 
     # -------------------------------------------------------------- forward
-    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Patch tokens with prefix tokens and positions, in the configured order (before `norm_pre`)."""
+    def mask_patches(self, x: torch.Tensor, bool_masked_pos: torch.Tensor) -> torch.Tensor:
+        """Replace the patch tokens where `bool_masked_pos` (b, gh * gw) is True by the mask token (SimMIM)."""
+        if self.mask_token is None:
+            raise ValueError(
+                "bool_masked_pos needs a mask token, which this model has not: use VitHfForMaskedImageModeling"
+            )
+        if tuple(bool_masked_pos.shape) != tuple(x.shape[:2]):
+            raise ValueError(
+                f"bool_masked_pos has shape {tuple(bool_masked_pos.shape)} but the image has {x.shape[1]} patches: "
+                f"pass a (batch, num_patches) = {tuple(x.shape[:2])} boolean mask"
+            )
+        mask = rearrange(bool_masked_pos, "b n -> b n 1").to(x.dtype)
+        return x * (1.0 - mask) + self.mask_token.to(x.dtype) * mask
+
+    def embed(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None) -> torch.Tensor:
+        """Patch tokens with prefix tokens and positions, in the configured order (before `norm_pre`); masked
+        patches (SimMIM's `bool_masked_pos`) become the mask token before the positions are added."""
         cfg = self.config
         x = self.patch_embed(pixel_values)
+        if bool_masked_pos is not None:
+            x = self.mask_patches(x, bool_masked_pos)
         grid = (pixel_values.shape[-2] // cfg.patch_hw[0], pixel_values.shape[-1] // cfg.patch_hw[1])
         pos = self._positions_for(grid, x.dtype, x.device)
         tokens = (self.cls_token, self.dist_token, self.reg_token)
@@ -535,6 +562,7 @@ class VitHfModel(VitHfPreTrainedModel):
         output_hidden_states: bool | None = None,
         interpolate_pos_encoding: bool = False,
         return_dict: bool | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling | tuple:
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
@@ -545,7 +573,7 @@ class VitHfModel(VitHfPreTrainedModel):
         self._check_pixel_values(pixel_values, interpolate_pos_encoding)
         pixel_values = pixel_values.to(self.patch_embed.proj.weight.dtype)
 
-        x = self.norm_pre(self.embed(pixel_values))
+        x = self.norm_pre(self.embed(pixel_values, bool_masked_pos))
         all_hidden = (x,) if output_hidden_states else None
         all_attn = () if output_attentions else None
         for block in self.blocks:
@@ -749,11 +777,84 @@ class VitHfBackbone(BackboneMixin, VitHfPreTrainedModel):
         return BackboneOutput(feature_maps=feature_maps, hidden_states=hidden_states, attentions=outputs.attentions)
 
 
+class VitHfForMaskedImageModeling(VitHfPreTrainedModel):
+    """SimMIM (Xie et al., 2022) as transformers' `ViTForMaskedImageModeling`: masked patches become the learned
+    `vit.mask_token`, a 1x1 convolution + pixel shuffle (`decoder`) maps the patch tokens back to pixels, and the loss
+    is the L1 error over the masked pixels (averaged over them and the channels).
+
+    Example:
+    ```python
+    >>> from vit_hf import VitHfConfig, VitHfForMaskedImageModeling
+    >>> model = VitHfForMaskedImageModeling(VitHfConfig.from_preset("test"))
+    >>> mask = torch.rand(2, 16) < 0.6
+    >>> out = model(torch.randn(2, 3, 32, 32), bool_masked_pos=mask)
+    >>> out.reconstruction.shape, out.loss.ndim
+    (torch.Size([2, 3, 32, 32]), 0)
+    ```
+    """
+
+    def __init__(self, config: VitHfConfig):
+        super().__init__(config)
+        stride = config.encoder_stride or config.patch_hw[0]
+        self.vit = VitHfModel(config, use_mask_token=True)
+        self.decoder = nn.Sequential(
+            nn.Conv2d(config.hidden_size, stride**2 * config.num_channels, kernel_size=1), nn.PixelShuffle(stride)
+        )
+        self.post_init()
+
+    def _check_stride(self) -> None:
+        stride = self.config.encoder_stride or self.config.patch_hw[0]
+        if self.config.patch_hw != (stride, stride):
+            raise ValueError(
+                f"the masked loss needs the decoder's encoder_stride ({stride}) to equal the patch size "
+                f"{self.config.patch_hw}: set config.encoder_stride to the patch size (or leave it None)"
+            )
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        interpolate_pos_encoding: bool = False,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MaskedImageModelingOutput | tuple:
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        if bool_masked_pos is not None:
+            self._check_stride()
+        outputs = self.vit(
+            pixel_values,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            return_dict=True,
+            bool_masked_pos=bool_masked_pos,
+        )
+        (ph, pw), gh = self.config.patch_hw, pixel_values.shape[-2] // self.config.patch_hw[0]
+        tokens = outputs.last_hidden_state[:, self.config.num_prefix_tokens :]
+        reconstruction = self.decoder(rearrange(tokens, "b (gh gw) d -> b d gh gw", gh=gh))
+        loss = None
+        if bool_masked_pos is not None:
+            mask = repeat(bool_masked_pos.bool(), "b (gh gw) -> b 1 (gh ph) (gw pw)", gh=gh, ph=ph, pw=pw)
+            l1 = F.l1_loss(pixel_values.to(reconstruction.dtype), reconstruction, reduction="none")
+            # the count + 1e-5 is an integer tensor plus a float, i.e. float32 as in transformers (where the 1e-5
+            # vanishes for counts above ~100): the same denominator, so the same loss in float64
+            loss = (l1 * mask).sum() / (mask.sum() + 1e-5) / self.config.num_channels
+        if not return_dict:
+            rest = tuple(v for v in (outputs.hidden_states, outputs.attentions) if v is not None)
+            return ((loss,) if loss is not None else ()) + (reconstruction,) + rest
+        return MaskedImageModelingOutput(
+            loss=loss, reconstruction=reconstruction, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
 __all__ = [
     "VitHfPreTrainedModel",
     "VitHfModel",
     "VitHfForImageClassification",
     "VitHfBackbone",
+    "VitHfForMaskedImageModeling",
     "resample_position_embedding",
     "sincos_2d_position_embedding",
 ]
@@ -763,3 +864,4 @@ __all__ = [
 VitHfModel.register_for_auto_class("AutoModel")
 VitHfForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 VitHfBackbone.register_for_auto_class("AutoBackbone")
+VitHfForMaskedImageModeling.register_for_auto_class("AutoModelForMaskedImageModeling")
