@@ -1,6 +1,6 @@
 """Training methods of `vit_hf.train` beyond plain fine-tuning, on the real digits the other training tests use, CPU,
 offline: weight EMA (`--model_ema_decay`) against timm's ModelEmaV3, its exact resume after SIGKILL, and the
-accuracy it records against a re-evaluation of the saved folder."""
+accuracy it records against a re-evaluation of the saved folder; LoRA through peft (`--lora_r`)."""
 
 from __future__ import annotations
 
@@ -99,3 +99,83 @@ def test_ema_decay_out_of_range_is_refused(digits, tmp_path, capsys):
     assert exit_info.value.code == 2 and "--model_ema_decay must be in (0, 1)" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
+
+# ----------------------------------------------------------------------------------------------------------------------
+# LoRA
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_base(digits, tmp_path_factory) -> Path:
+    """A model fully fine-tuned on the digits for a few steps: the base a LoRA run starts from."""
+    out = tmp_path_factory.mktemp("base") / "out"
+    run_train([*SMALL, *data_args(digits), "--output_dir", str(out), "--max_train_steps", "6",
+               "--per_device_train_batch_size", "8", "--learning_rate", "2e-3", "--seed", "3"])
+    return out
+
+
+def lora_args(digits: Path, base: Path) -> list[str]:
+    return ["--model_name_or_path", str(base), *data_args(digits), "--max_train_steps", "8",
+            "--per_device_train_batch_size", "4", "--learning_rate", "5e-3", "--seed", "7", "--mixed_precision", "no",
+            "--logging_steps", "1", "--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0.1",
+            "--checkpointing_steps", "3"]
+
+
+def test_lora_run_saves_merged_folder_equal_to_peft_merge_and_adapter(digits, trained_base, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForImageClassification
+
+    out = tmp_path / "lora"
+    run_train([*lora_args(digits, trained_base), "--output_dir", str(out)])
+    results = json.loads((out / "all_results.json").read_text())
+    base = weights(trained_base)
+    # counted from the base model: r * (in + out) per adapted Linear, plus the head's trained copy
+    model = VitHfForImageClassification.from_pretrained(trained_base)
+    adapted = [m for b in model.vit.blocks for m in (b.attn.qkv, b.attn.proj, b.mlp.fc1, b.mlp.fc2)]
+    lora = sum(4 * (m.in_features + m.out_features) for m in adapted)
+    head = sum(p.numel() for p in model.head.parameters())
+    assert results["trainable_parameters"] == lora + head
+    assert results["total_parameters"] == sum(p.numel() for p in model.parameters()) + lora + head
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+
+    # the merged folder is a plain vit_hf model (no peft keys) and equals peft's own merge of the adapter onto the base
+    merged = weights(out)
+    assert merged.keys() == base.keys()
+    peft_model = PeftModel.from_pretrained(
+        AutoModelForImageClassification.from_pretrained(trained_base, trust_remote_code=True), out / "adapter")
+    reference = peft_model.merge_and_unload().state_dict()
+    for key in base:
+        assert torch.equal(merged[key], reference[key]), key
+    changed = {k for k in base if not torch.equal(base[k], merged[k])}
+    assert {"head.weight", "vit.blocks.0.attn.qkv.weight", "vit.blocks.1.mlp.fc2.weight"} <= changed
+    assert "vit.patch_embed.proj.weight" not in changed and "vit.pos_embed" not in changed  # frozen
+    assert results["eval_accuracy"] == pytest.approx(
+        sum(r[i] for i, r in enumerate(reevaluate(out, digits / "validation"))) / 37, rel=1e-6)
+
+
+def test_lora_sigkill_resume_bit_exact(digits, trained_base, tmp_path):
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    run_train([*lora_args(digits, trained_base), "--output_dir", str(reference)])
+    run_train([*lora_args(digits, trained_base), "--output_dir", str(killed)], expect=-9,
+              **{train_mod.KILL_AFTER_STEP_ENV: "7"})
+    run_train([*lora_args(digits, trained_base), "--output_dir", str(killed), "--resume_from_checkpoint", "latest"])
+    assert_same_weights(reference, killed)
+    for name in ("adapter_model.safetensors",):
+        assert_same_weights_file(reference / "adapter" / name, killed / "adapter" / name)
+
+
+def assert_same_weights_file(a: Path, b: Path) -> None:
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(str(a)), load_file(str(b))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_lora_flags_refused_clearly(digits, tmp_path, capsys):
+    for flags, message in ((["--lora_alpha", "4"], "need --lora_r"),
+                           (["--lora_r", "0"], "--lora_r must be a positive integer"),
+                           (["--lora_r", "2", "--lora_target_modules", "qkv,q_proj"], "are not block layers")):
+        with pytest.raises(SystemExit) as exit_info:
+            train_mod.parse_args([*SMALL, *data_args(digits), "--output_dir", str(tmp_path / "o"), *flags])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err

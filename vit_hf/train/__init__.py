@@ -12,11 +12,12 @@ label smoothing, mixup/cutmix, layer-wise LR decay, weight decay chosen by param
 class/register tokens, positions and the MAP probe are not decayed), a new head (timm's init) when the label set
 differs, fine-tuning at a higher resolution with resampled positions, activation checkpointing, a non-finite-loss
 guard, top-1/top-5/per-class metrics with plots, checkpoints that are written whole or not at all and that resume
-bit-exactly, and a hub-ready output folder with a model card.
+bit-exactly, a hub-ready output folder with a model card, a weight EMA (`--model_ema_decay`, `ema`) and LoRA
+through peft (`--lora_r`, `lora`: the merged model saved, the adapter beside it).
 
 Layout: `args` (flags, defaults, the recipe), `model` (what is trained, parameter groups), `data` (datasets,
 transforms, sampler, the demo's offline data), `loop` (set-up, one epoch, evaluation, checkpoint, finish),
-`checkpoints`, `metrics`, `plots`.
+`checkpoints`, `metrics`, `plots`, `ema`, `lora`.
 
 Exact resume: all randomness is a function of the seed and the position in training. The data order is a
 permutation of `(seed, epoch)`, each example's augmentation is seeded by `(seed, epoch, index)`, and the global torch

@@ -38,6 +38,8 @@ DEFAULTS: dict[str, Any] = dict(
     adam_beta1=0.9,
     adam_beta2=0.999,
     adam_epsilon=1e-8,
+    lora_dropout=0.0,
+    lora_target_modules="qkv,proj,fc1,fc2",
 )
 
 # What the optimizer flags default to when not given. Fine-tuning: the values of transformers' example (a loaded
@@ -71,6 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     _data_arguments(p.add_argument_group("data"))
     _model_arguments(p.add_argument_group("model"))
     _optimisation_arguments(p.add_argument_group("optimisation"))
+    _lora_arguments(p.add_argument_group("LoRA (peft)"))
     _output_arguments(p.add_argument_group("checkpoints, logging, hub"))
     args = p.parse_args(argv)
     if args.dataset_name is None and args.train_dir is None:
@@ -80,6 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--checkpointing_steps must be a positive integer or 'epoch', got {args.checkpointing_steps!r}")
     if args.model_ema_decay is not None and not 0.0 < args.model_ema_decay < 1.0:
         p.error(f"--model_ema_decay must be in (0, 1), e.g. 0.999; got {args.model_ema_decay}")
+    _check_lora(p, args)
     if args.push_to_hub and not args.hub_model_id:
         p.error("--push_to_hub needs --hub_model_id")
     return args
@@ -152,6 +156,33 @@ def _optimisation_arguments(o) -> None:
                    "evaluate it beside the raw weights and save it")
     o.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), help="for `python -m` runs; "
                    "`accelerate launch --mixed_precision` sets it otherwise")
+
+
+def _lora_arguments(g) -> None:
+    g.add_argument("--lora_r", type=int, help="train LoRA adapters of this rank (peft) instead of every weight; the "
+                   "head trains fully; OUT_DIR holds the merged model, OUT_DIR/adapter the adapter")
+    g.add_argument("--lora_alpha", type=float, help="LoRA scaling numerator (scale alpha / r; default: r, scale 1)")
+    g.add_argument("--lora_dropout", type=float, help="dropout on the LoRA input (default 0)")
+    g.add_argument("--lora_target_modules", help="block layers given adapters (default: qkv,proj,fc1,fc2)")
+
+
+def _check_lora(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.lora_r is None:
+        if args.lora_alpha is not None or args.lora_dropout != 0.0 or args.lora_target_modules != "qkv,proj,fc1,fc2":
+            p.error("--lora_alpha/--lora_dropout/--lora_target_modules need --lora_r")
+        return
+    if args.lora_r <= 0:
+        p.error(f"--lora_r must be a positive integer, got {args.lora_r}")
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        p.error("--lora_r needs peft: pip install 'vit-hf[peft]' (or pip install peft)")
+    from .lora import lora_targets
+
+    try:
+        lora_targets(args.lora_target_modules)
+    except ValueError as err:
+        p.error(str(err))
 
 
 def _output_arguments(c) -> None:

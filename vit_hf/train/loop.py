@@ -30,6 +30,7 @@ from .checkpoints import (
     save_checkpoint,
     write_json,
 )
+from .lora import ADAPTER_SUBDIR, apply_lora, is_lora, merged_copy, parameter_counts, save_adapter
 from .metrics import evaluate, masked_cross_entropy, mix_batch, results_markdown
 from .model import build_model_and_processor, parameter_groups
 
@@ -176,6 +177,9 @@ def set_up(args: argparse.Namespace) -> Run:
             args.max_eval_samples, seed, args.cache_dir, args.hub_token,
         )
     model, processor, base_model, notes = build_model_and_processor(args, data.labels)
+    if args.lora_r is not None:
+        model, note = apply_lora(model, args)
+        notes.append(note)
     for note in data.notes + notes:
         logger.info(note)
     if args.gradient_checkpointing:
@@ -266,8 +270,10 @@ def _log_plan(run: Run) -> None:
     logger.info("  images per optimizer step: %d (per device %d x processes %d x accumulation %d)",
                 args.per_device_train_batch_size * acc.num_processes * args.gradient_accumulation_steps,
                 args.per_device_train_batch_size, acc.num_processes, args.gradient_accumulation_steps)
-    logger.info("  optimizer steps: %d (%d epochs); mixed precision: %s; parameters: %.2fM", run.max_train_steps,
-                run.num_epochs, acc.mixed_precision, sum(p.numel() for p in run.model.parameters()) / 1e6)
+    trainable, total = parameter_counts(acc.unwrap_model(run.model))
+    logger.info("  optimizer steps: %d (%d epochs); mixed precision: %s; parameters: %.2fM (trainable_parameters "
+                "%d, total_parameters %d)", run.max_train_steps, run.num_epochs, acc.mixed_precision, total / 1e6,
+                trainable, total)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -389,9 +395,15 @@ def log_step(run: Run, step: dict, epoch: float) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def saved_model(run: Run):
-    """The weights a run saves (output folder, checkpoints' hf_model/): the EMA copy with --model_ema_decay."""
+def trained_model(run: Run):
+    """The weights a run keeps: the EMA copy with --model_ema_decay, else the trained model (a peft model with LoRA)."""
     return run.ema.module if run.ema is not None else run.accelerator.unwrap_model(run.model)
+
+
+def saved_model(run: Run):
+    """The plain model a run saves (output folder, checkpoints' hf_model/): with LoRA, the adapters merged."""
+    model = trained_model(run)
+    return merged_copy(model) if is_lora(model) else model
 
 
 def evaluate_saved(run: Run) -> None:
@@ -465,6 +477,7 @@ def collect_results(run: Run) -> dict[str, Any]:
         "train_images_per_second": state.train_images / max(state.train_seconds, 1e-9),
         "train_runtime": state.train_seconds,
         "completed_steps": state.completed_steps,
+        **dict(zip(("trainable_parameters", "total_parameters"), parameter_counts(acc.unwrap_model(run.model)))),
         "epochs": run.num_epochs,
         "num_processes": acc.num_processes,
         "mixed_precision": acc.mixed_precision,
@@ -496,6 +509,8 @@ def finish(run: Run) -> dict[str, Any]:
         # merges the hub files into output_dir; checkpoints, logs and tracker files stay where they are
         save_hub_folder(saved_model(run), run.processor, out, card,
                         {CURVES_PNG: out / CURVES_PNG, CONFUSION_PNG: out / CONFUSION_PNG})
+        if is_lora(trained_model(run)):
+            save_adapter(trained_model(run), out / ADAPTER_SUBDIR)
         write_json(out / "all_results.json", results)
         write_json(out / "log_history.json", run.state.history)
         logger.info("eval_accuracy %.4f -> %s", results["eval_accuracy"], out / "all_results.json")
