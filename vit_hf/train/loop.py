@@ -203,13 +203,7 @@ def set_up(args: argparse.Namespace) -> Run:
               train_transform, seed, max_train_steps, math.ceil(max_train_steps / steps_per_epoch),
               _card_base(args, base_model))
     if args.model_ema_decay is not None:
-        from .ema import ModelEma
-
-        # registered before `resume`: load_state restores the average and its step with the rest of the state
-        run.ema = ModelEma(accelerator.unwrap_model(model), args.model_ema_decay)
-        accelerator.register_for_checkpointing(run.ema)
-        logger.info("weight EMA: decay %s with timm ModelEmaV3's warm-up (min(D, 1 - step^(-2/3))); the EMA weights "
-                    "are evaluated beside the raw ones and saved", args.model_ema_decay)
+        attach_ema(run)  # before `resume`: load_state restores the average and its step with the rest of the state
     if args.with_tracking:
         hparams = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool)) and "token" not in k}
         accelerator.init_trackers("vit_hf", config=hparams)
@@ -220,6 +214,15 @@ def set_up(args: argparse.Namespace) -> Run:
     run.window = {"loss": 0.0, "n": 0, "images": 0, "t": time.perf_counter()}
     run.model.train()
     return run
+
+
+def attach_ema(run: Run) -> None:
+    from .ema import ModelEma
+
+    run.ema = ModelEma(run.accelerator.unwrap_model(run.model), run.args.model_ema_decay)
+    run.accelerator.register_for_checkpointing(run.ema)
+    logger.info("weight EMA: decay %s with timm ModelEmaV3's warm-up (min(D, 1 - step^(-2/3))); the EMA weights are "
+                "evaluated beside the raw ones and saved", run.args.model_ema_decay)
 
 
 def enable_activation_checkpointing(model) -> None:
