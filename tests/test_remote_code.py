@@ -80,6 +80,8 @@ def test_saved_config_names_every_auto_class(tmp_path):
         "AutoConfig": "configuration_vit_hf.VitHfConfig",
         "AutoModel": "modeling_vit_hf.VitHfModel",
         "AutoModelForImageClassification": "modeling_vit_hf.VitHfForImageClassification",
+        "AutoBackbone": "modeling_vit_hf.VitHfBackbone",
+        "AutoModelForMaskedImageModeling": "modeling_vit_hf.VitHfForMaskedImageModeling",
     }
     processor_map = json.loads((tmp_path / "preprocessor_config.json").read_text())["auto_map"]
     assert processor_map == {"AutoImageProcessor": "image_processing_vit_hf.VitHfImageProcessor"}
