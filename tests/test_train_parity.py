@@ -8,7 +8,7 @@ a label-mapping slip shows). A small ViT with fixed 2-D sin-cos positions. The p
 - From random weights: the recipe of issue 16 (AdamW 1e-3, weight decay 0.05 on matrices, 10 % warm-up then cosine,
   batch 32, fp32, no clipping, no augmentation). A zero-initialised new head (the defect of issue 16) lands ~60
   points lower; seeds move the plain loop by about a point (93.3-94.7 % over seeds 1-3).
-- Fine-tuning: a trunk trained on digits 0-4, fine-tuned on digits 5-9 with a new head.
+- Fine-tuning: a trunk trained on digits 0-4, fine-tuned on digits 5-9 with a new head (mean of two seeds).
 - Mechanics: fed the same batches, the two loops' per-step losses agree to float rounding.
 """
 
@@ -182,16 +182,20 @@ def test_from_scratch_matches_plain_loop(all_digits, tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_finetuning_matches_plain_loop(tmp_path):
-    """A trunk trained on digits 0-4 (plain loop), fine-tuned on digits 5-9 with a new head by both loops."""
+    """A trunk trained on digits 0-4 (plain loop), fine-tuned on digits 5-9 with a new head by both loops. 180
+    validation images: one seed moves either loop by up to ~4 points here (measured: plain 94.4-95.6 %, vit_hf.train
+    91.1-96.7 % over seeds 0-2), so each loop is scored by its mean over two seeds."""
     source = write_digits(tmp_path / "source", (0, 1, 2, 3, 4))
     target = write_digits(tmp_path / "target", (5, 6, 7, 8, 9))
     source_accuracy, trained = plain_train(random_vit(tmp_path / "start"), source, RECIPE)
     assert source_accuracy > 0.8
     trained.save_pretrained(tmp_path / "pretrained")
-    recipe = dict(RECIPE, learning_rate=3e-4, epochs=4)
-    plain, _ = plain_train(tmp_path / "pretrained", target, recipe)
-    ours = vit_hf_train(tmp_path / "pretrained", target, tmp_path / "out", recipe)["eval_accuracy"]
+    seeds = (0, 1)
+    plain = sum(plain_train(tmp_path / "pretrained", target, RECIPE, seed=s)[0] for s in seeds) / len(seeds)
+    ours = sum(vit_hf_train(tmp_path / "pretrained", target, tmp_path / f"out{s}", RECIPE, "--seed", str(s))
+               ["eval_accuracy"] for s in seeds) / len(seeds)
     print(f"fine-tuning: plain {plain:.4f}, vit_hf.train {ours:.4f} (source task {source_accuracy:.4f})")
+    assert plain > 0.85, "the plain loop itself did not learn: the comparison would say nothing"
     assert abs(ours - plain) <= 0.02, (ours, plain)
 
 
