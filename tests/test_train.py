@@ -296,3 +296,20 @@ def test_finetune_new_labels_new_head_higher_resolution(digits, tmp_path):
         train_mod.build_model_and_processor(
             train_mod.parse_args(["--model_name_or_path", str(tmp_path / "src"), "--patch_size", "8",
                                   *data_args(digits), "--output_dir", str(tmp_path / "o")]), names)
+
+
+def test_recipe_defaults_by_mode_and_logged(digits, tmp_path):
+    """Unset optimizer flags: transformers' example values when fine-tuning a checkpoint, DeiT/timm's small-data
+    recipe for a preset from scratch; the log line names the mode and only what was filled in."""
+    common = [*data_args(digits), "--output_dir", str(tmp_path / "o")]
+    scratch = train_mod.parse_args(["--model_name_or_path", "test", *common])
+    line = train_mod.resolve_recipe(scratch, 200)
+    assert (scratch.learning_rate, scratch.weight_decay, scratch.lr_scheduler_type) == (1e-3, 0.05, "cosine")
+    assert scratch.num_warmup_steps == 20 and "from scratch" in line and "warm-up 20 of 200" in line
+    VitHfForImageClassification(VitHfConfig.from_preset("test", num_labels=3)).save_pretrained(tmp_path / "ckpt")
+    tuned = train_mod.parse_args(["--model_name_or_path", str(tmp_path / "ckpt"), "--learning_rate", "3e-4",
+                                  "--num_warmup_steps", "7", *common])
+    line = train_mod.resolve_recipe(tuned, 200)
+    assert (tuned.learning_rate, tuned.weight_decay, tuned.lr_scheduler_type) == (3e-4, 0.0, "linear")
+    assert tuned.num_warmup_steps == 7 and "fine-tuning" in line
+    assert "learning_rate" not in line and "warmup_ratio" not in line  # given, or overridden: not reported as chosen

@@ -55,7 +55,9 @@ def resolve_recipe(args: argparse.Namespace, max_train_steps: int) -> str:
     """Fill the optimizer flags left unset from RECIPES (from scratch for a preset, fine-tuning otherwise) and set
     `args.num_warmup_steps`; returns the log line that says what was chosen and why."""
     mode = "from scratch" if is_preset(args.model_name_or_path) else "fine-tuning"
-    chosen = {k: v for k, v in RECIPES[mode].items() if getattr(args, k) is None}
+    # --num_warmup_steps overrides the ratio: a ratio filled in then would be reported but not used
+    skip = {"warmup_ratio"} if args.num_warmup_steps is not None else set()
+    chosen = {k: v for k, v in RECIPES[mode].items() if getattr(args, k) is None and k not in skip}
     for key, value in chosen.items():
         setattr(args, key, value)
     if args.num_warmup_steps is None:
