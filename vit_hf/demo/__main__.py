@@ -88,13 +88,9 @@ def accelerate_cmd() -> list[str]:
 def mixed_precision() -> str:
     """bf16 where the CPU computes it natively (AVX512-BF16 / AMX: about 2x fp32's matmul throughput); elsewhere
     fp32, because emulated bf16 matmuls measured 20-50x slower than fp32 on an AVX2-only machine."""
-    import torch
+    from ..train.loop import cpu_has_native_bf16
 
-    try:
-        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        native = False
-    return "bf16" if native else "no"
+    return "bf16" if cpu_has_native_bf16() else "no"
 
 
 def main() -> None:

@@ -87,6 +87,7 @@ class Run:
     state: TrainState = field(default_factory=TrainState)
     window: dict = field(default_factory=dict)  # loss/images since the last log line
     pending: Any = None  # [non-finite losses, summed loss] of the optimizer step being accumulated
+    nan_at_step: int | None = None  # test hook: make this optimizer step's loss non-finite
     ema: Any = None  # vit_hf.train.ema.ModelEma with --model_ema_decay
 
 
@@ -128,17 +129,18 @@ def make_accelerator(args: argparse.Namespace, output_dir: Path):
     logger.setLevel(logging.ERROR if quiet else logging.INFO)
     for lib in (datasets, transformers):
         (lib.utils.logging.set_verbosity_error if quiet else lib.utils.logging.set_verbosity_warning)()
-    if accelerator.mixed_precision == "bf16" and accelerator.device.type == "cpu" and not _cpu_has_bf16():
+    if accelerator.mixed_precision == "bf16" and accelerator.device.type == "cpu" and cpu_has_native_bf16() is False:
         logger.warning("bf16 on a CPU without native bf16 (no AVX512-BF16 / AMX): matmuls are emulated, measured "
                        "20-50x slower than fp32 on such a machine; pass --mixed_precision no")
     return accelerator
 
 
-def _cpu_has_bf16() -> bool:
+def cpu_has_native_bf16() -> bool | None:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 / AMX); None when torch cannot tell."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
-        return True  # cannot tell: say nothing
+        return None
 
 
 def make_loaders(args: argparse.Namespace, data, processor, seed: int):
@@ -212,6 +214,7 @@ def set_up(args: argparse.Namespace) -> Run:
     run.progress = tqdm(total=max_train_steps, initial=run.state.completed_steps, desc="train",
                         disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     run.window = {"loss": 0.0, "n": 0, "images": 0, "t": time.perf_counter()}
+    run.nan_at_step = int(os.environ[NAN_AT_STEP_ENV]) if NAN_AT_STEP_ENV in os.environ else None
     run.model.train()
     return run
 
@@ -336,8 +339,7 @@ def train_micro_step(run: Run, batch: dict, micro_step: int) -> dict | None:
             targets = F.one_hot(targets, len(run.data.labels)).float()
             pixel_values, targets = mix_batch(pixel_values, targets, args)
         loss = masked_cross_entropy(run.model(pixel_values=pixel_values).logits, targets, valid, args.label_smoothing)
-        nan_at = os.environ.get(NAN_AT_STEP_ENV)
-        if nan_at is not None and run.state.completed_steps + 1 == int(nan_at):
+        if run.state.completed_steps + 1 == run.nan_at_step:
             loss = loss * float("nan")  # test hook: a loss that has gone non-finite
         run.pending += torch.stack([(~torch.isfinite(loss.detach())).float(),
                                     loss.detach().float() / args.gradient_accumulation_steps])
