@@ -9,9 +9,16 @@ imports, RSS recorded, then the timed work, then VmHWM (peak RSS). Candidates (r
   timm_cli       convert.timm.main([src, out, "--num-heads", H])        (load + convert + write the hub folder)
   npz_api        convert.google.convert_npz(np.load(src))                (in memory)
   npz_cli        convert.google.main([src, out])                         (load + convert + write the hub folder)
+  tf_api         convert.transformers.convert_state + build_converted       (a transformers snapshot, in memory)
+  tf_cli         python -m convert SNAPSHOT OUT                          (load + convert + write the hub folder)
 Peers (what a user would otherwise do):
   hf_manual      safetensors.load_file + key rename + ViTForImageClassification(cfg).load_state_dict + save_pretrained
   timm_npz       timm's own npz loader: create_model(pretrained=False) + timm.models.vision_transformer._load_weights
+  hf_load        ViTForImageClassification.from_pretrained(SNAPSHOT): maps the file and reads no weight until used,
+                 so its peak is below one copy; hf_load_used adds one forward (every weight read once)
+  hf_resave      from_pretrained(SNAPSHOT) + save_pretrained(OUT): the transformers way to a written folder
+The transformers snapshot is `save_pretrained` of a ViTForImageClassification holding the same weights.
+`copies` = peak RSS growth / the weights' size: 1.0 is one copy of the weights.
 Conversion is file to file on the CPU: `--device cuda` is accepted (for `python -m bench all --device cuda`) and
 measures the same CPU work. `--quick`: the toy size, 1 round.
 """
@@ -31,7 +38,8 @@ import numpy as np
 from bench import device as dev
 from bench.common import QUICK_SIZE, SIZES, environment, markdown, maxrss_mib, rss_mib, run_child, save
 
-CANDS = ("timm_api", "timm_cli", "hf_manual", "npz_api", "npz_cli", "timm_npz")
+CANDS = ("timm_api", "timm_cli", "hf_manual", "npz_api", "npz_cli", "timm_npz", "tf_api", "tf_cli", "hf_load",
+         "hf_load_used", "hf_resave")
 
 
 def timm_to_npz(sd: dict, depth: int, heads: int) -> dict[str, np.ndarray]:
@@ -69,8 +77,22 @@ def timm_to_npz(sd: dict, depth: int, heads: int) -> dict[str, np.ndarray]:
     return out
 
 
+def transformers_snapshot(sd: dict, size: str, folder: Path) -> Path:
+    """A transformers-format snapshot of the same weights, written by transformers' own `save_pretrained`."""
+    import transformers
+
+    from bench.common import hf_vit_config, timm_to_hf_vit_state
+
+    model = transformers.ViTForImageClassification(hf_vit_config(size))
+    model.load_state_dict(timm_to_hf_vit_state(sd, SIZES[size].depth), strict=True)
+    model.save_pretrained(folder)
+    side = SIZES[size].image
+    transformers.ViTImageProcessor(size={"height": side, "width": side}).save_pretrained(folder)
+    return folder
+
+
 def child(name: str, src: str, out: str, size: str) -> dict:
-    import torch  # noqa: F401
+    import torch
 
     if name.startswith("timm_") and name != "timm_npz":
         import convert.timm as ct
@@ -82,6 +104,11 @@ def child(name: str, src: str, out: str, size: str) -> dict:
     if name == "timm_npz":
         import timm
         from timm.models.vision_transformer import _load_weights
+    if name.startswith(("tf_", "hf_load", "hf_resave")):
+        import transformers  # noqa: F401
+
+        import convert.__main__ as front
+        import convert.transformers as ctf
     heads = str(SIZES[size].heads)
     rss0 = rss_mib()
     t = time.perf_counter()
@@ -102,6 +129,18 @@ def child(name: str, src: str, out: str, size: str) -> dict:
     elif name == "timm_npz":
         m = timm.create_model(SIZES[size].timm_name, pretrained=False, **SIZES[size].timm_kwargs())
         _load_weights(m, src)
+    elif name == "tf_api":
+        ctf.build_converted(ctf.convert_state(Path(src)))
+    elif name == "tf_cli":
+        front.main([src, out])
+    else:  # hf_load, hf_load_used, hf_resave
+        m = transformers.ViTForImageClassification.from_pretrained(src)
+        if name == "hf_load_used":
+            h, w = m.config.image_size, m.config.image_size
+            with torch.no_grad():
+                m(torch.zeros(1, 3, h, w))
+        if name == "hf_resave":
+            m.save_pretrained(out)
     dt = time.perf_counter() - t
     return {"s": dt, "maxrss_mib": maxrss_mib(), "rss_before_mib": rss0}
 
@@ -136,14 +175,17 @@ def main(argv: list[str] | None = None) -> None:
         safetensors.torch.save_file({k: v.contiguous() for k, v in sd.items()}, str(st))
         npz = Path(tmp) / "vit.npz"
         np.savez(npz, **timm_to_npz(sd, SIZES[args.size].depth, SIZES[args.size].heads))
+        snapshot = transformers_snapshot(sd, args.size, Path(tmp) / "vit_tf")
         del sd
-        src = {c: str(npz if ("npz" in c) else st) for c in cands}
+        src = {c: str(npz if ("npz" in c) else snapshot if c.startswith(("tf_", "hf_load", "hf_resave")) else st)
+               for c in cands}
         res: dict[str, list[dict]] = {c: [] for c in cands}
         for r in range(args.rounds):
             for c in cands[r % len(cands) :] + cands[: r % len(cands)]:
                 out = str(Path(tmp) / f"out_{c}_{r}")
                 res[c].append(run_child(["-m", "bench.convert", "--child", c, src[c], out, args.size]))
-        sizes = {"timm.safetensors": st.stat().st_size / 2**20, "vit.npz": npz.stat().st_size / 2**20}
+        sizes = {"timm.safetensors": st.stat().st_size / 2**20, "vit.npz": npz.stat().st_size / 2**20,
+                 "vit_tf/model.safetensors": (snapshot / "model.safetensors").stat().st_size / 2**20}
     rows = []
     for c, rs in res.items():
         t = [x["s"] for x in rs]
@@ -158,8 +200,9 @@ def main(argv: list[str] | None = None) -> None:
                 "delta_mib": statistics.median(x["maxrss_mib"] - x["rss_before_mib"] for x in rs),
             }
         )
+        rows[-1]["copies"] = rows[-1]["delta_mib"] / sizes["timm.safetensors"]
     print(f"inputs: {sizes} MiB; converters present: {have}")
-    print(markdown(rows, ["candidate", "seconds", "seconds_best", "spread", "peak_rss_mib", "delta_mib"]))
+    print(markdown(rows, ["candidate", "seconds", "seconds_best", "spread", "peak_rss_mib", "delta_mib", "copies"]))
     env["loadavg_end"] = os.getloadavg()
     print(f"wrote {save(args.out, {'env': env, 'args': vars(args), 'inputs_mib': sizes, 'have': have, 'rows': rows})}")
 

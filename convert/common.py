@@ -28,21 +28,27 @@ class ConversionError(Exception):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _load_safetensors(path: Path) -> Mapping[str, torch.Tensor]:
+def _load_safetensors(path: Path, mapped: bool = True) -> Mapping[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(path))
+        if mapped:
+            return load_file(str(path))
+        try:  # safetensors >= 0.8 reads into private memory with pread(2)
+            return load_file(str(path), backend="pread")
+        except TypeError:  # older: its only backend maps the file
+            return load_file(str(path))
     except SafetensorError as e:
         raise ConversionError(f"{path}: not a readable .safetensors file ({e})") from None
 
 
-def _load_torch(path: Path) -> object:
-    """`torch.load(weights_only=True)`, memory-mapped when the file allows it (the zip format of torch >= 1.6)."""
+def _load_torch(path: Path, mapped: bool = True) -> object:
+    """`torch.load(weights_only=True)`, memory-mapped when asked and the file allows it (the zip format of
+    torch >= 1.6)."""
     try:
         try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)
         except RuntimeError as e:
             if "mmap" not in str(e):
                 raise
@@ -60,10 +66,13 @@ def _load_torch(path: Path) -> object:
         raise ConversionError(f"{path}: cannot be read as a torch.save file ({type(e).__name__}: {e})") from None
 
 
-def load_torch_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def load_torch_state_dict(path: str | Path, mapped: bool = True) -> dict[str, torch.Tensor]:
     """Read a state dict from `.safetensors` or a `torch.save` file, never executing pickled code.
 
-    `torch.save` files are read with `weights_only=True` (and memory-mapped, so the file is not copied into RAM);
+    `mapped=True` memory-maps the file: tensors adopted as they are are never copied into RAM. A converter that
+    rebuilds most tensors (fusing q/k/v) passes False: the tensors are then read into private memory, which it
+    frees as it goes, where mapped pages it has read would stay resident beside the rebuilt tensors (a second copy).
+    `torch.save` files are read with `weights_only=True`;
     a dict wrapped under `model` / `state_dict` / `module` (training checkpoints) is unwrapped, as is a DDP
     `module.` key prefix. Any file that cannot be read this way is a `ConversionError` naming the file.
     """
@@ -75,7 +84,7 @@ def load_torch_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         )
     if not path.is_file():
         raise ConversionError(f"{path}: no such file")
-    state = _load_safetensors(path) if path.suffix == ".safetensors" else _load_torch(path)
+    state = _load_safetensors(path, mapped) if path.suffix == ".safetensors" else _load_torch(path, mapped)
     for wrapper in ("model", "state_dict", "module", "model_ema"):
         if isinstance(state, Mapping) and wrapper in state and isinstance(state[wrapper], Mapping):
             state = state[wrapper]

@@ -215,9 +215,9 @@ def _resample(arch: TimmArch, state: dict, target: tuple[int, int] | None):
     if target is None or target == arch.img_size:
         return arch, state, None
     ph, pw = arch.patch_size
-    if target[0] % ph or target[1] % pw:
-        raise ConversionError(f"--image-size {target[0]}x{target[1]} is not a multiple of the patch size {ph}x{pw}")
-    new_grid = (target[0] // ph, target[1] // pw)
+    new_grid = (target[0] // ph, target[1] // pw)  # as timm's patch convolution floors it
+    if new_grid == arch.grid:  # the same grid: only the pixels past the last whole patch differ
+        return dataclasses.replace(arch, img_size=target), state, None
     source_pos = None
     if "pos_embed" in state:
         prefix = 0 if arch.no_embed_class else arch.num_prefix_tokens

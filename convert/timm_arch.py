@@ -127,6 +127,8 @@ class TimmArch:
             image_size=h if h == w else [h, w],
             patch_size=ph if ph == pw else [ph, pw],
             patch_bias=not self.pre_norm,  # timm ties them: PatchEmbed(bias=not pre_norm)
+            # timm's stride-P convolution ignores what does not fill a patch (so400m/14 at 384 px: a 27x27 grid)
+            crop_remainder=bool(h % ph or w % pw),
             pos_embed_interpolation=interpolation,
             **kwargs,
         )

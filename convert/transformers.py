@@ -77,8 +77,15 @@ def _common_fields(hf) -> dict:
         hidden_size=hf.hidden_size, num_hidden_layers=hf.num_hidden_layers, num_attention_heads=hf.num_attention_heads,
         intermediate_size=getattr(hf, "intermediate_size", None), hidden_act=act, layer_norm_eps=hf.layer_norm_eps,
         image_size=_size(hf.image_size), patch_size=_size(hf.patch_size), num_channels=hf.num_channels,
-        qkv_bias=getattr(hf, "qkv_bias", True),
+        qkv_bias=getattr(hf, "qkv_bias", True), crop_remainder=_has_remainder(hf.image_size, hf.patch_size),
     )
+
+
+def _has_remainder(image_size, patch_size) -> bool:
+    """transformers' patch convolution (padding "valid") ignores the pixels past the last whole patch: SigLIP
+    so400m/14 at 384 px has a 27x27 grid."""
+    (h, w), (ph, pw) = ((v, v) if isinstance(v, int) else tuple(v) for v in (image_size, patch_size))
+    return bool(h % ph or w % pw)
 
 
 def _size(value) -> int | list[int]:
@@ -202,13 +209,14 @@ def read_json(path: Path) -> dict:
 
 def load_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
     """The checkpoint's tensors (safetensors first, then pytorch_model.bin; sharded ones through their index) and
-    the file name they came from."""
+    the file name they came from. Read into private memory, not mapped: q/k/v are fused into new tensors and the
+    originals freed as the mapping goes, so the conversion peaks near one copy of the weights."""
     for name in WEIGHT_FILES:
         path = folder / name
         if not path.is_file():
             continue
         if not name.endswith(".index.json"):
-            return load_torch_state_dict(path), name
+            return load_torch_state_dict(path, mapped=False), name
         weight_map = read_json(path).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise ConversionError(f"{path}: has no weight_map: re-download the checkpoint")
@@ -216,7 +224,7 @@ def load_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
         for shard in sorted(set(weight_map.values())):
             if not (folder / shard).is_file():
                 raise ConversionError(f"{path} names the shard {shard}, which is not in {folder}: download it too")
-            state.update(load_torch_state_dict(folder / shard))
+            state.update(load_torch_state_dict(folder / shard, mapped=False))
         missing = sorted(set(weight_map) - set(state))
         if missing:
             raise ConversionError(f"{path}: key(s) listed but not in the shards: {', '.join(missing[:5])}")
@@ -296,6 +304,7 @@ def convert_state(folder: Path) -> dict:
     hf = vision_config(folder, raw)
     source, weights_file = load_weights(folder)
     prefix, backbone, top = split_backbone(source, family)
+    del source  # map_keys consumes backbone and top: the last references to the source tensors go with them
     state, unknown, dropped, origin = map_keys(backbone, top, family.rules)
     # messages name the tensors as they are on disk
     origin = {k: ", ".join(prefix + n for n in v.split(", ")) if k.startswith("vit.") else v for k, v in origin.items()}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -160,19 +159,22 @@ def _take(rule: Rule, tensor: torch.Tensor) -> torch.Tensor:
 
 
 def map_keys(
-    backbone: Mapping[str, torch.Tensor], top: Mapping[str, torch.Tensor], rules: list[Rule]
+    backbone: dict[str, torch.Tensor], top: dict[str, torch.Tensor], rules: list[Rule]
 ) -> tuple[dict[str, torch.Tensor], list[str], list[str], dict[str, str]]:
     """Apply `rules` to the backbone tensors (targets under `vit.`) and `HEADS` to the top-level ones.
 
     Returns (vit_hf state, unknown source keys, dropped-tensor reasons, target -> source name for messages).
     Fused targets are concatenated in part order; a missing part is left out (the model's key check names it).
+    `backbone` and `top` are consumed (emptied), and each fused target's parts are released once concatenated:
+    the caller holding no other reference, memory peaks at one copy of the weights plus one fused tensor.
     """
     pieces: dict[str, dict[int, torch.Tensor]] = {}
     rule_of: dict[str, tuple[Rule, str | None]] = {}
     origin: dict[str, str] = {}
     unknown, dropped = [], set()
     for table, tensors, prefix in ((rules, backbone, "vit."), (HEADS, top, "")):
-        for key, tensor in tensors.items():
+        for key in list(tensors):
+            tensor = tensors.pop(key)
             found = _matches(table, key)
             if not found:
                 reason = next((r for p, r in DROPPED.items() if re.fullmatch(p, key)), None)
@@ -184,7 +186,8 @@ def map_keys(
                 rule_of[target] = (rule, block)
                 origin.setdefault(target, key)
     state = {}
-    for target, blocks in pieces.items():
+    for target in list(pieces):
+        blocks = pieces.pop(target)
         rule, block = rule_of[target]
         if len(blocks) == rule.parts:
             state[target] = blocks[0] if len(blocks) == 1 else torch.cat([blocks[k] for k in sorted(blocks)], dim=0)

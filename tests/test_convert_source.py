@@ -422,3 +422,22 @@ def test_legacy_flat_timm_config(tmp_path, capsys):
     assert list(config["id2label"].values()) == ["x", "y", "z"] and config["hidden_size"] == 192
     processor = VitHfImageProcessor.from_pretrained(tmp_path / "out")
     assert (processor.crop_pct, processor.resample) == (0.875, 2)
+
+
+def test_image_size_not_a_multiple_of_the_patch(tmp_path, capsys):
+    """SigLIP so400m/14 at 384 px: timm's patch convolution ignores the 6 pixels past the last whole patch (a 27x27
+    grid); the converted model does the same (`crop_remainder`) and equals timm at 384 px in float64."""
+    name = "vit_so400m_patch14_siglip_384"
+    folder = tmp_path / name
+    reference = randomize_(timm.create_model(name, pretrained=False, embed_dim=32, depth=1, num_heads=2,
+                                             mlp_ratio=2.0, num_classes=5), seed=3)
+    save_for_hf(reference, folder, safe_serialization=True)
+    code, stdout, err = convert([folder, tmp_path / "out", "--verify"], capsys)
+    assert code == 0, err
+    from transformers import AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(tmp_path / "out", trust_remote_code=True).double().eval()
+    assert model.config.crop_remainder and model.config.image_hw == (384, 384) and model.config.grid_size == (27, 27)
+    x = torch.randn(2, 3, 384, 384, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixel_values=x).logits, reference.double().eval()(x), rtol=0, atol=1e-9)

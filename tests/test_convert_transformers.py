@@ -78,6 +78,9 @@ FAMILIES = {
     "siglip_vision": (lambda: transformers.SiglipVisionModel(
         transformers.SiglipVisionConfig(**SMALL, intermediate_size=37)), None),
     "siglip_full": (lambda: _dual(transformers.SiglipConfig, transformers.SiglipModel), None),
+    # so400m/14 at 384 px in small: 36 px, patch 8, a 4x4 grid; the patch convolution ignores the last 4 pixels
+    "siglip_remainder": (lambda: transformers.SiglipVisionModel(
+        transformers.SiglipVisionConfig(**{**SMALL, "image_size": 36}, intermediate_size=37)), None),
     "dinov2": (lambda: transformers.Dinov2Model(transformers.Dinov2Config(**DINO)), DINO_PROCESSOR),
     "dinov2_classifier": (lambda: transformers.Dinov2ForImageClassification(
         transformers.Dinov2Config(**DINO, id2label=LABELS)), None),
@@ -127,6 +130,8 @@ def test_family_switches_come_from_the_source(tmp_path):
         "deit": dict(distilled=False, num_register_tokens=1),
         "clip_full": dict(pre_norm=True, patch_bias=False, hidden_act="quick_gelu", layer_norm_eps=1e-5),
         "siglip_full": dict(class_token=False, pooling="map", hidden_act="gelu_pytorch_tanh"),
+        "siglip_remainder": dict(crop_remainder=True, image_size=36),
+        "siglip_vision": dict(crop_remainder=False),
         "dinov2_classifier": dict(pooling="token_mean", dynamic_img_size=True, pos_embed_interpolation="hf_dinov2"),
         "dinov2_swiglu": dict(mlp_layer="glu", hidden_act="silu", intermediate_size=88),
         "dinov2_registers": dict(

@@ -280,6 +280,20 @@ def test_bad_input_errors_name_the_problem(tiny_config):
         model.vit.resize_position_embeddings((40,))
 
 
+def test_crop_remainder_ignores_the_pixels_past_the_last_whole_patch():
+    """A stride-P convolution never reads them (timm, transformers' SigLIP so400m/14 at 384 px): neither does the
+    model with `crop_remainder`; the grid, not the pixel size, must match the position table."""
+    model = make(dict(image_size=(36, 44), crop_remainder=True))
+    assert model.config.grid_size == (4, 5)
+    x = torch.randn(2, 3, 36, 44, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    conv = F.conv2d(x, model.vit.patch_embed.proj.weight, model.vit.patch_embed.proj.bias, stride=8)
+    ours = model.vit.patch_embed(x)
+    torch.testing.assert_close(ours, conv.flatten(2).transpose(1, 2), rtol=0, atol=1e-12)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits, model(x[..., :32, :40]).logits, rtol=0, atol=0)
+        assert not torch.equal(model(x).logits, model(x[..., 4:, 4:]).logits)  # the bottom/right pixels go
+
+
 def test_bad_config_errors_name_the_field():
     with pytest.raises(ValueError, match="not divisible by num_attention_heads"):
         VitHfConfig(hidden_size=30, num_attention_heads=4)
@@ -287,7 +301,7 @@ def test_bad_config_errors_name_the_field():
         VitHfConfig.from_preset("gigantic")
     with pytest.raises(ValueError, match="pooling"):
         VitHfConfig(pooling="max")
-    with pytest.raises(ValueError, match="not divisible by patch_size"):
+    with pytest.raises(ValueError, match="not divisible by patch_size.*crop_remainder=True"):
         VitHfConfig(image_size=30, patch_size=8)
     with pytest.raises(ValueError, match="hidden_act"):
         VitHfConfig(hidden_act="swishy")

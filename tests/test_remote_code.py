@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -103,6 +104,20 @@ def test_packaging_check_refuses_third_party_imports_but_not_the_standard_librar
     modeling.write_text("import timm\n" + source)
     with pytest.raises(HubFolderError, match="modeling_vit_hf.py imports 'timm'"):
         check_hub_folder(tmp_path)
+
+
+def test_the_shipped_remote_files_import_only_what_a_consumer_has():
+    """check_hub_folder trusts byte-for-byte copies of these files without parsing them: this is where they are
+    scanned, with transformers' own scan."""
+    from transformers.dynamic_module_utils import get_imports
+
+    import vit_hf
+    from vit_hf.hub.folders import _ALLOWED_IMPORTS, REMOTE_FILES
+
+    package = Path(vit_hf.__file__).parent
+    for name in REMOTE_FILES:
+        imports = set(get_imports(str(package / name)))
+        assert imports and imports <= _ALLOWED_IMPORTS, (name, imports - _ALLOWED_IMPORTS)
 
 
 def test_importing_vit_hf_registers_nothing_with_the_auto_factories():

@@ -56,6 +56,8 @@ VARIANTS = [
     Variant("pre_norm", dict(pre_norm=True), (*_HEADS, "--act", "gelu", "--eps", "1e-6"), "safetensors"),
     Variant("no_head", dict(num_classes=0), _HEADS, "torch_state_dict"),
     Variant("non_square", dict(img_size=(32, 48)), (*_HEADS, "--image-size", "32x48"), "safetensors"),
+    # sizes that are not multiples of the patch (so400m/14 at 384 px): timm's patch convolution ignores the rest
+    Variant("remainder", dict(img_size=(36, 44)), (*_HEADS, "--image-size", "36x44"), "safetensors"),
     Variant("no_proj_bias", dict(proj_bias=False), _HEADS, "torch"),
     # the MAP head's MLP keeps its biases whatever proj_bias says (timm AttentionPoolLatent)
     Variant("map_no_proj_bias", dict(class_token=False, global_pool="map", proj_bias=False), _HEADS, "safetensors"),

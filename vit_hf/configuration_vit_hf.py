@@ -77,6 +77,9 @@ class VitHfConfig(BackboneConfigMixin, PretrainedConfig):
         layer_norm_eps: LayerNorm epsilon; 1e-6 for ViT/timm/Flax (not torch's 1e-5 nor ViTConfig's 1e-12).
         image_size: `int` or `(height, width)`; the size the position table is made for.
         patch_size: `int` or `(height, width)`.
+        crop_remainder: accept image sizes that are not a multiple of the patch size and ignore the bottom rows and
+            right columns that do not fill a whole patch, as a stride-P convolution does (timm's and transformers'
+            patch embedding: SigLIP so400m/14 at 384 px uses a 27x27 grid of 378 px). `False` refuses such sizes.
         num_channels: input channels.
         qkv_bias: bias on the fused qkv projection.
         proj_bias: bias on the attention output projection and both MLP layers (timm `proj_bias`).
@@ -137,6 +140,7 @@ class VitHfConfig(BackboneConfigMixin, PretrainedConfig):
         layer_norm_eps: float = 1e-6,
         image_size: int | tuple[int, int] = 224,
         patch_size: int | tuple[int, int] = 16,
+        crop_remainder: bool = False,
         num_channels: int = 3,
         qkv_bias: bool = True,
         proj_bias: bool = True,
@@ -175,6 +179,7 @@ class VitHfConfig(BackboneConfigMixin, PretrainedConfig):
         # Stored as lists so config.json round-trips to the same value; `_pair` gives tuples to the model.
         self.image_size = image_size if isinstance(image_size, int) else list(_pair(image_size))
         self.patch_size = patch_size if isinstance(patch_size, int) else list(_pair(patch_size))
+        self.crop_remainder = crop_remainder
         self.num_channels = num_channels
         self.qkv_bias = qkv_bias
         self.proj_bias = proj_bias
@@ -284,10 +289,10 @@ class VitHfConfig(BackboneConfigMixin, PretrainedConfig):
         if self.pos_embed_type == "sincos2d" and self.hidden_size % 4:
             raise ValueError(f"pos_embed_type='sincos2d' needs hidden_size divisible by 4, got {self.hidden_size}")
         (h, w), (ph, pw) = self.image_hw, self.patch_hw
-        if h % ph or w % pw:
+        if (h % ph or w % pw) and not self.crop_remainder:
             raise ValueError(
                 f"image_size {h}x{w} is not divisible by patch_size {ph}x{pw}: pick an image size that is a "
-                f"multiple of the patch size"
+                f"multiple of the patch size, or set crop_remainder=True to ignore the pixels past the last whole patch"
             )
         if self.num_register_tokens < 0:
             raise ValueError(f"num_register_tokens must be >= 0, got {self.num_register_tokens}")

@@ -108,6 +108,7 @@ class PatchEmbed(nn.Module):
     def __init__(self, config: VitHfConfig):
         super().__init__()
         self.patch_size = config.patch_hw
+        self.crop_remainder = config.crop_remainder
         self.proj = nn.Conv2d(
             config.num_channels,
             config.hidden_size,
@@ -118,6 +119,9 @@ class PatchEmbed(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         ph, pw = self.patch_size
+        if self.crop_remainder:  # what a stride-P convolution never reads
+            h, w = pixel_values.shape[-2:]
+            pixel_values = pixel_values[..., : h - h % ph, : w - w % pw]
         patches = rearrange(pixel_values, "b c (gh ph) (gw pw) -> b (gh gw) (c ph pw)", ph=ph, pw=pw)
         weight = rearrange(self.proj.weight, "d c ph pw -> d (c ph pw)")
         return F.linear(patches, weight, self.proj.bias)
@@ -450,13 +454,14 @@ class VitHfModel(VitHfPreTrainedModel):
                 f"preprocess images with the model's image processor, which converts grey/RGBA/palette images"
             )
         ph, pw = cfg.patch_hw
-        if h % ph or w % pw:
+        if (h % ph or w % pw) and not cfg.crop_remainder:
             raise ValueError(
                 f"image size {h}x{w} is not divisible by the patch size {ph}x{pw}: resize or crop to a multiple of "
                 f"the patch size (the image processor does this)"
             )
         resampled = interpolate_pos_encoding or cfg.dynamic_img_size
-        if (h, w) != cfg.image_hw and self.pos_embed is not None and not resampled:
+        # grids, not pixels: with crop_remainder, 378 and 384 px both make the 27x27 grid of a /14 model
+        if (h // ph, w // pw) != cfg.grid_size and self.pos_embed is not None and not resampled:
             ih, iw = cfg.image_hw
             raise ValueError(
                 f"image size {h}x{w} does not match the model's {ih}x{iw} (config.image_size): pass "
@@ -479,7 +484,7 @@ class VitHfModel(VitHfPreTrainedModel):
         """Resample the learned position table for a new image size, for good, and update `config.image_size`.
 
         Args:
-            image_size: new `int` or `(height, width)`; must be divisible by the patch size.
+            image_size: new `int` or `(height, width)`; divisible by the patch size unless `crop_remainder`.
             algorithm: resampling algorithm (`"timm"`, `"timm_npz"`, `"google"`, `"hf"`); default
                 `config.pos_embed_interpolation`. The choice is recorded in the config.
         """
@@ -488,7 +493,7 @@ class VitHfModel(VitHfPreTrainedModel):
         if len(new_hw) != 2 or not all(isinstance(v, int) and v > 0 for v in new_hw):
             raise ValueError(f"image_size must be a positive int or a (height, width) pair, got {image_size!r}")
         ph, pw = cfg.patch_hw
-        if new_hw[0] % ph or new_hw[1] % pw:
+        if (new_hw[0] % ph or new_hw[1] % pw) and not cfg.crop_remainder:
             raise ValueError(f"image size {new_hw} is not divisible by the patch size {(ph, pw)}")
         algorithm = algorithm or cfg.pos_embed_interpolation
         if self.pos_embed is not None:
