@@ -64,7 +64,7 @@ def check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         return
     given = [f"--{k}" for k, off in CLASSIFICATION_ONLY.items() if getattr(args, k) != off]
     if given:
-        p.error(f"{', '.join(given)} apply to classification; --task mim trains every weight on the masked L1 loss")
+        p.error(f"{', '.join(given)}: classification only; --task mim trains every weight on the masked L1 loss")
     if not 0.0 < args.mask_ratio < 1.0:
         p.error(f"--mask_ratio must be in (0, 1), e.g. 0.6; got {args.mask_ratio}")
     if not 0.0 <= args.train_val_split < 1.0:
@@ -106,12 +106,11 @@ class MaskGenerator:
 
     def __init__(self, image_hw: tuple[int, int], mask_patch_size: int, patch_hw: tuple[int, int], mask_ratio: float):
         (h, w), (ph, pw), m = image_hw, patch_hw, mask_patch_size
-        if m <= 0 or h % m or w % m:
-            raise ValueError(f"--mask_patch_size {m} must divide the image size {h}x{w}: choose a divisor (e.g. "
-                             f"{math.gcd(h, w)}), or change --image_size")
-        if m % ph or m % pw:
-            raise ValueError(f"--mask_patch_size {m} must be a multiple of the model's patch size {ph}x{pw}: choose "
-                             f"e.g. {ph * pw // math.gcd(ph, pw)}")
+        fits = [k for k in range(1, math.gcd(h, w) + 1) if not (h % k or w % k or k % ph or k % pw)]
+        hint = f"e.g. {max([k for k in fits if k <= m] or fits)}" if fits else "none fits: change --image_size"
+        if m <= 0 or h % m or w % m or m % ph or m % pw:
+            raise ValueError(f"--mask_patch_size {m} must divide the image size {h}x{w} and be a multiple of the "
+                             f"model's patch size {ph}x{pw} ({hint})")
         self.grid, self.scale = (h // m, w // m), (m // ph, m // pw)
         self.num_masked = math.ceil(self.grid[0] * self.grid[1] * mask_ratio)  # np.ceil in run_mim: same double
 
