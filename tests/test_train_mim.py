@@ -200,3 +200,26 @@ def test_mim_output_fine_tunes_as_a_classifier(pretrained, digits, tmp_path):
     assert results["labels"] == ["one", "two", "zero"] and results["completed_steps"] == 2
     config = json.loads((tmp_path / "c" / "config.json").read_text())
     assert config["id2label"] == {"0": "one", "1": "two", "2": "zero"}
+
+
+def test_mim_from_a_classifier_folder_reuses_the_encoder(tmp_path):
+    """`--task mim --model_name_or_path CLASSIFIER`: the encoder loads as is, a new mask token (zeros, as
+    transformers') and decoder are made, the head is dropped, both said in one line; the labels are forgotten."""
+    from vit_hf import VitHfForImageClassification
+
+    torch.manual_seed(0)
+    config = VitHfConfig.from_preset("test", num_labels=3, image_size=16, patch_size=4, num_channels=1)
+    VitHfForImageClassification(config).save_pretrained(tmp_path / "clf")
+    VitHfImageProcessor.from_model_config(config).save_pretrained(tmp_path / "clf")
+    args = parse_args([*MIM, "--train_dir", str(tmp_path), "--output_dir", str(tmp_path / "out")])
+    args.model_name_or_path = str(tmp_path / "clf")
+    args.image_size = args.patch_size = args.num_channels = None  # from the folder
+    data = mim.MimData(None, None, "image")
+    model, _, _, notes = mim.build_model_and_processor(args, data)
+    assert notes == [f"{tmp_path / 'clf'}: encoder reused; initialised new: decoder.0.bias, decoder.0.weight, "
+                     f"vit.mask_token; dropped: head.bias, head.weight"]
+    source = VitHfForImageClassification.from_pretrained(tmp_path / "clf").vit.state_dict()
+    for key, tensor in source.items():
+        assert torch.equal(model.vit.state_dict()[key], tensor), key
+    assert torch.count_nonzero(model.vit.mask_token) == 0 and model.config.num_labels == 0
+    assert data.masks.masked_patches == 12

@@ -285,10 +285,15 @@ def build_model_and_processor(args: argparse.Namespace, data: MimData):
     else:
         if args.patch_size is not None or args.num_channels is not None or args.config_overrides:
             raise ValueError("--patch_size/--num_channels/--config_overrides apply to presets (training from scratch)")
-        kwargs = {"token": args.hub_token, "output_loading_info": True}
+        kwargs = {"token": args.hub_token, "output_loading_info": True,
+                  "ignore_mismatched_sizes": args.ignore_mismatched_sizes}
         if args.drop_path_rate is not None:
             kwargs["drop_path_rate"] = args.drop_path_rate
         model, info = VitHfForMaskedImageModeling.from_pretrained(name, **kwargs)
+        if getattr(model.config, "model_type", None) != "vit_hf":
+            raise ValueError(
+                f"{name} is a {model.config.model_type!r} model; convert it first: python -m convert {name} OUT_DIR"
+            )
         notes += filter(None, [_loading_note(name, info)])
         try:
             processor = VitHfImageProcessor.from_pretrained(name, token=args.hub_token)
