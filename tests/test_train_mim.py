@@ -223,3 +223,15 @@ def test_mim_from_a_classifier_folder_reuses_the_encoder(tmp_path):
         assert torch.equal(model.vit.state_dict()[key], tensor), key
     assert torch.count_nonzero(model.vit.mask_token) == 0 and model.config.num_labels == 0
     assert data.masks.masked_patches == 12
+
+
+def test_mask_token_is_not_weight_decayed_and_sits_with_the_embeddings():
+    """SimMIM's optimizer skips weight decay for the mask token (its `no_weight_decay` adds it); layer decay puts it
+    with the embeddings, the decoder with the head."""
+    model = VitHfForMaskedImageModeling(VitHfConfig.from_preset("test"))
+    groups = train_mod.parameter_groups(model, learning_rate=1.0, weight_decay=0.05, layer_decay=0.5)
+    group_of = {id(p): g for g in groups for p in g["params"]}
+    assert len(group_of) == sum(1 for _ in model.parameters())
+    token, embed = group_of[id(model.vit.mask_token)], group_of[id(model.vit.patch_embed.proj.weight)]
+    assert token["weight_decay"] == 0.0 and token["lr"] == embed["lr"] == 0.5 ** (model.config.num_hidden_layers + 1)
+    assert group_of[id(model.decoder[0].weight)]["lr"] == 1.0 and group_of[id(model.decoder[0].weight)]["weight_decay"]
