@@ -235,3 +235,16 @@ def test_mask_token_is_not_weight_decayed_and_sits_with_the_embeddings():
     token, embed = group_of[id(model.vit.mask_token)], group_of[id(model.vit.patch_embed.proj.weight)]
     assert token["weight_decay"] == 0.0 and token["lr"] == embed["lr"] == 0.5 ** (model.config.num_hidden_layers + 1)
     assert group_of[id(model.decoder[0].weight)]["lr"] == 1.0 and group_of[id(model.decoder[0].weight)]["weight_decay"]
+
+
+def test_flat_image_folder_without_classes_loads_and_splits(tmp_path):
+    """An image folder with no class subfolders (no label column at all): train, and 15 % split off to validate."""
+    import PIL.Image
+
+    for i, (array, _) in enumerate(digit_images(20)):
+        PIL.Image.fromarray(array).save(tmp_path / f"{i}.png")
+    args = parse_args([*MIM, "--train_dir", str(tmp_path), "--output_dir", str(tmp_path / "out")])
+    data = mim.load_data(args, seed=0)
+    assert (len(data.train), len(data.validation)) == (17, 3)
+    assert data.notes[0] == "validation split: 15% of train (seed 0)"
+    assert data.train.column_names == ["image", "__index__"]
