@@ -17,7 +17,7 @@ through peft (`--lora_r`, `lora`: the merged model saved, the adapter beside it)
 
 Layout: `args` (flags, defaults, the recipe), `model` (what is trained, parameter groups), `data` (datasets,
 transforms, sampler, the demo's offline data), `loop` (set-up, one epoch, evaluation, checkpoint, finish),
-`checkpoints`, `metrics`, `plots`, `ema`, `lora`.
+`checkpoints`, `metrics`, `plots`, `ema`, `lora`, `mim` (`--task mim`: SimMIM pretraining).
 
 Exact resume: all randomness is a function of the seed and the position in training. The data order is a
 permutation of `(seed, epoch)`, each example's augmentation is seeded by `(seed, epoch, index)`, and the global torch

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from . import mim
 from .model import is_preset
 
 DESCRIPTION = "Fine-tune (or train from scratch) the einops ViT with accelerate on a `datasets` image set."
@@ -77,6 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     _optimisation_arguments(p.add_argument_group("optimisation"))
     _lora_arguments(p.add_argument_group("LoRA (peft)"))
     _output_arguments(p.add_argument_group("checkpoints, logging, hub"))
+    mim.add_arguments(p)
     args = p.parse_args(argv)
     if args.dataset_name is None and args.train_dir is None:
         p.error("give --dataset_name or --train_dir")
@@ -86,6 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.model_ema_decay is not None and not 0.0 < args.model_ema_decay < 1.0:
         p.error(f"--model_ema_decay must be in (0, 1), e.g. 0.999; got {args.model_ema_decay}")
     _check_lora(p, args)
+    mim.check_arguments(p, args)
     if args.push_to_hub and not args.hub_model_id:
         p.error("--push_to_hub needs --hub_model_id")
     return args

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..hub import save_hub_folder
+from . import mim
 from .args import parse_args, resolve_recipe
 from .checkpoints import (
     HF_MODEL_SUBDIR,
@@ -173,12 +174,16 @@ def set_up(args: argparse.Namespace) -> Run:
         output_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     with accelerator.main_process_first():  # the main process fills the datasets cache, the others read it
-        data = load_image_classification_data(
-            args.dataset_name, args.dataset_config_name, args.train_dir, args.validation_dir,
-            args.image_column_name, args.label_column_name, args.train_val_split, args.max_train_samples,
-            args.max_eval_samples, seed, args.cache_dir, args.hub_token,
-        )
-    model, processor, base_model, notes = build_model_and_processor(args, data.labels)
+        if args.task == "mim":  # SimMIM pretraining: its data, model, masks, loss and results are in `mim`
+            data = mim.load_data(args, seed)
+        else:
+            data = load_image_classification_data(
+                args.dataset_name, args.dataset_config_name, args.train_dir, args.validation_dir,
+                args.image_column_name, args.label_column_name, args.train_val_split, args.max_train_samples,
+                args.max_eval_samples, seed, args.cache_dir, args.hub_token,
+            )
+    build = mim.build_model_and_processor if args.task == "mim" else build_model_and_processor
+    model, processor, base_model, notes = build(args, data if args.task == "mim" else data.labels)
     if args.lora_r is not None:
         model, note = apply_lora(model, args)
         notes.append(note)
@@ -186,7 +191,8 @@ def set_up(args: argparse.Namespace) -> Run:
         logger.info(note)
     if args.gradient_checkpointing:
         enable_activation_checkpointing(model)
-    train_dl, eval_dl, sampler, train_transform = make_loaders(args, data, processor, seed)
+    loaders = mim.make_loaders if args.task == "mim" else make_loaders
+    train_dl, eval_dl, sampler, train_transform = loaders(args, data, processor, seed)
 
     n = accelerator.num_processes
     steps_per_epoch = math.ceil(math.ceil(len(data.train) / n / args.per_device_train_batch_size)
@@ -271,8 +277,12 @@ def resume(run: Run) -> None:
 def _log_plan(run: Run) -> None:
     args, acc, labels = run.args, run.accelerator, run.data.labels
     logger.info("***** training *****")
-    logger.info("  examples: train %d, validation %d, classes %d (%s)", len(run.data.train),
-                len(run.data.validation), len(labels), ", ".join(labels[:10]) + (" ..." if len(labels) > 10 else ""))
+    if args.task == "mim":
+        logger.info("  examples: %s", mim.describe(run.data))
+    else:
+        logger.info("  examples: train %d, validation %d, classes %d (%s)", len(run.data.train),
+                    len(run.data.validation), len(labels),
+                    ", ".join(labels[:10]) + (" ..." if len(labels) > 10 else ""))
     logger.info("  images per optimizer step: %d (per device %d x processes %d x accumulation %d)",
                 args.per_device_train_batch_size * acc.num_processes * args.gradient_accumulation_steps,
                 args.per_device_train_batch_size, acc.num_processes, args.gradient_accumulation_steps)
@@ -334,11 +344,7 @@ def train_micro_step(run: Run, batch: dict, micro_step: int) -> dict | None:
         run.state.train_skipped.update(batch["index"][~valid].tolist())
     result = None
     with acc.accumulate(run.model):
-        pixel_values, targets = batch["pixel_values"], batch["labels"]
-        if args.mixup > 0 or args.cutmix > 0:
-            targets = F.one_hot(targets, len(run.data.labels)).float()
-            pixel_values, targets = mix_batch(pixel_values, targets, args)
-        loss = masked_cross_entropy(run.model(pixel_values=pixel_values).logits, targets, valid, args.label_smoothing)
+        loss = mim.loss(run.model, batch) if args.task == "mim" else classification_loss(run, batch)
         if run.state.completed_steps + 1 == run.nan_at_step:
             loss = loss * float("nan")  # test hook: a loss that has gone non-finite
         run.pending += torch.stack([(~torch.isfinite(loss.detach())).float(),
@@ -353,6 +359,15 @@ def train_micro_step(run: Run, batch: dict, micro_step: int) -> dict | None:
     run.window["images"] += images
     run.state.train_images += images
     return result
+
+
+def classification_loss(run: Run, batch: dict) -> torch.Tensor:
+    args, pixel_values, targets = run.args, batch["pixel_values"], batch["labels"]
+    if args.mixup > 0 or args.cutmix > 0:
+        targets = F.one_hot(targets, len(run.data.labels)).float()
+        pixel_values, targets = mix_batch(pixel_values, targets, args)
+    logits = run.model(pixel_values=pixel_values).logits
+    return masked_cross_entropy(logits, targets, batch["valid"], args.label_smoothing)
 
 
 def _finish_gradients(run: Run) -> dict:
@@ -420,6 +435,8 @@ def evaluate_saved(run: Run) -> None:
 
 
 def evaluate_epoch(run: Run, epoch: int) -> None:
+    if run.args.task == "mim":
+        return mim.evaluate_epoch(run, epoch)
     evaluate_saved(run)
     metrics, raw = run.state.eval_metrics, run.state.eval_raw
     entry = {"step": run.state.completed_steps, "epoch": epoch + 1, "eval_accuracy": metrics["accuracy"],
@@ -495,6 +512,8 @@ def finish(run: Run) -> dict[str, Any]:
     """Results, plots and the hub-ready output folder (main process), the push; returns the results everywhere."""
     from .plots import plot_confusion_matrix, plot_training_curves
 
+    if run.args.task == "mim":
+        return mim.finish(run)
     run.progress.close()
     acc, out, labels = run.accelerator, run.output_dir, run.data.labels
     if run.state.eval_metrics is None:  # resumed from a finished run: nothing trained, still report the metrics

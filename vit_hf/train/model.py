@@ -65,6 +65,7 @@ def build_model_and_processor(args: argparse.Namespace, labels: list[str]):
     from ..configuration_vit_hf import VitHfConfig
     from ..image_processing_vit_hf import VitHfImageProcessor
     from ..modeling_vit_hf import VitHfForImageClassification
+    from .mim import dropped_weights_note
 
     id2label, label2id = dict(enumerate(labels)), {n: i for i, n in enumerate(labels)}
     notes: list[str] = []
@@ -87,7 +88,8 @@ def build_model_and_processor(args: argparse.Namespace, labels: list[str]):
         kwargs = {"ignore_mismatched_sizes": args.ignore_mismatched_sizes, "token": args.hub_token}
         if args.drop_path_rate is not None:
             kwargs["drop_path_rate"] = args.drop_path_rate
-        model = VitHfForImageClassification.from_pretrained(name, **kwargs)
+        model, info = VitHfForImageClassification.from_pretrained(name, output_loading_info=True, **kwargs)
+        notes += filter(None, [dropped_weights_note(name, info["unexpected_keys"])])  # e.g. a MIM decoder
         if getattr(model.config, "model_type", None) != "vit_hf":
             raise ValueError(
                 f"{name} is a {model.config.model_type!r} model; convert it first: python -m convert {name} OUT_DIR"
@@ -115,6 +117,12 @@ def build_model_and_processor(args: argparse.Namespace, labels: list[str]):
             model.vit.resize_position_embeddings(args.image_size)
             processor.size = {"height": args.image_size, "width": args.image_size}
             notes.append(f"resolution {before} -> {args.image_size}: positions resampled")
+    apply_processor_flags(args, model, processor)
+    return model, processor, base_model, notes
+
+
+def apply_processor_flags(args: argparse.Namespace, model, processor) -> None:
+    """The attention backend and the processor flags (crop, flip), then the channel check; for every task."""
     if args.attn_implementation is not None:
         model.set_attn_implementation(args.attn_implementation)
     for key in ("crop_pct", "train_hflip"):
@@ -126,7 +134,6 @@ def build_model_and_processor(args: argparse.Namespace, labels: list[str]):
         raise ValueError(
             f"processor makes {processor.num_channels} channels, the model reads {model.config.num_channels}"
         )
-    return model, processor, base_model, notes
 
 
 def parameter_groups(model, learning_rate: float, weight_decay: float, layer_decay: float | None) -> list[dict]:
@@ -141,14 +148,15 @@ def parameter_groups(model, learning_rate: float, weight_decay: float, layer_dec
     for module in model.modules():
         if isinstance(module, (nn.LayerNorm, LayerScale)):
             no_decay.update(id(p) for p in module.parameters(recurse=False))
-    for role in (trunk.cls_token, trunk.reg_token, trunk.pos_embed, getattr(trunk.attn_pool, "latent", None)):
+    for role in (trunk.cls_token, trunk.reg_token, trunk.pos_embed, getattr(trunk.attn_pool, "latent", None),
+                 trunk.mask_token):  # SimMIM does not decay its mask token either
         if role is not None:
             no_decay.add(id(role))
     depth = len(trunk.blocks)
     layer_of: dict[int, int] = {}
     for module in (trunk.patch_embed, trunk.norm_pre):
         layer_of.update((id(p), 0) for p in module.parameters())
-    for role in (trunk.cls_token, trunk.reg_token, trunk.pos_embed):
+    for role in (trunk.cls_token, trunk.reg_token, trunk.pos_embed, trunk.mask_token):
         if role is not None:
             layer_of[id(role)] = 0
     for i, block in enumerate(trunk.blocks):

@@ -1,0 +1,463 @@
+"""Masked-image-modeling pretraining (SimMIM) for `python -m vit_hf.train --task mim`: unlabelled images in,
+`VitHfForMaskedImageModeling` out.
+
+    python -m vit_hf.train --task mim --model_name_or_path base/16 --train_dir UNLABELLED --output_dir out \
+        --mask_patch_size 32 --mask_ratio 0.6
+    python -m vit_hf.train --model_name_or_path out --train_dir LABELLED ...   # fine-tune: the decoder is dropped
+
+As transformers' `examples/pytorch/image-pretraining/run_mim.py`: a mask is drawn at `--mask_patch_size`
+granularity (ceil(ratio * N) of the N mask patches, a uniform random subset) and then upsampled to the model's patch
+grid; the train transform is SimMIM's RandomResizedCrop (scale 0.67-1, ratio 3/4-4/3) + horizontal flip. Unlike the
+example, the validation images get the deterministic eval transform and one fixed mask each, so that `eval_loss` (the
+L1 loss over the masked pixels, averaged over the validation images) is comparable from epoch to epoch.
+
+The loop (`loop.py`) is shared with classification: checkpoints, exact resume, EMA, mixed precision, DDP. What
+differs lives here: the data (labels ignored), the model, the masks, the loss, the evaluation and the results.
+Masks are a function of `(seed, epoch, example index)`, like the augmentations, so a resumed run sees the same masks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import repeat
+
+from .data import INDEX_COLUMN, VALIDATION_SPLIT_NAMES, DataError, EpochShuffleSampler, ExampleTransform
+
+logger = logging.getLogger("vit_hf.train")
+
+TASKS = ("classification", "mim")
+SIMMIM_CROP_SCALE = (0.67, 1.0)  # SimMIM's data_simmim.py and run_mim.py; the crop ratio (3/4, 4/3) is ours already
+MASK_STREAM = 0x4D494D  # separates the mask RNG from the augmentation RNG of the same example
+# Flags whose meaning is classification's; refused with --task mim rather than silently ignored.
+CLASSIFICATION_ONLY = {"lora_r": None, "mixup": 0.0, "cutmix": 0.0, "label_smoothing": 0.0}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Flags
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("masked-image modeling (--task mim)")
+    g.add_argument("--task", choices=TASKS, default="classification", help="classification (labelled images) or mim: "
+                   "SimMIM pretraining of VitHfForMaskedImageModeling on images whose labels, if any, are ignored")
+    g.add_argument("--mask_patch_size", type=int, default=32, help="side of the square mask patches (run_mim.py's; a "
+                   "multiple of the model's patch size that divides the image size)")
+    g.add_argument("--mask_ratio", type=float, default=0.6, help="fraction of the mask patches masked (rounded up)")
+
+
+def check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """`p.error` (one line, exit 2, nothing written) for flags that do not fit the task or the model's geometry."""
+    if args.task != "mim":
+        if (args.mask_patch_size, args.mask_ratio) != (32, 0.6):
+            p.error("--mask_patch_size/--mask_ratio need --task mim")
+        return
+    given = [f"--{k}" for k, off in CLASSIFICATION_ONLY.items() if getattr(args, k) != off]
+    if given:
+        p.error(f"{', '.join(given)}: classification only; --task mim trains every weight on the masked L1 loss")
+    if not 0.0 < args.mask_ratio < 1.0:
+        p.error(f"--mask_ratio must be in (0, 1), e.g. 0.6; got {args.mask_ratio}")
+    if not 0.0 <= args.train_val_split < 1.0:
+        p.error(f"--train_val_split must be in [0, 1) with --task mim (0: no validation); got {args.train_val_split}")
+    try:
+        image_hw, patch_hw = model_geometry(args)
+        MaskGenerator(image_hw, args.mask_patch_size, patch_hw, args.mask_ratio)
+    except (ValueError, OSError) as err:
+        p.error(str(err))
+
+
+def model_geometry(args: argparse.Namespace) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(image (h, w), patch (h, w)) of the model the run will train, read from the preset or the folder's config."""
+    from ..configuration_vit_hf import VitHfConfig
+    from .model import _parse_overrides, is_preset
+
+    if is_preset(args.model_name_or_path):
+        overrides = _parse_overrides(args.config_overrides)
+        overrides.update({k: getattr(args, k) for k in ("image_size", "patch_size") if getattr(args, k) is not None})
+        config = VitHfConfig.from_preset(args.model_name_or_path, **overrides)
+    else:
+        config = VitHfConfig.from_pretrained(args.model_name_or_path, token=args.hub_token)
+        if args.image_size is not None:
+            config.image_size = args.image_size
+    return tuple(config.image_hw), tuple(config.patch_hw)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Masks
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class MaskGenerator:
+    """SimMIM's random mask as run_mim.py's `MaskGenerator` draws it: of the N squares of side `mask_patch_size`
+    tiling the image, the first ceil(ratio * N) of a random permutation are masked; each square then covers
+    (mask_patch_size / patch)^2 model patches. `__call__(rng)` returns the (gh * gw,) boolean mask over the model's
+    patch tokens, row-major; given `np.random.RandomState(s)` it draws what run_mim's does after `np.random.seed(s)`.
+    """
+
+    def __init__(self, image_hw: tuple[int, int], mask_patch_size: int, patch_hw: tuple[int, int], mask_ratio: float):
+        (h, w), (ph, pw), m = image_hw, patch_hw, mask_patch_size
+        fits = [k for k in range(1, math.gcd(h, w) + 1) if not (h % k or w % k or k % ph or k % pw)]
+        hint = f"e.g. {max([k for k in fits if k <= m] or fits)}" if fits else "none fits: change --image_size"
+        if m <= 0 or h % m or w % m or m % ph or m % pw:
+            raise ValueError(f"--mask_patch_size {m} must divide the image size {h}x{w} and be a multiple of the "
+                             f"model's patch size {ph}x{pw} ({hint})")
+        self.grid, self.scale = (h // m, w // m), (m // ph, m // pw)
+        self.num_masked = math.ceil(self.grid[0] * self.grid[1] * mask_ratio)  # np.ceil in run_mim: same double
+
+    @property
+    def masked_patches(self) -> int:
+        """Model patches masked in every image."""
+        return self.num_masked * self.scale[0] * self.scale[1]
+
+    def __call__(self, rng: np.random.RandomState) -> torch.Tensor:
+        (gh, gw), (sh, sw) = self.grid, self.scale
+        coarse = torch.zeros(gh * gw, dtype=torch.bool)
+        coarse[torch.from_numpy(rng.permutation(gh * gw)[: self.num_masked])] = True
+        return repeat(coarse, "(gh gw) -> (gh sh gw sw)", gh=gh, sh=sh, sw=sw)
+
+
+def mask_rng(seed: int, epoch: int | None, index: int) -> np.random.RandomState:
+    """The mask RNG of one example: train masks change every epoch, the eval mask (`epoch` None) never does."""
+    return np.random.RandomState([seed % 2**32, 0 if epoch is None else epoch + 1, index, MASK_STREAM])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MimData:
+    """Train (and, if any, validation) images; the labels of a labelled set are dropped."""
+
+    train: Any  # datasets.Dataset with the image column and INDEX_COLUMN
+    validation: Any  # the same, or None: no evaluation
+    image_column: str
+    source: str = ""
+    notes: list[str] = field(default_factory=list)
+    masks: MaskGenerator | None = None  # set once the model (its patch size) is known
+    labels: list[str] = field(default_factory=list)  # none; read by the loop's shared logging
+
+
+def _image_split(split, column: str, where: str):
+    from datasets import Image
+
+    if column not in split.column_names:
+        raise DataError(f"{where}: no image column {column!r} (columns: {split.column_names}); pass "
+                        f"--image_column_name")
+    if isinstance(split.features[column], Image):
+        split = split.cast_column(column, Image(decode=False))  # decoded in the transform: broken files are skipped
+    split = split.remove_columns([c for c in split.column_names if c != column])
+    return split.add_column(INDEX_COLUMN, list(range(len(split))))
+
+
+def load_data(args: argparse.Namespace, seed: int) -> MimData:
+    """An image folder (class subfolders or none), a Hub id or a saved data set; validation: a named split, else
+    `--train_val_split` of train (0: none)."""
+    from datasets import DatasetDict
+
+    from .data import load_raw_dataset
+
+    source = args.dataset_name or args.train_dir
+    raw = load_raw_dataset(args.dataset_name, args.dataset_config_name, args.train_dir, args.validation_dir,
+                           args.cache_dir, args.hub_token)
+    raw = raw if isinstance(raw, DatasetDict) else DatasetDict(train=raw)
+    if "train" not in raw or len(raw["train"]) == 0:
+        raise DataError(f"{source}: no training images (splits: {list(raw)})")
+    train, notes = raw["train"], []
+    validation = next((raw[name] for name in VALIDATION_SPLIT_NAMES if name in raw), None)
+    if validation is None and args.train_val_split > 0:
+        parts = train.train_test_split(args.train_val_split, seed=seed)
+        train, validation = parts["train"], parts["test"]
+        notes.append(f"validation split: {args.train_val_split:.0%} of train (seed {seed})")
+    if args.max_train_samples is not None and args.max_train_samples < len(train):
+        train = train.shuffle(seed=seed).select(range(args.max_train_samples))
+    if validation is not None and args.max_eval_samples is not None and args.max_eval_samples < len(validation):
+        validation = validation.shuffle(seed=seed).select(range(args.max_eval_samples))
+    column = args.image_column_name
+    train = _image_split(train, column, f"{source} train")
+    validation = _image_split(validation, column, f"{source} validation") if validation is not None else None
+    if validation is None:
+        notes.append("no validation split (--train_val_split 0): no evaluation, no eval_loss")
+    return MimData(train, validation, column, source, notes)
+
+
+def describe(data: MimData) -> str:
+    """The plan's examples line."""
+    val = len(data.validation) if data.validation is not None else 0
+    m = data.masks
+    return (f"train {len(data.train)}, validation {val} images (labels ignored); masks: {m.num_masked} of "
+            f"{m.grid[0] * m.grid[1]} squares of {m.scale[0]}x{m.scale[1]} patches ({m.masked_patches} patches)")
+
+
+class MimTransform(ExampleTransform):
+    """`ExampleTransform` (decode, seeded augmentation, broken images marked) plus each example's mask; a broken image
+    gets an empty mask, so it adds nothing to the loss."""
+
+    def __init__(self, processor, image_column: str, train: bool, seed: int, masks: MaskGenerator):
+        super().__init__(processor, image_column, None, train=train, seed=seed)
+        self.masks = masks
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        out: dict[str, list] = {"pixel_values": [], "bool_masked_pos": [], "valid": [], "index": batch[INDEX_COLUMN]}
+        for value, index in zip(batch[self.image_column], batch[INDEX_COLUMN]):
+            x = self._one(value, index)
+            mask = self.masks(mask_rng(self.seed, self.epoch if self.train else None, index))
+            out["pixel_values"].append(x if x is not None else torch.zeros(self.shape))
+            out["bool_masked_pos"].append(mask if x is not None else torch.zeros_like(mask))
+            out["valid"].append(x is not None)
+        return out
+
+
+def collate_fn(examples: list[dict]) -> dict[str, torch.Tensor]:
+    return {
+        "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
+        "bool_masked_pos": torch.stack([e["bool_masked_pos"] for e in examples]),
+        "valid": torch.tensor([e["valid"] for e in examples], dtype=torch.bool),
+        "index": torch.tensor([e["index"] for e in examples], dtype=torch.long),
+    }
+
+
+def make_loaders(args: argparse.Namespace, data: MimData, processor, seed: int):
+    """(train loader, validation loader or None, sampler, train transform), as `loop.make_loaders`. The train crop is
+    SimMIM's unless --train_crop_scale is given; the saved processor keeps its own (fine-tuning) defaults."""
+    train_processor = copy.deepcopy(processor)
+    if args.train_crop_scale is None:
+        train_processor.train_crop_scale = list(SIMMIM_CROP_SCALE)
+    train_transform = MimTransform(train_processor, data.image_column, True, seed, data.masks)
+    sampler = EpochShuffleSampler(len(data.train), seed=seed)
+    train_dl = torch.utils.data.DataLoader(data.train.with_transform(train_transform), sampler=sampler,
+                                           batch_size=args.per_device_train_batch_size, collate_fn=collate_fn,
+                                           num_workers=args.dataloader_num_workers)
+    eval_dl = None
+    if data.validation is not None:
+        eval_transform = MimTransform(processor, data.image_column, False, seed, data.masks)
+        eval_dl = torch.utils.data.DataLoader(data.validation.with_transform(eval_transform),
+                                              batch_size=args.per_device_eval_batch_size, collate_fn=collate_fn,
+                                              num_workers=args.dataloader_num_workers)
+    return train_dl, eval_dl, sampler, train_transform
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Model
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _loading_note(name: str, info: dict) -> str | None:
+    new, dropped = sorted(info["missing_keys"]), sorted(info["unexpected_keys"])
+    if not new and not dropped:
+        return None
+    return (f"{name}: encoder reused; initialised new: {', '.join(new) or 'nothing'}; dropped: "
+            f"{', '.join(dropped) or 'nothing'}")
+
+
+def build_model_and_processor(args: argparse.Namespace, data: MimData):
+    """(VitHfForMaskedImageModeling, processor, base_model id or None, notes): a preset from scratch, or a folder /
+    Hub id (a classifier gets a new mask token and decoder, its head dropped). No labels: `num_labels` 0, so a
+    classifier fine-tuned from the result always gets a new head. Sets `data.masks` for the model's patch grid."""
+    import os
+
+    from ..configuration_vit_hf import VitHfConfig
+    from ..image_processing_vit_hf import VitHfImageProcessor
+    from ..modeling_vit_hf import VitHfForMaskedImageModeling
+    from .model import _parse_overrides, apply_processor_flags, is_preset
+
+    name, notes, base_model = args.model_name_or_path, [], None
+    if is_preset(name):
+        overrides = _parse_overrides(args.config_overrides)
+        for key in ("image_size", "patch_size", "num_channels", "drop_path_rate"):
+            if getattr(args, key) is not None:
+                overrides[key] = getattr(args, key)
+        config = VitHfConfig.from_preset(name, num_labels=0, **overrides)
+        model = VitHfForMaskedImageModeling(config)
+        processor = VitHfImageProcessor.from_model_config(config)
+        notes.append(f"masked-image modeling from scratch: preset {name!r} with {overrides or 'no overrides'}")
+    else:
+        if args.patch_size is not None or args.num_channels is not None or args.config_overrides:
+            raise ValueError("--patch_size/--num_channels/--config_overrides apply to presets (training from scratch)")
+        kwargs = {"token": args.hub_token, "output_loading_info": True,
+                  "ignore_mismatched_sizes": args.ignore_mismatched_sizes}
+        if args.drop_path_rate is not None:
+            kwargs["drop_path_rate"] = args.drop_path_rate
+        model, info = VitHfForMaskedImageModeling.from_pretrained(name, **kwargs)
+        if getattr(model.config, "model_type", None) != "vit_hf":
+            raise ValueError(
+                f"{name} is a {model.config.model_type!r} model; convert it first: python -m convert {name} OUT_DIR"
+            )
+        notes += filter(None, [_loading_note(name, info)])
+        try:
+            processor = VitHfImageProcessor.from_pretrained(name, token=args.hub_token)
+        except OSError:
+            processor = VitHfImageProcessor.from_model_config(model.config)
+        model.config.num_labels = 0  # the folder's labels (if a classifier) do not describe this model
+        base_model = None if os.path.isdir(name) else name
+        if args.image_size is not None and tuple(model.config.image_hw) != (args.image_size, args.image_size):
+            model.vit.resize_position_embeddings(args.image_size)
+            processor.size = {"height": args.image_size, "width": args.image_size}
+            notes.append(f"resolution -> {args.image_size}: positions resampled")
+    apply_processor_flags(args, model, processor)
+    data.masks = MaskGenerator(model.config.image_hw, args.mask_patch_size, model.config.patch_hw, args.mask_ratio)
+    return model, processor, base_model, notes
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Loss, evaluation, results
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def loss(model, batch: dict) -> torch.Tensor:
+    """The model's SimMIM loss (L1 over the masked pixels); broken images carry an empty mask."""
+    return model(pixel_values=batch["pixel_values"], bool_masked_pos=batch["bool_masked_pos"]).loss.float()
+
+
+def per_example_loss(reconstruction: torch.Tensor, pixel_values: torch.Tensor, mask: torch.Tensor,
+                     patch_hw: tuple[int, int]) -> torch.Tensor:
+    """Each image's L1 over its masked pixels and channels. With equal mask counts (every valid image has
+    `MaskGenerator.masked_patches`), their mean is the model's batch loss."""
+    ph, pw = patch_hw
+    gh = pixel_values.shape[-2] // ph
+    pixels = repeat(mask, "b (gh gw) -> b 1 (gh ph) (gw pw)", gh=gh, ph=ph, pw=pw).float()
+    l1 = F.l1_loss(reconstruction.float(), pixel_values.float(), reduction="none")
+    return (l1 * pixels).sum((1, 2, 3)) / (pixels.sum((1, 2, 3)) * pixel_values.shape[1]).clamp(min=1.0)
+
+
+@torch.no_grad()
+def evaluate(model, dataloader, accelerator) -> dict[str, Any]:
+    """Mean masked L1 over the valid validation images, each counted once across processes."""
+    model.eval()
+    patch_hw = tuple(accelerator.unwrap_model(model).config.patch_hw)
+    losses, valid_all, index_all = [], [], []
+    start = time.perf_counter()
+    for batch in dataloader:
+        out = model(pixel_values=batch["pixel_values"], bool_masked_pos=batch["bool_masked_pos"])
+        per = per_example_loss(out.reconstruction, batch["pixel_values"], batch["bool_masked_pos"], patch_hw)
+        per, valid, index = accelerator.gather_for_metrics((per, batch["valid"], batch["index"]))
+        losses.append(per.cpu())
+        valid_all.append(valid.cpu())
+        index_all.append(index.cpu())
+    seconds = time.perf_counter() - start
+    model.train()
+    per, valid, index = torch.cat(losses), torch.cat(valid_all), torch.cat(index_all)
+    n_valid = int(valid.sum())
+    return {"loss": float(per[valid].mean()) if n_valid else float("nan"), "samples": int(valid.numel()),
+            "unique_samples": int(index.unique().numel()), "valid_samples": n_valid,
+            "skipped_images": int(valid.numel()) - n_valid, "images_per_second": valid.numel() / max(seconds, 1e-9)}
+
+
+def evaluate_saved(run) -> None:
+    """`loop.evaluate_saved` for MIM: the saved weights into `state.eval_metrics`, with EMA the raw ones too."""
+    if run.eval_dl is None:
+        return
+    raw = evaluate(run.model, run.eval_dl, run.accelerator)
+    run.state.eval_raw = raw if run.ema is not None else None
+    run.state.eval_metrics = evaluate(run.ema.module, run.eval_dl, run.accelerator) if run.ema is not None else raw
+
+
+def evaluate_epoch(run, epoch: int) -> None:
+    evaluate_saved(run)
+    metrics, raw = run.state.eval_metrics, run.state.eval_raw
+    if metrics is None:
+        return
+    entry = {"step": run.state.completed_steps, "epoch": epoch + 1, "eval_loss": metrics["loss"]}
+    if raw is not None:
+        entry.update(eval_loss_raw=raw["loss"], eval_loss_ema=metrics["loss"])
+    run.state.history.append(entry)
+    logger.info("epoch %d: eval masked L1 loss %.4f%s (%d images, %.0f images/s)", epoch, metrics["loss"],
+                f" (raw weights {raw['loss']:.4f})" if raw is not None else "", metrics["valid_samples"],
+                metrics["images_per_second"])
+    if run.args.with_tracking:
+        run.accelerator.log({"eval/loss": metrics["loss"]}, step=run.state.completed_steps)
+
+
+def collect_results(run) -> dict[str, Any]:
+    from accelerate.utils import gather_object
+
+    from .lora import parameter_counts
+
+    state, acc, metrics, masks = run.state, run.accelerator, run.state.eval_metrics, run.data.masks
+    skipped: set[int] = set()
+    for part in gather_object([sorted(state.train_skipped)]):
+        skipped.update(part)
+    evals = {}
+    if metrics is not None:
+        evals = {"eval_loss": metrics["loss"], "eval_samples": metrics["samples"],
+                 "eval_valid_samples": metrics["valid_samples"], "eval_skipped_images": metrics["skipped_images"],
+                 "eval_images_per_second": metrics["images_per_second"]}
+        if state.eval_raw is not None:
+            evals.update(eval_loss_raw=state.eval_raw["loss"], eval_loss_ema=metrics["loss"])
+    trainable, total = parameter_counts(acc.unwrap_model(run.model))
+    return {
+        "task": "mim",
+        **evals,
+        "mask_patch_size": run.args.mask_patch_size,
+        "mask_ratio": run.args.mask_ratio,
+        "masked_patches_per_image": masks.masked_patches,
+        "train_samples": len(run.data.train),
+        "train_skipped_images": len(skipped),
+        "train_images_per_second": state.train_images / max(state.train_seconds, 1e-9),
+        "train_runtime": state.train_seconds,
+        "completed_steps": state.completed_steps,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "epochs": run.num_epochs,
+        "num_processes": acc.num_processes,
+        "mixed_precision": acc.mixed_precision,
+        "data_source": run.data.source,
+    }
+
+
+def _results_markdown(results: dict) -> str:
+    rows = [("validation masked L1 loss", results.get("eval_loss", "no validation split")),
+            ("mask patch size / ratio", f"{results['mask_patch_size']} / {results['mask_ratio']}"),
+            ("masked model patches per image", results["masked_patches_per_image"]),
+            ("optimizer steps", results["completed_steps"]), ("mixed precision", results["mixed_precision"])]
+    return "\n".join(["| SimMIM pretraining | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
+
+
+def finish(run) -> dict[str, Any]:
+    """`loop.finish` for MIM: results, the training curves, the hub-ready `VitHfForMaskedImageModeling` folder."""
+    from ..hub import save_hub_folder
+    from .checkpoints import write_json
+    from .loop import CURVES_PNG, _push, saved_model
+    from .plots import plot_training_curves
+
+    run.progress.close()
+    acc, out = run.accelerator, run.output_dir
+    if run.state.eval_metrics is None:  # resumed from a finished run: nothing trained, still report the loss
+        evaluate_saved(run)
+    results = collect_results(run)
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        plot_training_curves(run.state.history, out / CURVES_PNG)
+        card = dict(run.card_base, tags=["masked-image-modeling", "simmim"], plots=[CURVES_PNG],
+                    results=_results_markdown(results))
+        save_hub_folder(saved_model(run), run.processor, out, card, {CURVES_PNG: out / CURVES_PNG})
+        write_json(out / "all_results.json", results)
+        write_json(out / "log_history.json", run.state.history)
+        logger.info("eval_loss %s -> %s", results.get("eval_loss", "(no validation)"), out / "all_results.json")
+        if run.args.push_to_hub:
+            _push(out, run.args, "End of training")
+    acc.wait_for_everyone()
+    if run.args.with_tracking:
+        acc.end_training()
+    return results
+
+
+def dropped_weights_note(name: str, unexpected: set[str]) -> str | None:
+    """The classifier's log line for weights of `name` it does not use (a MIM checkpoint's decoder and mask token)."""
+    if not unexpected:
+        return None
+    keys = ", ".join(sorted(unexpected))
+    if any(k.startswith("decoder.") or k == "vit.mask_token" for k in unexpected):
+        return f"{name} is a masked-image-modeling checkpoint: encoder reused, decoder and mask token dropped ({keys})"
+    return f"{name}: weights the classifier does not use, dropped ({keys})"
