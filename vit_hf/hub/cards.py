@@ -76,11 +76,13 @@ def render_model_card(
     eval_results: dict[str, float] | None = None,
     dataset_name: str | None = None,
     plots: list[str] | None = None,
+    pipeline_tag: str = "image-classification",
 ) -> Path:
     """Write `out_dir/README.md` and return its path.
 
     Args:
         eval_results: metric name -> value (e.g. `{"accuracy": 0.91}`) written to the `model-index`.
+        pipeline_tag: the Hub task (a SimMIM encoder: "image-feature-extraction").
         source / parity / results: Markdown paragraphs for those sections (omitted when None).
     """
     out_dir = Path(out_dir)
@@ -89,7 +91,7 @@ def render_model_card(
     if eval_results:
         model_index = [
             EvalResult(
-                task_type="image-classification",
+                task_type=pipeline_tag,
                 dataset_type=(datasets or [dataset_name or "custom"])[0],
                 dataset_name=dataset_name or (datasets or ["custom"])[0],
                 metric_type=name,
@@ -99,9 +101,9 @@ def render_model_card(
         ]
     card_data = ModelCardData(
         library_name="transformers",
-        pipeline_tag="image-classification",
+        pipeline_tag=pipeline_tag,
         license=license,
-        tags=sorted(set((tags or []) + ["vit_hf", "vision-transformer", "image-classification", "custom_code"])),
+        tags=sorted(set((tags or []) + ["vit_hf", "vision-transformer", pipeline_tag, "custom_code"])),
         datasets=datasets,
         metrics=sorted(eval_results) if eval_results else ["accuracy"],
         base_model=base_model,

@@ -440,6 +440,7 @@ def finish(run) -> dict[str, Any]:
     if acc.is_main_process:
         plot_training_curves(run.state.history, out / CURVES_PNG)
         card = dict(run.card_base, tags=["masked-image-modeling", "simmim"], plots=[CURVES_PNG],
+                    pipeline_tag="image-feature-extraction",
                     results=_results_markdown(results))
         save_hub_folder(saved_model(run), run.processor, out, card, {CURVES_PNG: out / CURVES_PNG})
         write_json(out / "all_results.json", results)
