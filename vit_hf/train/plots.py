@@ -14,13 +14,15 @@ import numpy as np  # noqa: E402
 
 
 def plot_training_curves(history: Sequence[dict], path: str | Path) -> Path:
-    """Train loss and learning rate against the optimizer step, with the evaluation accuracy on a second axis.
+    """Train loss and learning rate against the optimizer step, with the evaluation loss and (for a classifier)
+    accuracy on a second axis.
 
     Args:
-        history: log entries; train entries have `loss` and `lr`, eval entries `eval_accuracy` (all have `step`).
+        history: log entries; train entries have `loss` and `lr`, eval entries `eval_loss` and, for a classifier,
+            `eval_accuracy` (all have `step`).
     """
     train = [h for h in history if "loss" in h]
-    evals = [h for h in history if "eval_accuracy" in h]
+    evals = [h for h in history if "eval_loss" in h]  # a SimMIM run evaluates its loss only
     # constrained layout makes room for the legend below the axes, where no curve can hide it
     fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.9), layout="constrained")
     if train:
@@ -28,6 +30,7 @@ def plot_training_curves(history: Sequence[dict], path: str | Path) -> Path:
     if evals:
         ax_loss.plot([h["step"] for h in evals], [h["eval_loss"] for h in evals], "o--", label="eval loss",
                      color="tab:orange")
+    if evals and all("eval_accuracy" in h for h in evals):
         ax_acc = ax_loss.twinx()
         ax_acc.plot([h["step"] for h in evals], [h["eval_accuracy"] for h in evals], "s-", color="tab:green",
                     label="eval top-1")
@@ -40,7 +43,7 @@ def plot_training_curves(history: Sequence[dict], path: str | Path) -> Path:
                        frameon=False)
     ax_loss.set_xlabel("optimizer step")
     ax_loss.set_ylabel("loss")
-    ax_loss.set_title("loss and accuracy")
+    ax_loss.set_title("loss and accuracy" if len(fig.axes) > 2 else "loss")
     if train:
         ax_lr.plot([h["step"] for h in train], [h["lr"] for h in train], color="tab:purple")
     ax_lr.set_xlabel("optimizer step")
