@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--size", default="B/16")
     ap.add_argument("--out", default="convert")
+    ap.add_argument("--candidates", default=",".join(CANDS), help="comma-separated subset of: " + ", ".join(CANDS))
     args = ap.parse_args(argv)
     if args.child:
         print("RESULT " + json.dumps(child(*args.child)))
@@ -167,7 +168,10 @@ def main(argv: list[str] | None = None) -> None:
 
     env = environment()
     have = {"timm": Path("convert/timm.py").exists(), "google": Path("convert/google.py").exists()}
-    cands = [c for c in CANDS if (have["timm"] or not c.startswith("timm_") or c == "timm_npz")]
+    wanted = args.candidates.split(",")
+    if unknown := sorted(set(wanted) - set(CANDS)):
+        ap.error(f"unknown candidate(s) {', '.join(unknown)}: choose from {', '.join(CANDS)}")
+    cands = [c for c in CANDS if c in wanted and (have["timm"] or not c.startswith("timm_") or c == "timm_npz")]
     cands = [c for c in cands if have["google"] or not c.startswith("npz_")]
     with tempfile.TemporaryDirectory() as tmp:
         sd = timm_model(args.size).state_dict()
