@@ -56,6 +56,8 @@ SEQUENCE: list[tuple[str, int, str, list[str]]] = [
     ("train_step_B16", 600, "train_step", ["--sizes", "B/16", "--candidates", "vit_hf,timm"]),
     ("load", 150, "load", ["--rounds", "3"]),
     ("convert", 200, "convert", ["--rounds", "1"]),
+    ("convert_transformers", 400, "convert", ["--rounds", "5", "--candidates", "tf_api,tf_cli,hf_load,hf_load_used,"
+                                              "hf_resave", "--out", "convert_transformers"]),
     ("train_loop", 300, "train_loop", ["--sizes", "S/16", "--steps", "4", "--rounds", "2"]),
     ("train_loop_b16", 600, "train_loop", ["--sizes", "B/16", "--steps", "4", "--rounds", "2",
                                            "--out", "train_loop_b16"]),

@@ -37,6 +37,9 @@ SECTIONS = (
      ["candidate", "load_s", "load_s_best", "spread", "vs_best_peer", "peak_rss_mib", "load_delta_mib", "attn"]),
     ("convert", "Conversion, ViT-B/16 (fresh process each)",
      ["candidate", "seconds", "seconds_best", "spread", "peak_rss_mib", "delta_mib"]),
+    ("convert_transformers", "Conversion of a transformers ViT-B/16 snapshot vs from_pretrained (fresh process "
+     "each; copies = peak RSS growth / the weights' size)",
+     ["candidate", "seconds", "seconds_best", "spread", "peak_rss_mib", "delta_mib", "copies"]),
 )  # fmt: skip
 
 
