@@ -72,8 +72,6 @@ def refusal(args, accelerator) -> str | None:
         return f"FSDP (--use_fsdp) needs torch.distributed.fsdp.fully_shard (torch >= 2.6); this is torch " \
                f"{torch.__version__}: upgrade torch, or train with DDP (--multi_gpu)"
     checks = [
-        (accelerator.num_processes < 2, f"FSDP (--use_fsdp) shards over processes and this run has "
-         f"{accelerator.num_processes}: launch with --num_processes 2 or more, or drop --use_fsdp"),
         (accelerator.mixed_precision == "fp16", "FSDP with --mixed_precision fp16 is not supported (it needs a "
          "sharded gradient scaler): use --mixed_precision bf16 or no"),
         (args.model_ema_decay is not None, "--model_ema_decay is not supported with FSDP (the average would be a "
@@ -82,6 +80,8 @@ def refusal(args, accelerator) -> str | None:
          "DDP holds it comfortably): drop --use_fsdp and launch with --multi_gpu"),
         (_env_flag("FSDP_OFFLOAD_PARAMS", False), "--fsdp_offload_params is not supported by vit_hf.train's FSDP: "
          "drop it"),
+        (accelerator.num_processes < 2, f"FSDP (--use_fsdp) shards over processes and this run has "
+         f"{accelerator.num_processes}: launch with --num_processes 2 or more, or drop --use_fsdp"),
     ]
     return next((why for impossible, why in checks if impossible), None)
 
