@@ -34,6 +34,7 @@ SUITES: dict[str, tuple[str, list[str], str]] = {
     "train_step": ("bench.train_step", [], "training-step images/s, in-process interleaved (CUDA: + peak memory)"),
     "train_memory": ("bench.train_memory", [], "training-step peak memory, fresh process per candidate"),
     "train_loop": ("bench.train_loop", [], "vit_hf.train vs a plain timm fine-tuning loop"),
+    "train_fsdp": ("bench.train_fsdp", [], "DDP vs FSDP2 step time and peak memory per process, 2 processes"),
     "preprocess": ("bench.preprocess", [], "PIL images -> batch tensor, vs transformers' and timm's processors"),
     "load": ("bench.load", [], "from_pretrained time and peak memory"),
     "convert": ("bench.convert", [], "timm / npz -> vit_hf conversion time and peak memory"),
