@@ -9,8 +9,9 @@ prepares the optimizer, loaders and schedule; the model is never handed to it, s
 this module shards, clips, checkpoints and consolidates. One code path on every device, the one the tests run.
 
 Checkpoint layout (inside the same `.tmp-*` -> `step_N` atomic rename as every checkpoint): `fsdp/` is the DCP
-folder of the sharded model and optimizer state (one file per rank + metadata, loadable with any number of ranks);
-`rank_R.pt` holds rank R's schedule, RNG states and accelerate's micro-step counter. The consolidated, hub-ready model
+folder of the sharded model and optimizer state (one file per rank + metadata); `rank_R.pt` holds rank R's
+schedule, RNG states and accelerate's micro-step counter. A run resumes with the number of processes that wrote it
+(DCP could reshard, but the data order and the per-rank RNG streams depend on it). The consolidated, hub-ready model
 (`hf_model/`, and the final output folder) is gathered to rank 0 with `get_model_state_dict(full_state_dict=True,
 cpu_offload=True)`.
 """
