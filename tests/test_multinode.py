@@ -7,8 +7,13 @@ from __future__ import annotations
 import json
 import subprocess
 
-from test_fsdp import COMMON, ddp_reference, fsdp_digits  # noqa: F401 (session fixtures shared with test_fsdp)
+import pytest
 from test_train import ACCELERATE, REPO, _free_port, assert_same_weights, child_env, data_args
+
+pytest.register_assert_rewrite("scale_out")  # a helper and a plugin (pytest_plugins): rewrite it on first import
+from scale_out import COMMON  # noqa: E402
+
+pytest_plugins = ("scale_out",)  # the digits and the 2-process DDP run, shared with test_fsdp
 
 
 def machine(rank: int, port: int, argv: list[str]) -> subprocess.Popen:
@@ -20,7 +25,7 @@ def machine(rank: int, port: int, argv: list[str]) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
-def test_two_machines_over_loopback_equal_single_node_ddp(ddp_reference, fsdp_digits, tmp_path):  # noqa: F811
+def test_two_machines_over_loopback_equal_single_node_ddp(ddp_reference, fsdp_digits, tmp_path):
     out = tmp_path / "shared"
     port = _free_port()
     launchers = [machine(rank, port, [*COMMON, *data_args(fsdp_digits), "--output_dir", str(out)]) for rank in (0, 1)]
