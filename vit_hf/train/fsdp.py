@@ -70,8 +70,8 @@ def refusal(args, accelerator) -> str | None:
     try:
         from torch.distributed.fsdp import fully_shard  # noqa: F401
     except ImportError:
-        return f"FSDP (--use_fsdp) needs torch.distributed.fsdp.fully_shard (torch >= 2.6); this is torch " \
-               f"{torch.__version__}: upgrade torch, or train with DDP (--multi_gpu)"
+        return (f"FSDP (--use_fsdp) needs torch.distributed.fsdp.fully_shard (torch >= 2.6); this is torch "
+                f"{torch.__version__}: upgrade torch, or train with DDP (--multi_gpu)")
     checks = [
         (accelerator.mixed_precision == "fp16", "FSDP with --mixed_precision fp16 is not supported (it needs a "
          "sharded gradient scaler): use --mixed_precision bf16 or no"),
