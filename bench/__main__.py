@@ -35,6 +35,7 @@ SUITES: dict[str, tuple[str, list[str], str]] = {
     "train_memory": ("bench.train_memory", [], "training-step peak memory, fresh process per candidate"),
     "train_loop": ("bench.train_loop", [], "vit_hf.train vs a plain timm fine-tuning loop"),
     "lora": ("bench.lora", [], "LoRA (peft) vs full fine-tuning: step time and peak memory"),
+    "train_fsdp": ("bench.train_fsdp", [], "DDP vs FSDP2 step time and peak memory per process, 2 processes"),
     "preprocess": ("bench.preprocess", [], "PIL images -> batch tensor, vs transformers' and timm's processors"),
     "load": ("bench.load", [], "from_pretrained time and peak memory"),
     "convert": ("bench.convert", [], "timm / npz -> vit_hf conversion time and peak memory"),

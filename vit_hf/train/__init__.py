@@ -4,6 +4,7 @@
         --output_dir out --num_train_epochs 3 --checkpointing_steps 100 --with_tracking --report_to tensorboard
     accelerate launch --mixed_precision bf16 -m vit_hf.train --model_name_or_path out --dataset_name owner/set ...
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m vit_hf.train ...   # DDP over gloo
+    ACCELERATE_USE_CPU=1 accelerate launch --use_fsdp --fsdp_version 2 --num_processes 2 -m vit_hf.train ...  # FSDP2
 
 Flag names are those of transformers' `examples/pytorch/image-classification/run_image_classification_no_trainer.py`;
 the loop has the shape of accelerate's `examples/cv_example.py` (`training_function(args)` + `main()`). Beyond the
@@ -17,7 +18,8 @@ through peft (`--lora_r`, `lora`: the merged model saved, the adapter beside it)
 
 Layout: `args` (flags, defaults, the recipe), `model` (what is trained, parameter groups), `data` (datasets,
 transforms, sampler, the demo's offline data), `loop` (set-up, one epoch, evaluation, checkpoint, finish),
-`checkpoints`, `metrics`, `plots`, `ema`, `lora`, `mim` (`--task mim`: SimMIM pretraining).
+`checkpoints`, `metrics`, `plots`, `ema`, `lora`, `mim` (`--task mim`: SimMIM pretraining), `fsdp` (FSDP2
+sharding, DCP checkpoints, consolidation).
 
 Exact resume: all randomness is a function of the seed and the position in training. The data order is a
 permutation of `(seed, epoch)`, each example's augmentation is seeded by `(seed, epoch, index)`, and the global torch

@@ -24,7 +24,6 @@ TRAINER_STATE = "trainer_state.json"
 HF_MODEL_SUBDIR = "hf_model"  # a standalone, hub-ready copy of the model inside every checkpoint
 
 
-
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -71,16 +70,19 @@ def maybe_kill(env: str, step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def save_checkpoint(accelerator, output_dir: Path, name: str, state: dict, model, processor, card_kwargs) -> Path:
+def save_checkpoint(accelerator, output_dir: Path, name: str, state: dict, model, processor, card_kwargs,
+                    save_state=None) -> Path:
     """`accelerator.save_state` + a standalone hub-ready model (`hf_model/`) + `trainer_state.json`, written into a
     hidden temporary folder and renamed into place once complete (a kill at any point leaves the previous checkpoint
-    intact and no half-written `step_N`). Called on every process."""
+    intact and no half-written `step_N`). Called on every process. `save_state(folder)`, when given, replaces
+    `accelerator.save_state` (FSDP: vit_hf.train.fsdp.save_state); `model` is then the plain model on the main process
+    (the others' is not used)."""
 
     final, tmp = output_dir / name, output_dir / f".tmp-{name}"
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    (save_state or accelerator.save_state)(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_hub_folder(accelerator.unwrap_model(model), processor, tmp / HF_MODEL_SUBDIR, card_kwargs=card_kwargs)

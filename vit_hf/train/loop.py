@@ -5,6 +5,7 @@ a checkpoint records) in its `TrainState`."""
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..hub import save_hub_folder
-from . import mim
+from . import fsdp, mim
 from .args import parse_args, resolve_recipe
 from .checkpoints import (
     HF_MODEL_SUBDIR,
@@ -90,6 +91,7 @@ class Run:
     pending: Any = None  # [non-finite losses, summed loss] of the optimizer step being accumulated
     nan_at_step: int | None = None  # test hook: make this optimizer step's loss non-finite
     ema: Any = None  # vit_hf.train.ema.ModelEma with --model_ema_decay
+    fsdp: Any = None  # vit_hf.train.fsdp.Sharding when FSDP was asked for (the model is then sharded by us)
 
 
 def training_function(args: argparse.Namespace) -> dict[str, Any]:
@@ -116,14 +118,15 @@ def make_accelerator(args: argparse.Namespace, output_dir: Path):
     import transformers
     from accelerate import Accelerator, DataLoaderConfiguration
 
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=args.report_to if args.with_tracking else None,
-        project_dir=str(output_dir),
-        # our own sampler is already rank-agnostic and epoch-seeded; keep accelerate from swapping it
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=False),
-    )
+    with fsdp.accelerate_fsdp_off():  # FSDP, when asked for, is done by vit_hf.train.fsdp on every device
+        accelerator = Accelerator(
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            mixed_precision=args.mixed_precision,
+            log_with=args.report_to if args.with_tracking else None,
+            project_dir=str(output_dir),
+            # our own sampler is already rank-agnostic and epoch-seeded; keep accelerate from swapping it
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=False),
+        )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         level=logging.INFO)
     quiet = not accelerator.is_main_process
@@ -168,6 +171,8 @@ def set_up(args: argparse.Namespace) -> Run:
 
     output_dir = Path(args.output_dir).resolve()
     accelerator = make_accelerator(args, output_dir)
+    if fsdp.requested():
+        fsdp.configure(args, accelerator)  # before anything is written: a run that cannot shard stops here
     seed = 0 if args.seed is None else args.seed
     set_seed(seed)
     if accelerator.is_main_process:
@@ -193,6 +198,9 @@ def set_up(args: argparse.Namespace) -> Run:
         enable_activation_checkpointing(model)
     loaders = mim.make_loaders if args.task == "mim" else make_loaders
     train_dl, eval_dl, sampler, train_transform = loaders(args, data, processor, seed)
+    sharding = fsdp.shard(model, accelerator) if fsdp.requested() else None  # before the optimizer sees the params
+    if sharding is not None:
+        logger.info(sharding.log_line(accelerator.process_index))
 
     n = accelerator.num_processes
     steps_per_epoch = math.ceil(math.ceil(len(data.train) / n / args.per_device_train_batch_size)
@@ -205,11 +213,15 @@ def set_up(args: argparse.Namespace) -> Run:
     # Step counts are per process; accelerate steps a prepared scheduler once per process, hence the factor.
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer=optimizer, num_warmup_steps=args.num_warmup_steps * n,
                               num_training_steps=max_train_steps * n)
-    model, optimizer, train_dl, eval_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, eval_dl, scheduler)
+    if sharding is None:
+        model, optimizer, train_dl, eval_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, eval_dl,
+                                                                             scheduler)
+    else:  # the sharded model is never handed to accelerate, which would wrap it in DDP as well
+        optimizer, train_dl, eval_dl, scheduler = accelerator.prepare(optimizer, train_dl, eval_dl, scheduler)
     steps_per_epoch = math.ceil(len(train_dl) / args.gradient_accumulation_steps)  # exact, after sharding
     run = Run(args, accelerator, output_dir, data, model, processor, optimizer, scheduler, train_dl, eval_dl, sampler,
               train_transform, seed, max_train_steps, math.ceil(max_train_steps / steps_per_epoch),
-              _card_base(args, base_model))
+              _card_base(args, base_model), fsdp=sharding)
     if args.model_ema_decay is not None:
         attach_ema(run)  # before `resume`: load_state restores the average and its step with the rest of the state
     if args.with_tracking:
@@ -257,7 +269,11 @@ def resume(run: Run) -> None:
     checkpoint = resolve_checkpoint(run.args.resume_from_checkpoint, run.output_dir)
     if checkpoint is None:
         return
-    run.accelerator.load_state(str(checkpoint))
+    if run.fsdp is not None:
+        fsdp.load_state(run, checkpoint)
+    else:
+        fsdp.check_unsharded(checkpoint)
+        run.accelerator.load_state(str(checkpoint))
     saved = json.loads((checkpoint / TRAINER_STATE).read_text())
     batches = len(run.train_dl)
     if saved.get("batches_per_epoch") not in (None, batches):
@@ -381,7 +397,10 @@ def _finish_gradients(run: Run) -> dict:
             f"1.0, bf16 instead of fp16, or more warmup."
         )
     max_norm = run.args.max_grad_norm if run.args.max_grad_norm and run.args.max_grad_norm > 0 else float("inf")
-    grad_norm = acc.clip_grad_norm_(run.model.parameters(), max_norm)
+    if run.fsdp is not None:
+        grad_norm = fsdp.clip_grad_norm_(run.model, max_norm)
+    else:
+        grad_norm = acc.clip_grad_norm_(run.model.parameters(), max_norm)
     run.pending.zero_()
     return {"loss": float(totals[1]) / acc.num_processes, "grad_norm": grad_norm}
 
@@ -421,7 +440,10 @@ def trained_model(run: Run):
 
 
 def saved_model(run: Run):
-    """The plain model a run saves (output folder, checkpoints' hf_model/): with LoRA, the adapters merged."""
+    """The plain model a run saves (output folder, checkpoints' hf_model/): with LoRA, the adapters merged; with
+    FSDP, the full weights gathered on the main process (a collective: every rank calls it; None off the main)."""
+    if run.fsdp is not None:
+        return fsdp.full_model(run.fsdp, run.model)
     model = trained_model(run)
     return merged_copy(model) if is_lora(model) else model
 
@@ -455,8 +477,9 @@ def evaluate_epoch(run: Run, epoch: int) -> None:
 
 
 def checkpoint(run: Run, name: str, record: dict, message: str) -> None:
+    save_state = functools.partial(fsdp.save_state, run) if run.fsdp is not None else None
     run.state.last_checkpoint = save_checkpoint(run.accelerator, run.output_dir, name, record, saved_model(run),
-                                                run.processor, run.card_base)
+                                                run.processor, run.card_base, save_state=save_state)
     if run.args.push_to_hub and run.accelerator.is_main_process:
         _push(run.state.last_checkpoint / HF_MODEL_SUBDIR, run.args, message)
 
@@ -503,6 +526,7 @@ def collect_results(run: Run) -> dict[str, Any]:
         "epochs": run.num_epochs,
         "num_processes": acc.num_processes,
         "mixed_precision": acc.mixed_precision,
+        **(run.fsdp.results() if run.fsdp is not None else {}),
         "labels": labels,
         "data_source": run.data.source,
     }
@@ -523,6 +547,7 @@ def finish(run: Run) -> dict[str, Any]:
         logger.warning("skipped %d unreadable image(s): %d in train, %d in validation", results["skipped_images"],
                        results["train_skipped_images"], results["eval_skipped_images"])
     acc.wait_for_everyone()
+    hub_model = saved_model(run) if run.fsdp is not None or acc.is_main_process else None  # FSDP: a collective
     if acc.is_main_process:
         plot_training_curves(run.state.history, out / CURVES_PNG)
         plot_confusion_matrix(metrics["confusion_matrix"], labels, out / CONFUSION_PNG,
@@ -531,7 +556,7 @@ def finish(run: Run) -> dict[str, Any]:
                     results=results_markdown(metrics, labels, {"optimizer steps": run.state.completed_steps,
                                                                "mixed precision": acc.mixed_precision}))
         # merges the hub files into output_dir; checkpoints, logs and tracker files stay where they are
-        save_hub_folder(saved_model(run), run.processor, out, card,
+        save_hub_folder(hub_model, run.processor, out, card,
                         {CURVES_PNG: out / CURVES_PNG, CONFUSION_PNG: out / CONFUSION_PNG})
         if is_lora(trained_model(run)):
             save_adapter(trained_model(run), out / ADAPTER_SUBDIR)
@@ -554,3 +579,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         logger.error("%s", err)
         print(f"vit_hf.train: {err}", file=sys.stderr)
         raise SystemExit(3) from None
+    except fsdp.FsdpError as err:
+        if os.environ.get("RANK", "0") == "0":  # one line, not one per process
+            print(f"vit_hf.train: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

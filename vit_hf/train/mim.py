@@ -437,12 +437,13 @@ def finish(run) -> dict[str, Any]:
         evaluate_saved(run)
     results = collect_results(run)
     acc.wait_for_everyone()
+    hub_model = saved_model(run) if run.fsdp is not None or acc.is_main_process else None  # FSDP: a collective
     if acc.is_main_process:
         plot_training_curves(run.state.history, out / CURVES_PNG)
         card = dict(run.card_base, tags=["masked-image-modeling", "simmim"], plots=[CURVES_PNG],
                     pipeline_tag="image-feature-extraction",
                     results=_results_markdown(results))
-        save_hub_folder(saved_model(run), run.processor, out, card, {CURVES_PNG: out / CURVES_PNG})
+        save_hub_folder(hub_model, run.processor, out, card, {CURVES_PNG: out / CURVES_PNG})
         write_json(out / "all_results.json", results)
         write_json(out / "log_history.json", run.state.history)
         logger.info("eval_loss %s -> %s", results.get("eval_loss", "(no validation)"), out / "all_results.json")
