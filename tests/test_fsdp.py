@@ -130,3 +130,18 @@ def test_fsdp_refusals_are_one_line_and_write_nothing(fsdp_run, fsdp_digits, tmp
         train_mod.main([*COMMON, *data_args(fsdp_digits), "--output_dir", str(tmp_path / "ddp"),
                         "--resume_from_checkpoint", str(fsdp_run / "step_4")])
     assert exit_info.value.code == 2 and "written by an FSDP run" in capsys.readouterr().err
+
+
+def test_fsdp_mim_pretrains_and_saves_the_consolidated_model(fsdp_digits, tmp_path):
+    """`--task mim` under FSDP: sharded like a classifier, and the full model (gathered by every rank) is saved."""
+    from transformers import AutoModelForMaskedImageModeling
+
+    out = tmp_path / "mim"
+    mim = ["--task", "mim", "--mask_patch_size", "8"]
+    launch(FSDP, [*mim, *COMMON, *data_args(fsdp_digits), "--output_dir", str(out)])
+    results = json.loads((out / "all_results.json").read_text())
+    local = results["fsdp"]["local_parameter_elements"]
+    assert len(local) == 2 and max(local) < results["fsdp"]["total_parameter_elements"]
+    assert "eval_loss" in results
+    model = AutoModelForMaskedImageModeling.from_pretrained(out, trust_remote_code=True)
+    assert sum(p.numel() for p in model.parameters()) == results["fsdp"]["total_parameter_elements"]

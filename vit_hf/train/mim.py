@@ -413,6 +413,7 @@ def collect_results(run) -> dict[str, Any]:
         "num_processes": acc.num_processes,
         "mixed_precision": acc.mixed_precision,
         "data_source": run.data.source,
+        **(run.fsdp.results() if run.fsdp is not None else {}),  # a collective, as is everything here
     }
 
 
