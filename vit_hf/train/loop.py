@@ -33,6 +33,7 @@ from .checkpoints import (
 from .lora import ADAPTER_SUBDIR, apply_lora, is_lora, merged_copy, parameter_counts, save_adapter
 from .metrics import evaluate, masked_cross_entropy, mix_batch, results_markdown
 from .model import build_model_and_processor, parameter_groups
+from .streaming import STREAM_RECORD_KEY, load_streaming_data, make_stream_loaders, stream_record
 
 logger = logging.getLogger("vit_hf.train")
 CURVES_PNG, CONFUSION_PNG = "training_curves.png", "confusion_matrix.png"
@@ -163,7 +164,7 @@ def set_up(args: argparse.Namespace) -> Run:
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
-    from .data import load_image_classification_data
+    from .data import default_num_workers, load_image_classification_data
 
     output_dir = Path(args.output_dir).resolve()
     accelerator = make_accelerator(args, output_dir)
@@ -172,8 +173,9 @@ def set_up(args: argparse.Namespace) -> Run:
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
+    args.dataloader_num_workers = default_num_workers(args.dataloader_num_workers, accelerator)
     with accelerator.main_process_first():  # the main process fills the datasets cache, the others read it
-        data = load_image_classification_data(
+        data = load_streaming_data(args, seed) if args.streaming else load_image_classification_data(
             args.dataset_name, args.dataset_config_name, args.train_dir, args.validation_dir,
             args.image_column_name, args.label_column_name, args.train_val_split, args.max_train_samples,
             args.max_eval_samples, seed, args.cache_dir, args.hub_token,
@@ -186,12 +188,14 @@ def set_up(args: argparse.Namespace) -> Run:
         logger.info(note)
     if args.gradient_checkpointing:
         enable_activation_checkpointing(model)
-    train_dl, eval_dl, sampler, train_transform = make_loaders(args, data, processor, seed)
-
     n = accelerator.num_processes
-    steps_per_epoch = math.ceil(math.ceil(len(data.train) / n / args.per_device_train_batch_size)
-                                / args.gradient_accumulation_steps)
-    max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    max_train_steps = args.max_train_steps or args.num_train_epochs * math.ceil(  # (a stream has no len: steps given)
+        math.ceil(len(data.train) / n / args.per_device_train_batch_size) / args.gradient_accumulation_steps)
+    if args.streaming:  # one pass of max_train_steps over each rank's endless stream; not prepared by accelerate
+        train_dl, eval_dl, sampler, train_transform = make_stream_loaders(args, data, processor, seed, accelerator,
+                                                                          max_train_steps)
+    else:
+        train_dl, eval_dl, sampler, train_transform = make_loaders(args, data, processor, seed)
     logger.info(resolve_recipe(args, max_train_steps))
     optimizer = torch.optim.AdamW(parameter_groups(model, args.learning_rate, args.weight_decay, args.layer_decay),
                                   lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
@@ -262,16 +266,23 @@ def resume(run: Run) -> None:
                                                               saved["batches_in_epoch"])
     state.history, state.train_skipped = saved.get("log_history", []), set(saved.get("train_skipped_indices", []))
     state.last_checkpoint = checkpoint
+    if STREAM_RECORD_KEY in saved:
+        run.train_dl.load_state(saved[STREAM_RECORD_KEY], run.accelerator.process_index,
+                                run.accelerator.num_processes, checkpoint)
     if state.skip_batches >= batches:
         state.epoch, state.skip_batches = state.epoch + 1, 0
     logger.info("resumed from %s: step %d, epoch %d, batch %d", checkpoint, state.completed_steps, state.epoch,
                 state.skip_batches)
 
 
+def _num_examples(split) -> int | str:
+    return "streamed" if not hasattr(split, "__len__") else len(split)
+
+
 def _log_plan(run: Run) -> None:
     args, acc, labels = run.args, run.accelerator, run.data.labels
     logger.info("***** training *****")
-    logger.info("  examples: train %d, validation %d, classes %d (%s)", len(run.data.train),
+    logger.info("  examples: train %s, validation %d, classes %d (%s)", _num_examples(run.data.train),
                 len(run.data.validation), len(labels), ", ".join(labels[:10]) + (" ..." if len(labels) > 10 else ""))
     logger.info("  images per optimizer step: %d (per device %d x processes %d x accumulation %d)",
                 args.per_device_train_batch_size * acc.num_processes * args.gradient_accumulation_steps,
@@ -299,7 +310,11 @@ def train_epoch(run: Run, epoch: int) -> None:
     run.sampler.set_epoch(epoch)
     run.train_transform.epoch = epoch
     first, state.skip_batches = state.skip_batches, 0
-    batches = run.accelerator.skip_first_batches(run.train_dl, first) if first else run.train_dl
+    batches = run.train_dl
+    if first and args.streaming:  # a stream loader resumes from the position its checkpoint recorded
+        batches = run.train_dl.skip_first_batches(first)
+    elif first:
+        batches = run.accelerator.skip_first_batches(run.train_dl, first)
     every = int(args.checkpointing_steps) if args.checkpointing_steps not in (None, "epoch") else None
     kill_after = os.environ.get(KILL_AFTER_STEP_ENV)
     run.pending = torch.zeros(2, device=run.accelerator.device)
@@ -438,6 +453,8 @@ def evaluate_epoch(run: Run, epoch: int) -> None:
 
 
 def checkpoint(run: Run, name: str, record: dict, message: str) -> None:
+    if run.args.streaming:
+        record = dict(record, **stream_record(run.train_dl))
     run.state.last_checkpoint = save_checkpoint(run.accelerator, run.output_dir, name, record, saved_model(run),
                                                 run.processor, run.card_base)
     if run.args.push_to_hub and run.accelerator.is_main_process:
@@ -478,7 +495,7 @@ def collect_results(run: Run) -> dict[str, Any]:
         "eval_skipped_images": metrics["skipped_images"],
         "train_skipped_images": len(all_skipped),
         "skipped_images": len(all_skipped) + metrics["skipped_images"],
-        "train_samples": len(run.data.train),
+        "train_samples": _num_examples(run.data.train),
         "train_images_per_second": state.train_images / max(state.train_seconds, 1e-9),
         "train_runtime": state.train_seconds,
         "completed_steps": state.completed_steps,
