@@ -35,6 +35,7 @@ SUITES: dict[str, tuple[str, list[str], str]] = {
     "train_memory": ("bench.train_memory", [], "training-step peak memory, fresh process per candidate"),
     "train_loop": ("bench.train_loop", [], "vit_hf.train vs a plain timm fine-tuning loop"),
     "preprocess": ("bench.preprocess", [], "PIL images -> batch tensor, vs transformers' and timm's processors"),
+    "input_pipeline": ("bench.input_pipeline", [], "JPEG decode + train transform images/s per worker vs timm; stream"),
     "load": ("bench.load", [], "from_pretrained time and peak memory"),
     "convert": ("bench.convert", [], "timm / npz -> vit_hf conversion time and peak memory"),
     "device_check": ("bench.device_check", [], "the whole comparison on one device, one markdown table"),
