@@ -138,3 +138,29 @@ def test_streaming_needs_max_train_steps(shards, tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "--streaming needs --max_train_steps" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_image_folder_streams_one_shard_per_file(tmp_path):
+    """--train_dir --streaming: labels as the map-style loader infers them (from both folders), one shard per file so
+    that every local epoch reshuffles the files, the validation folder alone prepared; no validation is refused."""
+    from test_data import make_digits_folder
+
+    from vit_hf.train.data import DataError, load_image_classification_data
+    from vit_hf.train.streaming import load_streaming_data
+
+    root = make_digits_folder(tmp_path / "digits", {"train": 12, "validation": 6}, classes=(0, 1, 2))
+    folders = ["--train_dir", str(root / "train"), "--validation_dir", str(root / "validation")]
+    args = train_mod.parse_args([*SMALL, *folders, "--streaming", "--max_train_steps", "1", "--output_dir",
+                                 str(tmp_path / "o"), "--cache_dir", str(tmp_path / "cache")])
+    data = load_streaming_data(args, seed=0)
+    mapped = load_image_classification_data(train_dir=str(root / "train"), validation_dir=str(root / "validation"),
+                                            cache_dir=str(tmp_path / "map_cache"))
+    assert data.labels == mapped.labels == ["one", "two", "zero"] and len(data.validation) == 6
+    assert data.train.num_shards == 12
+    examples = list(data.train)
+    assert len(examples) == 12
+    assert all(data.labels[ex["label"]] == Path(ex["image"]["path"]).parent.name for ex in examples)
+    assert [p.name for p in (tmp_path / "cache").rglob("*.arrow")] == ["imagefolder-validation.arrow"]
+    args.validation_dir = None
+    with pytest.raises(DataError, match="needs a validation split"):
+        load_streaming_data(args, seed=0)

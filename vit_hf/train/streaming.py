@@ -102,6 +102,8 @@ def _streams(args, source: str):
     if "train" not in files:
         raise DataError(f"{source}: no 'train' split (splits: {list(files)})")
     train = builder.as_streaming_dataset(split="train")
+    if args.dataset_name is None:
+        train = _folder_stream(builder, train)
     split = next((n for n in VALIDATION_SPLIT_NAMES if n in files), None)
     if split is None:
         return train, None
@@ -109,6 +111,27 @@ def _streams(args, source: str):
     validation = datasets.load_dataset(builder.name, data_files={"validation": list(files[split])},
                                        features=train.features, cache_dir=args.cache_dir, token=args.hub_token)
     return train, validation["validation"]
+
+
+def _folder_stream(builder, stream):
+    """An image folder streamed one shard per file, so that shard-order shuffling shuffles the files (datasets streams
+    an image folder as one shard, in class order, which no shuffle window could mix); labels as imagefolder infers
+    them (class subfolders, names from both splits). A folder with a metadata file keeps datasets' own stream."""
+    from datasets import ClassLabel, IterableDataset
+
+    files = [str(f) for f in builder.config.data_files["train"]]
+    label = (stream.features or {}).get("label")
+    if not isinstance(label, ClassLabel) or any(Path(f).name in builder.METADATA_FILENAMES for f in files):
+        return stream
+    images = [f for f in files if Path(f).suffix.lower() in builder.EXTENSIONS]
+    return IterableDataset.from_generator(_folder_records, features=stream.features,
+                                          gen_kwargs={"files": images, "names": tuple(label.names)})
+
+
+def _folder_records(files: list[str], names: tuple[str, ...]) -> Iterator[dict]:  # a list is sharded, a tuple not
+    ids = {name: i for i, name in enumerate(names)}
+    for file in files:
+        yield {"image": {"path": file, "bytes": None}, "label": ids[Path(file).parent.name]}
 
 
 def _check_columns(features, image_column: str, label_column: str, source: str) -> list[str]:
