@@ -235,12 +235,9 @@ class _Decode(torch.utils.data.Dataset):
         record, key = item
         t = self.transform
         value = record[t.image_column]
-        pixels = t._one(value, key)
+        pixels = t._one(value, key)  # the map-style path's own decode + seeded transform + skip-and-warn
         return {"pixel_values": pixels if pixels is not None else torch.zeros(t.shape), "valid": pixels is not None,
                 "labels": record[t.label_column], "index": image_identity(value)}
-
-    def __len__(self) -> int:  # never asked for by a batch-sampler loader; defined for completeness
-        return 0
 
 
 def image_identity(value: Any) -> int:
