@@ -102,7 +102,7 @@ def _streams(args, source: str):
     if "train" not in files:
         raise DataError(f"{source}: no 'train' split (splits: {list(files)})")
     train = builder.as_streaming_dataset(split="train")
-    if args.dataset_name is None:
+    if builder.name == "imagefolder":
         train = _folder_stream(builder, train)
     split = next((n for n in VALIDATION_SPLIT_NAMES if n in files), None)
     if split is None:
@@ -116,12 +116,14 @@ def _streams(args, source: str):
 def _folder_stream(builder, stream):
     """An image folder streamed one shard per file, so that shard-order shuffling shuffles the files (datasets streams
     an image folder as one shard, in class order, which no shuffle window could mix); labels as imagefolder infers
-    them (class subfolders, names from both splits). A folder with a metadata file keeps datasets' own stream."""
+    them (class subfolders, names from both splits). Remote files, or a folder with a metadata file, keep datasets'
+    own stream."""
     from datasets import ClassLabel, IterableDataset
 
     files = [str(f) for f in builder.config.data_files["train"]]
     label = (stream.features or {}).get("label")
-    if not isinstance(label, ClassLabel) or any(Path(f).name in builder.METADATA_FILENAMES for f in files):
+    remote_or_metadata = any("://" in f or Path(f).name in builder.METADATA_FILENAMES for f in files)
+    if not isinstance(label, ClassLabel) or remote_or_metadata:
         return stream
     images = [f for f in files if Path(f).suffix.lower() in builder.EXTENSIONS]
     return IterableDataset.from_generator(_folder_records, features=stream.features,
