@@ -93,10 +93,11 @@ def vit_hf_loader(source: Path, workers: int, batch: int, cache: Path, folder: b
 def stream_loader(source: Path, workers: int, batch: int, cache: Path, n: int):
     from vit_hf.train.streaming import load_streaming_data, make_stream_loaders
 
-    args = train_args(workers, batch, dataset_name=str(source), cache_dir=str(cache))
+    steps = -(-n // batch) + 1
+    args = train_args(workers, batch, dataset_name=str(source), cache_dir=str(cache), max_train_steps=steps)
     data = load_streaming_data(args, seed=0)
-    accelerator = SimpleNamespace(process_index=0, num_processes=1, device=torch.device("cpu"))
-    return make_stream_loaders(args, data, processor(), 0, accelerator, max_train_steps=-(-n // batch) + 1)[0]
+    state = SimpleNamespace(process_index=0, num_processes=1, device=torch.device("cpu"))
+    return make_stream_loaders(args, data, processor(), 0, state)[0]
 
 
 def timm_loader(folder: Path, workers: int, batch: int):

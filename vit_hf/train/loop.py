@@ -147,6 +147,8 @@ def cpu_has_native_bf16() -> bool | None:
 def make_loaders(args: argparse.Namespace, data, processor, seed: int):
     from .data import EpochShuffleSampler, ExampleTransform, collate_fn
 
+    if args.streaming:  # each rank's own endless stream, for --max_train_steps; not prepared by accelerate
+        return make_stream_loaders(args, data, processor, seed)
     train_transform = ExampleTransform(processor, data.image_column, data.label_column, train=True, seed=seed)
     eval_transform = ExampleTransform(processor, data.image_column, data.label_column, train=False, seed=seed)
     train_ds, eval_ds = data.train.with_transform(train_transform), data.validation.with_transform(eval_transform)
@@ -188,14 +190,11 @@ def set_up(args: argparse.Namespace) -> Run:
         logger.info(note)
     if args.gradient_checkpointing:
         enable_activation_checkpointing(model)
+    train_dl, eval_dl, sampler, train_transform = make_loaders(args, data, processor, seed)
+
     n = accelerator.num_processes
     max_train_steps = args.max_train_steps or args.num_train_epochs * math.ceil(  # (a stream has no len: steps given)
         math.ceil(len(data.train) / n / args.per_device_train_batch_size) / args.gradient_accumulation_steps)
-    if args.streaming:  # one pass of max_train_steps over each rank's endless stream; not prepared by accelerate
-        train_dl, eval_dl, sampler, train_transform = make_stream_loaders(args, data, processor, seed, accelerator,
-                                                                          max_train_steps)
-    else:
-        train_dl, eval_dl, sampler, train_transform = make_loaders(args, data, processor, seed)
     logger.info(resolve_recipe(args, max_train_steps))
     optimizer = torch.optim.AdamW(parameter_groups(model, args.learning_rate, args.weight_decay, args.layer_decay),
                                   lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),

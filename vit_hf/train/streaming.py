@@ -317,10 +317,14 @@ class StreamLoader:
         self.position = StreamPosition(**mine)
 
 
-def make_stream_loaders(args, data: ImageClassificationData, processor, seed: int, accelerator, max_train_steps: int):
-    """(train StreamLoader, eval DataLoader, sampler stand-in, train transform): what `loop.make_loaders` returns."""
+def make_stream_loaders(args, data: ImageClassificationData, processor, seed: int, state=None):
+    """(train StreamLoader of `--max_train_steps` optimizer steps, eval DataLoader, sampler stand-in, train transform):
+    what `loop.make_loaders` returns. `state`: rank, world size and device (accelerate's PartialState by default)."""
+    from accelerate import PartialState
     from datasets.distributed import split_dataset_by_node
 
+    accelerator = state or PartialState()
+    max_train_steps = args.max_train_steps
     train_transform = ExampleTransform(processor, data.image_column, data.label_column, train=True, seed=seed)
     eval_transform = ExampleTransform(processor, data.image_column, data.label_column, train=False, seed=seed)
     share = split_dataset_by_node(data.train, accelerator.process_index, accelerator.num_processes)
