@@ -290,9 +290,9 @@ class StreamLoader:
         pass  # local epochs are counted by the stream itself
 
     def skip_first_batches(self, num_batches: int) -> StreamLoader:
-        if num_batches != self.done:
+        if num_batches != self.done:  # e.g. a checkpoint of a run without --streaming: it has no stream position
             raise ValueError(f"resuming at batch {num_batches}, but the checkpoint's stream position is at batch "
-                             f"{self.done}")
+                             f"{self.done}: resume a --streaming run from a checkpoint that run wrote")
         return self
 
     def __iter__(self) -> Iterator[dict]:
