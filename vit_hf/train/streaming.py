@@ -7,7 +7,8 @@ The pieces, and why each is shaped so:
   length is a number of optimizer steps (`--max_train_steps`, required), so every rank makes exactly the same number
   of micro-steps whatever the length of its share: ranks stay in step and DDP never waits at the end for a rank that
   ran dry. Shard order is reshuffled every local epoch (datasets does it for `set_epoch(e)`, e != 0; we pass a key
-  mixed from the seed and the epoch).
+  mixed from the seed and the epoch). A local image folder is streamed one shard per file (datasets streams it as a
+  single class-ordered shard), so that this reshuffles the files.
 - Shuffling is a seeded window shuffle: `--shuffle_buffer_size` consecutive records of the rank's stream are held in
   memory, permuted by `(seed, rank, epoch, window)`, and yielded. Unlike datasets' rolling buffer (whose content a
   `state_dict` does not save, so a resumed run draws other examples), a window is a pure function of where it starts:
@@ -16,8 +17,9 @@ The pieces, and why each is shaped so:
   costs at most one window of reading.
 - Only raw records (undecoded image bytes or paths, the label) are read in the training process, by the data
   loader's sampler; decoding and the train transform run in the loader's workers (`--dataloader_num_workers`). The
-  sampler runs ahead of training, so each batch's position in the stream travels with it and the checkpoint records
-  the position of the last batch actually trained.
+  sampler runs ahead of training, so the positions of the batches it has handed out wait in a queue and the
+  checkpoint records the position of the last batch actually trained (gathered from every rank into
+  `trainer_state.json`, written whole or not at all with the rest of the checkpoint).
 - Unreadable images become invalid examples exactly as in the map-style path (`data.ExampleTransform`); they are
   counted once each by identity (the image's path, else a hash of its bytes), since a stream has no row index.
 - The validation split is loaded map-style from its own data files only (never the training files), with the
