@@ -76,7 +76,7 @@ def train_args(workers: int, batch: int, **extra) -> SimpleNamespace:
                            dataloader_num_workers=workers, gradient_accumulation_steps=1, shuffle_buffer_size=256,
                            image_column_name="image", label_column_name="label", max_train_samples=None,
                            max_eval_samples=None, dataset_config_name=None, validation_dir=None, train_dir=None,
-                           hub_token=None, **extra)
+                           hub_token=None, streaming=False, **extra)
 
 
 def vit_hf_loader(source: Path, workers: int, batch: int, cache: Path, folder: bool):
