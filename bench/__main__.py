@@ -37,6 +37,7 @@ SUITES: dict[str, tuple[str, list[str], str]] = {
     "lora": ("bench.lora", [], "LoRA (peft) vs full fine-tuning: step time and peak memory"),
     "train_fsdp": ("bench.train_fsdp", [], "DDP vs FSDP2 step time and peak memory per process, 2 processes"),
     "preprocess": ("bench.preprocess", [], "PIL images -> batch tensor, vs transformers' and timm's processors"),
+    "input_pipeline": ("bench.input_pipeline", [], "JPEG decode + train transform images/s per worker vs timm; stream"),
     "load": ("bench.load", [], "from_pretrained time and peak memory"),
     "convert": ("bench.convert", [], "timm / npz -> vit_hf conversion time and peak memory"),
     "device_check": ("bench.device_check", [], "the whole comparison on one device, one markdown table"),

@@ -28,6 +28,11 @@ What is emulated, and why each piece is there:
   namespace (else 401 / 403); an unknown token is a 401 on any route; private repos are a 401 (no token) or a 404
   (wrong user) with `X-Error-Code: RepoNotFound`, as on the Hub.
 - Gated repos (`set_gated`): metadata is public, files answer 401/403 `GatedRepo` to users without access.
+- Dataset repos (`DatasetDict.push_to_hub`, `load_dataset("owner/name")`, streaming) live beside model repos under
+  the key `datasets/owner/name` (their URL prefix), with the same routes under `/api/datasets/...`,
+  `/datasets/<repo>/resolve/...` and `/datasets/<repo>.git/info/lfs/...`. datasets' client lists folders one level at a
+  time (`tree` without `recursive`, folders as `{"type": "directory"}`, a missing folder 404 `EntryNotFound`), pins
+  the commit through `revision/<sha>`, and streams parquet with `Range` GETs.
 - `requests` is the request log (method, path, status, query) that tests assert on.
 """
 
@@ -73,6 +78,15 @@ def git_blob_sha1(data: bytes) -> str:
 def lfs_pointer(sha256: str, size: int) -> bytes:
     """The git-lfs pointer file committed in place of an LFS object (its git sha1 is the tree entry's oid)."""
     return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
+
+
+def repo_key(repo_id: str, repo_type: str = "model") -> str:
+    """How the server names a repo: `owner/name` for a model, `datasets/owner/name` for a data set (its URL path)."""
+    return repo_id if repo_type in (None, "model") else f"{repo_type}s/{repo_id}"
+
+
+def _namespace(key: str) -> str:
+    return key.split("/")[-2]
 
 
 def _now() -> str:
@@ -249,7 +263,7 @@ class HubServer:
     def repo_for_read(self, repo_id: str, user: str | None) -> Repo:
         with self._lock:
             repo = self.repos.get(repo_id)
-        if repo is None or (repo.private and not self.can_write(user, repo_id.split("/")[0])):
+        if repo is None or (repo.private and not self.can_write(user, _namespace(repo_id))):
             # The Hub hides private repos: 401 without credentials, 404 with the wrong ones.
             raise HubError(401 if user is None else 404, "Repository not found", "RepoNotFound")
         return repo
@@ -262,13 +276,13 @@ class HubServer:
             repo.gated, repo.granted = True, set(granted)
 
     def check_gate(self, repo: Repo, user: str | None) -> None:
-        if repo.gated and user not in repo.granted and not self.can_write(user, repo.repo_id.split("/")[0]):
+        if repo.gated and user not in repo.granted and not self.can_write(user, _namespace(repo.repo_id)):
             raise HubError(401 if user is None else 403,
                            f"Access to model {repo.repo_id} is restricted. You must have access to it and be "
                            f"authenticated to access it. Please log in.", "GatedRepo")
 
     def repo_for_write(self, repo_id: str, user: str | None) -> Repo:
-        self.require_write(user, repo_id.split("/")[0])
+        self.require_write(user, _namespace(repo_id))
         with self._lock:
             repo = self.repos.get(repo_id)
         if repo is None:
@@ -491,10 +505,14 @@ def _make_handler(server: HubServer):
             user = server.user_for(self.headers)
             if segs[0] == "api":
                 return self._route_api(method, segs[1:], user)
+            if segs[0] == "datasets" and len(segs) >= 5 and segs[3] == "resolve" and method in ("GET", "HEAD"):
+                return self._resolve("/".join(segs[:3]), unquote(segs[4]), unquote("/".join(segs[5:])), user)
             if len(segs) >= 4 and segs[2] == "resolve" and method in ("GET", "HEAD"):
                 return self._resolve(f"{segs[0]}/{segs[1]}", unquote(segs[3]), unquote("/".join(segs[4:])), user)
             if len(segs) >= 2 and segs[0] == "lfs-upload" and method == "PUT":
                 return self._lfs_put(segs[1])
+            if segs[0] == "datasets" and len(segs) == 7:
+                segs = [f"datasets/{segs[1]}", *segs[2:]]  # the same LFS routes, under the data set's key
             if len(segs) == 6 and segs[1].endswith(".git") and segs[2:4] == ["info", "lfs"] and method == "POST":
                 repo_id = f"{segs[0]}/{segs[1][:-4]}"
                 if segs[4:] == ["objects", "batch"]:
@@ -517,7 +535,7 @@ def _make_handler(server: HubServer):
                 return self._create_repo(user)
             if segs == ["repos", "delete"] and method == "DELETE":
                 body = json.loads(self._body() or b"{}")
-                repo_id = f"{body.get('organization') or user}/{body.get('name')}"
+                repo_id = repo_key(f"{body.get('organization') or user}/{body.get('name')}", body.get("type"))
                 server.repo_for_write(repo_id, user)
                 with server._lock:
                     del server.repos[repo_id]
@@ -526,8 +544,8 @@ def _make_handler(server: HubServer):
                 body = json.loads(self._body() or b"{}")
                 errors = _front_matter_errors(body.get("content", ""))
                 return self._json({"errors": errors, "warnings": []}, 400 if errors else 200)
-            if len(segs) >= 3 and segs[0] == "models":
-                repo_id, rest = f"{segs[1]}/{segs[2]}", segs[3:]
+            if len(segs) >= 3 and segs[0] in ("models", "datasets"):
+                repo_id, rest = repo_key(f"{segs[1]}/{segs[2]}", segs[0][:-1]), segs[3:]
                 if not rest and method == "GET":
                     return self._model_info(repo_id, "main", user)
                 if len(rest) == 2 and rest[0] == "revision" and method == "GET":
@@ -547,15 +565,17 @@ def _make_handler(server: HubServer):
                                         "client, or start the server with upload_mode='regular'")
                 if rest and rest[0] == "xet-read-token":
                     raise HubError(501, "this loopback Hub has no Xet storage")
-            if segs and segs[0] in ("datasets", "spaces"):
-                raise HubError(404, f"this loopback Hub serves model repos only ({segs[0]} requested)", "RepoNotFound")
+            if segs and segs[0] == "spaces":
+                raise HubError(404, "this loopback Hub serves model and dataset repos only (spaces requested)",
+                               "RepoNotFound")
             raise HubError(404, f"Not found: {method} /api/{'/'.join(segs)}")
 
         # -- repos -------------------------------------------------------------------------------------------
         def _create_repo(self, user: str | None) -> None:
             body = json.loads(self._body() or b"{}")
-            if body.get("type", "model") not in (None, "model"):
-                raise HubError(400, "this loopback Hub serves model repos only")
+            repo_type = body.get("type") or "model"
+            if repo_type not in ("model", "dataset"):
+                raise HubError(400, f"this loopback Hub serves model and dataset repos only, not {repo_type!r}")
             name, namespace = body.get("name") or "", body.get("organization") or user
             if user is None:
                 raise HubError(401, "You must be authenticated to create a repo")
@@ -564,14 +584,16 @@ def _make_handler(server: HubServer):
             server.require_write(user, namespace)
             # huggingface_hub 2.x sends `visibility` ("public" / "private"); older clients sent `private: bool`.
             private = body.get("visibility") in ("private", "protected") or bool(body.get("private"))
-            repo = server.create_repo(f"{namespace}/{name}", private, user, self._endpoint())
-            self._json({"url": f"{self._endpoint()}/{repo.repo_id}", "name": repo.repo_id, "id": repo.repo_id})
+            repo = server.create_repo(repo_key(f"{namespace}/{name}", repo_type), private, user, self._endpoint())
+            # the URL carries the type (`/datasets/owner/name`): the client reads the repo id and type back from it
+            self._json({"url": f"{self._endpoint()}/{repo.repo_id}", "name": f"{namespace}/{name}",
+                        "id": f"{namespace}/{name}"})
 
         def _endpoint(self) -> str:
             return f"http://{self.headers.get('Host') or f'127.0.0.1:{server.port}'}"
 
-        def _model_info(self, repo_id: str, revision: str, user: str | None) -> None:
-            repo = server.repo_for_read(repo_id, user)
+        def _model_info(self, key: str, revision: str, user: str | None) -> None:
+            repo, repo_id = server.repo_for_read(key, user), "/".join(key.split("/")[-2:])
             commit = server.resolve(repo, revision)
             with_blobs = self._params.get("blobs", ["false"])[0].lower() == "true"
             siblings = []
@@ -586,7 +608,7 @@ def _make_handler(server: HubServer):
             card = _card_data(server, commit) or {}
             self._json({
                 "_id": hashlib.sha1(repo_id.encode()).hexdigest()[:24], "id": repo_id, "modelId": repo_id,
-                "author": repo_id.split("/")[0], "sha": commit.sha, "private": repo.private,
+                "author": _namespace(key), "sha": commit.sha, "private": repo.private,
                 "gated": "manual" if repo.gated else False,
                 "disabled": False, "downloads": 0, "likes": 0, "tags": card.get("tags") or [],
                 "library_name": card.get("library_name"), "pipeline_tag": card.get("pipeline_tag"),

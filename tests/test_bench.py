@@ -165,3 +165,14 @@ def test_device_precision_contexts_switch_tf32_and_restore_it():
     assert device.compute_dtype("tf32") == torch.float32 and device.compute_dtype("fp16-autocast") == torch.float16
     assert device.sdpa_backends(cpu, "bf16-autocast") == ("default",)
     assert device.precisions(cpu) == ("fp32", "bf16-autocast", "bf16-weights")
+
+
+def test_input_pipeline_quick_rows_for_every_loader_and_worker_count(tmp_path):
+    proc = run_bench([sys.executable, "-m", "bench", "input_pipeline", "--quick", "--images", "40", "--batch", "8"],
+                     tmp_path, HF_DATASETS_OFFLINE="1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "input_pipeline.json").read_text())["rows"]
+    loaders = {"vit_hf", "timm", "vit_hf_parquet", "vit_hf_stream"}
+    assert {(r["candidate"], r["workers"]) for r in rows} == {(c, w) for c in loaders for w in (0, 1)}
+    assert all(r["img_s"] > 0 and r["per_worker"] == r["img_s"] for r in rows)  # 0 and 1 worker: per worker = total
+    assert all(r["vs_timm"] == 1.0 for r in rows if r["candidate"] == "timm")

@@ -82,6 +82,8 @@ def test_masks_change_per_epoch_and_example_but_not_in_evaluation():
         (["--task", "mim", "--mask_patch_size", "32"], r"must divide the image size 16x16 .*\(e\.g\. 16\)"),
         (["--task", "mim", "--mask_patch_size", "8", "--mask_ratio", "1.0"], r"--mask_ratio must be in \(0, 1\)"),
         (["--task", "mim", "--mask_patch_size", "8", "--mixup", "0.2"], r"--mixup: classification only"),
+        (["--task", "mim", "--mask_patch_size", "8", "--streaming", "--max_train_steps", "5"],
+         r"--streaming: classification only"),
         (["--mask_ratio", "0.5"], r"--mask_patch_size/--mask_ratio need --task mim"),
     ],
 )

@@ -35,7 +35,8 @@ DEFAULTS: dict[str, Any] = dict(
     mixup_switch_prob=0.5,
     drop_path_rate=None,
     logging_steps=10,
-    dataloader_num_workers=0,
+    dataloader_num_workers=None,  # resolved at set-up: loop.default_num_workers (0 on CPU, else min(8, CPUs - 1))
+    shuffle_buffer_size=1000,  # --streaming: records per seeded shuffle window (datasets' own default buffer size)
     adam_beta1=0.9,
     adam_beta2=0.999,
     adam_epsilon=1e-8,
@@ -82,6 +83,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.dataset_name is None and args.train_dir is None:
         p.error("give --dataset_name or --train_dir")
+    if args.streaming and not args.max_train_steps:
+        p.error("--streaming needs --max_train_steps: a stream has no length, so the run cannot be counted in epochs")
+    if args.shuffle_buffer_size < 1:
+        p.error(f"--shuffle_buffer_size must be a positive integer, got {args.shuffle_buffer_size}")
     if args.checkpointing_steps is not None and args.checkpointing_steps != "epoch":
         if not args.checkpointing_steps.isdigit() or int(args.checkpointing_steps) <= 0:
             p.error(f"--checkpointing_steps must be a positive integer or 'epoch', got {args.checkpointing_steps!r}")
@@ -105,7 +110,12 @@ def _data_arguments(d) -> None:
     d.add_argument("--max_train_samples", type=int)
     d.add_argument("--max_eval_samples", type=int)
     d.add_argument("--cache_dir", help="datasets cache directory")
-    d.add_argument("--dataloader_num_workers", type=int)
+    d.add_argument("--dataloader_num_workers", type=int, help="decoding processes per training process (default: 0 "
+                   "when training on CPU, where they would take the model's cores; else min(8, CPUs per process - 1))")
+    d.add_argument("--streaming", action="store_true", help="stream the train split (datasets IterableDataset: Hub "
+                   "id, parquet folder, image folder); needs --max_train_steps")
+    d.add_argument("--shuffle_buffer_size", type=int, help="--streaming: records per seeded shuffle window "
+                   "(default 1000; a resume re-reads at most one window)")
 
 
 def _model_arguments(m) -> None:

@@ -156,7 +156,7 @@ def prepare_splits(
     source: str = "",
 ) -> ImageClassificationData:
     """Pick train/validation splits, validate them, take labels from the `ClassLabel`, subsample, add an index."""
-    from datasets import DatasetDict, Image
+    from datasets import DatasetDict
 
     if not isinstance(raw, DatasetDict):
         raw = DatasetDict(train=raw)
@@ -202,15 +202,19 @@ def prepare_splits(
         train = train.shuffle(seed=seed).select(range(max_train_samples))
     if max_eval_samples is not None and max_eval_samples < len(validation):
         validation = validation.shuffle(seed=seed).select(range(max_eval_samples))
-    splits = []
-    for split in (train, validation):
-        if isinstance(split.features[image_column], Image):
-            # decode ourselves, inside the transform, so that a broken file is skipped instead of fatal
-            split = split.cast_column(image_column, Image(decode=False))
-        keep = [image_column, label_column]
-        split = split.remove_columns([c for c in split.column_names if c not in keep])
-        splits.append(split.add_column(INDEX_COLUMN, list(range(len(split)))))
-    return ImageClassificationData(splits[0], splits[1], labels, image_column, label_column, source, notes)
+    train, validation = (finish_split(split, image_column, label_column) for split in (train, validation))
+    return ImageClassificationData(train, validation, labels, image_column, label_column, source, notes)
+
+
+def finish_split(split, image_column: str, label_column: str):
+    """Images undecoded, only the image and label columns, plus the row index (`INDEX_COLUMN`)."""
+    from datasets import Image
+
+    if isinstance(split.features[image_column], Image):
+        # decode ourselves, inside the transform, so that a broken file is skipped instead of fatal
+        split = split.cast_column(image_column, Image(decode=False))
+    split = split.remove_columns([c for c in split.column_names if c not in (image_column, label_column)])
+    return split.add_column(INDEX_COLUMN, list(range(len(split))))
 
 
 def load_image_classification_data(
@@ -331,6 +335,27 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
 
     def __len__(self) -> int:
         return self.num_examples
+
+
+MAX_DEFAULT_WORKERS = 8
+
+
+def default_num_workers(given: int | None, accelerator) -> int:
+    """`--dataloader_num_workers`, resolved and logged. Given: as is. Training on CPU: 0 (decoding in worker
+    processes would take the cores the model's own threads compute on). On an accelerator: the CPUs this process may
+    use divided among the processes of this machine, one left for the training process itself, at most 8 (measured
+    with `python -m bench input_pipeline`: one worker decodes and augments a few hundred photos a second)."""
+    if given is not None:
+        return given
+    if accelerator.device.type == "cpu":
+        workers, why = 0, "training on CPU: decoding in the training process leaves the cores to the model"
+    else:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", 0)) or accelerator.num_processes
+        workers = max(1, min(MAX_DEFAULT_WORKERS, cpus // local - 1))
+        why = f"{cpus} CPUs, {local} process(es) here, one CPU kept for training, at most {MAX_DEFAULT_WORKERS}"
+    logger.info("data loader workers per process: %d (%s; set --dataloader_num_workers to override)", workers, why)
+    return workers
 
 
 # ----------------------------------------------------------------------------------------------------------------------

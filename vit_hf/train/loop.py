@@ -35,6 +35,7 @@ from .checkpoints import (
 from .lora import ADAPTER_SUBDIR, apply_lora, is_lora, merged_copy, parameter_counts, save_adapter
 from .metrics import evaluate, masked_cross_entropy, mix_batch, results_markdown
 from .model import build_model_and_processor, parameter_groups
+from .streaming import STREAM_RECORD_KEY, load_streaming_data, make_stream_loaders, stream_record
 
 logger = logging.getLogger("vit_hf.train")
 CURVES_PNG, CONFUSION_PNG = "training_curves.png", "confusion_matrix.png"
@@ -150,6 +151,8 @@ def cpu_has_native_bf16() -> bool | None:
 def make_loaders(args: argparse.Namespace, data, processor, seed: int):
     from .data import EpochShuffleSampler, ExampleTransform, collate_fn
 
+    if args.streaming:  # each rank's own endless stream, for --max_train_steps; not prepared by accelerate
+        return make_stream_loaders(args, data, processor, seed)
     train_transform = ExampleTransform(processor, data.image_column, data.label_column, train=True, seed=seed)
     eval_transform = ExampleTransform(processor, data.image_column, data.label_column, train=False, seed=seed)
     train_ds, eval_ds = data.train.with_transform(train_transform), data.validation.with_transform(eval_transform)
@@ -167,7 +170,7 @@ def set_up(args: argparse.Namespace) -> Run:
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
-    from .data import load_image_classification_data
+    from .data import default_num_workers, load_image_classification_data
 
     output_dir = Path(args.output_dir).resolve()
     accelerator = make_accelerator(args, output_dir)
@@ -178,9 +181,12 @@ def set_up(args: argparse.Namespace) -> Run:
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
+    args.dataloader_num_workers = default_num_workers(args.dataloader_num_workers, accelerator)
     with accelerator.main_process_first():  # the main process fills the datasets cache, the others read it
         if args.task == "mim":  # SimMIM pretraining: its data, model, masks, loss and results are in `mim`
             data = mim.load_data(args, seed)
+        elif args.streaming:
+            data = load_streaming_data(args, seed)
         else:
             data = load_image_classification_data(
                 args.dataset_name, args.dataset_config_name, args.train_dir, args.validation_dir,
@@ -203,9 +209,8 @@ def set_up(args: argparse.Namespace) -> Run:
         logger.info(sharding.log_line(accelerator.process_index))
 
     n = accelerator.num_processes
-    steps_per_epoch = math.ceil(math.ceil(len(data.train) / n / args.per_device_train_batch_size)
-                                / args.gradient_accumulation_steps)
-    max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    max_train_steps = args.max_train_steps or args.num_train_epochs * math.ceil(  # (a stream has no len: steps given)
+        math.ceil(len(data.train) / n / args.per_device_train_batch_size) / args.gradient_accumulation_steps)
     logger.info(resolve_recipe(args, max_train_steps))
     optimizer = torch.optim.AdamW(parameter_groups(model, args.learning_rate, args.weight_decay, args.layer_decay),
                                   lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
@@ -284,10 +289,17 @@ def resume(run: Run) -> None:
                                                               saved["batches_in_epoch"])
     state.history, state.train_skipped = saved.get("log_history", []), set(saved.get("train_skipped_indices", []))
     state.last_checkpoint = checkpoint
+    if STREAM_RECORD_KEY in saved:
+        run.train_dl.load_state(saved[STREAM_RECORD_KEY], run.accelerator.process_index,
+                                run.accelerator.num_processes, checkpoint)
     if state.skip_batches >= batches:
         state.epoch, state.skip_batches = state.epoch + 1, 0
     logger.info("resumed from %s: step %d, epoch %d, batch %d", checkpoint, state.completed_steps, state.epoch,
                 state.skip_batches)
+
+
+def _num_examples(split) -> int | str:
+    return "streamed" if not hasattr(split, "__len__") else len(split)
 
 
 def _log_plan(run: Run) -> None:
@@ -296,7 +308,7 @@ def _log_plan(run: Run) -> None:
     if args.task == "mim":
         logger.info("  examples: %s", mim.describe(run.data))
     else:
-        logger.info("  examples: train %d, validation %d, classes %d (%s)", len(run.data.train),
+        logger.info("  examples: train %s, validation %d, classes %d (%s)", _num_examples(run.data.train),
                     len(run.data.validation), len(labels),
                     ", ".join(labels[:10]) + (" ..." if len(labels) > 10 else ""))
     logger.info("  images per optimizer step: %d (per device %d x processes %d x accumulation %d)",
@@ -325,7 +337,11 @@ def train_epoch(run: Run, epoch: int) -> None:
     run.sampler.set_epoch(epoch)
     run.train_transform.epoch = epoch
     first, state.skip_batches = state.skip_batches, 0
-    batches = run.accelerator.skip_first_batches(run.train_dl, first) if first else run.train_dl
+    batches = run.train_dl
+    if first and args.streaming:  # a stream loader resumes from the position its checkpoint recorded
+        batches = run.train_dl.skip_first_batches(first)
+    elif first:
+        batches = run.accelerator.skip_first_batches(run.train_dl, first)
     every = int(args.checkpointing_steps) if args.checkpointing_steps not in (None, "epoch") else None
     kill_after = os.environ.get(KILL_AFTER_STEP_ENV)
     run.pending = torch.zeros(2, device=run.accelerator.device)
@@ -478,6 +494,8 @@ def evaluate_epoch(run: Run, epoch: int) -> None:
 
 def checkpoint(run: Run, name: str, record: dict, message: str) -> None:
     save_state = functools.partial(fsdp.save_state, run) if run.fsdp is not None else None
+    if run.args.streaming:
+        record = dict(record, **stream_record(run.train_dl))
     run.state.last_checkpoint = save_checkpoint(run.accelerator, run.output_dir, name, record, saved_model(run),
                                                 run.processor, run.card_base, save_state=save_state)
     if run.args.push_to_hub and run.accelerator.is_main_process:
@@ -518,7 +536,7 @@ def collect_results(run: Run) -> dict[str, Any]:
         "eval_skipped_images": metrics["skipped_images"],
         "train_skipped_images": len(all_skipped),
         "skipped_images": len(all_skipped) + metrics["skipped_images"],
-        "train_samples": len(run.data.train),
+        "train_samples": _num_examples(run.data.train),
         "train_images_per_second": state.train_images / max(state.train_seconds, 1e-9),
         "train_runtime": state.train_seconds,
         "completed_steps": state.completed_steps,

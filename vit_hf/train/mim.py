@@ -39,7 +39,7 @@ TASKS = ("classification", "mim")
 SIMMIM_CROP_SCALE = (0.67, 1.0)  # SimMIM's data_simmim.py and run_mim.py; the crop ratio (3/4, 4/3) is ours already
 MASK_STREAM = 0x4D494D  # separates the mask RNG from the augmentation RNG of the same example
 # Flags whose meaning is classification's; refused with --task mim rather than silently ignored.
-CLASSIFICATION_ONLY = {"lora_r": None, "mixup": 0.0, "cutmix": 0.0, "label_smoothing": 0.0}
+CLASSIFICATION_ONLY = {"lora_r": None, "mixup": 0.0, "cutmix": 0.0, "label_smoothing": 0.0, "streaming": False}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
