@@ -150,7 +150,7 @@ def test_mim_run_loss_falls_and_output_loads_as_remote_code(pretrained, digits):
     model = AutoModelForMaskedImageModeling.from_pretrained(out, trust_remote_code=True).eval()
     assert type(model).__module__.startswith("transformers_modules.")
     assert "pipeline_tag: image-feature-extraction" in (out / "README.md").read_text()  # not a classifier's card
-    args = parse_args([*MIM, *data_args(digits), "--output_dir", str(out)])
+    args = parse_args([*MIM, *data_args(digits), "--output_dir", str(out), "--dataloader_num_workers", "0"])
     data = mim.load_data(args, seed=3)
     data.masks = mim.MaskGenerator((16, 16), 8, (4, 4), 0.6)
     processor = VitHfImageProcessor.from_pretrained(out)
