@@ -60,6 +60,9 @@ SEQUENCE: list[tuple[str, int, str, list[str]]] = [
     ("convert", 200, "convert", ["--rounds", "1"]),
     ("convert_transformers", 400, "convert", ["--rounds", "5", "--candidates", "tf_api,tf_cli,hf_load,hf_load_used,"
                                               "hf_resave", "--out", "convert_transformers"]),
+    ("lora", 900, "lora", ["--sizes", "B/16", "--batch", "8", "--rounds", "3", "--mem-rounds", "2"]),
+    ("train_fsdp", 600, "train_fsdp", ["--sizes", "S/16", "--batch", "8", "--steps", "3", "--rounds", "2"]),
+    ("input_pipeline", 600, "input_pipeline", ["--images", "512", "--workers", "0,1,2,4,8"]),
     ("train_loop", 300, "train_loop", ["--sizes", "S/16", "--steps", "4", "--rounds", "2"]),
     ("train_loop_b16", 600, "train_loop", ["--sizes", "B/16", "--steps", "4", "--rounds", "2",
                                            "--out", "train_loop_b16"]),

@@ -37,6 +37,10 @@ SECTIONS = (
      ["candidate", "load_s", "load_s_best", "spread", "vs_best_peer", "peak_rss_mib", "load_delta_mib", "attn"]),
     ("convert", "Conversion, ViT-B/16 (fresh process each)",
      ["candidate", "seconds", "seconds_best", "spread", "peak_rss_mib", "delta_mib"]),
+    ("lora", "LoRA (rank 8) vs full fine-tuning: step time (interleaved) and peak memory (fresh process each)",
+     ["case", "candidate", "trainable", "s_per_step", "speedup", "peak_mib", "train_delta_mib", "mem_ratio"]),
+    ("train_fsdp", "DDP vs FSDP2, 2 processes over gloo: step time, peak RSS and training state per process",
+     ["case", "mode", "step_s", "peak_rss_mib", "state_mib", "step_ratio", "peak_ratio", "state_ratio"]),
     ("convert_transformers", "Conversion of a transformers ViT-B/16 snapshot vs from_pretrained (fresh process "
      "each; copies = peak RSS growth / the weights' size)",
      ["candidate", "seconds", "seconds_best", "spread", "peak_rss_mib", "delta_mib", "copies"]),
