@@ -2,8 +2,8 @@
 int8 costs in accuracy on real test images.
 
     python -m bench onnx [--quick] [--sizes S/16,B/16] [--batches 1,8,64] [--cases S/16-b1,B/16-b8]
-                         [--candidates torch_fp32,torch_bf16,ort_fp32,ort_int8] [--rounds N] [--no-digits]
-                         [--accuracy-model DIR] [--out onnx]
+                         [--candidates torch_fp32,torch_bf16,ort_fp32,ort_int8] [--rounds N] [--bf16-max-batch N]
+                         [--no-digits] [--accuracy-model DIR] [--out onnx]
 
 Per size, the vit_hf classifier of bench.common (seeded timm weights, SDPA attention) is exported with
 `python -m vit_hf.export`'s own code: dynamic batch, opset 18, and its `--quantize int8` (onnxruntime's dynamic
@@ -219,25 +219,28 @@ def digits_rows(args: argparse.Namespace, work: Path, mode: str, rounds: int, ca
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def size_rows(size: str, args: argparse.Namespace, work: Path, batches: tuple[int, ...], call_s: float) -> list:
+def run_size(size: str, args: argparse.Namespace, work: Path, batches: tuple[int, ...], call_s: float,
+             done: Callable[[list[dict]], None]) -> None:
+    """Export one size, then time each selected batch; `done(rows)` after every case (a stopped run keeps them)."""
     filters = parse_cases(args.cases)
     cases = [b for b in batches if selected(f"{size}-b{b}", filters)]
     if not cases:
-        return []
+        return
     model = build("vit_hf", size)
     t0 = time.perf_counter()
     paths = export_pair(model, work / size.replace("/", ""))
     print(f"\n{size}: exported fp32 + int8 in {time.perf_counter() - t0:.0f} s", flush=True)
     fns = forwards(model, paths, args.candidates.split(","))
-    rows = []
     for b in cases:
         t0 = time.perf_counter()
         rounds = args.rounds or (2 if args.quick else 5 if b == 1 else 3 if b == 8 else 2)
-        case_rows = time_case(fns, images(size, b), f"{size}-b{b}", rounds, call_s)
-        print(f"\n## {size}-b{b}  ({time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.2f})")
+        skip_bf16 = args.bf16_max_batch is not None and b > args.bf16_max_batch
+        case_fns = {n: f for n, f in fns.items() if not (skip_bf16 and n == "torch_bf16")}
+        case_rows = time_case(case_fns, images(size, b), f"{size}-b{b}", rounds, call_s)
+        print(f"\n## {size}-b{b}  ({time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.2f})"
+              + (f"; torch_bf16 skipped (--bf16-max-batch {args.bf16_max_batch})" if skip_bf16 else ""))
         print(markdown(case_rows, COLUMNS[1:-1]), flush=True)
-        rows += case_rows
-    return rows
+        done(case_rows)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -248,6 +251,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cases", help="comma-separated substrings of case names, e.g. 'S/16-b1,B/16-b8'")
     ap.add_argument("--candidates", default=",".join(CANDIDATES))
     ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--bf16-max-batch", type=int, default=None, metavar="N",
+                    help="time torch_bf16 only up to batch N (without native bf16, B/16 batch 8 takes minutes a call)")
     ap.add_argument("--no-digits", action="store_true", help="skip the digits accuracy rows")
     ap.add_argument("--accuracy-model", metavar="DIR", help="a trained digits vit_hf folder (default: train one)")
     ap.add_argument("--out", default="onnx")
@@ -272,10 +277,14 @@ def main(argv: list[str] | None = None) -> None:
     call_s = 0.02 if args.quick else CALL_S
     rows: list[dict] = []
     digits: dict = {}
+
+    def done(case_rows: list[dict]) -> None:
+        rows.extend(case_rows)
+        save(args.out, {"env": env, "args": vars(args), "rows": rows, "partial": True})
+
     with tempfile.TemporaryDirectory(prefix="bench-onnx-") as tmp:
         for size in sizes:
-            rows += size_rows(size, args, Path(tmp), batches, call_s)
-            save(args.out, {"env": env, "args": vars(args), "rows": rows, "partial": True})
+            run_size(size, args, Path(tmp), batches, call_s, done)
         if not args.no_digits:
             t0 = time.perf_counter()
             digit_rows, digits = digits_rows(args, Path(tmp), mode, args.rounds or 3, call_s)
