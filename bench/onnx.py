@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
             run_size(size, args, Path(tmp), batches, call_s, done)
         if not args.no_digits:
             t0 = time.perf_counter()
-            digit_rows, digits = digits_rows(args, Path(tmp), mode, args.rounds or 3, call_s)
+            digit_rows, digits = digits_rows(args, Path(tmp), mode, args.rounds or (2 if args.quick else 3), call_s)
             print(f"\n## {digit_rows[0]['case']}: int8 accuracy cost on the 360 real digits test images "
                   f"({time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.2f})")
             print(markdown(digit_rows, COLUMNS[1:]), flush=True)
