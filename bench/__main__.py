@@ -40,6 +40,7 @@ SUITES: dict[str, tuple[str, list[str], str]] = {
     "input_pipeline": ("bench.input_pipeline", [], "JPEG decode + train transform images/s per worker vs timm; stream"),
     "load": ("bench.load", [], "from_pretrained time and peak memory"),
     "convert": ("bench.convert", [], "timm / npz -> vit_hf conversion time and peak memory"),
+    "onnx": ("bench.onnx", [], "onnxruntime fp32 / int8 vs PyTorch eager fp32 / bf16, int8 accuracy on real digits"),
     "device_check": ("bench.device_check", [], "the whole comparison on one device, one markdown table"),
     "profile": ("bench.profile_ops", [], "torch.profiler op table of one case, to explain a gap"),
     "report": ("bench.report", [], "results -> markdown tables (--summary: one row per case)"),
@@ -56,6 +57,7 @@ SEQUENCE: list[tuple[str, int, str, list[str]]] = [
                                            "--candidates", "vit_hf,timm,hf_sdpa"]),
     ("train_step_S16", 400, "train_step", ["--sizes", "S/16"]),
     ("train_step_B16", 600, "train_step", ["--sizes", "B/16", "--candidates", "vit_hf,timm"]),
+    ("onnx", 1500, "onnx", []),
     ("load", 150, "load", ["--rounds", "3"]),
     ("convert", 200, "convert", ["--rounds", "1"]),
     ("convert_transformers", 400, "convert", ["--rounds", "5", "--candidates", "tf_api,tf_cli,hf_load,hf_load_used,"

@@ -33,6 +33,11 @@ SECTIONS = (
      ["case", "candidate", "img_s", "img_s_best", "spread", "vs_timm", "peak_rss_mib", "mem_vs_timm"]),
     ("preprocess", "Preprocessing, 32 PIL images -> (32, 3, 224, 224) tensor (images/s)",
      ["candidate", "img_s", "img_s_best", "ms_per_img", "spread", "vs_best_peer", "vs_hf_pil"]),
+    ("onnx", "ONNX Runtime fp32 / int8 vs PyTorch eager fp32 / bf16 autocast (images/s; vs_torch_fp32 in the same "
+     "rounds; max_abs_diff / top1_agreement: logits vs torch_fp32 on the case's input; digits rows: accuracy on the "
+     "360 real test images). bf16 is emulated on a CPU without avx512_bf16 / amx_bf16 in its flags below",
+     ["case", "candidate", "img_s", "img_s_best", "spread", "vs_torch_fp32", "max_abs_diff", "top1_agreement",
+      "accuracy"]),
     ("load", "from_pretrained, ViT-B/16 fp32 safetensors (fresh process each)",
      ["candidate", "load_s", "load_s_best", "spread", "vs_best_peer", "peak_rss_mib", "load_delta_mib", "attn"]),
     ("convert", "Conversion, ViT-B/16 (fresh process each)",

@@ -101,6 +101,35 @@ def test_device_check_cpu_tiny_writes_one_table(tmp_path):
     assert data["tiny"] and data["skipped"] == [] and len(data["rows"]) == len(rows)
 
 
+def test_onnx_quick_times_every_candidate_and_the_int8_accuracy(tmp_path):
+    """`python -m bench onnx --quick`: every candidate in every case, ratios to PyTorch fp32, the fp32 graph's parity,
+    and the digits rows carrying the accuracies that vit_hf.export's verification measured on the real test split."""
+    proc = run_bench([sys.executable, "-m", "bench", "onnx", "--quick"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((tmp_path / "onnx.json").read_text())
+    rows, candidates = data["rows"], {"torch_fp32", "torch_bf16", "ort_fp32", "ort_int8"}
+    assert {r["case"] for r in rows} == {"toy/8-b1", "toy/8-b2", "digits-b360"} and not data.get("partial")
+    for case in {r["case"] for r in rows}:
+        by = {r["candidate"]: r for r in rows if r["case"] == case}
+        assert set(by) == candidates, case
+        assert by["torch_fp32"]["vs_torch_fp32"] == 1.0 and by["torch_fp32"]["max_abs_diff"] == 0.0
+        assert by["ort_fp32"]["max_abs_diff"] <= 1e-4, case  # the exported graph computes the model
+        for r in by.values():
+            assert r["img_s"] > 0 and r["vs_torch_fp32"] == pytest.approx(r["img_s"] / by["torch_fp32"]["img_s"])
+            assert r["rounds"] == 2 and 0 <= r["top1_agreement"] <= 1
+    verified = data["digits"]["verify"]["digits"]
+    assert verified["images"] == 360 and verified["labels_are_digits"]
+    digits = {r["candidate"]: r for r in rows if r["case"] == "digits-b360"}
+    for candidate, key in (("torch_fp32", "pytorch"), ("ort_fp32", "fp32"), ("ort_int8", "int8")):
+        assert digits[candidate]["accuracy"] == verified["models"][key]["accuracy"]
+    assert digits["ort_fp32"]["accuracy"] == digits["torch_fp32"]["accuracy"] and "accuracy" not in digits["torch_bf16"]
+    native = data["env"]["native_bf16"]
+    assert ("computes bf16 natively" if native else "has NO native bf16") in proc.stdout
+    report = run_bench([sys.executable, "-m", "bench", "report"], tmp_path)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert sum(line.startswith(("| toy/8-b", "| digits-b360 |")) for line in report.stdout.splitlines()) == len(rows)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
 def test_device_cuda_without_gpu_fails_with_one_line_and_writes_nothing(tmp_path):
     proc = run_bench([sys.executable, "-m", "bench", "train_step", "--quick", "--device", "cuda"], tmp_path)
@@ -115,7 +144,7 @@ def test_unknown_suite_names_the_choices(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "error: unknown suite 'forwards'; choose one of forward, compile, train_step, train_memory, train_loop, "
-        "preprocess, load, convert, device_check, profile, report, plot, all"
+        "preprocess, load, convert, onnx, device_check, profile, report, plot, all"
     ]
 
 

@@ -210,10 +210,14 @@ class Attention(nn.Module):
         self.proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.proj_bias)
         self.proj_drop = _dropout(config.hidden_dropout_prob)
 
-    def forward(self, x: torch.Tensor, output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, x: torch.Tensor, output_attentions: bool = False, attention: Callable | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`attention`: the attention function, as `_attention_interface` resolves it (the trunk resolves it once per
+        forward for all blocks: a config read and an interface lookup per block cost measurable time at batch 1)."""
         q, k, v = rearrange(self.qkv(x), "b n (qkv h d) -> qkv b h n d", qkv=3, h=self.num_heads)
         q, k = self.q_norm(q), self.k_norm(k)
-        attention = _attention_interface(self.config, output_attentions)
+        attention = attention or _attention_interface(self.config, output_attentions)
         out, weights = attention(
             self,
             q,
@@ -274,8 +278,10 @@ class Block(GradientCheckpointingLayer):
         self.ls2 = LayerScale(config) if layer_scale else nn.Identity()
         self.drop_path2 = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor, output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attn_out, weights = self.attn(self.norm1(x), output_attentions)
+    def forward(
+        self, x: torch.Tensor, output_attentions: bool = False, attention: Callable | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attn_out, weights = self.attn(self.norm1(x), output_attentions, attention)
         x = x + self.drop_path1(self.ls1(attn_out))
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         return x, weights
@@ -419,6 +425,11 @@ class VitHfModel(VitHfPreTrainedModel):
         use_fc_norm = config.final_norm and config.fc_norm
         self.fc_norm = nn.LayerNorm(d, eps=config.layer_norm_eps) if use_fc_norm else nn.Identity()
         self.pre_logits = RepresentationLayer(config) if config.representation_size else nn.Identity()
+        # Fixed with the parameters' shapes (which prefix tokens exist, how many rows of the table are theirs), so read
+        # from the config once here: a config attribute costs microseconds (transformers' __getattribute__ hooks),
+        # and a batch-1 forward read a dozen of them.
+        self.num_prefix_tokens = config.num_prefix_tokens
+        self.pos_covered_prefix = 0 if config.pos_embed_type == "sincos2d" else config.num_pos_prefix_tokens
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -448,20 +459,22 @@ class VitHfModel(VitHfPreTrainedModel):
         b, c, h, w = pixel_values.shape
         if b == 0:
             raise ValueError("pixel_values is an empty batch (batch size 0): pass at least one image")
-        if c != cfg.num_channels:
+        channels = self.patch_embed.proj.in_channels  # config.num_channels, fixed with the weights' shape
+        if c != channels:
             raise ValueError(
-                f"pixel_values has {c} channel(s) but the model expects {cfg.num_channels} (config.num_channels): "
+                f"pixel_values has {c} channel(s) but the model expects {channels} (config.num_channels): "
                 f"preprocess images with the model's image processor, which converts grey/RGBA/palette images"
             )
-        ph, pw = cfg.patch_hw
-        if (h % ph or w % pw) and not cfg.crop_remainder:
+        ph, pw = self.patch_embed.patch_size  # config.patch_hw, likewise
+        if (h % ph or w % pw) and not self.patch_embed.crop_remainder:
             raise ValueError(
                 f"image size {h}x{w} is not divisible by the patch size {ph}x{pw}: resize or crop to a multiple of "
                 f"the patch size (the image processor does this)"
             )
-        resampled = interpolate_pos_encoding or cfg.dynamic_img_size
+        # the image size can change (resize_position_embeddings): read from the config, only when it matters;
         # grids, not pixels: with crop_remainder, 378 and 384 px both make the 27x27 grid of a /14 model
-        if (h // ph, w // pw) != cfg.grid_size and self.pos_embed is not None and not resampled:
+        fixed_size = self.pos_embed is not None and not interpolate_pos_encoding
+        if fixed_size and (h // ph, w // pw) != cfg.grid_size and not cfg.dynamic_img_size:
             ih, iw = cfg.image_hw
             raise ValueError(
                 f"image size {h}x{w} does not match the model's {ih}x{iw} (config.image_size): pass "
@@ -472,12 +485,15 @@ class VitHfModel(VitHfPreTrainedModel):
     def _positions_for(self, grid: tuple[int, int], dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
         """Position table (1, rows, D) for this grid: the learned table (resampled if needed) or sincos2d."""
         cfg = self.config
+        if self.pos_embed is not None:  # learned
+            old_grid = cfg.grid_size
+            if old_grid == grid:  # the model's own grid: the table as it is (no config read more)
+                return self.pos_embed
+            prefix = self.pos_covered_prefix
+            return resample_position_embedding(self.pos_embed, old_grid, grid, prefix, cfg.pos_embed_interpolation)
         if cfg.pos_embed_type == "sincos2d":
             return sincos_2d_position_embedding(grid, cfg.hidden_size).to(device=device, dtype=dtype)
-        if self.pos_embed is None:
-            return None
-        prefix = cfg.num_pos_prefix_tokens
-        return resample_position_embedding(self.pos_embed, cfg.grid_size, grid, prefix, cfg.pos_embed_interpolation)
+        return None
 
     @torch.no_grad()
     def resize_position_embeddings(self, image_size: int | tuple[int, int], algorithm: str | None = None) -> None:
@@ -522,19 +538,19 @@ class VitHfModel(VitHfPreTrainedModel):
     def embed(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None) -> torch.Tensor:
         """Patch tokens with prefix tokens and positions, in the configured order (before `norm_pre`); masked
         patches (SimMIM's `bool_masked_pos`) become the mask token before the positions are added."""
-        cfg = self.config
         x = self.patch_embed(pixel_values)
         if bool_masked_pos is not None:
             x = self.mask_patches(x, bool_masked_pos)
-        grid = (pixel_values.shape[-2] // cfg.patch_hw[0], pixel_values.shape[-1] // cfg.patch_hw[1])
+        ph, pw = self.patch_embed.patch_size
+        grid = (pixel_values.shape[-2] // ph, pixel_values.shape[-1] // pw)
         pos = self._positions_for(grid, x.dtype, x.device)
         tokens = (self.cls_token, self.dist_token, self.reg_token)
         prefix = [repeat(t, "1 n d -> b n d", b=x.shape[0]).to(x.dtype) for t in tokens if t is not None]
         # Original ViT: concat prefix, then add positions (the table has prefix slots). big_vision / DeiT-3 /
         # sincos2d: positions cover only the patches and are added before the prefix tokens join. DINOv2 with
         # registers (no_embed_registers): the table covers the class token, the registers join after the add.
-        covered = 0 if cfg.pos_embed_type == "sincos2d" else cfg.num_pos_prefix_tokens
-        if pos is None or covered == cfg.num_prefix_tokens:
+        covered = self.pos_covered_prefix
+        if pos is None or covered == self.num_prefix_tokens:
             x = torch.cat([*prefix, x], dim=1) if prefix else x
             x = x if pos is None else x + pos
         else:
@@ -545,15 +561,16 @@ class VitHfModel(VitHfPreTrainedModel):
 
     def pool(self, x: torch.Tensor) -> torch.Tensor | None:
         cfg = self.config
-        tokens = x if cfg.pool_include_prefix else x[:, cfg.num_prefix_tokens :]
-        if cfg.pooling == "token":
+        pooling = cfg.pooling
+        if pooling == "token":
             return x[:, 0]
-        if cfg.pooling == "mean":
+        tokens = x if cfg.pool_include_prefix else x[:, self.num_prefix_tokens :]
+        if pooling == "mean":
             return tokens.mean(dim=1)
-        if cfg.pooling == "map":
+        if pooling == "map":
             return self.attn_pool(tokens)
-        if cfg.pooling == "token_mean":
-            return torch.cat([x[:, 0], x[:, cfg.num_prefix_tokens :].mean(dim=1)], dim=-1)
+        if pooling == "token_mean":
+            return torch.cat([x[:, 0], x[:, self.num_prefix_tokens :].mean(dim=1)], dim=-1)
         return None
 
     def distillation_features(self, last_hidden_state: torch.Tensor) -> torch.Tensor:
@@ -581,8 +598,9 @@ class VitHfModel(VitHfPreTrainedModel):
         x = self.norm_pre(self.embed(pixel_values, bool_masked_pos))
         all_hidden = (x,) if output_hidden_states else None
         all_attn = () if output_attentions else None
+        attention = _attention_interface(self.config, output_attentions)
         for block in self.blocks:
-            x, weights = block(x, output_attentions)
+            x, weights = block(x, output_attentions, attention)
             if output_hidden_states:
                 all_hidden += (x,)
             if output_attentions:
@@ -630,8 +648,9 @@ class VitHfModel(VitHfPreTrainedModel):
         x = self.norm_pre(self.embed(pixel_values))
         features = []
         blocks = self.blocks[: max(take) + 1] if intermediates_only else self.blocks
+        attention = _attention_interface(self.config, False)
         for i, block in enumerate(blocks):
-            x, _ = block(x)
+            x, _ = block(x, False, attention)
             if i in take:
                 features.append(self.norm(x) if norm else x)
         prefix = self.config.num_prefix_tokens
