@@ -142,9 +142,11 @@ def test_device_cuda_without_gpu_fails_with_one_line_and_writes_nothing(tmp_path
 def test_unknown_suite_names_the_choices(tmp_path):
     proc = run_bench([sys.executable, "-m", "bench", "forwards"], tmp_path)
     assert proc.returncode == 2
+    from bench.__main__ import SUITES
+
+    assert {"forward", "convert", "onnx", "lora", "train_fsdp", "input_pipeline"} <= set(SUITES)
     assert proc.stderr.strip().splitlines() == [
-        "error: unknown suite 'forwards'; choose one of forward, compile, train_step, train_memory, train_loop, "
-        "preprocess, load, convert, onnx, device_check, profile, report, plot, all"
+        f"error: unknown suite 'forwards'; choose one of {', '.join(SUITES)}, all"
     ]
 
 
