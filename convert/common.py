@@ -66,6 +66,21 @@ def _load_torch(path: Path, mapped: bool = True) -> object:
         raise ConversionError(f"{path}: cannot be read as a torch.save file ({type(e).__name__}: {e})") from None
 
 
+def read_privately(path: Path, keys: list[str]) -> dict[str, torch.Tensor]:
+    """`keys` of a `.safetensors` file read into private memory with pread(2) (safetensors >= 0.8), never mapped:
+    a tensor that is rebuilt (q/k/v fused into qkv) can then be freed, where its mapped pages, once read, would stay
+    resident beside the rebuilt one. Older safetensors: {} (the caller keeps the mapped tensors)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", backend="pread") as f:
+            return {k: f.get_tensor(k) for k in keys}
+    except TypeError:  # no `backend` before safetensors 0.8
+        return {}
+    except SafetensorError as e:
+        raise ConversionError(f"{path}: not a readable .safetensors file ({e})") from None
+
+
 def load_torch_state_dict(path: str | Path, mapped: bool = True) -> dict[str, torch.Tensor]:
     """Read a state dict from `.safetensors` or a `torch.save` file, never executing pickled code.
 

@@ -23,7 +23,14 @@ from pathlib import Path
 
 import torch
 
-from convert.common import ConversionError, build_model, check_paths, load_torch_state_dict, parity_markdown
+from convert.common import (
+    ConversionError,
+    build_model,
+    check_paths,
+    load_torch_state_dict,
+    parity_markdown,
+    read_privately,
+)
 from convert.transformers_keys import CLIP_TOWER, DINOV2_BLOCKS, VIT_BLOCKS, VIT_EMBEDDINGS, Rule, map_keys
 from convert.transformers_resize import resize_model, scale_processor
 from vit_hf import VitHfConfig, VitHfForImageClassification
@@ -207,16 +214,26 @@ def read_json(path: Path) -> dict:
     return value
 
 
-def load_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
+def _read(path: Path, fused: Callable[[str], bool]) -> dict[str, torch.Tensor]:
+    """One weight file, for one copy of the weights at most: `.safetensors` is mapped (tensors adopted as they are
+    are never copied) except the `fused` ones (q/k/v), read privately, so they can be freed once concatenated; a
+    `torch.save` file is read into private memory whole (it cannot be read in part)."""
+    if path.suffix != ".safetensors":
+        return load_torch_state_dict(path, mapped=False)
+    state = load_torch_state_dict(path)
+    state.update(read_privately(path, [k for k in state if fused(k)]))
+    return state
+
+
+def load_weights(folder: Path, fused: Callable[[str], bool] = lambda key: False) -> tuple[dict[str, torch.Tensor], str]:
     """The checkpoint's tensors (safetensors first, then pytorch_model.bin; sharded ones through their index) and
-    the file name they came from. Read into private memory, not mapped: q/k/v are fused into new tensors and the
-    originals freed as the mapping goes, so the conversion peaks near one copy of the weights."""
+    the file name they came from. `fused(key)`: the tensor is rebuilt by the mapping (see `_read`)."""
     for name in WEIGHT_FILES:
         path = folder / name
         if not path.is_file():
             continue
         if not name.endswith(".index.json"):
-            return load_torch_state_dict(path, mapped=False), name
+            return _read(path, fused), name
         weight_map = read_json(path).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise ConversionError(f"{path}: has no weight_map: re-download the checkpoint")
@@ -224,7 +241,7 @@ def load_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
         for shard in sorted(set(weight_map.values())):
             if not (folder / shard).is_file():
                 raise ConversionError(f"{path} names the shard {shard}, which is not in {folder}: download it too")
-            state.update(load_torch_state_dict(folder / shard, mapped=False))
+            state.update(_read(folder / shard, fused))
         missing = sorted(set(weight_map) - set(state))
         if missing:
             raise ConversionError(f"{path}: key(s) listed but not in the shards: {', '.join(missing[:5])}")
@@ -302,7 +319,8 @@ def convert_state(folder: Path) -> dict:
     raw = read_json(folder / CONFIG)
     key, family = family_of(raw.get("model_type"))
     hf = vision_config(folder, raw)
-    source, weights_file = load_weights(folder)
+    fused = [rule.pattern() for rule in family.rules if rule.parts > 1]  # on-disk keys end with the rule's source
+    source, weights_file = load_weights(folder, lambda k: any(p.search(k) for p in fused))
     prefix, backbone, top = split_backbone(source, family)
     del source  # map_keys consumes backbone and top: the last references to the source tensors go with them
     state, unknown, dropped, origin = map_keys(backbone, top, family.rules)
