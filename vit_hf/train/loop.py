@@ -578,14 +578,25 @@ def finish(run: Run) -> dict[str, Any]:
                         {CURVES_PNG: out / CURVES_PNG, CONFUSION_PNG: out / CONFUSION_PNG})
         if is_lora(trained_model(run)):
             save_adapter(trained_model(run), out / ADAPTER_SUBDIR)
-        write_json(out / "all_results.json", results)
-        write_json(out / "log_history.json", run.state.history)
-        logger.info("eval_accuracy %.4f -> %s", results["eval_accuracy"], out / "all_results.json")
-        if run.args.push_to_hub:
-            _push(out, run.args, "End of training")
-    acc.wait_for_everyone()
+        write_results(run, results, f"eval_accuracy {results['eval_accuracy']:.4f}")
+    return end_run(run, results)
+
+
+def write_results(run: Run, results: dict[str, Any], summary: str) -> None:
+    """Main process, after the hub folder: all_results.json, the log history, the summary line, the push."""
+    out = run.output_dir
+    write_json(out / "all_results.json", results)
+    write_json(out / "log_history.json", run.state.history)
+    logger.info("%s -> %s", summary, out / "all_results.json")
+    if run.args.push_to_hub:
+        _push(out, run.args, "End of training")
+
+
+def end_run(run: Run, results: dict[str, Any]) -> dict[str, Any]:
+    """Every process: wait for the main one's writing, close the trackers."""
+    run.accelerator.wait_for_everyone()
     if run.args.with_tracking:
-        acc.end_training()
+        run.accelerator.end_training()
     return results
 
 

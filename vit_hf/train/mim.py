@@ -428,8 +428,7 @@ def _results_markdown(results: dict) -> str:
 def finish(run) -> dict[str, Any]:
     """`loop.finish` for MIM: results, the training curves, the hub-ready `VitHfForMaskedImageModeling` folder."""
     from ..hub import save_hub_folder
-    from .checkpoints import write_json
-    from .loop import CURVES_PNG, _push, saved_model
+    from .loop import CURVES_PNG, end_run, saved_model, write_results
     from .plots import plot_training_curves
 
     run.progress.close()
@@ -445,15 +444,8 @@ def finish(run) -> dict[str, Any]:
                     pipeline_tag="image-feature-extraction",
                     results=_results_markdown(results))
         save_hub_folder(hub_model, run.processor, out, card, {CURVES_PNG: out / CURVES_PNG})
-        write_json(out / "all_results.json", results)
-        write_json(out / "log_history.json", run.state.history)
-        logger.info("eval_loss %s -> %s", results.get("eval_loss", "(no validation)"), out / "all_results.json")
-        if run.args.push_to_hub:
-            _push(out, run.args, "End of training")
-    acc.wait_for_everyone()
-    if run.args.with_tracking:
-        acc.end_training()
-    return results
+        write_results(run, results, f"eval_loss {results.get('eval_loss', '(no validation)')}")
+    return end_run(run, results)
 
 
 def dropped_weights_note(name: str, unexpected: set[str]) -> str | None:
