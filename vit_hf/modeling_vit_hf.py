@@ -9,13 +9,11 @@ class token) instead of the blog's mean-pooling head. The semantics are timm's `
 (timm/models/vision_transformer.py) and Google's vit_jax / big_vision models; parameter names are timm's state-dict
 keys (under the `vit.` prefix in the classification model), so timm conversion is a rename-free copy.
 
-Remote code: this file is copied flat next to the weights; it imports only torch, einops, transformers and its
-sibling configuration module.
+Remote code: this file is copied flat next to the weights with its siblings `layers_vit_hf.py` (the building blocks)
+and `configuration_vit_hf.py`; it imports only torch, einops, transformers and those siblings.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -23,303 +21,30 @@ from einops import rearrange, repeat
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.activations import ACT2FN
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BackboneOutput,
     BaseModelOutputWithPooling,
     ImageClassifierOutput,
     MaskedImageModelingOutput,
 )
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .configuration_vit_hf import POS_EMBED_INTERPOLATIONS, VitHfConfig
+from .configuration_vit_hf import VitHfConfig
+from .layers_vit_hf import (
+    AttentionPool,
+    Block,
+    LayerScale,
+    PatchEmbed,
+    RepresentationLayer,
+    _attention_interface,
+    _dropout,
+    resample_position_embedding,
+    sincos_2d_position_embedding,
+)
 
 try:
     from transformers.backbone_utils import BackboneMixin
 except ImportError:  # transformers < 5.2 kept it under utils
     from transformers.utils.backbone_utils import BackboneMixin
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Position tables
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def sincos_2d_position_embedding(grid: tuple[int, int], dim: int, temperature: float = 10_000.0) -> torch.Tensor:
-    """Fixed 2-D sin-cos table of big_vision's `posemb_sincos_2d` (MoCo-v3), shape (1, gh * gw, dim), float64.
-
-    Order of the four bands is `[sin x, cos x, sin y, cos y]` with x the column index (not stored in checkpoints, so
-    the order is part of the model's definition).
-    """
-    gh, gw = grid
-    y, x = torch.meshgrid(torch.arange(gh, dtype=torch.float64), torch.arange(gw, dtype=torch.float64), indexing="ij")
-    omega = 1.0 / temperature ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4 - 1))
-    x = rearrange(x, "gh gw -> (gh gw) 1") * omega
-    y = rearrange(y, "gh gw -> (gh gw) 1") * omega
-    return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)[None]
-
-
-def resample_position_embedding(
-    pos_embed: torch.Tensor,
-    old_grid: tuple[int, int],
-    new_grid: tuple[int, int],
-    num_prefix_tokens: int = 0,
-    algorithm: str = "timm",
-) -> torch.Tensor:
-    """Resample a (1, prefix + gh * gw, D) position table to a new grid; prefix rows are kept unchanged.
-
-    `algorithm` names the library whose resampling is reproduced (see `POS_EMBED_INTERPOLATIONS`): `"timm"`
-    (bicubic, antialiased), `"timm_npz"` (bilinear), `"google"` (scipy `zoom(order=1)` == corner-aligned bilinear),
-    `"hf"` (bicubic), `"hf_dinov2"` (bicubic), `"hf_dinov2_reg"` (bicubic, antialiased). The interpolation runs in
-    float32 at least (bf16/fp16 tables are upcast, then cast back); the `hf_dinov2*` algorithms always run in float32,
-    float64 tables included, because transformers' DINOv2 does (reproducing its outputs needs its rounding).
-    """
-    if algorithm not in POS_EMBED_INTERPOLATIONS:
-        raise ValueError(f"unknown resampling algorithm {algorithm!r}: choose one of {tuple(POS_EMBED_INTERPOLATIONS)}")
-    if tuple(old_grid) == tuple(new_grid):
-        return pos_embed
-    expected = num_prefix_tokens + old_grid[0] * old_grid[1]
-    if pos_embed.shape[1] != expected:
-        raise ValueError(
-            f"position table has {pos_embed.shape[1]} rows but a {old_grid[0]}x{old_grid[1]} grid with "
-            f"{num_prefix_tokens} prefix token(s) needs {expected}"
-        )
-    mode, align_corners, antialias, always_float32 = POS_EMBED_INTERPOLATIONS[algorithm]
-    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
-    compute_dtype = torch.float32 if always_float32 else torch.promote_types(grid.dtype, torch.float32)
-    grid = rearrange(grid.to(compute_dtype), "b (gh gw) d -> b d gh gw", gh=old_grid[0], gw=old_grid[1])
-    grid = F.interpolate(grid, size=tuple(new_grid), mode=mode, align_corners=align_corners, antialias=antialias)
-    grid = rearrange(grid, "b d gh gw -> b (gh gw) d").to(pos_embed.dtype)
-    return torch.cat([prefix, grid], dim=1)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Layers
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-class PatchEmbed(nn.Module):
-    """Cut the image into P x P patches and project each with one GEMM (the seed's `Rearrange` + `Linear`).
-
-    The weight is kept as a Conv2d (`proj.weight` [D, C, P, P], timm's key and layout) but applied as a linear
-    map on `(c ph pw)`-flattened patches: the same numbers as the convolution, as a single matmul.
-    """
-
-    def __init__(self, config: VitHfConfig):
-        super().__init__()
-        self.patch_size = config.patch_hw
-        self.crop_remainder = config.crop_remainder
-        self.proj = nn.Conv2d(
-            config.num_channels,
-            config.hidden_size,
-            kernel_size=self.patch_size,
-            stride=self.patch_size,
-            bias=config.patch_bias,
-        )
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        ph, pw = self.patch_size
-        if self.crop_remainder:  # what a stride-P convolution never reads
-            h, w = pixel_values.shape[-2:]
-            pixel_values = pixel_values[..., : h - h % ph, : w - w % pw]
-        patches = rearrange(pixel_values, "b c (gh ph) (gw pw) -> b (gh gw) (c ph pw)", ph=ph, pw=pw)
-        weight = rearrange(self.proj.weight, "d c ph pw -> d (c ph pw)")
-        return F.linear(patches, weight, self.proj.bias)
-
-
-def _dropout(p: float) -> nn.Module:
-    """Dropout, or nothing when the rate is 0 (the common inference/fine-tuning case): one module call less per use,
-    measurable in per-forward Python overhead (bench/proposals.py), and identical numbers."""
-    return nn.Dropout(p) if p > 0 else nn.Identity()
-
-
-class LayerScale(nn.Module):
-    """Per-channel residual-branch scale of CaiT / DeiT-3 (timm `ls1.gamma`)."""
-
-    def __init__(self, config: VitHfConfig):
-        super().__init__()
-        self.gamma = nn.Parameter(torch.empty(config.hidden_size))
-        self.init_value = config.layer_scale_init_value
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gamma
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: drop the residual branch per sample, rescaling the survivors (identity in eval)."""
-
-    def __init__(self, drop_prob: float):
-        super().__init__()
-        self.drop_prob = drop_prob
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
-
-
-def eager_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    **kwargs,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """softmax(q k^T * head_dim^-0.5) v over the keys (last axis), in einops notation.
-
-    Returns the output as (b, n, h, d), the layout of transformers' attention interface, and the weights.
-    """
-    scores = torch.einsum("b h q d, b h k d -> b h q k", query, key) * scaling
-    if attention_mask is not None:
-        scores = scores + attention_mask
-    # The softmax runs in at least float32 (bf16/fp16 attention stays normalised; float64 stays float64, which
-    # transformers' own eager path, always float32, would not).
-    weights = scores.softmax(dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(query.dtype)
-    weights = F.dropout(weights, p=dropout, training=module.training)
-    out = torch.einsum("b h q k, b h k d -> b q h d", weights, value)
-    return out, weights
-
-
-def _attention_interface(config: VitHfConfig, need_weights: bool) -> Callable:
-    # Attention maps exist only on the eager path; when asked for, that call falls back to eager whatever the backend.
-    if need_weights or config._attn_implementation in (None, "eager"):
-        return eager_attention_forward
-    return ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager_attention_forward)
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention with a fused qkv projection (timm `attn.qkv` rows ordered `(qkv h d)`)."""
-
-    is_causal = False
-
-    def __init__(self, config: VitHfConfig):
-        super().__init__()
-        self.config = config
-        self.num_heads = config.num_attention_heads
-        self.head_dim = config.head_dim
-        self.scaling = self.head_dim**-0.5
-        self.attention_dropout = config.attention_probs_dropout_prob
-        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
-        self.q_norm = nn.LayerNorm(self.head_dim, eps=config.layer_norm_eps) if config.qk_norm else nn.Identity()
-        self.k_norm = nn.LayerNorm(self.head_dim, eps=config.layer_norm_eps) if config.qk_norm else nn.Identity()
-        self.proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.proj_bias)
-        self.proj_drop = _dropout(config.hidden_dropout_prob)
-
-    def forward(
-        self, x: torch.Tensor, output_attentions: bool = False, attention: Callable | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`attention`: the attention function, as `_attention_interface` resolves it (the trunk resolves it once per
-        forward for all blocks: a config read and an interface lookup per block cost measurable time at batch 1)."""
-        q, k, v = rearrange(self.qkv(x), "b n (qkv h d) -> qkv b h n d", qkv=3, h=self.num_heads)
-        q, k = self.q_norm(q), self.k_norm(k)
-        attention = attention or _attention_interface(self.config, output_attentions)
-        out, weights = attention(
-            self,
-            q,
-            k,
-            v,
-            None,
-            scaling=self.scaling,
-            dropout=self.attention_dropout if self.training else 0.0,
-        )
-        out = self.proj_drop(self.proj(rearrange(out, "b n h d -> b n (h d)")))
-        return out, weights
-
-
-class Mlp(nn.Module):
-    """fc1 -> activation -> dropout -> fc2 -> dropout (timm `Mlp`)."""
-
-    def __init__(self, config: VitHfConfig, bias: bool | None = None):
-        super().__init__()
-        bias = config.proj_bias if bias is None else bias
-        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
-        self.act = ACT2FN[config.hidden_act]
-        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
-        self.drop = _dropout(config.hidden_dropout_prob)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
-
-
-class GluMlp(nn.Module):
-    """Gated MLP: fc1 -> [gate; up], act(gate) * up -> dropout -> fc2 -> dropout (timm `GluMlp(gate_last=False)`;
-    with SiLU, timm's `SwiGLUPacked` and transformers' `Dinov2SwiGLUFFN` with `weights_in` = fc1)."""
-
-    def __init__(self, config: VitHfConfig):
-        super().__init__()
-        bias = config.proj_bias
-        self.fc1 = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=bias)
-        self.act = ACT2FN[config.hidden_act]
-        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
-        self.drop = _dropout(config.hidden_dropout_prob)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = rearrange(self.fc1(x), "... (two m) -> two ... m", two=2)
-        return self.drop(self.fc2(self.drop(self.act(gate) * up)))
-
-
-class Block(GradientCheckpointingLayer):
-    """Pre-norm transformer block: x + ls1(attn(norm1(x))), then x + ls2(mlp(norm2(x)))."""
-
-    def __init__(self, config: VitHfConfig, drop_path: float = 0.0):
-        super().__init__()
-        layer_scale = config.layer_scale_init_value is not None
-        self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.attn = Attention(config)
-        self.ls1 = LayerScale(config) if layer_scale else nn.Identity()
-        self.drop_path1 = DropPath(drop_path)
-        self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = GluMlp(config) if config.mlp_layer == "glu" else Mlp(config)
-        self.ls2 = LayerScale(config) if layer_scale else nn.Identity()
-        self.drop_path2 = DropPath(drop_path)
-
-    def forward(
-        self, x: torch.Tensor, output_attentions: bool = False, attention: Callable | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attn_out, weights = self.attn(self.norm1(x), output_attentions, attention)
-        x = x + self.drop_path1(self.ls1(attn_out))
-        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
-        return x, weights
-
-
-class AttentionPool(nn.Module):
-    """Multi-head attention pooling (MAP) with a learned probe: big_vision `MAPHead`, timm `AttentionPoolLatent`."""
-
-    def __init__(self, config: VitHfConfig):
-        super().__init__()
-        d = config.hidden_size
-        self.num_heads = config.num_attention_heads
-        self.latent = nn.Parameter(torch.empty(1, 1, d))
-        self.q = nn.Linear(d, d)
-        self.kv = nn.Linear(d, 2 * d)
-        self.proj = nn.Linear(d, d)
-        self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
-        self.mlp = Mlp(config, bias=True)  # timm's AttentionPoolLatent and big_vision's MAPHead always have biases
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q = rearrange(self.q(self.latent), "1 l (h d) -> 1 h l d", h=self.num_heads).expand(x.shape[0], -1, -1, -1)
-        k, v = rearrange(self.kv(x), "b n (kv h d) -> kv b h n d", kv=2, h=self.num_heads)
-        out = F.scaled_dot_product_attention(q, k, v)
-        x = self.proj(rearrange(out, "b h l d -> b l (h d)"))
-        x = x + self.mlp(self.norm(x))
-        return x[:, 0]
-
-
-class RepresentationLayer(nn.Module):
-    """tanh(Linear) "pre-logits" of the original ImageNet-21k ViT releases (timm <= 0.5 `pre_logits.fc`)."""
-
-    def __init__(self, config: VitHfConfig):
-        super().__init__()
-        self.fc = nn.Linear(config.hidden_size, config.representation_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.fc(x))
-
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Models

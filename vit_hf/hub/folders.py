@@ -19,7 +19,9 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
     from transformers.image_processing_base import ImageProcessingMixin
 
-REMOTE_FILES = ("configuration_vit_hf.py", "modeling_vit_hf.py", "image_processing_vit_hf.py")
+REMOTE_FILES = (
+    "configuration_vit_hf.py", "layers_vit_hf.py", "modeling_vit_hf.py", "image_processing_vit_hf.py"
+)
 HUB_FILE_NAMES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", *REMOTE_FILES)
 AUTO_CLASSES = ("AutoConfig", "AutoModel", "AutoModelForImageClassification")
 # what a consumer of the remote code has: transformers' own requirements plus einops, and the standard library

@@ -141,7 +141,7 @@ def parameter_groups(model, learning_rate: float, weight_decay: float, layer_dec
     and the class/register tokens, positions and MAP probe (by their role on the trunk, looked up by identity). With
     `layer_decay`, the embeddings are layer 0, block i is layer i + 1, and the norm/pooling/head are layer L + 1,
     whose LR is `learning_rate`; layer j gets `learning_rate * layer_decay ** (L + 1 - j)`."""
-    from ..modeling_vit_hf import LayerScale
+    from ..layers_vit_hf import LayerScale
 
     trunk = model.vit
     no_decay: set[int] = set()
