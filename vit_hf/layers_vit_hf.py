@@ -190,10 +190,12 @@ class Attention(nn.Module):
         self.proj_drop = _dropout(config.hidden_dropout_prob)
 
     def forward(
-        self, x: torch.Tensor, output_attentions: bool = False, attention: Callable | None = None
+        self, x: torch.Tensor, output_attentions: bool = False, attention: Callable | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`attention`: the attention function, as `_attention_interface` resolves it (the trunk resolves it once per
-        forward for all blocks: a config read and an interface lookup per block cost measurable time at batch 1)."""
+        forward for all blocks: a config read and an interface lookup per block cost measurable time at batch 1).
+        `attention_mask`: additive (b, 1, n, n) mask (NaFlex padding, naflex_vit_hf.attention_mask) or None."""
         q, k, v = rearrange(self.qkv(x), "b n (qkv h d) -> qkv b h n d", qkv=3, h=self.num_heads)
         q, k = self.q_norm(q), self.k_norm(k)
         attention = attention or _attention_interface(self.config, output_attentions)
@@ -202,7 +204,7 @@ class Attention(nn.Module):
             q,
             k,
             v,
-            None,
+            attention_mask,
             scaling=self.scaling,
             dropout=self.attention_dropout if self.training else 0.0,
         )
@@ -258,9 +260,10 @@ class Block(GradientCheckpointingLayer):
         self.drop_path2 = DropPath(drop_path)
 
     def forward(
-        self, x: torch.Tensor, output_attentions: bool = False, attention: Callable | None = None
+        self, x: torch.Tensor, output_attentions: bool = False, attention: Callable | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attn_out, weights = self.attn(self.norm1(x), output_attentions, attention)
+        attn_out, weights = self.attn(self.norm1(x), output_attentions, attention, attention_mask)
         x = x + self.drop_path1(self.ls1(attn_out))
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         return x, weights
@@ -280,10 +283,11 @@ class AttentionPool(nn.Module):
         self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.mlp = Mlp(config, bias=True)  # timm's AttentionPoolLatent and big_vision's MAPHead always have biases
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`attention_mask`: (b, 1, 1, n) bool, True for the tokens to pool (NaFlex padding excluded), or None."""
         q = rearrange(self.q(self.latent), "1 l (h d) -> 1 h l d", h=self.num_heads).expand(x.shape[0], -1, -1, -1)
         k, v = rearrange(self.kv(x), "b n (kv h d) -> kv b h n d", kv=2, h=self.num_heads)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)
         x = self.proj(rearrange(out, "b h l d -> b l (h d)"))
         x = x + self.mlp(self.norm(x))
         return x[:, 0]
