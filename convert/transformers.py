@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from convert.siglip2 import siglip2_fields
 from convert.common import (
     ConversionError,
     build_model,
@@ -177,9 +178,13 @@ FAMILIES = {
                    {"none": "CLIPVisionModel"}, "pooler_output"),
     "siglip": Family("SigLIP vision tower", ("vision_model.", ""), CLIP_TOWER, _siglip_fields,
                      {"none": "SiglipVisionModel"}, "pooler_output"),
+    # NaFlex: fields, processor and --verify in convert/siglip2.py
+    "siglip2": Family("SigLIP2 vision tower", ("vision_model.", ""), CLIP_TOWER, siglip2_fields,
+                      {"none": "Siglip2VisionModel"}, "pooler_output"),
 }
 # Full dual-encoder repos and their vision-only configs: the vision config is the one to read
-VISION_CONFIG_OF = {"clip": "clip", "clip_vision_model": "clip", "siglip": "siglip", "siglip_vision_model": "siglip"}
+VISION_CONFIG_OF = {"clip": "clip", "clip_vision_model": "clip", "siglip": "siglip", "siglip_vision_model": "siglip",
+                    "siglip2": "siglip2", "siglip2_vision_model": "siglip2"}
 HEAD_KEYS = ("classifier.", "cls_classifier.", "distillation_classifier.")
 
 
@@ -258,7 +263,7 @@ def vision_config(folder: Path, raw: dict):
         hf = AutoConfig.from_pretrained(folder)
     except (ValueError, TypeError, KeyError, OSError) as e:
         raise ConversionError(f"{folder / CONFIG}: transformers cannot read it ({str(e).splitlines()[0]})") from None
-    if raw.get("model_type") in ("clip", "siglip"):
+    if raw.get("model_type") in ("clip", "siglip", "siglip2"):
         return hf.vision_config
     return hf
 
@@ -374,6 +379,9 @@ def make_processor(info: dict, config: VitHfConfig, args: argparse.Namespace):
     """The source's preprocessing (its preprocessor_config.json), with --crop-pct/--interpolation/--mean/--std over
     it; without one, the flags over timm's ViT defaults (the note says which were assumed)."""
     flags = {k: getattr(args, k, None) for k in ("crop_pct", "interpolation", "mean", "std")}
+    if info["family_key"] == "siglip2":  # NaFlex
+        from convert.siglip2 import processor_from_siglip2
+        return processor_from_siglip2(info["preprocessor"], config)
     try:
         from convert.preprocessing import processor_from_flags, processor_from_transformers
     except ImportError:  # pragma: no cover - engineer C's module not there: the model's own defaults
@@ -457,6 +465,8 @@ def convert_transformers_folder(folder: Path, out_dir: Path, args: argparse.Name
     parity = None
     if getattr(args, "verify", False):
         from convert.transformers_verify import verify
+        if info["family_key"] == "siglip2":  # NaFlex inputs
+            from convert.siglip2 import verify_siglip2 as verify
 
         parity = verify(folder, info, processor)
     card = dict(

@@ -184,17 +184,22 @@ def naflex_embed(model, pixel_values: torch.Tensor, pixel_attention_mask: torch.
                              covered[:, model.pos_covered_prefix :]], dim=1)]
     x = torch.cat([*prefix, x], dim=1)
     valid = torch.cat([pixel_values.new_ones(b, x.shape[1] - n, dtype=torch.bool), pixel_attention_mask.bool()], 1)
-    return model.pos_drop(x), valid, attention_mask(valid, x.dtype)
+    return model.pos_drop(x), valid, attention_mask(valid, x.dtype, cfg._attn_implementation == "flex_attention")
 
 
-def attention_mask(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
-    """(b, 1, n, n) additive mask hiding the padding keys from every query (None when nothing is padded): the form
-    transformers' eager, SDPA and flex (as a score_mod) attention functions all take."""
+def attention_mask(valid: torch.Tensor, dtype: torch.dtype, flex: bool = False):
+    """The mask hiding the padding keys from every query (None when nothing is padded): an additive (b, 1, 1, n)
+    tensor, which transformers' eager and SDPA attention broadcast, or for its flex attention a BlockMask (a tensor
+    there becomes a score_mod, which crashes torch's compiled CPU kernel)."""
     if bool(valid.all()):
         return None
-    n = valid.shape[1]
+    if flex:
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        b, n = valid.shape
+        return create_block_mask(lambda i, h, q, k: valid[i, k], b, None, n, n, device=valid.device)
     mask = torch.zeros(valid.shape, dtype=dtype, device=valid.device).masked_fill(~valid, torch.finfo(dtype).min)
-    return rearrange(mask, "b n -> b 1 1 n").expand(-1, 1, n, n)
+    return rearrange(mask, "b n -> b 1 1 n")
 
 
 def naflex_pool(model, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor | None:
