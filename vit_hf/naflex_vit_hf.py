@@ -118,6 +118,8 @@ def check_naflex_inputs(model, pixel_values, pixel_attention_mask, spatial_shape
         raise ValueError(f"spatial_shapes must be positive grids of at most {n} patches, got {spatial_shapes.tolist()}")
     if ph != pw:
         raise ValueError(f"NaFlex input needs square patches, the model has {ph}x{pw}")
+    if getattr(model, "rope", None) is not None:
+        raise ValueError("NaFlex input with rotary position embeddings is not supported yet: pass NCHW pixel_values")
 
 
 def hf_siglip2_weights(grid: tuple[int, int], spatial_shapes: torch.Tensor, length: int) -> torch.Tensor:
@@ -209,7 +211,7 @@ def naflex_pool(model, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor | N
         return x[:, 0] if pooling == "token" else None
     keep = slice(None) if model.config.pool_include_prefix and pooling != "token_mean" else slice(prefix, None)
     tokens, mask = x[:, keep], valid[:, keep]
-    if pooling == "map":
+    if pooling in ("map", "map_kv"):
         return model.attn_pool(tokens, rearrange(mask, "b n -> b 1 1 n"))
     weights = rearrange(mask.to(x.dtype), "b n -> b n 1")
     mean = (tokens * weights).sum(1) / weights.sum(1).clamp(min=1)
