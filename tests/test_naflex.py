@@ -242,8 +242,15 @@ def test_timm_naflexvit_folder_converts_exactly(tmp_path, num_classes, capsys):
     model = AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True)
     processor = AutoImageProcessor.from_pretrained(out, trust_remote_code=True)
     assert processor.max_num_patches == 16 and model.config.pos_embed_interpolation == "timm_naflex"
-    with torch.no_grad():
-        model(**processor(images()[:3]))
+    if num_classes:  # pipeline: the processor's three NaFlex inputs reach the classification model
+        from transformers import pipeline
+
+        classify = pipeline("image-classification", model=str(out), trust_remote_code=True)
+        with torch.no_grad():
+            logits = model(**processor(images()[:1])).logits[0]
+        top = classify(images()[0], top_k=1)[0]
+        assert top["label"] == model.config.id2label[int(logits.argmax())]
+        assert abs(top["score"] - logits.softmax(-1).max().item()) < 1e-6
 
 
 def test_timm_naflexvit_features_vit_hf_lacks_are_refused(tmp_path):
@@ -257,3 +264,30 @@ def test_timm_naflexvit_features_vit_hf_lacks_are_refused(tmp_path):
     with pytest.raises(ConversionError, match="cannot represent"):
         convert_timm_folder(tmp_path / "src", args)
     assert not (tmp_path / "out").exists()
+
+
+def test_attention_maps_and_flash_with_padding(tmp_path):
+    _, ours, _ = _source_and_ours(tmp_path)
+    inputs = _inputs()
+    ours.config._attn_implementation = "flex_attention"  # maps force eager: the mask must be eager's
+    with torch.no_grad():
+        out = ours(**inputs, output_attentions=True)
+    padded = ~inputs["pixel_attention_mask"].bool()
+    assert all((a.sum(-1) - 1).abs().max() < 1e-12 for a in out.attentions)
+    assert all((a * padded[:, None, None, :]).abs().max() == 0 for a in out.attentions)  # no query sees the padding
+    ours.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match="sdpa"):
+        ours(**inputs)
+
+
+def test_bench_suite_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path))
+    import bench.common
+
+    monkeypatch.setattr(bench.common, "RESULTS", tmp_path)
+    from bench import naflex
+
+    naflex.main(["--quick", "--rounds", "1"])
+    payload = json.loads((tmp_path / "naflex.json").read_text())
+    assert {r["candidate"] for r in payload["rows"]} == {"hf_sdpa", "vit_hf"} and len(payload["grids"]) > 1
+    assert float(payload["rows"][1]["max_abs_diff"]) < 1e-4

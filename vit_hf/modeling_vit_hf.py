@@ -302,7 +302,7 @@ class VitHfModel(VitHfPreTrainedModel):
         return_dict = self.config.return_dict if return_dict is None else return_dict
         valid = mask = None
         if spatial_shapes is not None:  # NaFlex: patches (b, n, P*P*c), their mask, grids (naflex_vit_hf.py)
-            x, valid, mask = naflex_embed(self, pixel_values, pixel_attention_mask, spatial_shapes)
+            x, valid, mask = naflex_embed(self, pixel_values, pixel_attention_mask, spatial_shapes, output_attentions)
         else:
             self._check_pixel_values(pixel_values, interpolate_pos_encoding)
             x = self.embed(pixel_values.to(self.patch_embed.proj.weight.dtype), bool_masked_pos)

@@ -164,8 +164,10 @@ def naflex_positions(table: torch.Tensor, grid: tuple[int, int], spatial_shapes:
     return torch.cat(tables)[index]
 
 
-def naflex_embed(model, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor, spatial_shapes: torch.Tensor):
-    """(tokens with prefix tokens and positions, (b, prefix + n) bool validity, additive attention mask or None)."""
+def naflex_embed(model, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor, spatial_shapes: torch.Tensor,
+                 output_attentions: bool = False):
+    """(tokens with prefix tokens and positions, (b, prefix + n) bool validity, the attention mask for the attention
+    function this call uses (eager when attention maps are asked for), or None when nothing is padded)."""
     check_naflex_inputs(model, pixel_values, pixel_attention_mask, spatial_shapes)
     proj = model.patch_embed.proj
     weight = rearrange(proj.weight, "d c ph pw -> d (ph pw c)")
@@ -186,7 +188,11 @@ def naflex_embed(model, pixel_values: torch.Tensor, pixel_attention_mask: torch.
                              covered[:, model.pos_covered_prefix :]], dim=1)]
     x = torch.cat([*prefix, x], dim=1)
     valid = torch.cat([pixel_values.new_ones(b, x.shape[1] - n, dtype=torch.bool), pixel_attention_mask.bool()], 1)
-    return model.pos_drop(x), valid, attention_mask(valid, x.dtype, cfg._attn_implementation == "flex_attention")
+    backend = "eager" if output_attentions else (cfg._attn_implementation or "eager")
+    if backend.startswith("flash") and not bool(valid.all()):
+        raise ValueError(f"{backend} takes no padding mask here: load the model with attn_implementation='sdpa' "
+                         f"(or 'flex_attention') for padded NaFlex batches")
+    return model.pos_drop(x), valid, attention_mask(valid, x.dtype, backend == "flex_attention")
 
 
 def attention_mask(valid: torch.Tensor, dtype: torch.dtype, flex: bool = False):
