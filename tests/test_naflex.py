@@ -291,3 +291,26 @@ def test_bench_suite_runs(tmp_path, monkeypatch, capsys):
     payload = json.loads((tmp_path / "naflex.json").read_text())
     assert {r["candidate"] for r in payload["rows"]} == {"hf_sdpa", "vit_hf"} and len(payload["grids"]) > 1
     assert float(payload["rows"][1]["max_abs_diff"]) < 1e-4
+
+
+def test_naflex_train_transform_and_collate_feed_a_training_step(tmp_path):
+    from vit_hf import VitHfForImageClassification
+    from vit_hf.naflex_vit_hf import naflex_collate
+
+    processor = VitHfImageProcessor(**PROCESSOR, resample="bilinear")
+    transform = processor.train_transforms()
+    torch.manual_seed(0)
+    examples = [{**transform(image), "labels": i % 3} for i, image in enumerate(images())]
+    assert all(e["pixel_values"].shape == (24, 48) for e in examples)
+    torch.manual_seed(0)
+    again = [transform(image) for image in images()]
+    assert all(torch.equal(a["pixel_values"], e["pixel_values"]) for a, e in zip(again, examples))  # torch's RNG
+    batch = naflex_collate(examples)
+    assert batch["labels"].tolist() == [0, 1, 2, 0, 1, 2, 0] and batch["spatial_shapes"].shape == (7, 2)
+    config = VitHfConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                         image_size=16, patch_size=4, class_token=False, pooling="map", num_labels=3,
+                         pos_embed_interpolation="hf_siglip2", dynamic_img_size=True)
+    model = VitHfForImageClassification(config).train()
+    out = model(**batch)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and model.vit.pos_embed.grad.abs().sum() > 0

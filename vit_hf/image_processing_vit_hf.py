@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.processing_utils import ImagesKwargs
 
-from .naflex_vit_hf import describe_naflex, naflex_batch
+from .naflex_vit_hf import NaFlexTransform, describe_naflex, naflex_batch
 
 # timm / torchvision interpolation names -> PIL filters
 RESAMPLE = {
@@ -125,10 +125,8 @@ def convert_channels(image: PIL.Image.Image, num_channels: int) -> PIL.Image.Ima
         # taken as 16-bit.
         array = np.asarray(image, dtype=np.float64)
         peak = array.max() if array.size else 0.0
-        if image.mode.startswith("I;16") or (image.mode == "I" and peak > 255):
-            scale = 1.0 / 257.0
-        else:
-            scale = 255.0 if image.mode == "F" else 1.0
+        wide = image.mode.startswith("I;16") or (image.mode == "I" and peak > 255)
+        scale = 1.0 / 257.0 if wide else (255.0 if image.mode == "F" else 1.0)
         image = PIL.Image.fromarray(np.clip(np.rint(array * scale), 0, 255).astype(np.uint8))
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
@@ -147,7 +145,7 @@ def _prepare(image: Any, num_channels: int) -> PIL.Image.Image:
     return image
 
 
-RESCALE_255 = 1 / 255
+RESCALE_255 = 1 / 255  # ToTensor's scale
 
 
 def _to_float(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float], rescale_factor=RESCALE_255):
@@ -497,9 +495,11 @@ class VitHfImageProcessor(BaseImageProcessor):
             getattr(self, "resize_size", None), getattr(self, "crop_offset", "round"), self._rescale_factor(),
         )
 
-    def train_transforms(self) -> TrainTransform:
-        return TrainTransform(self.size, self.resample, self.image_mean, self.image_std, self.num_channels,
-                              self.train_crop_scale, self.train_crop_ratio, self.train_hflip, self._rescale_factor())
+    def train_transforms(self) -> TrainTransform | NaFlexTransform:
+        tf = TrainTransform(self.size, self.resample, self.image_mean, self.image_std, self.num_channels,
+                            self.train_crop_scale, self.train_crop_ratio, self.train_hflip, self._rescale_factor())
+        limit = getattr(self, "max_num_patches", None)  # NaFlex: a dict per image (naflex_collate batches them)
+        return NaFlexTransform(self.eval_transforms(), self.patch_size, limit, tf) if limit else tf
 
     def describe_eval(self, channels: bool = True) -> str:
         """The eval transform in one sentence (model cards, converter notes); `channels=False` leaves out the

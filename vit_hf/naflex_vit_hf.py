@@ -62,25 +62,46 @@ def patchify_padded(image: torch.Tensor, patch_size: int, max_num_patches: int) 
     return F.pad(patches, (0, 0, 0, max_num_patches - n)), mask
 
 
-def naflex_batch(tf, images: list, patch_size: int, max_num_patches: int) -> dict[str, torch.Tensor]:
-    """`VitHfImageProcessor`'s NaFlex output for `images` with the eval transform `tf`'s channels, filter, backend
-    and normalisation: one image at a time (each has its own size), as transformers' Siglip2 processors do."""
-    from .image_processing_vit_hf import _hwc_array, _to_float  # the processor's own pixel steps (imports this file)
+class NaFlexTransform:
+    """One image -> its NaFlex `pixel_values` (max_num_patches, P * P * C), `pixel_attention_mask` and
+    `spatial_shapes`, with the eval transform `tf`'s channels, filter, resize backend and normalisation. With `train`
+    (the processor's TrainTransform): RandomResizedCrop's box (scale, ratio) first, the crop keeping its own aspect
+    ratio, then the horizontal flip, drawn from torch's RNG in TrainTransform's order; always resized with PIL."""
 
-    p, limit = int(patch_size), int(max_num_patches)
-    out = {"pixel_values": [], "pixel_attention_mask": [], "spatial_shapes": []}
-    for image in images:
+    def __init__(self, tf, patch_size: int, max_num_patches: int, train=None):
+        self.tf, self.patch, self.limit, self.train = tf, int(patch_size), int(max_num_patches), train
+
+    def __call__(self, image) -> dict[str, torch.Tensor]:
+        from .image_processing_vit_hf import _hwc_array, _to_float  # the processor's own pixel steps (imports this)
+
+        tf, p = self.tf, self.patch
         image = tf.prepare(image)
-        h, w = naflex_image_size(image.height, image.width, p, limit)
-        if tf.torch_mode is None:  # transformers' PIL processor resizes with PIL, its torchvision one with torch
-            image = image.resize((w, h), resample=tf.resample) if (w, h) != image.size else image
+        box = self.train.crop_box(*image.size) if self.train is not None else (0, 0, *image.size)
+        h, w = naflex_image_size(box[3] - box[1], box[2] - box[0], p, self.limit)
+        torch_resize = tf.torch_mode is not None and self.train is None and (w, h) != image.size
+        if not torch_resize and ((w, h) != image.size or self.train is not None):
+            # transformers' PIL processor resizes with PIL, its torchvision one with torch (resize_backend="torch")
+            image = image.resize((w, h), resample=tf.resample, box=box)
         uint8 = torch.from_numpy(_hwc_array(image).copy()).permute(2, 0, 1)
-        if tf.torch_mode is not None and (w, h) != image.size:
+        if torch_resize:
             uint8 = F.interpolate(uint8[None], size=(h, w), mode=tf.torch_mode, antialias=True)[0]
-        patches, mask = patchify_padded(_to_float(uint8, tf.mean, tf.std, tf.rescale_factor), p, limit)
-        for key, value in zip(out, (patches, mask, torch.tensor([h // p, w // p]))):
-            out[key].append(value)
-    return {k: torch.stack(v) for k, v in out.items()}
+        if self.train is not None and self.train.hflip > 0 and torch.rand(()).item() < self.train.hflip:
+            uint8 = uint8.flip(-1)
+        patches, mask = patchify_padded(_to_float(uint8, tf.mean, tf.std, tf.rescale_factor), p, self.limit)
+        return {"pixel_values": patches, "pixel_attention_mask": mask, "spatial_shapes": torch.tensor([h // p, w // p])}
+
+
+def naflex_collate(examples: list[dict]) -> dict[str, torch.Tensor]:
+    """Stack per-example NaFlex dicts (all padded to the same max_num_patches) and any other tensor or number keys
+    (labels, ...) into a batch: the collate function for NaFlex training."""
+    return {k: torch.stack([torch.as_tensor(e[k]) for e in examples]) for k in examples[0]}
+
+
+def naflex_batch(tf, images: list, patch_size: int, max_num_patches: int) -> dict[str, torch.Tensor]:
+    """`VitHfImageProcessor`'s NaFlex output for `images`: one image at a time (each has its own size), as
+    transformers' Siglip2 processors do."""
+    transform = NaFlexTransform(tf, patch_size, max_num_patches)
+    return naflex_collate([transform(image) for image in images])
 
 
 def describe_naflex(tf, patch_size: int, max_num_patches: int) -> str:
@@ -225,6 +246,6 @@ def naflex_pool(model, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor | N
 
 
 __all__ = [
-    "naflex_image_size", "patchify_padded", "naflex_positions", "naflex_embed", "naflex_pool", "attention_mask",
-    "hf_siglip2_weights",
+    "NaFlexTransform", "naflex_collate", "naflex_batch", "naflex_image_size", "patchify_padded", "naflex_positions",
+    "naflex_embed", "naflex_pool", "attention_mask", "hf_siglip2_weights", "describe_naflex",
 ]
