@@ -314,3 +314,25 @@ def test_naflex_train_transform_and_collate_feed_a_training_step(tmp_path):
     out = model(**batch)
     out.loss.backward()
     assert torch.isfinite(out.loss) and model.vit.pos_embed.grad.abs().sum() > 0
+
+
+def test_hub_ids_through_the_front_door(tmp_path, capsys):
+    """`python -m convert REPO_ID OUT --verify` for a transformers SigLIP2 repo and a timm naflexvit repo on the
+    loopback Hub: downloaded, converted, verified, the card naming the repo."""
+    from huggingface_hub import HfApi
+    from hub_server import HubServer
+    from test_convert_source import _online, _publish, convert
+    from test_hub import TOKEN, TOKENS
+
+    with HubServer(tokens=TOKENS) as server, pytest.MonkeyPatch.context() as mp:
+        _online(mp, server, tmp_path / "cache")
+        api = HfApi(endpoint=server.endpoint, token=TOKEN)
+        repos = {"tester/siglip2-naflex": save_siglip2(tmp_path / "hf"),
+                 "tester/naflexvit_base_patch16_siglip.v2_webli": save_timm_naflex(tmp_path / "timm")}
+        for repo, folder in repos.items():
+            _publish(api, folder, repo)
+            out = tmp_path / repo.split("/")[1]
+            code, stdout, err = convert([repo, out, "--verify"], capsys)
+            assert code == 0, err
+            assert repo in (out / "README.md").read_text() and "NaFlex grids" in (out / "README.md").read_text()
+            assert json.loads((out / "preprocessor_config.json").read_text())["max_num_patches"] in (16, 24)
