@@ -3,8 +3,9 @@
 Families (reference/hub-checkpoint-formats.md §2): ViT (ViTModel with or without the in21k pooler,
 ViTForImageClassification), DeiT (DeiTModel, DeiTForImageClassification, DeiTForImageClassificationWithTeacher),
 ViTMAE (the encoder of ViTMAEModel / ViTMAEForPreTraining), DINOv2 and DINOv2 with registers (Model and
-ForImageClassification, SwiGLU giant included), CLIP and SigLIP vision towers (alone or inside a full CLIP / SigLIP
-repo). Each converted model reproduces the source class's own outputs: its LayerNorm eps, activation, position layout
+ForImageClassification, SwiGLU giant included), CLIP, SigLIP and MetaCLIP 2 vision towers (alone or inside a full
+dual-encoder repo), I-JEPA (IJepaModel, with or without its pooler, IJepaForImageClassification) and ViT-MSN
+(ViTMSNModel, ViTMSNForImageClassification). Each converted model reproduces the source class's own outputs: its LayerNorm eps, activation, position layout
 and run-time position resampling, pooled output and heads; labels come from `id2label`. Anything else is refused by
 name before anything is written.
 
@@ -73,6 +74,9 @@ class Family:
     fields: Callable[[object, Mapping[str, torch.Tensor]], dict]  # (vision config, mapped state) -> VitHfConfig fields
     classes: Mapping[str, str]  # head kind -> transformers class that is the oracle
     pooled: str  # what a headless source's comparable output is: "pooler_output" or "last_hidden_state"
+    # top-level key prefixes that belong to the backbone even when it is saved under a prefix (transformers 5's
+    # ViTMSNForImageClassification writes its blocks as `encoder.*` next to `vit.embeddings.*`)
+    loose: tuple[str, ...] = ()
 
 
 def _common_fields(hf) -> dict:
@@ -145,6 +149,16 @@ def _dinov2_registers_fields(hf, state) -> dict:
     }
 
 
+def _ijepa_fields(hf, state) -> dict:
+    """I-JEPA: a ViT without class token. Its classifier reads the mean of the normed tokens; a pooler (IJepaModel
+    built with add_pooling_layer) reads the first patch token, as vit_hf's `"token"` pooling does without a class
+    token; without either the pooled output is the mean of the normed tokens (the paper's linear probe input)."""
+    fields = {**_common_fields(hf), "class_token": False}
+    if "vit.pre_logits.fc.weight" in state:
+        return {**fields, **_pooler_fields(hf, state), "pooling": "token"}
+    return {**fields, "pooling": "mean", "fc_norm": False}
+
+
 def _clip_fields(hf, state) -> dict:
     """CLIP: ln_pre, no patch bias, quick_gelu (from the config); pooled = post_layernorm(cls) = our norm, token 0."""
     return {**_common_fields(hf), "pre_norm": True, "patch_bias": False}
@@ -173,13 +187,24 @@ FAMILIES = {
     "dinov2_with_registers": Family(
         "DINOv2 with registers", ("dinov2_with_registers.", ""), _DINO_RULES, _dinov2_registers_fields,
         {"head": "Dinov2WithRegistersForImageClassification", "none": "Dinov2WithRegistersModel"}, "pooler_output"),
+    "ijepa": Family("I-JEPA", ("ijepa.", ""), _VIT_RULES, _ijepa_fields,
+                    {"head": "IJepaForImageClassification", "none": "IJepaModel"}, "last_hidden_state"),
+    "vit_msn": Family("ViT-MSN", ("vit.", ""), _VIT_RULES, _vit_fields,
+                      {"head": "ViTMSNForImageClassification", "none": "ViTMSNModel"}, "last_hidden_state",
+                      loose=("encoder.",)),
     "clip": Family("CLIP vision tower", ("vision_model.", ""), CLIP_TOWER, _clip_fields,
                    {"none": "CLIPVisionModel"}, "pooler_output"),
     "siglip": Family("SigLIP vision tower", ("vision_model.", ""), CLIP_TOWER, _siglip_fields,
                      {"none": "SiglipVisionModel"}, "pooler_output"),
+    "metaclip_2": Family("MetaCLIP 2 vision tower", ("vision_model.", ""), CLIP_TOWER, _clip_fields,
+                         {"none": "MetaClip2VisionModel"}, "pooler_output"),
 }
 # Full dual-encoder repos and their vision-only configs: the vision config is the one to read
-VISION_CONFIG_OF = {"clip": "clip", "clip_vision_model": "clip", "siglip": "siglip", "siglip_vision_model": "siglip"}
+VISION_CONFIG_OF = {
+    "clip": "clip", "clip_vision_model": "clip", "siglip": "siglip", "siglip_vision_model": "siglip",
+    "metaclip_2": "metaclip_2", "metaclip_2_vision_model": "metaclip_2",
+}
+DUAL_ENCODERS = ("clip", "siglip", "metaclip_2")  # model types whose config.json nests a vision_config
 HEAD_KEYS = ("classifier.", "cls_classifier.", "distillation_classifier.")
 
 
@@ -258,7 +283,7 @@ def vision_config(folder: Path, raw: dict):
         hf = AutoConfig.from_pretrained(folder)
     except (ValueError, TypeError, KeyError, OSError) as e:
         raise ConversionError(f"{folder / CONFIG}: transformers cannot read it ({str(e).splitlines()[0]})") from None
-    if raw.get("model_type") in ("clip", "siglip"):
+    if raw.get("model_type") in DUAL_ENCODERS:
         return hf.vision_config
     return hf
 
@@ -277,6 +302,8 @@ def split_backbone(
     for key, tensor in state.items():
         if prefix and key.startswith(prefix):
             backbone[key[len(prefix) :]] = tensor
+        elif prefix and key.startswith(family.loose):
+            backbone[key] = tensor
         elif not prefix and not key.startswith(HEAD_KEYS):
             backbone[key] = tensor
         else:
@@ -352,8 +379,8 @@ def convert_state(folder: Path) -> dict:
         raise ConversionError(f"{family.name} config cannot be represented: {e}") from None
     preprocessor = read_json(folder / PREPROCESSOR) if (folder / PREPROCESSOR).is_file() else None
     compared = "logits" if kind != "none" else family.pooled
-    if key in ("vit", "deit") and kind == "none" and "representation_size" in fields:
-        compared = "pooler_output"  # the in21k pooler tanh(dense(cls))
+    if key in ("vit", "deit", "ijepa") and kind == "none" and "representation_size" in fields:
+        compared = "pooler_output"  # the in21k pooler tanh(dense(cls)) (I-JEPA's: of the first patch token)
     return dict(
         family=family, family_key=key, hf=hf, config=config, state=state, kind=kind, origin=origin,
         source_class=family.classes[kind], compared=compared, weights_file=weights_file, dropped=dropped, raw=raw,

@@ -39,7 +39,7 @@ def load_source(folder: Path, info: dict, dtype: torch.dtype = torch.float64) ->
 
     cls = getattr(transformers, info["source_class"])
     kwargs = {}
-    if info["source_class"] in ("ViTModel", "DeiTModel"):  # a pooler only when the checkpoint has one
+    if info["source_class"] in ("ViTModel", "DeiTModel", "IJepaModel"):  # a pooler only when the checkpoint has one
         kwargs["add_pooling_layer"] = "vit.pre_logits.fc.weight" in info["state"]
     if info["source_class"] == "ViTMAEModel":
         kwargs["mask_ratio"] = 0.0

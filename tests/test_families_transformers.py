@@ -1,0 +1,166 @@
+"""The 2024-2026 transformers families (issue 22): I-JEPA, ViT-MSN, MetaCLIP 2 vision towers, ... written by the real
+`save_pretrained` as tiny random models, converted, and compared with the source class's own forward in float64
+(1e-9); their processors give transformers' pixels; what cannot be represented is refused by name, nothing written."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from images import max_pixel_difference, photos  # noqa: E402
+from test_convert_transformers import LABELS, SMALL, TEXT, VIT, randomize  # noqa: E402
+
+from convert.common import ConversionError  # noqa: E402
+from convert.transformers import convert_state, convert_transformers_folder  # noqa: E402
+from convert.transformers_verify import verify  # noqa: E402
+
+IMAGENET = dict(image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+# the repos' processors, at the tiny models' 32 px
+VIT_PROCESSOR = (transformers.ViTImageProcessor, dict(size={"height": 32, "width": 32}, resample=3, **IMAGENET))
+CLIP_PROCESSOR = (transformers.CLIPImageProcessor, dict(size={"shortest_edge": 32},
+                                                        crop_size={"height": 32, "width": 32}))
+
+
+def _metaclip_full():
+    config = transformers.MetaClip2Config(vision_config=dict(SMALL, intermediate_size=37), text_config=TEXT)
+    return transformers.MetaClip2Model(config)
+
+
+# name -> (builder, processor (class, kwargs) or None)
+FAMILIES = {
+    "ijepa": (lambda: transformers.IJepaModel(transformers.IJepaConfig(**VIT)), VIT_PROCESSOR),
+    "ijepa_pooler": (lambda: transformers.IJepaModel(transformers.IJepaConfig(**VIT), add_pooling_layer=True), None),
+    "ijepa_classifier": (lambda: transformers.IJepaForImageClassification(
+        transformers.IJepaConfig(**VIT, id2label=LABELS)), None),
+    "vit_msn": (lambda: transformers.ViTMSNModel(transformers.ViTMSNConfig(**SMALL, intermediate_size=37)),
+                VIT_PROCESSOR),
+    "vit_msn_classifier": (lambda: transformers.ViTMSNForImageClassification(
+        transformers.ViTMSNConfig(**SMALL, intermediate_size=37, id2label=LABELS)), None),
+    "metaclip_2_vision": (lambda: transformers.MetaClip2VisionModel(
+        transformers.MetaClip2VisionConfig(**SMALL, intermediate_size=37)), CLIP_PROCESSOR),
+    "metaclip_2_with_projection": (lambda: transformers.MetaClip2VisionModelWithProjection(
+        transformers.MetaClip2VisionConfig(**SMALL, intermediate_size=37, projection_dim=8)), None),
+    "metaclip_2_full": (_metaclip_full, CLIP_PROCESSOR),
+}
+
+
+def save_family(name: str, folder, safe_serialization: bool = True):
+    build, processor = FAMILIES[name]
+    model = randomize(build(), seed=len(name))
+    model.save_pretrained(folder, safe_serialization=safe_serialization)
+    if processor is not None:
+        cls, kwargs = processor
+        cls(**kwargs).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_family_reproduces_the_source_in_float64(tmp_path, name):
+    folder = save_family(name, tmp_path / "src")
+    info = convert_state(folder)
+    rows = verify(folder, info, processor=None)
+    assert {r["dtype"] for r in rows} == {"float64", "float32"}
+    for row in rows:
+        if row["dtype"] == "float64":
+            assert row["max_abs_diff"] < 1e-9, row
+    if info["kind"] != "none":
+        assert info["config"].id2label == LABELS
+
+
+def test_family_switches_come_from_the_source(tmp_path):
+    expected = {
+        "ijepa": dict(class_token=False, pooling="mean", fc_norm=False, layer_norm_eps=1e-12),
+        "ijepa_pooler": dict(class_token=False, pooling="token", representation_size=32),
+        "ijepa_classifier": dict(class_token=False, pooling="mean", fc_norm=False, num_labels=3),
+        "vit_msn": dict(class_token=True, pooling="token", layer_norm_eps=1e-6, hidden_act="gelu"),
+        "metaclip_2_full": dict(pre_norm=True, patch_bias=False, hidden_act="quick_gelu", layer_norm_eps=1e-5),
+    }
+    for name, fields in expected.items():
+        config = convert_state(save_family(name, tmp_path / name))["config"]
+        assert {k: getattr(config, k) for k in fields} == fields, name
+
+
+def test_what_is_compared_is_what_the_source_outputs(tmp_path):
+    compared = {
+        "ijepa": ("IJepaModel", "last_hidden_state"), "ijepa_pooler": ("IJepaModel", "pooler_output"),
+        "ijepa_classifier": ("IJepaForImageClassification", "logits"),
+        "vit_msn": ("ViTMSNModel", "last_hidden_state"),
+        "vit_msn_classifier": ("ViTMSNForImageClassification", "logits"),
+        "metaclip_2_full": ("MetaClip2VisionModel", "pooler_output"),
+    }
+    for name, expected in compared.items():
+        info = convert_state(save_family(name, tmp_path / name))
+        assert (info["source_class"], info["compared"]) == expected, name
+
+
+def test_vit_msn_classifier_blocks_saved_outside_the_backbone_prefix(tmp_path):
+    """transformers 5 writes ViTMSNForImageClassification's blocks as `encoder.*` beside `vit.embeddings.*` (and
+    reads them back by a rename): both layouts convert to the same tensors."""
+    from safetensors.torch import load_file, save_file
+
+    folder = save_family("vit_msn_classifier", tmp_path / "src")
+    state = load_file(folder / "model.safetensors")
+    assert any(k.startswith("encoder.layer.") for k in state)
+    reference = convert_state(folder)["state"]
+    save_file({("vit." + k if k.startswith("encoder.") else k): v for k, v in state.items()},
+              folder / "model.safetensors", metadata={"format": "pt"})
+    state = convert_state(folder)["state"]
+    assert state.keys() == reference.keys() and all(torch.equal(state[k], reference[k]) for k in state)
+
+
+@pytest.mark.parametrize("name", ["ijepa", "vit_msn_classifier"])
+def test_image_size_resamples_as_transformers_does(tmp_path, name):
+    """--image-size on a fixed position table: resampled as interpolate_pos_encoding=True does (I-JEPA without a class
+    token), and --verify runs the source that way at the new, non-square size."""
+    folder = save_family(name, tmp_path / "src")
+    args = argparse.Namespace(verify=True, image_size=(48, 40))
+    convert_transformers_folder(folder, tmp_path / "out", args)
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["image_size"] == [48, 40]
+    assert "float64" in (tmp_path / "out" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("name", [n for n, (_, p) in FAMILIES.items() if p is not None])
+def test_converted_processor_gives_the_sources_pixels(tmp_path, name):
+    from transformers import AutoImageProcessor
+
+    from vit_hf import VitHfImageProcessor
+
+    folder = save_family(name, tmp_path / "src")
+    convert_transformers_folder(folder, tmp_path / "out", argparse.Namespace())
+    processor = VitHfImageProcessor.from_pretrained(tmp_path / "out")
+    source = AutoImageProcessor.from_pretrained(folder, backend="pil")
+    reference = lambda image: source(image, return_tensors="np").pixel_values[0]  # noqa: E731
+    assert max_pixel_difference(processor, reference, photos()) <= 1e-5
+
+
+def test_converted_folder_loads_as_remote_code_and_equals_the_source(tmp_path):
+    from transformers import AutoModelForImageClassification
+
+    folder = save_family("ijepa_classifier", tmp_path / "src")
+    out = tmp_path / "out"
+    convert_transformers_folder(folder, out, argparse.Namespace(verify=True))
+    model = AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True, dtype=torch.float64).eval()
+    source = transformers.IJepaForImageClassification.from_pretrained(folder, dtype=torch.float64).eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits, source(x).logits, rtol=0, atol=1e-9)
+    assert model.config.id2label == LABELS
+
+
+def _refused(folder, out, match):
+    with pytest.raises(ConversionError, match=match):
+        convert_transformers_folder(folder, out, argparse.Namespace(verify=False))
+    assert not out.exists()
+
+
+def test_unrepresentable_variants_are_refused(tmp_path):
+    folder = save_family("ijepa_pooler", tmp_path / "src")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "pooler_act": "relu"}))
+    _refused(folder, tmp_path / "out", "pooler_act='relu'")
