@@ -164,3 +164,43 @@ def test_unrepresentable_variants_are_refused(tmp_path):
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "pooler_act": "relu"}))
     _refused(folder, tmp_path / "out", "pooler_act='relu'")
+
+
+# DINOv3's processor exists only on transformers' torchvision backend: rescaled to float32, then resized (antialiased)
+DINOV3_PROCESSORS = {
+    "repo default": {},  # 224x224 squash, bilinear, ImageNet mean / std
+    "non-square": {"size": {"height": 48, "width": 64}},
+    "shortest edge and crop, bicubic": {"size": {"shortest_edge": 40}, "do_center_crop": True,
+                                        "crop_size": {"height": 32, "width": 32}, "resample": 3},
+}
+
+
+@pytest.mark.parametrize("case", list(DINOV3_PROCESSORS))
+def test_dinov3_processor_gives_the_torchvision_pixels(tmp_path, case):
+    from convert.preprocessing import processor_from_transformers
+    from vit_hf import VitHfConfig
+
+    source = transformers.DINOv3ViTImageProcessor(**DINOV3_PROCESSORS[case])
+    source.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    processor, note = processor_from_transformers(config, VitHfConfig.from_preset("test"))
+    assert processor.resize_backend == "torch_float" and "torchvision" in note
+    reference = lambda image: source(image, return_tensors="pt").pixel_values[0]  # noqa: E731
+    assert max_pixel_difference(processor, reference, photos()) <= 1e-5
+    from vit_hf import VitHfImageProcessor
+
+    processor.save_pretrained(tmp_path / "saved")  # the setting survives the folder
+    assert VitHfImageProcessor.from_pretrained(tmp_path / "saved").resize_backend == "torch_float"
+
+
+def test_dinov3_processor_with_another_filter_is_refused():
+    from convert.preprocessing import processor_from_flags, processor_from_transformers
+    from vit_hf import VitHfConfig
+
+    config = {"image_processor_type": "DINOv3ViTImageProcessor", "resample": 0}
+    with pytest.raises(ConversionError, match="DINOv3ViTImageProcessor resamples with nearest"):
+        processor_from_transformers(config, VitHfConfig.from_preset("test"))
+    base, _ = processor_from_transformers({"image_processor_type": "DINOv3ViTImageProcessor"},
+                                          VitHfConfig.from_preset("test"))
+    with pytest.raises(ConversionError, match="--interpolation over the source's preprocessing"):
+        processor_from_flags(VitHfConfig.from_preset("test"), interpolation="lanczos", base=base)
