@@ -88,6 +88,9 @@ class Family:
     # ViTMSNForImageClassification writes its blocks as `encoder.*` next to `vit.embeddings.*`)
     loose: tuple[str, ...] = ()
     also: tuple[str, ...] = ()  # further outputs of a headless source compared by --verify (e.g. last_hidden_state)
+    # why the source's float64 forward still rounds to float32 somewhere ("" = it does not): --verify then holds its
+    # float64 rows to float32 rounding, and the card says why
+    float32_inside: str = ""
 
     def rules_for(self, hf) -> list[Rule]:
         return self.rules(hf) if callable(self.rules) else self.rules
@@ -281,7 +284,8 @@ FAMILIES = {
     "dinov3_vit": Family("DINOv3", ("",), _dinov3_rules, _dinov3_fields, {"none": "DINOv3ViTModel"},
                          "pooler_output", also=("last_hidden_state",)),
     "aimv2": Family("AIMv2 vision tower", ("vision_model.", ""), _aimv2_rules, _aimv2_fields,
-                    {"none": "Aimv2VisionModel"}, "pooler_output", also=("last_hidden_state",)),
+                    {"none": "Aimv2VisionModel"}, "pooler_output", also=("last_hidden_state",),
+                    float32_inside="transformers' Aimv2RMSNorm normalises in float32 whatever the model's dtype"),
 }
 # Full dual-encoder repos and their vision-only configs: the vision config is the one to read
 VISION_CONFIG_OF = {
@@ -585,7 +589,9 @@ def convert_transformers_folder(folder: Path, out_dir: Path, args: argparse.Name
     scaled = None
     if resized:  # the source's processor made the source's size; a dynamic DINOv2 keeps its processor's crop
         processor, scaled = scale_processor(processor, model.config.image_hw)
-    info["notes"] = [n for n in (resized, scaled) if n]
+    inside = info["family"].float32_inside
+    inside = inside and f"float64 parity is held to float32 rounding (1e-5): {inside}"
+    info["notes"] = [n for n in (resized, scaled, inside) if n]
     parity = None
     if getattr(args, "verify", False):
         from convert.transformers_verify import verify

@@ -19,6 +19,9 @@ import torch
 from convert.common import ConversionError, build_model, fixed_batch
 
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-3}  # times max(1, largest reference magnitude)
+# a source that rounds to float32 inside its float64 forward (Family.float32_inside: AIMv2's RMSNorm) carries float32
+# rounding in its float64 outputs, which any implementation summing in another order meets as ~1e-7 differences
+FLOAT32_INSIDE_TOLERANCE = 1e-5
 
 
 @contextlib.contextmanager
@@ -87,10 +90,10 @@ def _sizes(config, processor) -> list[tuple[int, int]]:
     return sizes
 
 
-def _row(reference: str, dtype: torch.dtype, compared: str, hw, got, expected) -> dict:
+def _row(reference: str, dtype: torch.dtype, compared: str, hw, got, expected, tolerance: float) -> dict:
     diff = (got - expected).abs().max().item()
     top1 = (got.argmax(-1) == expected.argmax(-1)).double().mean().item() if compared == "logits" else None
-    limit = TOLERANCE[dtype] * max(1.0, expected.abs().max().item())
+    limit = tolerance * max(1.0, expected.abs().max().item())
     return dict(
         reference=reference, dtype=str(dtype).replace("torch.", ""), outputs=f"{compared} at {hw[0]}x{hw[1]}",
         max_abs_diff=diff, top1_agreement=top1, ok=diff <= limit,
@@ -139,8 +142,12 @@ def verify(folder: Path, info: dict, processor) -> list[dict]:
         resized = "resized_from" in info  # the source runs at the new size with its own run-time resampling
         expected = _run(load_source(folder, info, dtype), inputs, compared, source=True, resized=resized)
         got = _run(_ours(info, dtype), inputs, compared, source=False)
+        tolerance = TOLERANCE[dtype]
+        if info["family"].float32_inside and dtype == torch.float64:
+            tolerance = FLOAT32_INSIDE_TOLERANCE
         for x, outs, refs in zip(inputs, got, expected):
-            rows += [_row(reference, dtype, name, x.shape[-2:], a, b) for name, a, b in zip(compared, outs, refs)]
+            rows += [_row(reference, dtype, name, x.shape[-2:], a, b, tolerance)
+                     for name, a, b in zip(compared, outs, refs)]
     bad = [r for r in rows if not r.pop("ok")]
     if bad:
         worst = max(bad, key=lambda r: r["max_abs_diff"])

@@ -26,6 +26,19 @@ CLIP_PROCESSOR = (transformers.CLIPImageProcessor, dict(size={"shortest_edge": 3
                                                         crop_size={"height": 32, "width": 32}))
 
 
+DINOV3_PROCESSOR = (transformers.DINOv3ViTImageProcessor, dict(size={"height": 32, "width": 32}))
+AIMV2 = dict(SMALL, intermediate_size=37)
+
+
+def _dinov3(**kwargs):
+    return transformers.DINOv3ViTModel(transformers.DINOv3ViTConfig(**{**SMALL, "intermediate_size": 37, **kwargs}))
+
+
+def _aimv2_full():
+    text = dict(TEXT, eos_token_id=1)
+    return transformers.Aimv2Model(transformers.Aimv2Config(vision_config=AIMV2, text_config=text))
+
+
 def _metaclip_full():
     config = transformers.MetaClip2Config(vision_config=dict(SMALL, intermediate_size=37), text_config=TEXT)
     return transformers.MetaClip2Model(config)
@@ -46,7 +59,22 @@ FAMILIES = {
     "metaclip_2_with_projection": (lambda: transformers.MetaClip2VisionModelWithProjection(
         transformers.MetaClip2VisionConfig(**SMALL, intermediate_size=37, projection_dim=8)), None),
     "metaclip_2_full": (_metaclip_full, CLIP_PROCESSOR),
+    "dinov3": (lambda: _dinov3(num_register_tokens=2), DINOV3_PROCESSOR),
+    "dinov3_no_registers": (lambda: _dinov3(), None),
+    "dinov3_gated": (lambda: _dinov3(use_gated_mlp=True, hidden_act="silu", num_register_tokens=1), None),
+    "dinov3_key_bias": (lambda: _dinov3(key_bias=True), None),
+    "dinov3_no_qkv_bias": (lambda: _dinov3(query_bias=False, value_bias=False), None),
+    # a 7x7 stored grid: patch centres that float32 does not hold exactly, 4 registers
+    "dinov3_7x7": (lambda: _dinov3(image_size=56, num_register_tokens=4), None),
+    "aimv2_vision": (lambda: transformers.Aimv2VisionModel(transformers.Aimv2VisionConfig(**AIMV2)), CLIP_PROCESSOR),
+    "aimv2_biases": (lambda: transformers.Aimv2VisionModel(
+        transformers.Aimv2VisionConfig(**AIMV2, qkv_bias=True, mlp_bias=True)), None),
+    "aimv2_no_head": (lambda: transformers.Aimv2VisionModel(
+        transformers.Aimv2VisionConfig(**AIMV2, use_head=False)), None),
+    "aimv2_full": (_aimv2_full, None),
 }
+# AIMv2's RMSNorm computes in float32 inside the float64 forward (see test_aimv2_float64_parity_is_float32_rounding)
+FLOAT32_INSIDE = {name for name in FAMILIES if name.startswith("aimv2")}
 
 
 def save_family(name: str, folder, safe_serialization: bool = True):
@@ -59,17 +87,43 @@ def save_family(name: str, folder, safe_serialization: bool = True):
     return folder
 
 
-@pytest.mark.parametrize("name", list(FAMILIES))
-def test_family_reproduces_the_source_in_float64(tmp_path, name):
+def _float64_rows(name, tmp_path):
     folder = save_family(name, tmp_path / "src")
     info = convert_state(folder)
     rows = verify(folder, info, processor=None)
     assert {r["dtype"] for r in rows} == {"float64", "float32"}
-    for row in rows:
-        if row["dtype"] == "float64":
-            assert row["max_abs_diff"] < 1e-9, row
     if info["kind"] != "none":
         assert info["config"].id2label == LABELS
+    return info, [row for row in rows if row["dtype"] == "float64"]
+
+
+@pytest.mark.parametrize("name", sorted(set(FAMILIES) - FLOAT32_INSIDE))
+def test_family_reproduces_the_source_in_float64(tmp_path, name):
+    info, rows = _float64_rows(name, tmp_path)
+    for row in rows:
+        assert row["max_abs_diff"] < 1e-9, row
+    if info["config"].rope_type != "none":  # RoPE: the stored grid and a larger non-square one, no interpolation
+        assert {r["outputs"] for r in rows} >= {"pooler_output at 32x32", "last_hidden_state at 40x48"} or \
+            {r["outputs"] for r in rows} >= {"pooler_output at 56x56", "last_hidden_state at 64x72"}
+
+
+@pytest.mark.parametrize("name", sorted(FLOAT32_INSIDE))
+def test_aimv2_float64_parity_is_float32_rounding(tmp_path, name):
+    """transformers' Aimv2RMSNorm casts to float32 inside the float64 forward, so its float64 outputs carry float32
+    rounding, and the float32 sum of squares depends on the memory layout: after the patch projection transformers
+    normalises the convolution's (b, d, n) output viewed as (b, n, d), vit_hf its contiguous (b, n, d) einops product.
+    Same values, another summation order, float32 ulps apart, then carried through the blocks. Everything else is
+    exact: the rows stay at float32 rounding."""
+    _, rows = _float64_rows(name, tmp_path)
+    for row in rows:
+        assert row["max_abs_diff"] < 1e-5, row
+
+
+@pytest.mark.xfail(strict=True, reason="vit_hf's patch embedding hands its norm a contiguous (b, n, d) tensor; "
+                                       "transformers' and timm's a transposed convolution output (see above)")
+def test_aimv2_reproduces_the_source_in_float64(tmp_path):
+    _, rows = _float64_rows("aimv2_vision", tmp_path)
+    assert max(row["max_abs_diff"] for row in rows) < 1e-9, rows
 
 
 def test_family_switches_come_from_the_source(tmp_path):
@@ -79,6 +133,16 @@ def test_family_switches_come_from_the_source(tmp_path):
         "ijepa_classifier": dict(class_token=False, pooling="mean", fc_norm=False, num_labels=3),
         "vit_msn": dict(class_token=True, pooling="token", layer_norm_eps=1e-6, hidden_act="gelu"),
         "metaclip_2_full": dict(pre_norm=True, patch_bias=False, hidden_act="quick_gelu", layer_norm_eps=1e-5),
+        "dinov3": dict(rope_type="dinov3", rope_theta=100.0, rope_rotate_half=True, rope_numerics="transformers",
+                       pos_embed_type="none", num_register_tokens=2, qkv_bias=True, key_bias=False,
+                       layer_scale_init_value=1.0, mlp_layer="mlp", layer_norm_eps=1e-5, rope_rescale_coords=2.0),
+        "dinov3_gated": dict(mlp_layer="glu", hidden_act="silu", intermediate_size=37, num_register_tokens=1),
+        "dinov3_key_bias": dict(qkv_bias=True, key_bias=True),
+        "dinov3_no_qkv_bias": dict(qkv_bias=False),
+        "aimv2_vision": dict(norm_type="rmsnorm_fp32", embed_norm=True, class_token=False, pooling="map_kv",
+                             qkv_bias=False, proj_bias=False, mlp_layer="glu", hidden_act="silu", layer_norm_eps=1e-5),
+        "aimv2_biases": dict(qkv_bias=True, proj_bias=True),
+        "aimv2_no_head": dict(pooling="mean", fc_norm=False),
     }
     for name, fields in expected.items():
         config = convert_state(save_family(name, tmp_path / name))["config"]
@@ -92,10 +156,14 @@ def test_what_is_compared_is_what_the_source_outputs(tmp_path):
         "vit_msn": ("ViTMSNModel", "last_hidden_state"),
         "vit_msn_classifier": ("ViTMSNForImageClassification", "logits"),
         "metaclip_2_full": ("MetaClip2VisionModel", "pooler_output"),
+        "dinov3": ("DINOv3ViTModel", "pooler_output", "last_hidden_state"),
+        "aimv2_vision": ("Aimv2VisionModel", "pooler_output", "last_hidden_state"),
+        "aimv2_full": ("Aimv2VisionModel", "pooler_output", "last_hidden_state"),
+        "aimv2_no_head": ("Aimv2VisionModel", "last_hidden_state"),
     }
     for name, expected in compared.items():
         info = convert_state(save_family(name, tmp_path / name))
-        assert (info["source_class"], info["compared"]) == expected, name
+        assert (info["source_class"], info["compared"], *info["also"]) == expected, name
 
 
 def test_vit_msn_classifier_blocks_saved_outside_the_backbone_prefix(tmp_path):
@@ -134,7 +202,8 @@ def test_converted_processor_gives_the_sources_pixels(tmp_path, name):
     folder = save_family(name, tmp_path / "src")
     convert_transformers_folder(folder, tmp_path / "out", argparse.Namespace())
     processor = VitHfImageProcessor.from_pretrained(tmp_path / "out")
-    source = AutoImageProcessor.from_pretrained(folder, backend="pil")
+    # DINOv3's processor exists only on the torchvision backend; the others are compared with their PIL backend
+    source = AutoImageProcessor.from_pretrained(folder, **({} if name.startswith("dinov3") else {"backend": "pil"}))
     reference = lambda image: source(image, return_tensors="np").pixel_values[0]  # noqa: E731
     assert max_pixel_difference(processor, reference, photos()) <= 1e-5
 
