@@ -548,6 +548,14 @@ def _switches_text(config: VitHfConfig) -> str:
         (config.no_embed_registers, "registers without positions (`no_embed_registers`)"),
         (config.pooling == "token_mean", "head on [class token; mean of patches] (`pooling='token_mean'`)"),
         (config.mlp_layer == "glu", f"gated MLP, {config.hidden_act} gate (`mlp_layer='glu'`)"),
+        (config.rope_type != "none", f"2-D rotary position embeddings on q/k (`rope_type='{config.rope_type}'`, "
+                                     f"theta {config.rope_theta}, `rope_numerics='{config.rope_numerics}'`)"),
+        (config.pos_embed_type == "none", "no position table: any input size, nothing resampled"),
+        (config.norm_type != "layernorm", f"RMSNorm (`norm_type='{config.norm_type}'`)"),
+        (config.embed_norm, "a norm right after the patch projection (`embed_norm`)"),
+        (config.qkv_bias and not config.key_bias, "query and value biases, none on the key (`key_bias=False`)"),
+        (config.pooling == "map_kv", "attention pooling with a learned query and key/value projections "
+                                     "(`pooling='map_kv'`)"),
     ) if on]
     return "; ".join(parts)
 

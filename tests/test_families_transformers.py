@@ -181,10 +181,10 @@ def test_vit_msn_classifier_blocks_saved_outside_the_backbone_prefix(tmp_path):
     assert state.keys() == reference.keys() and all(torch.equal(state[k], reference[k]) for k in state)
 
 
-@pytest.mark.parametrize("name", ["ijepa", "vit_msn_classifier"])
+@pytest.mark.parametrize("name", ["ijepa", "vit_msn_classifier", "dinov3"])
 def test_image_size_resamples_as_transformers_does(tmp_path, name):
     """--image-size on a fixed position table: resampled as interpolate_pos_encoding=True does (I-JEPA without a class
-    token), and --verify runs the source that way at the new, non-square size."""
+    token), and --verify runs the source that way at the new, non-square size; DINOv3 has nothing to resample."""
     folder = save_family(name, tmp_path / "src")
     args = argparse.Namespace(verify=True, image_size=(48, 40))
     convert_transformers_folder(folder, tmp_path / "out", args)
@@ -273,3 +273,75 @@ def test_dinov3_processor_with_another_filter_is_refused():
                                           VitHfConfig.from_preset("test"))
     with pytest.raises(ConversionError, match="--interpolation over the source's preprocessing"):
         processor_from_flags(VitHfConfig.from_preset("test"), interpolation="lanczos", base=base)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The front door: refusals (one line, exit 2, nothing written) and a Hub repo id
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _cli(argv, capsys) -> tuple[int, str, str]:
+    import convert.__main__ as front_door
+    from convert.common import run_cli
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        run_cli(front_door.main, [str(a) for a in argv])
+    captured = capsys.readouterr()
+    return exc.value.code, captured.out, captured.err
+
+
+REFUSED = {
+    "aimv2 native": (lambda: transformers.Aimv2VisionModel(transformers.Aimv2VisionConfig(**AIMV2, is_native=True)),
+                     "AIMv2 native (is_native=true) is not supported: its 2-D sin-cos positions"),
+    "aimv2 qkv bias without mlp bias": (lambda: transformers.Aimv2VisionModel(
+        transformers.Aimv2VisionConfig(**AIMV2, qkv_bias=True)), "AIMv2 with qkv_bias=True, mlp_bias=False"),
+    "dinov3 query bias without value bias": (lambda: _dinov3(value_bias=False),
+                                             "DINOv3 with query_bias=True, key_bias=False, value_bias=False"),
+    "dinov3 projection bias without mlp bias": (lambda: _dinov3(mlp_bias=False),
+                                                "DINOv3 with proj_bias=True, mlp_bias=False"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_variants_not_covered_are_refused_in_one_line(tmp_path, capsys, case):
+    build, expected = REFUSED[case]
+    build().save_pretrained(tmp_path / "src")
+    code, _, err = _cli([tmp_path / "src", tmp_path / "out", "--verify"], capsys)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and expected in err, err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def test_dinov3_repo_id_converts_and_runs_as_remote_code_at_any_size(tmp_path, capsys, monkeypatch):
+    """A DINOv3 repo on the loopback Hub: `python -m convert OWNER/NAME OUT --verify`, then the written folder, loaded
+    as remote code, equals transformers' DINOv3ViTModel read from the same repo, at a size it was not stored for,
+    and its processor gives the torchvision processor's pixels."""
+    from hub_server import HubServer
+    from huggingface_hub import HfApi
+    from test_convert_source import _online
+    from test_hub import TOKEN, TOKENS
+    from transformers import AutoImageProcessor, AutoModel
+
+    from vit_hf import VitHfImageProcessor
+
+    repo = "tester/dinov3-vit-tiny"
+    folder = save_family("dinov3", tmp_path / "src")
+    with HubServer(tokens=TOKENS) as hub:
+        _online(monkeypatch, hub, tmp_path / "cache")
+        api = HfApi(endpoint=hub.endpoint, token=TOKEN)
+        api.create_repo(repo)
+        commit = api.upload_folder(repo_id=repo, folder_path=folder).oid
+        code, stdout, err = _cli([repo, tmp_path / "out", "--verify"], capsys)
+        assert code == 0, err
+        source = transformers.DINOv3ViTModel.from_pretrained(repo, dtype=torch.float64).eval()
+        source_processor = AutoImageProcessor.from_pretrained(repo)
+    assert "DINOv3ViTModel" in stdout and commit in (tmp_path / "out" / "README.md").read_text()
+    model = AutoModel.from_pretrained(tmp_path / "out", trust_remote_code=True, dtype=torch.float64).eval()
+    x = torch.randn(2, 3, 48, 72, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    with torch.no_grad():
+        got, expected = model(x), source(x)
+    torch.testing.assert_close(got.last_hidden_state, expected.last_hidden_state, rtol=0, atol=1e-9)
+    torch.testing.assert_close(got.pooler_output, expected.pooler_output, rtol=0, atol=1e-9)
+    processor = VitHfImageProcessor.from_pretrained(tmp_path / "out")
+    reference = lambda image: source_processor(image, return_tensors="pt").pixel_values[0]  # noqa: E731
+    assert max_pixel_difference(processor, reference, photos()) <= 1e-5
