@@ -91,6 +91,7 @@ class Family:
     # why the source's float64 forward still rounds to float32 somewhere ("" = it does not): --verify then holds its
     # float64 rows to float32 rounding, and the card says why
     float32_inside: str = ""
+    resizable: bool = True  # the source class can run at another size (interpolate_pos_encoding or no table)
 
     def rules_for(self, hf) -> list[Rule]:
         return self.rules(hf) if callable(self.rules) else self.rules
@@ -271,7 +272,8 @@ FAMILIES = {
         "DINOv2 with registers", ("dinov2_with_registers.", ""), _DINO_RULES, _dinov2_registers_fields,
         {"head": "Dinov2WithRegistersForImageClassification", "none": "Dinov2WithRegistersModel"}, "pooler_output"),
     "ijepa": Family("I-JEPA", ("ijepa.", ""), _VIT_RULES, _ijepa_fields,
-                    {"head": "IJepaForImageClassification", "none": "IJepaModel"}, "last_hidden_state"),
+                    {"head": "IJepaForImageClassification", "none": "IJepaModel"}, "last_hidden_state",
+                    also=("last_hidden_state",)),
     "vit_msn": Family("ViT-MSN", ("vit.", ""), _VIT_RULES, _vit_fields,
                       {"head": "ViTMSNForImageClassification", "none": "ViTMSNModel"}, "last_hidden_state",
                       loose=("encoder.",)),
@@ -285,7 +287,8 @@ FAMILIES = {
                          "pooler_output", also=("last_hidden_state",)),
     "aimv2": Family("AIMv2 vision tower", ("vision_model.", ""), _aimv2_rules, _aimv2_fields,
                     {"none": "Aimv2VisionModel"}, "pooler_output", also=("last_hidden_state",),
-                    float32_inside="transformers' Aimv2RMSNorm normalises in float32 whatever the model's dtype"),
+                    float32_inside="transformers' Aimv2RMSNorm normalises in float32 whatever the model's dtype",
+                    resizable=False),
 }
 # Full dual-encoder repos and their vision-only configs: the vision config is the one to read
 VISION_CONFIG_OF = {
@@ -487,7 +490,7 @@ def convert_state(folder: Path) -> dict:
     compared = "logits" if kind != "none" else family.pooled
     if key in ("vit", "deit", "ijepa") and kind == "none" and "representation_size" in fields:
         compared = "pooler_output"  # the in21k pooler tanh(dense(cls)) (I-JEPA's: of the first patch token)
-    also = family.also if kind == "none" else ()
+    also = tuple(o for o in family.also if o != compared) if kind == "none" else ()
     if key == "aimv2" and not hf.use_head:  # no pooled output: the tokens are all the source gives
         compared, also = "last_hidden_state", ()
     return dict(

@@ -16,6 +16,12 @@ def resize_model(model, info: dict, image_size: tuple[int, int] | None) -> str |
     config = model.config
     if image_size is None or tuple(image_size) == tuple(config.image_hw):
         return None
+    if not info["family"].resizable:
+        raise ConversionError(
+            f"--image-size: transformers' {info['source_class']} runs only at its stored size "
+            f"{config.image_hw[0]}x{config.image_hw[1]} (it cannot resample its positions), so there is no source "
+            f"behaviour to reproduce at another size: drop --image-size"
+        )
     if config.dynamic_img_size:
         raise ConversionError(
             f"--image-size: {info['family'].name} resamples its positions at every call (as transformers does), so "

@@ -151,7 +151,8 @@ def test_family_switches_come_from_the_source(tmp_path):
 
 def test_what_is_compared_is_what_the_source_outputs(tmp_path):
     compared = {
-        "ijepa": ("IJepaModel", "last_hidden_state"), "ijepa_pooler": ("IJepaModel", "pooler_output"),
+        "ijepa": ("IJepaModel", "last_hidden_state"),
+        "ijepa_pooler": ("IJepaModel", "pooler_output", "last_hidden_state"),
         "ijepa_classifier": ("IJepaForImageClassification", "logits"),
         "vit_msn": ("ViTMSNModel", "last_hidden_state"),
         "vit_msn_classifier": ("ViTMSNForImageClassification", "logits"),
@@ -233,6 +234,13 @@ def test_unrepresentable_variants_are_refused(tmp_path):
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "pooler_act": "relu"}))
     _refused(folder, tmp_path / "out", "pooler_act='relu'")
+
+
+def test_image_size_is_refused_where_the_source_has_one_size(tmp_path):
+    folder = save_family("aimv2_vision", tmp_path / "src")
+    with pytest.raises(ConversionError, match="Aimv2VisionModel runs only at its stored size 32x32"):
+        convert_transformers_folder(folder, tmp_path / "out", argparse.Namespace(verify=True, image_size=(48, 40)))
+    assert not (tmp_path / "out").exists()
 
 
 # DINOv3's processor exists only on transformers' torchvision backend: rescaled to float32, then resized (antialiased)
