@@ -162,6 +162,9 @@ class VitHfConfig(BackboneConfigMixin, PretrainedConfig):
         rope_shift_coords / rope_jitter_coords / rope_rescale_coords: DINOv3's training-time coordinate augmentation
             (uniform shift in [-s, s]; log-uniform per-axis scale in [1/j, j]; log-uniform shared scale in [1/r, r]);
             `None` disables each; never applied in eval mode.
+        num_key_value_heads: grouped-query attention: key/value heads shared by groups of query heads (an int, or
+            one per block: Sapiens2 keeps full attention in its first and last blocks); `None` is multi-head
+            attention. `attn.qkv` rows are then `[q (heads); k (kv heads); v (kv heads)]`.
         out_features / out_indices: the stages [`VitHfBackbone`] returns (transformers' backbone convention):
             `stage_names` are `"stem"` (the embeddings) then `"stage1"` ... `"stageL"` (block i's output is stage
             i + 1); the default is the last stage.
@@ -226,6 +229,7 @@ class VitHfConfig(BackboneConfigMixin, PretrainedConfig):
         rope_shift_coords: float | None = None,
         rope_jitter_coords: float | None = None,
         rope_rescale_coords: float | None = None,
+        num_key_value_heads: int | list[int] | None = None,
         **kwargs,
     ):
         self.hidden_size = hidden_size
@@ -284,6 +288,8 @@ class VitHfConfig(BackboneConfigMixin, PretrainedConfig):
         self.rope_shift_coords = rope_shift_coords
         self.rope_jitter_coords = rope_jitter_coords
         self.rope_rescale_coords = rope_rescale_coords
+        self.num_key_value_heads = list(num_key_value_heads) if isinstance(num_key_value_heads, (list, tuple)) else (
+            num_key_value_heads)
         # Checked before PretrainedConfig's own validators run (they read `head_dim`, which needs heads > 0).
         self.check_fields()
         kwargs.pop("stage_names", None)  # derived from num_hidden_layers (see the property)
@@ -328,6 +334,13 @@ class VitHfConfig(BackboneConfigMixin, PretrainedConfig):
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    def kv_heads(self, layer: int) -> int:
+        """Key/value heads of block `layer` (grouped-query attention), the query heads without it."""
+        kv = self.num_key_value_heads
+        if kv is None:
+            return self.num_attention_heads
+        return kv[layer] if isinstance(kv, list) else kv
 
     @property
     def pooled_size(self) -> int:
@@ -404,12 +417,22 @@ class VitHfConfig(BackboneConfigMixin, PretrainedConfig):
             raise ValueError(f"norm_type={self.norm_type!r} is not one of {NORM_TYPES}")
         if self.layer_scale_attn_only and self.layer_scale_init_value is None:
             raise ValueError("layer_scale_attn_only=True needs layer scale: set layer_scale_init_value (e.g. 1e-5)")
-        if self.post_norm and (self.layer_scale_init_value is not None or self.qk_norm):
-            raise ValueError("post_norm=True blocks have no layer scale or qk-norm (as timm's): drop those switches")
+        if self.post_norm and self.layer_scale_init_value is not None:
+            raise ValueError("post_norm=True blocks have no layer scale (as timm's): drop layer_scale_init_value")
         for name in ("pool_num_heads", "pool_intermediate_size"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        kv = self.num_key_value_heads
+        if kv is not None:
+            per_block = kv if isinstance(kv, list) else [kv]
+            if isinstance(kv, list) and len(kv) != self.num_hidden_layers:
+                raise ValueError(f"num_key_value_heads has {len(kv)} entries for {self.num_hidden_layers} blocks")
+            if any(not isinstance(k, int) or k <= 0 or self.num_attention_heads % k for k in per_block):
+                raise ValueError(f"num_key_value_heads={kv!r} must divide num_attention_heads="
+                                 f"{self.num_attention_heads} (per block)")
+            if self.qkv_bias and not self.key_bias:
+                raise ValueError("num_key_value_heads with key_bias=False is not supported: give the keys a bias")
         if self.pool_num_heads and self.hidden_size % self.pool_num_heads:
             raise ValueError(f"pool_num_heads={self.pool_num_heads} does not divide hidden_size={self.hidden_size}")
         if self.mlp_layer not in MLP_LAYERS:
