@@ -261,6 +261,10 @@ def test_dinov3_processor_gives_the_torchvision_pixels(tmp_path, case):
     source.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "preprocessor_config.json").read_text())
     processor, note = processor_from_transformers(config, VitHfConfig.from_preset("test"))
+    # the released repos were written by transformers 4.56, whose only DINOv3 processor was the "Fast" one
+    legacy, _ = processor_from_transformers({**config, "image_processor_type": "DINOv3ViTImageProcessorFast"},
+                                            VitHfConfig.from_preset("test"))
+    assert legacy.to_dict() == processor.to_dict()
     assert processor.resize_backend == "torch_float" and "torchvision" in note
     reference = lambda image: source(image, return_tensors="pt").pixel_values[0]  # noqa: E731
     assert max_pixel_difference(processor, reference, photos()) <= 1e-5
