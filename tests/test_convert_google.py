@@ -24,6 +24,7 @@ from convert.google import convert_npz, main
 from tests import flax_oracle
 from tests.npz_factory import BY_NAME, IMG, VARIANTS, D, Variant, make_params, write_npz
 from vit_hf import VitHfConfig, VitHfImageProcessor
+from vit_hf.registration import unregistered
 
 ROOT = Path(__file__).resolve().parent.parent
 ATOL = 1e-10
@@ -303,7 +304,8 @@ def test_cli_verify_writes_loadable_folder(name: str, extra: list[str], referenc
     preprocessor = VitHfImageProcessor.from_pretrained(out)
     assert preprocessor.image_mean == [0.5] * 3 and preprocessor.crop_pct == 1.0
 
-    loaded = AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True)
+    with unregistered():  # an installed vit_hf would otherwise build the folder with its own classes
+        loaded = AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True)
     assert type(loaded).__module__ != "vit_hf.modeling_vit_hf"  # the folder's copy, not this package
     with np.load(npz_dir / f"{name}.npz") as npz:
         model, _, _ = convert_npz(npz, gelu="exact" if "exact" in extra else "tanh",
