@@ -332,7 +332,7 @@ def _transformers_folder(tmp_path: Path) -> Path:
     return folder
 
 
-def test_wrong_paths_and_damaged_files(tiny_folder, tmp_path, capsys, monkeypatch):
+def test_wrong_paths_and_damaged_files(tiny_folder, tmp_path, capsys):
     """Each a single line, exit 2, nothing written: damaged weights of every kind, a folder where a file is meant
     and the reverse, a transformers weights file on its own, an existing file as OUT_DIR."""
     import numpy as np
@@ -373,10 +373,6 @@ def test_wrong_paths_and_damaged_files(tiny_folder, tmp_path, capsys, monkeypatc
 
     code, _, err = convert([tiny_folder, tmp_path / "out", "--prefix", "params/", "--model-name", "vit_tiny"], capsys)
     assert code == 2 and "--model-name, --prefix do not apply to a timm repo/folder" in err, err
-
-    monkeypatch.setitem(sys.modules, "convert.transformers", None)  # as before convert/transformers.py exists
-    code, _, err = convert([hf, tmp_path / "out"], capsys)
-    assert code == 2 and "transformers-format conversion is not available" in err and err.count("\n") == 1
 
 
 def test_preprocessing_flags(tiny_folder, tmp_path, capsys):
