@@ -534,7 +534,12 @@ def write_folder(model, processor, out_dir: str | Path, card: dict) -> Path:
     machinery only when a folder is written) and return its path."""
     from vit_hf.hub import save_hub_folder
 
-    return save_hub_folder(model, processor, out_dir, card_kwargs=card)
+    try:
+        return save_hub_folder(model, processor, out_dir, card_kwargs=card)
+    except OSError as e:  # a full disk, a read-only or forbidden folder: the folder was written in a temporary
+        # sibling that is gone again, so OUT_DIR is as it was
+        raise ConversionError(f"cannot write {out_dir} ({e.strerror or e}): nothing was written; free space or "
+                              f"choose another OUT_DIR") from None
 
 
 def push_if_requested(out: Path, options: Options, commit_message: str) -> None:

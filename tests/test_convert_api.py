@@ -160,6 +160,12 @@ def test_usage_errors_are_one_line(capsys):
     assert exc.value.code == 2 and err.count("\n") == 1, err
     assert err == ("python -m convert: error: argument --num-heads: '0' must be a positive integer (see python -m "
                    "convert --help)\n")
+    for cli, parser in parsers().items():
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args(["a", "b", "--no-such-flag"])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and err == (f"{parser.prog}: error: unrecognized arguments: --no-such-flag (see "
+                                               f"{parser.prog} --help)\n"), cli
 
 
 def test_respell_flags_for_a_parser_built_elsewhere():
@@ -285,3 +291,17 @@ def test_the_cycle_finder_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
 
+
+
+def test_fault_table_names_a_test_for_every_row():
+    """docs/faults-convert.md: every row names `FILE::TEST`, and that test exists."""
+    import re
+
+    rows = [ln for ln in (REPO / "docs" / "faults-convert.md").read_text().splitlines() if re.match(r"\| [CE]\d+ ", ln)]
+    assert len(rows) >= 30
+    for row in rows:
+        named = re.findall(r"`(test_\w+\.py)::(test_\w+)`", row)
+        assert named, row
+        for file, test in named:
+            tree = ast.parse((REPO / "tests" / file).read_text())
+            assert test in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}, (file, test)

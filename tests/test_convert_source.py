@@ -437,3 +437,79 @@ def test_image_size_not_a_multiple_of_the_patch(tmp_path, capsys):
     x = torch.randn(2, 3, 384, 384, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(model(pixel_values=x).logits, reference.double().eval()(x), rtol=0, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Faults of docs/faults-convert.md: each refused in one line, and what the line advises works
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _listing(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_disk_full_while_writing_leaves_out_dir_as_it_was(tiny_folder, tmp_path, capsys, monkeypatch):
+    """ENOSPC injected where transformers writes config.json: one line, exit 2, the earlier conversion in OUT_DIR
+    byte for byte as it was and still loadable, no temporary folder left beside it."""
+    from transformers import AutoModelForImageClassification, PretrainedConfig
+
+    out = tmp_path / "out"
+    code, _, err = convert([tiny_folder, out], capsys)
+    assert code == 0, err
+    before = _listing(out)
+
+    def full_disk(self, path, *args, **kwargs):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(PretrainedConfig, "to_json_file", full_disk)
+    code, _, err = convert([tiny_folder, out, "--image-size", "48"], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: cannot write {out} (No space left on device): nothing was written; free space")
+    monkeypatch.undo()
+    assert _listing(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True)
+
+
+def _training_checkpoint(folder: Path) -> Path:
+    """What vit_hf.train leaves in OUTPUT_DIR/step_N: the accelerate state, trainer_state.json and the model as a
+    hub-ready folder in hf_model/ (written here by the same writer, vit_hf.hub.save_hub_folder)."""
+    from vit_hf import VitHfConfig, VitHfForImageClassification, VitHfImageProcessor
+    from vit_hf.hub import save_hub_folder
+
+    config = VitHfConfig.from_preset("test", num_labels=3)
+    save_hub_folder(VitHfForImageClassification(config), VitHfImageProcessor.from_model_config(config),
+                    folder / "hf_model")
+    (folder / "trainer_state.json").write_text(json.dumps({"completed_steps": 3}))
+    torch.save({}, folder / "optimizer.bin")
+    return folder
+
+
+def test_training_checkpoint_folder_points_at_its_model(tmp_path, capsys):
+    """A vit_hf.train checkpoint given as SOURCE: one line naming its hf_model folder (already vit_hf); the advice,
+    from_pretrained(hf_model, trust_remote_code=True), loads it."""
+    from transformers import AutoModelForImageClassification
+
+    step = _training_checkpoint(tmp_path / "run" / "step_3")
+    code, _, err = convert([step, tmp_path / "out"], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"is a vit_hf.train checkpoint (for --resume_from_checkpoint): its model, {step / 'hf_model'}" in err
+    assert not (tmp_path / "out").exists()
+    model = AutoModelForImageClassification.from_pretrained(step / "hf_model", trust_remote_code=True)
+    assert model.config.num_labels == 3
+
+
+def test_a_flag_of_another_format_is_dropped_as_advised(tiny_folder, tmp_path, capsys):
+    code, _, err = convert([tiny_folder, tmp_path / "out", "--gelu", "exact"], capsys)
+    assert code == 2 and err == "error: --gelu does not apply to a timm repo/folder (the SOURCE given): drop it\n"
+    code, _, err = convert([tiny_folder, tmp_path / "out"], capsys)
+    assert code == 0, err
+
+
+def test_already_vit_hf_folder_is_refused_with_advice_that_works(tiny_folder, tmp_path, capsys):
+    from transformers import AutoModelForImageClassification
+
+    code, _, err = convert([tiny_folder, tmp_path / "done"], capsys)
+    assert code == 0, err
+    code, _, err = convert([tmp_path / "done", tmp_path / "again"], capsys)
+    assert code == 2 and "already a vit_hf model: nothing to convert, load it with from_pretrained(" in err, err
+    AutoModelForImageClassification.from_pretrained(tmp_path / "done", trust_remote_code=True)  # the advice
