@@ -513,3 +513,25 @@ def test_already_vit_hf_folder_is_refused_with_advice_that_works(tiny_folder, tm
     code, _, err = convert([tmp_path / "done", tmp_path / "again"], capsys)
     assert code == 2 and "already a vit_hf model: nothing to convert, load it with from_pretrained(" in err, err
     AutoModelForImageClassification.from_pretrained(tmp_path / "done", trust_remote_code=True)  # the advice
+
+
+def test_folder_and_file_advice_works(tiny_folder, tmp_path, capsys):
+    """A weights folder without config.json: the line names the file to pass, and passing it converts (its heads,
+    which a fused qkv does not tell, then asked for by flag). A transformers weights file alone: the line names its
+    folder, and converting the folder works."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "model.safetensors").write_bytes((tiny_folder / "model.safetensors").read_bytes())
+    code, _, err = convert([bare, tmp_path / "out"], capsys)
+    assert code == 2 and f"pass the file (e.g. {bare / 'model.safetensors'})" in err, err
+    code, _, err = convert([bare / "model.safetensors", tmp_path / "out"], capsys)
+    assert code == 2 and "--num-heads" in err, err
+    code, _, err = convert([bare / "model.safetensors", tmp_path / "out", "--num-heads", "3"], capsys)
+    assert code == 0, err
+
+    hf = _transformers_folder(tmp_path)
+    code, _, err = convert([hf / "model.safetensors", tmp_path / "hf_out"], capsys)
+    assert code == 2 and f"convert the folder that holds it with its config.json (python -m convert {hf} OUT_DIR)" \
+        in err, err
+    code, _, err = convert([hf, tmp_path / "hf_out"], capsys)
+    assert code == 0, err
