@@ -67,7 +67,9 @@ def hub_errors(repo_id: str, revision: str | None, offline: bool) -> Callable[[B
         elif isinstance(e, RevisionNotFoundError):
             text = f"{repo_id}: revision {revision!r} does not exist"
         elif isinstance(e, LocalEntryNotFoundError):
-            text = f"{repo_id}{at}: {offline}: the files are not in the local cache ({_cache_dir()})"
+            fix = ("; drop --offline to download them" if str(offline).startswith("--offline")
+                   else "; unset HF_HUB_OFFLINE to download them" if "HF_HUB_OFFLINE" in str(offline) else "")
+            text = f"{repo_id}{at}: {offline}: the files are not in the local cache ({_cache_dir()}){fix}"
         elif isinstance(e, EntryNotFoundError):
             text = f"{repo_id}{at} has no config.json: not a timm or transformers model repo"
         elif isinstance(e, HfHubHTTPError):

@@ -116,7 +116,7 @@ def resolve(text: str, revision: str | None = None, offline: bool = False) -> So
     path = Path(text)
     if path.is_dir():
         if revision:
-            raise ConversionError(f"--revision applies to a Hub repo id; {text} is a local folder")
+            raise ConversionError(f"--revision applies to a Hub repo id; {text} is a local folder: drop --revision")
         return Source(folder_kind(path), path, text)
     if path.is_file():
         return _file_kind(path, text)

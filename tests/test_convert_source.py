@@ -535,3 +535,38 @@ def test_folder_and_file_advice_works(tiny_folder, tmp_path, capsys):
         in err, err
     code, _, err = convert([hf, tmp_path / "hf_out"], capsys)
     assert code == 0, err
+
+
+KILLED_IN_WRITE = """
+import os, signal, sys
+from transformers import PretrainedConfig
+
+def killed(self, *args, **kwargs):  # the moment transformers writes config.json into the temporary folder
+    os.kill(os.getpid(), signal.SIGKILL)
+
+PretrainedConfig.to_json_file = killed
+from convert.__main__ import main
+from convert.common import run_cli
+run_cli(main, sys.argv[1:])
+"""
+
+
+def test_sigkill_while_writing_leaves_out_dir_as_it_was(tiny_folder, tmp_path, capsys):
+    """The real CLI SIGKILLed in the middle of writing: OUT_DIR (an earlier conversion) byte for byte as it was and
+    loadable; only the hidden temporary sibling remains, and the next run writes OUT_DIR whole."""
+    import os
+
+    out = tmp_path / "out"
+    code, _, err = convert([tiny_folder, out], capsys)
+    assert code == 0, err
+    before = _listing(out)
+    proc = subprocess.run([sys.executable, "-c", KILLED_IN_WRITE, str(tiny_folder), str(out), "--image-size", "48"],
+                          cwd=REPO_ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == -9, proc.stderr
+    assert _listing(out) == before
+    left = [p.name for p in tmp_path.iterdir() if p.name != "out"]
+    assert all(name.startswith(".out.tmp-") for name in left), left
+    code, _, err = convert([tiny_folder, out, "--image-size", "48"], capsys)
+    assert code == 0, err
+    assert json.loads((out / "config.json").read_text())["image_size"] in (48, [48, 48])

@@ -396,3 +396,31 @@ def test_disk_full_during_export_writes_nothing(tiny_dir: Path, tmp_path: Path, 
                                  f"space or choose another OUT_DIR\n")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx"]
+
+
+KILLED_IN_WRITE = """
+import os, signal, sys
+from transformers import PretrainedConfig
+
+def killed(self, *args, **kwargs):  # the moment transformers writes config.json into the temporary folder
+    os.kill(os.getpid(), signal.SIGKILL)
+
+PretrainedConfig.to_json_file = killed
+from vit_hf.export.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigkill_during_export_leaves_out_dir_as_it_was(tiny_dir: Path, tmp_path: Path, capsys):
+    """The real CLI SIGKILLed after the graph, while the folder's description is written: an earlier export in
+    OUT_DIR unchanged; only the hidden temporary sibling remains."""
+    out = tmp_path / "onnx"
+    code, _, err = run([tiny_dir, out], capsys)
+    assert code == 0, err
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    proc = subprocess.run([sys.executable, "-c", KILLED_IN_WRITE, str(tiny_dir), str(out), "--dynamic-batch"],
+                          cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == -9, proc.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert all(p.name.startswith(".onnx.tmp-") for p in tmp_path.iterdir() if p.name != "onnx")
