@@ -11,8 +11,9 @@ because it cannot be told from the keys), the position table's location and cls 
 none), the representation layer (`pre_logits`) and the head. What cannot be converted exactly is refused with a
 `ConversionError` that names the key or feature, and nothing is written.
 
-The key tables and tensor transforms are in `convert/key_mapping.py`; this module canonicalises the file's names,
-infers the configuration, assembles the state dict, handles the position table, and verifies.
+The key tables and tensor transforms are in `convert/key_mapping.py`, the layout read off the keys in
+`convert/google_layout.py`; this module builds the configuration, assembles the state dict, handles the position
+table, and runs the verification (`convert/google_verify.py`).
 """
 
 from __future__ import annotations
