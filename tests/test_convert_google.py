@@ -394,3 +394,25 @@ def test_source_inside_out_dir_is_refused(npz_dir: Path, tmp_path: Path, capsys)
     assert code == 2 and "inside the output folder" in err, err
     assert [p.name for p in out.iterdir()] == ["ckpt.npz"]
     assert src.read_bytes() == (npz_dir / "vitjax_token.npz").read_bytes()
+
+
+def test_cli_verify_failure_is_one_line_exit_1_and_writes_nothing(npz_dir: Path, tmp_path: Path, capsys,
+                                                                  monkeypatch):
+    """A conversion --verify finds wrong (fault injected into the built model): exit 1, one line after the parity
+    table, nothing written."""
+    import convert.google as convert_google
+
+    build = convert_google.build_model
+
+    def off_by_a_little(*args, **kwargs):
+        model = build(*args, **kwargs)
+        with torch.no_grad():
+            model.vit.blocks[1].norm2.weight.mul_(1.001)
+        return model
+
+    monkeypatch.setattr(convert_google, "build_model", off_by_a_little)
+    code, err = _run_cli([npz_dir / "vitjax_token.npz", tmp_path / "out", "--verify"], capsys)
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.startswith("error: verification failed, nothing written: vitjax_token.npz: the converted model is "
+                          "outside tolerance")
+    assert not (tmp_path / "out").exists()
