@@ -169,6 +169,7 @@ def check_python_m(module: str, args: list[str], what: str, full: bool = True) -
             return
         assert suite in bench_main.SUITES, f"{what}: unknown bench suite {suite!r}"
         module = bench_main.SUITES[suite][0]
+    assert importlib.util.find_spec(module) is not None, f"{what}: no module {module}"
     check_with_parser(module_parser(module), args, what, full=full)
 
 
@@ -337,6 +338,26 @@ def test_links_resolve():
             if anchor and file.suffix == ".md":
                 slugs = {_slug(h) for h in re.findall(r"^#+ (.+)$", file.read_text(), re.M)}
                 assert anchor in slugs, f"{page.relative_to(ROOT)}: link to {target} (no such heading)"
+
+
+def test_code_maps_name_existing_paths():
+    """The `text` code maps: a line's first word naming a file or folder exists (indented: inside the folder above)."""
+    checked = []
+    for page in PAGES:
+        for m in FENCE.finditer(page.read_text()):
+            if m.group(1) != "text":
+                continue
+            folder = ""
+            for line in m.group(2).splitlines():
+                word = line.split()[0] if line.strip() else ""
+                if not re.fullmatch(r"[\w.-]+(/[\w.-]*)?", word) or not re.search(r"/|\.py$|\.md$|^Makefile$", word):
+                    continue
+                indented = line.startswith(" ")
+                path = folder + word if indented else word
+                folder = folder if indented else word
+                assert (ROOT / path).exists(), f"{page.relative_to(ROOT)}: the code map names {path}: no such path"
+                checked.append(path)
+    assert len(checked) > 20, checked
 
 
 def _slug(heading: str) -> str:
