@@ -10,7 +10,8 @@ Conventions (docs/testing.md):
   has no `...` or UPPER-CASE placeholder); accelerate's launch parser accepts the launch flags; `make` targets exist;
   `pip install` extras exist; repository paths exist. A checked Python block compiles and every name it imports
   exists.
-- Inline `python -m ...` / `accelerate launch ...` spans in the prose get the same check.
+- Inline `python -m ...` / `accelerate launch ...` spans in the prose get the same check, and so does every command
+  of bench/README.md (none is run there: benchmarks).
 
 The heavy commands are run elsewhere: the training commands by tests/test_train*.py, test_fsdp.py, test_multinode.py,
 test_streaming.py and test_hub_datasets.py; exports by tests/test_export.py; Hub conversions by
@@ -163,6 +164,8 @@ def check_python_m(module: str, args: list[str], what: str, full: bool = True) -
         import bench.__main__ as bench_main
 
         suite, args = (args[0], args[1:]) if args else ("", [])
+        if suite in ("-h", "--help"):
+            return
         if suite == "all":  # the sequence takes two switches of its own and passes the rest to every suite
             suite, args = "forward", [a for a in args if a not in ("--no-gate", "--quick")] + ["--quick"]
         if is_placeholder(suite) or not suite:
@@ -311,6 +314,18 @@ def test_inline_commands_are_valid(page):
         tokens = [t.strip("[]") for t in shlex.split(m.group(1))]
         tokens = [t for t in tokens if t and t != "|"]
         check_command(tokens, f"{page}: `{m.group(1)}`", full=False)
+
+
+def test_bench_readme_commands_are_valid():
+    """bench/README.md's commands are all checked, none run: they measure for minutes to hours (tests/test_bench.py
+    runs every suite with `--quick`)."""
+    page = ROOT / "bench/README.md"
+    for block in code_blocks(page):
+        for tokens in shell_commands(block.text):
+            check_command(tokens, f"{block.where}: {shlex.join(tokens)}")
+    for m in INLINE.finditer(FENCE.sub("", page.read_text())):
+        tokens = [t for t in (t.strip("[]") for t in shlex.split(m.group(1))) if t and t != "|"]
+        check_command(tokens, f"bench/README.md: `{m.group(1)}`", full=False)
 
 
 def test_make_demo_trains_with_flags_the_trainer_accepts():
