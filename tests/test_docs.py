@@ -35,11 +35,11 @@ import shlex
 import subprocess
 import sys
 import tokenize
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 # Pages other branches write at the same time as this one; links to them are kept, and the merge brings them.
@@ -117,6 +117,14 @@ def _capturing_parsers():
         argparse.ArgumentParser.parse_known_args = original
 
 
+def _run_module(module: str) -> None:
+    """`python -m module` in this process. runpy warns that the module was imported before (by a test or an earlier
+    command): expected here, the module runs again in a fresh `__main__` namespace as in a new interpreter."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*found in sys.modules", category=RuntimeWarning)
+        runpy.run_module(module, run_name="__main__", alter_sys=False)
+
+
 def module_parser(module: str) -> argparse.ArgumentParser:
     """The parser `python -m module` builds, caught at its first parse: the module's own code builds it."""
     assert importlib.util.find_spec(module) is not None, f"no module {module}"
@@ -124,7 +132,7 @@ def module_parser(module: str) -> argparse.ArgumentParser:
     sys.argv = [module, "--help"]
     try:
         with _capturing_parsers(), contextlib.redirect_stdout(io.StringIO()):
-            runpy.run_module(module, run_name="__main__", alter_sys=False)
+            _run_module(module)
     except _Captured as caught:
         return caught.parser
     finally:
@@ -201,7 +209,8 @@ def check_command(tokens: list[str], what: str, full: bool = True) -> None:
         for target in tokens[1:]:
             assert target in targets, f"{what}: no make target {target!r}"
     elif head == "pip":
-        extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+        section = (ROOT / "pyproject.toml").read_text().split("[project.optional-dependencies]")[1].split("\n[")[0]
+        extras = re.findall(r"^([\w-]+) = \[", section, re.M)  # (tomllib is Python 3.11+; the package supports 3.10)
         for spec in tokens[2:]:
             for extra in re.findall(r"\[([^\]]*)\]", spec):
                 for name in extra.split(","):
@@ -238,7 +247,7 @@ def run_command(tokens: list[str], what: str, monkeypatch) -> None:
     cwd, argv = os.getcwd(), sys.argv
     sys.argv = [tokens[2], *tokens[3:]]
     try:
-        runpy.run_module(tokens[2], run_name="__main__", alter_sys=False)
+        _run_module(tokens[2])
     except SystemExit as e:
         assert e.code in (0, None), f"{what}: exit status {e.code}"
     finally:
