@@ -1,9 +1,9 @@
 """Google .npz -> vit_hf conversion: every published layout, against an independent Flax oracle and timm's loader.
 
-References (reference/conversion-formats.md §4.3-4.5):
+References:
 - `tests/flax_oracle.py`: the suite's own float64 numpy forward pass in Flax layout (GELU tanh, as JAX trained it);
 - timm 1.0.31's npz loader (`VisionTransformer.load_pretrained` -> `_load_weights`) for the files it can read,
-  built with the §2.5 arguments; timm uses exact GELU, so those comparisons convert with `gelu="exact"`.
+  built with the arguments the file implies; timm uses exact GELU, so those comparisons convert with `gelu="exact"`.
 Tolerance 1e-10 in float64: catches LayerNorm eps (1e-12 vs 1e-6) and GELU-variant mistakes, which 1e-3 would not.
 """
 

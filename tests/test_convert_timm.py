@@ -1,4 +1,4 @@
-"""convert.timm and convert.to_timm against real timm models (reference/conversion-formats.md §1, §4.2).
+"""convert.timm and convert.to_timm against real timm models.
 
 Every variant: a tiny timm VisionTransformer with every tensor randomised is saved the way users get it, converted by
 the CLI with --verify, loaded back with `AutoModelForImageClassification.from_pretrained(..., trust_remote_code=True)`

@@ -28,7 +28,7 @@ from vit_hf.export.verify import OrtModel, digits_split
 from vit_hf.registration import unregistered
 
 REPO = Path(__file__).resolve().parent.parent
-ATOL = 1e-4  # float32 graph vs float32 PyTorch / timm (the bar)
+ATOL = 1e-4  # float32 graph vs float32 PyTorch / timm (the export's acceptance bar)
 DIGITS = [str(d) for d in range(10)]
 
 
