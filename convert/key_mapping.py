@@ -143,6 +143,45 @@ def canonical_timm_keys(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, to
     return out, notes + [f"{what} ({n} modules)" for what, n in fused.items()]
 
 
+def _split_rows(state: Mapping[str, torch.Tensor], module: str, fused: str, value: torch.Tensor) -> list:
+    """A fused tensor's parts: fc1 = [gate; up] halves; qkv = [q (width rows); k; v] with k and v of equal size (fewer
+    rows than q under grouped-query attention)."""
+    if fused != "qkv":
+        return list(value.chunk(2))
+    width = state[f"{module}.qkv.weight"].shape[1]
+    kv = (value.shape[0] - width) // 2
+    return list(value.split([width, kv, kv]))
+
+
+def to_timm_layout(state: Mapping[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
+    """Canonical timm keys (vit_hf's fused layout) -> the keys a timm model `expected`: layer scale as `gamma_1/2`
+    where the model spells it so (EVA), fused projections split back into FUSIONS' parts where it keeps them apart
+    (views of the fused tensors: nothing is copied). Keys already expected pass through."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key in expected:
+            out[key] = value
+            continue
+        m = re.match(r"^(blocks\.\d+)\.ls([12])\.gamma$", key)
+        if m and f"{m.group(1)}.gamma_{m.group(2)}" in expected:
+            out[f"{m.group(1)}.gamma_{m.group(2)}"] = value
+            continue
+        m = re.match(r"^(blocks\.\d+\.attn)\.(q|v)_bias$", key)
+        if m and f"{m.group(1)}.{m.group(2)}_proj.bias" in expected:
+            out[f"{m.group(1)}.{m.group(2)}_proj.bias"] = value
+            continue
+        for pattern, fused, parts in FUSIONS:
+            m = re.match(pattern + fused + r"\.(weight|bias)$", key)
+            if m and all(f"{m.group(1)}.{p}.weight" in expected for p in parts):
+                for part, chunk in zip(parts, _split_rows(state, m.group(1), fused, value)):
+                    out[f"{m.group(1)}.{part}.{m.group(2)}"] = chunk
+                break
+        else:
+            raise ConversionError(f"key {key!r} has no place in the timm model (expected keys such as "
+                                  f"{sorted(expected)[:3]}...)")
+    return out
+
+
 def timm_to_hf_key(key: str) -> str:
     """timm key (current spelling) -> vit_hf key, by KEY_RULES; an unmatched key is a ConversionError naming it."""
     for pattern, replacement in KEY_RULES:
@@ -332,6 +371,7 @@ __all__ = [
     "KEY_RULES",
     "FUSIONS",
     "canonical_timm_keys",
+    "to_timm_layout",
     "timm_to_hf_key",
     "Rule",
     "rules_for",

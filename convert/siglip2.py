@@ -12,7 +12,6 @@ also its fixed-size NCHW path), in float64 and float32.
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
@@ -98,10 +97,15 @@ def siglip2_fields(hf, state: dict) -> dict:
     )
 
 
-def processor_from_siglip2(preprocessor: dict | None, config: VitHfConfig) -> tuple[VitHfImageProcessor, str]:
-    """The NaFlex processor giving transformers' `Siglip2ImageProcessorPil` pixels for this preprocessor_config.json
-    (its class defaults when there is none)."""
+def processor_from_siglip2(preprocessor: dict | None, config: VitHfConfig, flags: dict | None = None):
+    """(processor, note): the NaFlex processor giving transformers' `Siglip2ImageProcessorPil` pixels for this
+    preprocessor_config.json (its class defaults when there is none). The fixed-size preprocessing flags are refused."""
     from transformers.models.siglip2.image_processing_pil_siglip2 import Siglip2ImageProcessorPil
+
+    given = [k for k, v in (flags or {}).items() if v is not None]
+    if given:
+        raise ConversionError(f"{', '.join(given)} do(es) not apply to a NaFlex model (its processor resizes every "
+                              f"image to its own grid): drop it")
 
     try:
         src = Siglip2ImageProcessorPil.from_dict(dict(preprocessor or {}))
@@ -259,16 +263,22 @@ def is_naflex_architecture(arch: str) -> bool:
     return is_model(arch) and model_entrypoint(arch).__module__ == NAFLEX_MODULE
 
 
-def convert_naflex_folder(folder: Path, args: argparse.Namespace, config: dict) -> None:
-    """A timm naflexvit folder (config.json + weights) -> `args.out_dir`."""
+def convert_naflex_folder(folder: Path, out_dir, opts, config: dict) -> Path:
+    """A timm naflexvit folder (config.json + weights) -> `out_dir` (returned); `opts`: `convert.common.Options`."""
     import timm
 
+    from convert.common import check_push
     from convert.timm import write_conversion
     from convert.timm_hub import weights_file
 
     arch = config["architecture"]
+    given = [k for k, v in {**opts.preprocessing, "image_size": opts.image_size}.items() if v is not None]
+    if given:
+        raise ConversionError(f"{', '.join(given)} do(es) not apply to a NaFlex model (its processor resizes every "
+                              f"image to its own grid, its positions follow): drop it")
     weights = weights_file(folder)
-    check_paths(weights, args.out_dir)
+    check_paths(weights, out_dir)
+    check_push(opts)
     state = load_torch_state_dict(weights)
     num_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
     with torch.device("meta"):
@@ -282,14 +292,15 @@ def convert_naflex_folder(folder: Path, args: argparse.Namespace, config: dict) 
     model = build_model(vit_config, info["state"])
     processor, note = timm_processor(meta, vit_config)
     parity = None
-    if getattr(args, "verify", False):
+    if opts.verify:
         reference = timm.create_model(f"local-dir:{folder}", pretrained=False, num_classes=num_classes)
         reference.load_state_dict(state)
         parity = verify_timm(reference.eval(), info, processor)
-    repo = getattr(args, "source_repo", None)
+    repo = opts.source_repo
     origin = f"the timm Hub repo `{repo}`" if repo else f"the timm folder `{folder.name}`"
     source = (f"Converted from {origin} (architecture `{arch}`, NaFlexViT, weights `{weights.name}`) with "
               f"`python -m convert`.\n\n{note}")
     card = dict(source=source, parity=parity_markdown(parity) if parity else None, tags=["timm", "naflex"],
                 base_model=repo, license=(meta.pretrained_cfg or {}).get("license") or "apache-2.0")
-    write_conversion(model, processor, dict(parity=parity), args, card, f"Convert {repo or folder.name} from timm")
+    return write_conversion(model, processor, dict(parity=parity), out_dir, opts, card,
+                            f"Convert {repo or folder.name} from timm")

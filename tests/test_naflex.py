@@ -4,7 +4,6 @@ Siglip2VisionModel and timm's NaFlexVit (tiny random models written by the real 
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -14,7 +13,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from convert.common import ConversionError  # noqa: E402
+from convert.common import ConversionError, Options  # noqa: E402
 from convert.siglip2 import verification_images  # noqa: E402
 from vit_hf import VitHfConfig, VitHfImageProcessor, VitHfModel  # noqa: E402
 from vit_hf.naflex_vit_hf import naflex_image_size  # noqa: E402
@@ -57,7 +56,7 @@ def convert_siglip2(tmp_path, full: bool = False, verify: bool = True):
     from convert.transformers import convert_transformers_folder
 
     src, out = save_siglip2(tmp_path / "src", full), tmp_path / "out"
-    convert_transformers_folder(src, out, argparse.Namespace(verify=verify))
+    convert_transformers_folder(src, out, verify=verify)
     return src, out
 
 
@@ -212,7 +211,7 @@ def test_a_model_that_differs_is_refused_by_verify(tmp_path):
     src = save_siglip2(tmp_path / "src")
     info = convert_state(src)
     info["state"]["vit.pos_embed"] = info["state"]["vit.pos_embed"].flip(1)  # a transposed-grid kind of mistake
-    processor, _ = make_processor(info, info["config"], argparse.Namespace())
+    processor, _ = make_processor(info, info["config"], Options())
     with pytest.raises(ConversionError, match="differs from transformers"):
         verify_siglip2(src, info, processor)
 
@@ -232,8 +231,7 @@ def test_timm_naflexvit_folder_converts_exactly(tmp_path, num_classes, capsys):
     from convert.timm_hub import convert_timm_folder
 
     src, out = save_timm_naflex(tmp_path / "src", num_classes), tmp_path / "out"
-    args = argparse.Namespace(out_dir=str(out), verify=True, model_name=None, push_to_hub=None)
-    convert_timm_folder(src, args)
+    convert_timm_folder(src, out, verify=True)
     printed = capsys.readouterr().out
     rows = [line for line in printed.splitlines() if line.startswith("parity")]
     assert len(rows) == 6
@@ -260,9 +258,8 @@ def test_timm_naflexvit_features_vit_hf_lacks_are_refused(tmp_path):
     model = timm.create_model("naflexvit_base_patch16_parfac_gap", pretrained=False, embed_dim=32, depth=2,
                               num_heads=4, patch_size=4, pos_embed_grid_size=(4, 4), num_classes=0)
     timm.models.save_for_hf(model, tmp_path / "src", safe_serialization=True)
-    args = argparse.Namespace(out_dir=str(tmp_path / "out"), verify=False, model_name=None, push_to_hub=None)
     with pytest.raises(ConversionError, match="cannot represent"):
-        convert_timm_folder(tmp_path / "src", args)
+        convert_timm_folder(tmp_path / "src", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

@@ -9,6 +9,10 @@ This file is copied flat next to the weights by `save_pretrained` (remote code):
 
 from __future__ import annotations
 
+import inspect
+import json
+import re
+
 from transformers import PretrainedConfig
 
 try:
@@ -64,7 +68,106 @@ def _pair(x: int | list[int] | tuple[int, int]) -> tuple[int, int]:
     return x
 
 
-class VitHfConfig(BackboneConfigMixin, PretrainedConfig):
+# ------------------------------------------------------------------ files written by another version of vit_hf
+# With vit_hf installed, `import vit_hf` registers these classes with transformers' Auto classes, and a registered class
+# wins over a folder's own code (its `auto_map`), even with trust_remote_code=True. So a file written by a newer vit_hf
+# that sets a switch this version does not know is refused instead of being built as a different model. To tell "a
+# switch at its default" from "a switch in use", a saved file holds only the fields a load without them would not give
+# back: transformers' `to_diff_dict` drops only PretrainedConfig's own defaults and writes every field of a subclass.
+# A switch added later and left at its default is then absent, and an older version loads the folder unchanged.
+VIT_HF_VERSION = "0.1.0"
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """`"0.2.1"` -> `(0, 2, 1)`; a pre-release counts as its release (`"0.2.1.dev0"` -> `(0, 2, 1)`)."""
+    numbers = re.match(r"\d+(\.\d+)*", str(version))
+    return tuple(int(n) for n in numbers.group().split(".")) if numbers else ()
+
+
+def _init_fields(cls: type) -> dict[str, inspect.Parameter]:
+    """The settings `cls.__init__` takes by name, this package's subclasses' included (transformers' own base classes
+    excluded): read from the signatures, so a field added there is known here without being listed anywhere else."""
+    fields = {}
+    for klass in cls.__mro__:
+        if klass.__module__.startswith("transformers."):
+            break
+        if "__init__" in vars(klass):
+            for p in inspect.signature(klass.__init__).parameters.values():
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self":
+                    fields.setdefault(p.name, p)
+    return fields
+
+
+class _SavedByVersion:
+    """Loading: a file from a newer vit_hf that sets a field this version does not know, or that this version's checks
+    refuse, is refused in one line naming the version needed. Saving: the version, and only the non-default fields."""
+
+    saved_file = "config.json"
+
+    @classmethod
+    def from_dict(cls, saved: dict, **kwargs):
+        saved = dict(saved)
+        version = saved.pop("vit_hf_version", None)
+        if version is None or _release(version) <= _release(VIT_HF_VERSION):
+            return super().from_dict(saved, **kwargs)
+        known = {*_init_fields(cls), *cls().to_dict(), "auto_map"}
+        unknown = sorted(set(saved) - known)
+        if unknown:
+            raise ValueError(cls._newer(version, f"sets {', '.join(unknown)}, which this version does not know"))
+        try:
+            return super().from_dict(saved, **kwargs)
+        except (TypeError, ValueError) as e:  # a value this version's checks refuse (a new pooling, say)
+            raise ValueError(cls._newer(version, f"does not load here ({' '.join(str(e).split())})")) from None
+
+    @classmethod
+    def _newer(cls, version: str, problem: str) -> str:
+        return (
+            f"{cls.saved_file} was saved by vit_hf {version} and {problem} (vit_hf {VIT_HF_VERSION}): "
+            f"pip install -U 'vit_hf>={version}'"
+        )
+
+    def _saved_fields(self, saved: dict) -> dict:
+        """`saved` without the fields a load would give back anyway, plus the version that writes it. A field is kept
+        when it differs from the default, when another field would change it on load (fc_norm=False with mean
+        pooling), and, for a `None` default (derived from other fields), only when a load would derive another value."""
+        cls = type(self)
+        fields = [k for k in _init_fields(cls) if k in saved]
+
+        def lost(kept: set[str]) -> set[str]:  # the fields a load of `kept` alone would not give back
+            try:
+                rebuilt = cls(**{k: saved[k] for k in kept}).to_dict()
+            except (TypeError, ValueError):
+                return set(fields)
+            return {k for k in fields if rebuilt.get(k) != saved[k]}
+
+        defaults = cls().to_dict()
+        kept = {k for k in fields if saved[k] != defaults.get(k)}
+        while back := lost(kept) - kept:
+            kept |= back
+        derived = {k for k, p in _init_fields(cls).items() if p.default is None}
+        for k in sorted(kept & derived):
+            if not lost(kept - {k}):
+                kept.remove(k)
+        written = {k: v for k, v in saved.items() if k not in fields or k in kept}
+        return {**written, "vit_hf_version": VIT_HF_VERSION}
+
+
+class ConfigSavedByVersion(_SavedByVersion):
+    def to_diff_dict(self) -> dict:
+        """What `save_pretrained` writes to config.json."""
+        return self._saved_fields(super().to_diff_dict())
+
+
+class ProcessorSavedByVersion(_SavedByVersion):
+    saved_file = "preprocessor_config.json"
+
+    def to_json_string(self) -> str:
+        """What `save_pretrained` writes to preprocessor_config.json."""
+        written = self._saved_fields(json.loads(super().to_json_string()))
+        return json.dumps(written, indent=2, sort_keys=True) + "\n"
+
+
+class VitHfConfig(ConfigSavedByVersion, BackboneConfigMixin, PretrainedConfig):
     r"""Configuration of [`VitHfModel`] / [`VitHfForImageClassification`] / [`VitHfBackbone`].
 
     Args:
@@ -166,6 +269,9 @@ class VitHfConfig(BackboneConfigMixin, PretrainedConfig):
         rope_shift_coords / rope_jitter_coords / rope_rescale_coords: DINOv3's training-time coordinate augmentation
             (uniform shift in [-s, s]; log-uniform per-axis scale in [1/j, j]; log-uniform shared scale in [1/r, r]);
             `None` disables each; never applied in eval mode.
+        num_key_value_heads: grouped-query attention: key/value heads shared by groups of query heads (an int, or
+            one per block: Sapiens2 keeps full attention in its first and last blocks); `None` is multi-head
+            attention. `attn.qkv` rows are then `[q (heads); k (kv heads); v (kv heads)]`.
         out_features / out_indices: the stages [`VitHfBackbone`] returns (transformers' backbone convention):
             `stage_names` are `"stem"` (the embeddings) then `"stage1"` ... `"stageL"` (block i's output is stage
             i + 1); the default is the last stage.
@@ -230,6 +336,7 @@ class VitHfConfig(BackboneConfigMixin, PretrainedConfig):
         rope_shift_coords: float | None = None,
         rope_jitter_coords: float | None = None,
         rope_rescale_coords: float | None = None,
+        num_key_value_heads: int | list[int] | None = None,
         **kwargs,
     ):
         self.hidden_size = hidden_size
@@ -288,6 +395,8 @@ class VitHfConfig(BackboneConfigMixin, PretrainedConfig):
         self.rope_shift_coords = rope_shift_coords
         self.rope_jitter_coords = rope_jitter_coords
         self.rope_rescale_coords = rope_rescale_coords
+        self.num_key_value_heads = list(num_key_value_heads) if isinstance(num_key_value_heads, (list, tuple)) else (
+            num_key_value_heads)
         # Checked before PretrainedConfig's own validators run (they read `head_dim`, which needs heads > 0).
         self.check_fields()
         kwargs.pop("stage_names", None)  # derived from num_hidden_layers (see the property)
@@ -332,6 +441,13 @@ class VitHfConfig(BackboneConfigMixin, PretrainedConfig):
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    def kv_heads(self, layer: int) -> int:
+        """Key/value heads of block `layer` (grouped-query attention), the query heads without it."""
+        kv = self.num_key_value_heads
+        if kv is None:
+            return self.num_attention_heads
+        return kv[layer] if isinstance(kv, list) else kv
 
     @property
     def pooled_size(self) -> int:
@@ -408,12 +524,22 @@ class VitHfConfig(BackboneConfigMixin, PretrainedConfig):
             raise ValueError(f"norm_type={self.norm_type!r} is not one of {NORM_TYPES}")
         if self.layer_scale_attn_only and self.layer_scale_init_value is None:
             raise ValueError("layer_scale_attn_only=True needs layer scale: set layer_scale_init_value (e.g. 1e-5)")
-        if self.post_norm and (self.layer_scale_init_value is not None or self.qk_norm):
-            raise ValueError("post_norm=True blocks have no layer scale or qk-norm (as timm's): drop those switches")
+        if self.post_norm and self.layer_scale_init_value is not None:
+            raise ValueError("post_norm=True blocks have no layer scale (as timm's): drop layer_scale_init_value")
         for name in ("pool_num_heads", "pool_intermediate_size"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        kv = self.num_key_value_heads
+        if kv is not None:
+            per_block = kv if isinstance(kv, list) else [kv]
+            if isinstance(kv, list) and len(kv) != self.num_hidden_layers:
+                raise ValueError(f"num_key_value_heads has {len(kv)} entries for {self.num_hidden_layers} blocks")
+            if any(not isinstance(k, int) or k <= 0 or self.num_attention_heads % k for k in per_block):
+                raise ValueError(f"num_key_value_heads={kv!r} must divide num_attention_heads="
+                                 f"{self.num_attention_heads} (per block)")
+            if self.qkv_bias and not self.key_bias:
+                raise ValueError("num_key_value_heads with key_bias=False is not supported: give the keys a bias")
         if self.pool_num_heads and self.hidden_size % self.pool_num_heads:
             raise ValueError(f"pool_num_heads={self.pool_num_heads} does not divide hidden_size={self.hidden_size}")
         if self.mlp_layer not in MLP_LAYERS:

@@ -211,16 +211,18 @@ class Attention(nn.Module):
 
     is_causal = False
 
-    def __init__(self, config: VitHfConfig):
+    def __init__(self, config: VitHfConfig, layer: int = 0):
         super().__init__()
         self.config = config
         d = config.hidden_size
         self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.kv_heads(layer)  # grouped-query attention when fewer than the query heads
         self.head_dim = config.head_dim
         self.scaling = self.head_dim**-0.5
         self.attention_dropout = config.attention_probs_dropout_prob
         split_bias = config.qkv_bias and not config.key_bias
-        self.qkv = nn.Linear(d, 3 * d, bias=config.qkv_bias and not split_bias)
+        qkv_rows = d + 2 * self.num_kv_heads * self.head_dim
+        self.qkv = nn.Linear(d, qkv_rows, bias=config.qkv_bias and not split_bias)
         self.q_bias = nn.Parameter(torch.empty(d)) if split_bias else None
         self.v_bias = nn.Parameter(torch.empty(d)) if split_bias else None
         self.q_norm = norm_or_identity(config, config.qk_norm, self.head_dim)
@@ -248,10 +250,19 @@ class Attention(nn.Module):
         forward for all blocks: a config read and an interface lookup per block cost measurable time at batch 1).
         `rope`: this block's (cos, sin) rotary table over all tokens (identity rows for the prefix tokens).
         `attention_mask`: the NaFlex padding mask (naflex_vit_hf.attention_mask) or None."""
-        q, k, v = rearrange(self._qkv(x), "b n (qkv h d) -> qkv b h n d", qkv=3, h=self.num_heads)
+        if self.num_kv_heads == self.num_heads:
+            q, k, v = rearrange(self._qkv(x), "b n (qkv h d) -> qkv b h n d", qkv=3, h=self.num_heads)
+        else:
+            qkv = self._qkv(x)
+            q = rearrange(qkv[..., : self.num_heads * self.head_dim], "b n (h d) -> b h n d", h=self.num_heads)
+            k, v = rearrange(qkv[..., self.num_heads * self.head_dim :], "b n (kv h d) -> kv b h n d", kv=2,
+                             h=self.num_kv_heads)
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rotary(q, rope, self.rotate_half), apply_rotary(k, rope, self.rotate_half)
+        if self.num_kv_heads != self.num_heads:  # query head i reads key/value head i // group (timm, transformers)
+            groups = self.num_heads // self.num_kv_heads
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         attention = attention or _attention_interface(self.config, output_attentions)
         out, weights = attention(
             self,
@@ -306,12 +317,12 @@ class Block(GradientCheckpointingLayer):
     """Pre-norm transformer block: x + ls1(attn(norm1(x))), then x + ls2(mlp(norm2(x))); with `post_norm`,
     x + norm1(attn(x)), then x + norm2(mlp(x))."""
 
-    def __init__(self, config: VitHfConfig, drop_path: float = 0.0):
+    def __init__(self, config: VitHfConfig, drop_path: float = 0.0, layer: int = 0):
         super().__init__()
         layer_scale = config.layer_scale_init_value is not None
         self.post_norm = config.post_norm
         self.norm1 = make_norm(config)
-        self.attn = Attention(config)
+        self.attn = Attention(config, layer)
         self.ls1 = LayerScale(config) if layer_scale else nn.Identity()
         self.drop_path1 = DropPath(drop_path)
         self.norm2 = make_norm(config)

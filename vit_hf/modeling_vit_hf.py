@@ -158,7 +158,7 @@ class VitHfModel(VitHfPreTrainedModel):
         # Stochastic depth rises linearly over the blocks (timm); plain floats so the model builds on the meta device.
         depth = config.num_hidden_layers
         rates = [config.drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
-        self.blocks = nn.ModuleList([Block(config, drop_path=r) for r in rates])
+        self.blocks = nn.ModuleList([Block(config, drop_path=r, layer=i) for i, r in enumerate(rates)])
         final_norm = config.final_norm and not config.fc_norm
         self.norm = norm_or_identity(config, final_norm)
         pools = {"map": AttentionPool, "map_kv": AttentionPoolKV}

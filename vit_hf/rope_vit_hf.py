@@ -163,13 +163,11 @@ class RotaryEmbedding(nn.Module):
             angles = coords[:, 0, None] * freqs[0][..., None, :] + coords[:, 1, None] * freqs[1][..., None, :]
             cos, sin = _layout(angles.cos(), False), _layout(angles.sin(), False)
         else:
-            # timm computes 'cat' angles in the model's precision and rounds the table to float32; 'dinov3' keeps the
-            # model's precision; transformers' DINOv3 computes in float32 throughout
-            compute = torch.float32 if self.numerics == "transformers" else out
+            # timm builds its 'cat' tables in float32 (the cached table of a fixed-size model; float32 models always)
+            # and its DINOv3 tables in the model's precision; transformers' DINOv3 computes in float32 throughout
+            compute = out if self.kind == "dinov3" and self.numerics == "timm" else torch.float32
             angles = _layout(self._angles(coords, compute), self.half)
             cos, sin = angles.cos(), angles.sin()
-            if self.kind == "cat":
-                cos, sin = cos.float(), sin.float()
         cos, sin = cos.to(device=device, dtype=out), sin.to(device=device, dtype=out)
         if num_prefix:  # identity rows: RoPE leaves the prefix tokens alone
             pad = (0, 0, num_prefix, 0)
