@@ -123,7 +123,7 @@ def processor_from_siglip2(preprocessor: dict | None, config: VitHfConfig, flags
         num_channels=c, rescale_factor=float(src.rescale_factor) if src.do_rescale else 1.0,
         max_num_patches=int(src.max_num_patches), patch_size=int(src.patch_size),
     )
-    source = "preprocessor_config.json" if preprocessor else "Siglip2ImageProcessor's defaults (no preprocessor_config.json)"
+    source = "preprocessor_config.json" if preprocessor else "Siglip2ImageProcessor's defaults (no preprocessor file)"
     return processor, f"preprocessing from {source} (Siglip2ImageProcessor, PIL backend): {processor.describe_eval()}"
 
 
@@ -161,7 +161,7 @@ def _timm_refusals(model) -> list[str]:
     checks = [
         (e.pos_embed_type == "learned", f"position embedding {e.pos_embed_type!r} (learned only)"),
         (getattr(model, "rope", None) is None, "rotary position embeddings"),
-        (not e.pos_embed_ar_preserving and not e.pos_embed_use_grid_sample, "aspect-preserving / grid_sample positions"),
+        (not e.pos_embed_ar_preserving and not e.pos_embed_use_grid_sample, "aspect-preserving / grid_sample pos."),
         ((e.pos_embed_interp_mode, e.pos_embed_align_corners, e.pos_embed_antialias) == ("bilinear", False, True),
          f"{e.pos_embed_interp_mode} position resampling (bilinear antialiased only: timm_naflex)"),
         (e.norm_input is None and isinstance(e.norm, torch.nn.Identity), "a norm inside the patch embedding"),
@@ -202,7 +202,8 @@ def timm_fields(model, num_classes: int) -> dict:
 def timm_state(state: dict, model) -> dict:
     """timm NaFlexVit keys -> vit_hf keys (the trunk under `vit.`, the head at the top)."""
     e, out = model.embeds, {}
-    renames = {"embeds.cls_token": "cls_token", "embeds.reg_token": "reg_token", "embeds.proj.bias": "patch_embed.proj.bias"}
+    renames = {"embeds.cls_token": "cls_token", "embeds.reg_token": "reg_token",
+               "embeds.proj.bias": "patch_embed.proj.bias"}
     for key, value in state.items():
         if key == "embeds.proj.weight":
             out["vit.patch_embed.proj.weight"] = _patch_weight(value, e.patch_size[0], e.in_chans, e.channels_last)
@@ -253,7 +254,8 @@ def verify_timm(timm_model, info: dict, processor) -> list[dict]:
         inputs = naflex_inputs(processor, dtype)
         with torch.no_grad():
             got = out(ours(**inputs) if compared == "logits" else ours.vit(**inputs))
-            rows.append(_row(reference, dtype, f"{compared}, {_grids(inputs)}", got, _timm_naflex_forward(theirs, inputs)))
+            expected = _timm_naflex_forward(theirs, inputs)
+        rows.append(_row(reference, dtype, f"{compared}, {_grids(inputs)}", got, expected))
     return _check_rows(rows, reference)
 
 

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 
-from convert.siglip2 import siglip2_fields
 from convert.common import (
     ConversionError,
     Options,
@@ -34,6 +33,7 @@ from convert.common import (
     parity_markdown,
     read_privately,
 )
+from convert.siglip2 import siglip2_fields
 from convert.transformers_keys import (
     CLIP_TOWER,
     DINOV2_BLOCKS,
@@ -290,6 +290,9 @@ FAMILIES = {
                     {"none": "Aimv2VisionModel"}, "pooler_output", also=("last_hidden_state",),
                     float32_inside="transformers' Aimv2RMSNorm normalises in float32 whatever the model's dtype",
                     resizable=False),
+    # NaFlex: fields, processor and --verify in convert/siglip2.py
+    "siglip2": Family("SigLIP2 vision tower", ("vision_model.", ""), CLIP_TOWER, siglip2_fields,
+                      {"none": "Siglip2VisionModel"}, "pooler_output", resizable=False),
 }
 # Full dual-encoder repos and their vision-only configs: the vision config is the one to read
 VISION_CONFIG_OF = {

@@ -15,7 +15,7 @@ transformers = pytest.importorskip("transformers")
 
 from convert.common import ConversionError, Options  # noqa: E402
 from convert.siglip2 import verification_images  # noqa: E402
-from vit_hf import VitHfConfig, VitHfImageProcessor, VitHfModel  # noqa: E402
+from vit_hf import VitHfConfig, VitHfImageProcessor  # noqa: E402
 from vit_hf.naflex_vit_hf import naflex_image_size  # noqa: E402
 
 SIGLIP2 = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, num_patches=16,
@@ -316,8 +316,8 @@ def test_naflex_train_transform_and_collate_feed_a_training_step(tmp_path):
 def test_hub_ids_through_the_front_door(tmp_path, capsys):
     """`python -m convert REPO_ID OUT --verify` for a transformers SigLIP2 repo and a timm naflexvit repo on the
     loopback Hub: downloaded, converted, verified, the card naming the repo."""
-    from huggingface_hub import HfApi
     from hub_server import HubServer
+    from huggingface_hub import HfApi
     from test_convert_source import _online, _publish, convert
     from test_hub import TOKEN, TOKENS
 
