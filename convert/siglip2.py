@@ -162,8 +162,8 @@ def _timm_refusals(model) -> list[str]:
         (e.pos_embed_type == "learned", f"position embedding {e.pos_embed_type!r} (learned only)"),
         (getattr(model, "rope", None) is None, "rotary position embeddings"),
         (not e.pos_embed_ar_preserving and not e.pos_embed_use_grid_sample, "aspect-preserving / grid_sample pos."),
-        ((e.pos_embed_interp_mode, e.pos_embed_align_corners, e.pos_embed_antialias) == ("bilinear", False, True),
-         f"{e.pos_embed_interp_mode} position resampling (bilinear antialiased only: timm_naflex)"),
+        (_interpolation(model) is not None, f"{e.pos_embed_interp_mode} position resampling (antialiased bilinear or "
+                                            f"bicubic only)"),
         (e.norm_input is None and isinstance(e.norm, torch.nn.Identity), "a norm inside the patch embedding"),
         (e.patch_interpolator is None, "the patch-size interpolator"),
         (all(type(b) is Block for b in model.blocks), "blocks other than timm's Block"),
@@ -176,6 +176,14 @@ def _timm_refusals(model) -> list[str]:
         (_activation_name(block.mlp.act) in ("gelu", "gelu_tanh", "quick_gelu"), "this activation"),
     ]
     return [what for ok, what in checks if not ok]
+
+
+def _interpolation(model) -> str | None:
+    """vit_hf's name for timm NaFlexEmbeds' resampling: F.interpolate in float32, skipped at the stored grid."""
+    e = model.embeds
+    if e.pos_embed_align_corners or not e.pos_embed_antialias:
+        return None
+    return {"bilinear": "timm_naflex", "bicubic": "timm"}.get(e.pos_embed_interp_mode)
 
 
 def timm_fields(model, num_classes: int) -> dict:
@@ -195,7 +203,7 @@ def timm_fields(model, num_classes: int) -> dict:
         pooling={"map": "map", "avg": "mean", "token": "token"}[model.global_pool],
         pool_include_prefix=model.pool_include_prefix, num_labels=num_classes,
         layer_scale_init_value=1.0 if not isinstance(block.ls1, torch.nn.Identity) else None,
-        pos_embed_interpolation="timm_naflex", dynamic_img_size=True,
+        pos_embed_interpolation=_interpolation(model), dynamic_img_size=True,
     )
 
 

@@ -216,21 +216,25 @@ def test_a_model_that_differs_is_refused_by_verify(tmp_path):
         verify_siglip2(src, info, processor)
 
 
-def save_timm_naflex(folder, num_classes: int = 0):
+def save_timm_naflex(folder, num_classes: int = 0, arch: str = "naflexvit_base_patch16_siglip"):
     timm = pytest.importorskip("timm")
-    model = timm.create_model("naflexvit_base_patch16_siglip", pretrained=False, embed_dim=32, depth=2, num_heads=4,
-                              mlp_ratio=37 / 32, patch_size=4, pos_embed_grid_size=(4, 4), num_classes=num_classes)
+    model = timm.create_model(arch, pretrained=False, embed_dim=32, depth=2, num_heads=4, mlp_ratio=37 / 32,
+                              patch_size=4, pos_embed_grid_size=(4, 4), num_classes=num_classes)
     timm.models.save_for_hf(randomize(model), folder, safe_serialization=True)
     return folder
 
 
-@pytest.mark.parametrize("num_classes", [0, 3])
-def test_timm_naflexvit_folder_converts_exactly(tmp_path, num_classes, capsys):
+@pytest.mark.parametrize("arch, num_classes", [
+    ("naflexvit_base_patch16_siglip", 0),  # SigLIP2: MAP head, bilinear positions (timm_naflex)
+    ("naflexvit_base_patch16_siglip", 3),
+    ("naflexvit_so150m2_patch16_reg1_gap", 3),  # a register, layer scale, mean pooling, bicubic positions ("timm")
+])
+def test_timm_naflexvit_folder_converts_exactly(tmp_path, arch, num_classes, capsys):
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     from convert.timm_hub import convert_timm_folder
 
-    src, out = save_timm_naflex(tmp_path / "src", num_classes), tmp_path / "out"
+    src, out = save_timm_naflex(tmp_path / "src", num_classes, arch), tmp_path / "out"
     convert_timm_folder(src, out, verify=True)
     printed = capsys.readouterr().out
     rows = [line for line in printed.splitlines() if line.startswith("parity")]
@@ -239,7 +243,8 @@ def test_timm_naflexvit_folder_converts_exactly(tmp_path, num_classes, capsys):
     assert "16x16" in card and "NaFlex grids" in card  # the fixed-size path at the stored grid, and mixed grids
     model = AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True)
     processor = AutoImageProcessor.from_pretrained(out, trust_remote_code=True)
-    assert processor.max_num_patches == 16 and model.config.pos_embed_interpolation == "timm_naflex"
+    expected = "timm_naflex" if "siglip" in arch else "timm"
+    assert processor.max_num_patches == 16 and model.config.pos_embed_interpolation == expected
     if num_classes:  # pipeline: the processor's three NaFlex inputs reach the classification model
         from transformers import pipeline
 
