@@ -15,7 +15,7 @@ transformers = pytest.importorskip("transformers")
 
 from convert.common import ConversionError, Options  # noqa: E402
 from convert.siglip2 import verification_images  # noqa: E402
-from vit_hf import VitHfConfig, VitHfImageProcessor  # noqa: E402
+from vit_hf import VitHfConfig, VitHfImageProcessor, VitHfModel  # noqa: E402
 from vit_hf.naflex_vit_hf import naflex_image_size  # noqa: E402
 
 SIGLIP2 = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, num_patches=16,
@@ -338,3 +338,36 @@ def test_hub_ids_through_the_front_door(tmp_path, capsys):
             assert code == 0, err
             assert repo in (out / "README.md").read_text() and "NaFlex grids" in (out / "README.md").read_text()
             assert json.loads((out / "preprocessor_config.json").read_text())["max_num_patches"] in (16, 24)
+
+
+def _patches(x: torch.Tensor, p: int) -> torch.Tensor:
+    from einops import rearrange
+
+    return rearrange(x, "b c (gh ph) (gw pw) -> b (gh gw) (ph pw c)", ph=p, pw=p)
+
+
+@pytest.mark.parametrize("variant", [
+    dict(pooling="token"),  # class token, the original ViT table (prefix rows)
+    dict(pooling="mean", num_register_tokens=2, no_embed_class=True),
+    dict(pooling="map", class_token=False),
+    dict(pooling="token_mean", pos_embed_type="sincos2d", no_embed_class=True),
+    dict(pooling="mean", class_token=False, embed_norm=True, norm_type="rmsnorm"),
+])
+def test_switches_agree_with_the_nchw_path_and_ignore_padding(variant):
+    """NaFlex patches of a full stored grid give the NCHW forward's outputs; padding the same image changes nothing
+    it pools, whatever the prefix tokens, positions, patch norm and pooling."""
+    config = VitHfConfig.from_preset("test", pos_embed_interpolation="timm_naflex", **variant)
+    model = randomize(VitHfModel(config)).double().eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    full = dict(pixel_values=_patches(x, 8), pixel_attention_mask=torch.ones(2, 16, dtype=torch.int32),
+                spatial_shapes=torch.tensor([[4, 4], [4, 4]]))
+    padded = {**full, "pixel_values": torch.nn.functional.pad(full["pixel_values"], (0, 0, 0, 7)),
+              "pixel_attention_mask": torch.nn.functional.pad(full["pixel_attention_mask"], (0, 7))}
+    with torch.no_grad():
+        nchw, flex, pad = model(x), model(**full), model(**padded)
+    # the same numbers up to the summation order of the patch projection ((ph pw c) rows here, (c ph pw) there)
+    assert (nchw.pooler_output - flex.pooler_output).abs().max().item() <= 1e-13
+    assert (nchw.last_hidden_state - flex.last_hidden_state).abs().max().item() <= 1e-13
+    assert (pad.pooler_output - nchw.pooler_output).abs().max().item() <= 1e-13
+    prefix = config.num_prefix_tokens
+    assert (pad.last_hidden_state[:, : prefix + 16] - nchw.last_hidden_state).abs().max().item() <= 1e-13

@@ -14,7 +14,8 @@ is given the position of its image's top-left patch, attends to the image's toke
 attends to it; pooling (token, mean, MAP) never reads it. So `last_hidden_state[i, k]` for `k >= h_i * w_i` is a
 by-product, not a feature: select `pixel_attention_mask.bool()` rows.
 
-Remote code: copied flat next to the weights; imports only torch, einops and its sibling layers module.
+Remote code: copied flat next to the weights; imports only torch, einops and its siblings (layers at the top, the
+image processor's pixel steps inside NaFlexTransform).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from .layers_vit_hf import resample_position_embedding
+from .layers_vit_hf import resample_position_embedding, sincos_2d_position_embedding
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Processor side: geometry and patches
@@ -175,12 +176,19 @@ def naflex_positions(table: torch.Tensor, grid: tuple[int, int], spatial_shapes:
     if algorithm == "hf_siglip2":
         weights = hf_siglip2_weights(grid, spatial_shapes, length)
         return (weights @ table[0].float()).to(table.dtype)
+    return per_grid(lambda shape: resample_position_embedding(table, grid, shape, 0, algorithm)[0], spatial_shapes,
+                    length)
+
+
+def per_grid(table_for, spatial_shapes: torch.Tensor, length: int) -> torch.Tensor:
+    """(b, length, D) rows of `table_for((h, w))` ((h * w, D)), made once per distinct grid of the batch; rows after
+    an image's last patch take its first row."""
     shapes = [tuple(s) for s in spatial_shapes.tolist()]
     tables, offsets = [], {}
     for shape in dict.fromkeys(shapes):  # each distinct grid once, in order of appearance
         offsets[shape] = sum(t.shape[0] for t in tables)
-        tables.append(resample_position_embedding(table, grid, shape, 0, algorithm)[0])
-    k = torch.arange(length, device=table.device)
+        tables.append(table_for(shape))
+    k = torch.arange(length, device=tables[0].device)
     index = torch.stack([offsets[s] + torch.where(k < s[0] * s[1], k, 0) for s in shapes])
     return torch.cat(tables)[index]
 
@@ -192,15 +200,16 @@ def naflex_embed(model, pixel_values: torch.Tensor, pixel_attention_mask: torch.
     check_naflex_inputs(model, pixel_values, pixel_attention_mask, spatial_shapes)
     proj = model.patch_embed.proj
     weight = rearrange(proj.weight, "d c ph pw -> d (ph pw c)")
-    x = F.linear(pixel_values.to(weight.dtype), weight, proj.bias)
+    x = model.patch_embed.norm(F.linear(pixel_values.to(weight.dtype), weight, proj.bias))
     b, n = x.shape[:2]
     cfg = model.config
     if model.pos_embed is not None:
         table = model.pos_embed[:, model.pos_covered_prefix :]
         pos = naflex_positions(table, cfg.grid_size, spatial_shapes, n, cfg.pos_embed_interpolation)
         x = x + pos.to(x.dtype)
-    elif cfg.pos_embed_type != "none":
-        raise ValueError(f"NaFlex input needs learned positions, the model has pos_embed_type={cfg.pos_embed_type!r}")
+    elif cfg.pos_embed_type == "sincos2d":  # the fixed table of each image's own grid
+        pos = per_grid(lambda shape: sincos_2d_position_embedding(shape, cfg.hidden_size)[0], spatial_shapes, n)
+        x = x + pos.to(device=x.device, dtype=x.dtype)
     tokens = (model.cls_token, model.dist_token, model.reg_token)
     prefix = [t.expand(b, -1, -1).to(x.dtype) for t in tokens if t is not None]
     if prefix and model.pos_covered_prefix:  # the prefix rows of an original-ViT table go to the prefix tokens
