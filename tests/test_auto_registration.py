@@ -69,14 +69,18 @@ def saved(tmp_path_factory):
 
 @pytest.fixture
 def no_downloaded_code(monkeypatch):
-    """A tripwire on the one function through which the Auto classes run a folder's code."""
-    from transformers.models.auto import auto_factory, configuration_auto, image_processing_auto
+    """Tripwires on the function through which the Auto classes run a folder's code, and on the prompt that asks
+    whether to (transformers turns errors around that prompt into soft failures, so the calls are recorded)."""
+    import builtins
 
-    def refuse(class_reference, *args, **kwargs):
-        raise AssertionError(f"the folder's own code would run: {class_reference}")
+    from transformers.models.auto import auto_factory, configuration_auto, image_processing_auto, video_processing_auto
 
-    for module in (auto_factory, configuration_auto, image_processing_auto):
-        monkeypatch.setattr(module, "get_class_from_dynamic_module", refuse)
+    calls = []
+    for module in (auto_factory, configuration_auto, image_processing_auto, video_processing_auto):
+        monkeypatch.setattr(module, "get_class_from_dynamic_module", lambda ref, *a, **k: calls.append(ref))
+    monkeypatch.setattr(builtins, "input", lambda prompt="": calls.append(prompt) or "n")
+    yield
+    assert calls == [], calls
 
 
 def newer_folder(tmp_path: Path, saved_folder: Path, **config_changes) -> Path:
@@ -96,6 +100,7 @@ def test_importing_vit_hf_registers_every_auto_class():
     from transformers import AutoConfig, AutoModelForImageClassification
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
     from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
+    from transformers.models.auto.video_processing_auto import VIDEO_PROCESSOR_MAPPING
 
     assert is_registered() and CONFIG_MAPPING["vit_hf"] is VitHfConfig
     assert {auto.__name__: auto._model_mapping[VitHfConfig] for auto in MODELS} == {
@@ -105,6 +110,7 @@ def test_importing_vit_hf_registers_every_auto_class():
         "AutoBackbone": VitHfBackbone,
     }
     assert IMAGE_PROCESSOR_MAPPING[VitHfConfig] == {"pil": VitHfImageProcessor, "torchvision": VitHfImageProcessor}
+    assert VIDEO_PROCESSOR_MAPPING[VitHfConfig] == {}  # none: pipeline must not look for one in the folder's code
     # today's "Unrecognized model identifier: vit_hf" is gone: the factories build from a model_type or a config
     config = AutoConfig.for_model("vit_hf", hidden_size=48, num_attention_heads=3)
     assert type(config) is VitHfConfig and config.head_dim == 16
