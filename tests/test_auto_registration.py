@@ -319,10 +319,10 @@ def one_line_refusal(call) -> str:
 def test_a_folder_from_a_newer_version_with_an_unknown_switch_is_refused(saved, tmp_path):
     from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification, pipeline
 
-    folder = newer_folder(tmp_path, saved[0], rope_theta=100.0, register_pooling=True)
+    folder = newer_folder(tmp_path, saved[0], token_merge_ratio=100.0, register_pooling=True)
     expected = (
-        f"config.json was saved by vit_hf {NEWER} and sets register_pooling, rope_theta, which this version does not "
-        f"know (vit_hf {vit_hf.__version__}): pip install -U 'vit_hf>={NEWER}'"
+        f"config.json was saved by vit_hf {NEWER} and sets register_pooling, token_merge_ratio, which this version "
+        f"does not know (vit_hf {vit_hf.__version__}): pip install -U 'vit_hf>={NEWER}'"
     )
     for call in (
         lambda: AutoModel.from_pretrained(folder),
@@ -367,22 +367,22 @@ def test_a_newer_versions_save_leaves_out_a_switch_at_its_default_and_writes_one
     version. The list of known fields is the signature, so nothing else had to be told about the new field."""
 
     class NewerConfig(VitHfConfig):
-        def __init__(self, rope_theta: float | None = None, **kwargs):
-            self.rope_theta = rope_theta
+        def __init__(self, token_merge_ratio: float | None = None, **kwargs):
+            self.token_merge_ratio = token_merge_ratio
             super().__init__(**kwargs)
 
     monkeypatch.setattr(configuration, "VIT_HF_VERSION", NEWER)
-    default, in_use = (NewerConfig(hidden_size=48, num_attention_heads=3, rope_theta=t) for t in (None, 1e4))
+    default, in_use = (NewerConfig(hidden_size=48, num_attention_heads=3, token_merge_ratio=t) for t in (None, 1e4))
     for name, config in (("default", default), ("in_use", in_use)):
         (tmp_path / name).mkdir()
         config.to_json_file(tmp_path / name / "config.json")  # what save_pretrained writes (use_diff=True)
     monkeypatch.undo()
 
     written = json.loads((tmp_path / "default" / "config.json").read_text())
-    assert written["vit_hf_version"] == NEWER and "rope_theta" not in written
+    assert written["vit_hf_version"] == NEWER and "token_merge_ratio" not in written
     assert VitHfConfig.from_pretrained(tmp_path / "default").hidden_size == 48
     message = one_line_refusal(lambda: VitHfConfig.from_pretrained(tmp_path / "in_use"))
-    assert f"saved by vit_hf {NEWER} and sets rope_theta" in message
+    assert f"saved by vit_hf {NEWER} and sets token_merge_ratio" in message
 
 
 def test_unknown_fields_from_the_same_or_an_older_version_are_kept_as_attributes(saved, tmp_path):

@@ -1,9 +1,9 @@
 """Google .npz -> vit_hf conversion: every published layout, against an independent Flax oracle and timm's loader.
 
-References (reference/conversion-formats.md §4.3-4.5):
+References:
 - `tests/flax_oracle.py`: the suite's own float64 numpy forward pass in Flax layout (GELU tanh, as JAX trained it);
 - timm 1.0.31's npz loader (`VisionTransformer.load_pretrained` -> `_load_weights`) for the files it can read,
-  built with the §2.5 arguments; timm uses exact GELU, so those comparisons convert with `gelu="exact"`.
+  built with the arguments the file implies; timm uses exact GELU, so those comparisons convert with `gelu="exact"`.
 Tolerance 1e-10 in float64: catches LayerNorm eps (1e-12 vs 1e-6) and GELU-variant mistakes, which 1e-3 would not.
 """
 
@@ -394,3 +394,25 @@ def test_source_inside_out_dir_is_refused(npz_dir: Path, tmp_path: Path, capsys)
     assert code == 2 and "inside the output folder" in err, err
     assert [p.name for p in out.iterdir()] == ["ckpt.npz"]
     assert src.read_bytes() == (npz_dir / "vitjax_token.npz").read_bytes()
+
+
+def test_cli_verify_failure_is_one_line_exit_1_and_writes_nothing(npz_dir: Path, tmp_path: Path, capsys,
+                                                                  monkeypatch):
+    """A conversion --verify finds wrong (fault injected into the built model): exit 1, one line after the parity
+    table, nothing written."""
+    import convert.google as convert_google
+
+    build = convert_google.build_model
+
+    def off_by_a_little(*args, **kwargs):
+        model = build(*args, **kwargs)
+        with torch.no_grad():
+            model.vit.blocks[1].norm2.weight.mul_(1.001)
+        return model
+
+    monkeypatch.setattr(convert_google, "build_model", off_by_a_little)
+    code, err = _run_cli([npz_dir / "vitjax_token.npz", tmp_path / "out", "--verify"], capsys)
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.startswith("error: verification failed, nothing written: vitjax_token.npz: the converted model is "
+                          "outside tolerance")
+    assert not (tmp_path / "out").exists()
