@@ -290,8 +290,9 @@ def test_saved_files_record_the_version_and_only_what_a_load_would_not_give_back
 @pytest.mark.parametrize(
     "switches",
     [{}, dict(pooling="mean"), dict(pooling="map", class_token=False, pre_norm=True, patch_bias=True),
-     dict(distilled=True, crop_remainder=True, image_size=36, encoder_stride=4), dict(hidden_act="quickgelu")],
-    ids=["defaults", "mean", "map_pre_norm_patch_bias", "distilled", "act_alias"],
+     dict(distilled=True, crop_remainder=True, image_size=36, encoder_stride=4), dict(hidden_act="quickgelu"),
+     dict(norm_type="rmsnorm", num_key_value_heads=2, rope_type="cat")],
+    ids=["defaults", "mean", "map_pre_norm_patch_bias", "distilled", "act_alias", "rope_gqa_rmsnorm"],
 )
 def test_every_config_survives_the_non_default_save(switches, tmp_path):
     config = VitHfConfig.from_preset("test", **switches)
@@ -300,6 +301,17 @@ def test_every_config_survives_the_non_default_save(switches, tmp_path):
     assert {k: v for k, v in reloaded.to_dict().items() if k != "_name_or_path"} == {
         k: v for k, v in config.to_dict().items() if k != "_name_or_path"
     }
+
+
+def test_a_switch_derived_from_another_is_written_only_when_it_differs_from_the_derivation(tmp_path):
+    """rope_type="dinov3" derives rope_theta=100 and rope_rotate_half=True (fields added by another change, known
+    here through the signature alone)."""
+    for name, switches in (("derived", {}), ("set", dict(rope_theta=500.0))):
+        VitHfConfig.from_preset("test", rope_type="dinov3", **switches).save_pretrained(tmp_path / name)
+    derived, chosen = (json.loads((tmp_path / n / "config.json").read_text()) for n in ("derived", "set"))
+    assert derived["rope_type"] == "dinov3" and not {"rope_theta", "rope_rotate_half"} & set(derived)
+    assert chosen["rope_theta"] == 500.0 and "rope_rotate_half" not in chosen
+    assert VitHfConfig.from_pretrained(tmp_path / "derived").rope_theta == 100.0
 
 
 def test_the_version_is_the_package_version():
