@@ -69,14 +69,18 @@ def saved(tmp_path_factory):
 
 @pytest.fixture
 def no_downloaded_code(monkeypatch):
-    """A tripwire on the one function through which the Auto classes run a folder's code."""
-    from transformers.models.auto import auto_factory, configuration_auto, image_processing_auto
+    """Tripwires on the function through which the Auto classes run a folder's code, and on the prompt that asks
+    whether to (transformers turns errors around that prompt into soft failures, so the calls are recorded)."""
+    import builtins
 
-    def refuse(class_reference, *args, **kwargs):
-        raise AssertionError(f"the folder's own code would run: {class_reference}")
+    from transformers.models.auto import auto_factory, configuration_auto, image_processing_auto, video_processing_auto
 
-    for module in (auto_factory, configuration_auto, image_processing_auto):
-        monkeypatch.setattr(module, "get_class_from_dynamic_module", refuse)
+    calls = []
+    for module in (auto_factory, configuration_auto, image_processing_auto, video_processing_auto):
+        monkeypatch.setattr(module, "get_class_from_dynamic_module", lambda ref, *a, **k: calls.append(ref))
+    monkeypatch.setattr(builtins, "input", lambda prompt="": calls.append(prompt) or "n")
+    yield
+    assert calls == [], calls
 
 
 def newer_folder(tmp_path: Path, saved_folder: Path, **config_changes) -> Path:
@@ -96,6 +100,7 @@ def test_importing_vit_hf_registers_every_auto_class():
     from transformers import AutoConfig, AutoModelForImageClassification
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
     from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
+    from transformers.models.auto.video_processing_auto import VIDEO_PROCESSOR_MAPPING
 
     assert is_registered() and CONFIG_MAPPING["vit_hf"] is VitHfConfig
     assert {auto.__name__: auto._model_mapping[VitHfConfig] for auto in MODELS} == {
@@ -105,6 +110,7 @@ def test_importing_vit_hf_registers_every_auto_class():
         "AutoBackbone": VitHfBackbone,
     }
     assert IMAGE_PROCESSOR_MAPPING[VitHfConfig] == {"pil": VitHfImageProcessor, "torchvision": VitHfImageProcessor}
+    assert VIDEO_PROCESSOR_MAPPING[VitHfConfig] == {}  # none: pipeline must not look for one in the folder's code
     # today's "Unrecognized model identifier: vit_hf" is gone: the factories build from a model_type or a config
     config = AutoConfig.for_model("vit_hf", hidden_size=48, num_attention_heads=3)
     assert type(config) is VitHfConfig and config.head_dim == 16
@@ -284,8 +290,9 @@ def test_saved_files_record_the_version_and_only_what_a_load_would_not_give_back
 @pytest.mark.parametrize(
     "switches",
     [{}, dict(pooling="mean"), dict(pooling="map", class_token=False, pre_norm=True, patch_bias=True),
-     dict(distilled=True, crop_remainder=True, image_size=36, encoder_stride=4), dict(hidden_act="quickgelu")],
-    ids=["defaults", "mean", "map_pre_norm_patch_bias", "distilled", "act_alias"],
+     dict(distilled=True, crop_remainder=True, image_size=36, encoder_stride=4), dict(hidden_act="quickgelu"),
+     dict(norm_type="rmsnorm", num_key_value_heads=2, rope_type="cat")],
+    ids=["defaults", "mean", "map_pre_norm_patch_bias", "distilled", "act_alias", "rope_gqa_rmsnorm"],
 )
 def test_every_config_survives_the_non_default_save(switches, tmp_path):
     config = VitHfConfig.from_preset("test", **switches)
@@ -294,6 +301,17 @@ def test_every_config_survives_the_non_default_save(switches, tmp_path):
     assert {k: v for k, v in reloaded.to_dict().items() if k != "_name_or_path"} == {
         k: v for k, v in config.to_dict().items() if k != "_name_or_path"
     }
+
+
+def test_a_switch_derived_from_another_is_written_only_when_it_differs_from_the_derivation(tmp_path):
+    """rope_type="dinov3" derives rope_theta=100 and rope_rotate_half=True (fields added by another change, known
+    here through the signature alone)."""
+    for name, switches in (("derived", {}), ("set", dict(rope_theta=500.0))):
+        VitHfConfig.from_preset("test", rope_type="dinov3", **switches).save_pretrained(tmp_path / name)
+    derived, chosen = (json.loads((tmp_path / n / "config.json").read_text()) for n in ("derived", "set"))
+    assert derived["rope_type"] == "dinov3" and not {"rope_theta", "rope_rotate_half"} & set(derived)
+    assert chosen["rope_theta"] == 500.0 and "rope_rotate_half" not in chosen
+    assert VitHfConfig.from_pretrained(tmp_path / "derived").rope_theta == 100.0
 
 
 def test_the_version_is_the_package_version():
@@ -313,10 +331,10 @@ def one_line_refusal(call) -> str:
 def test_a_folder_from_a_newer_version_with_an_unknown_switch_is_refused(saved, tmp_path):
     from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification, pipeline
 
-    folder = newer_folder(tmp_path, saved[0], rope_theta=100.0, register_pooling=True)
+    folder = newer_folder(tmp_path, saved[0], token_merge_ratio=100.0, register_pooling=True)
     expected = (
-        f"config.json was saved by vit_hf {NEWER} and sets register_pooling, rope_theta, which this version does not "
-        f"know (vit_hf {vit_hf.__version__}): pip install -U 'vit_hf>={NEWER}'"
+        f"config.json was saved by vit_hf {NEWER} and sets register_pooling, token_merge_ratio, which this version "
+        f"does not know (vit_hf {vit_hf.__version__}): pip install -U 'vit_hf>={NEWER}'"
     )
     for call in (
         lambda: AutoModel.from_pretrained(folder),
@@ -361,22 +379,22 @@ def test_a_newer_versions_save_leaves_out_a_switch_at_its_default_and_writes_one
     version. The list of known fields is the signature, so nothing else had to be told about the new field."""
 
     class NewerConfig(VitHfConfig):
-        def __init__(self, rope_theta: float | None = None, **kwargs):
-            self.rope_theta = rope_theta
+        def __init__(self, token_merge_ratio: float | None = None, **kwargs):
+            self.token_merge_ratio = token_merge_ratio
             super().__init__(**kwargs)
 
     monkeypatch.setattr(configuration, "VIT_HF_VERSION", NEWER)
-    default, in_use = (NewerConfig(hidden_size=48, num_attention_heads=3, rope_theta=t) for t in (None, 1e4))
+    default, in_use = (NewerConfig(hidden_size=48, num_attention_heads=3, token_merge_ratio=t) for t in (None, 1e4))
     for name, config in (("default", default), ("in_use", in_use)):
         (tmp_path / name).mkdir()
         config.to_json_file(tmp_path / name / "config.json")  # what save_pretrained writes (use_diff=True)
     monkeypatch.undo()
 
     written = json.loads((tmp_path / "default" / "config.json").read_text())
-    assert written["vit_hf_version"] == NEWER and "rope_theta" not in written
+    assert written["vit_hf_version"] == NEWER and "token_merge_ratio" not in written
     assert VitHfConfig.from_pretrained(tmp_path / "default").hidden_size == 48
     message = one_line_refusal(lambda: VitHfConfig.from_pretrained(tmp_path / "in_use"))
-    assert f"saved by vit_hf {NEWER} and sets rope_theta" in message
+    assert f"saved by vit_hf {NEWER} and sets token_merge_ratio" in message
 
 
 def test_unknown_fields_from_the_same_or_an_older_version_are_kept_as_attributes(saved, tmp_path):
