@@ -104,8 +104,8 @@ def processor_from_siglip2(preprocessor: dict | None, config: VitHfConfig, flags
 
     given = [k for k, v in (flags or {}).items() if v is not None]
     if given:
-        raise ConversionError(f"{', '.join(given)} do(es) not apply to a NaFlex model (its processor resizes every "
-                              f"image to its own grid): drop it")
+        raise ConversionError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to a NaFlex model "
+                              f"(its processor resizes every image to its own grid): drop it")
 
     try:
         src = Siglip2ImageProcessorPil.from_dict(dict(preprocessor or {}))
@@ -273,26 +273,23 @@ def is_naflex_architecture(arch: str) -> bool:
     return is_model(arch) and model_entrypoint(arch).__module__ == NAFLEX_MODULE
 
 
-def convert_naflex_folder(folder: Path, out_dir, opts, config: dict) -> Path:
-    """A timm naflexvit folder (config.json + weights) -> `out_dir` (returned); `opts`: `convert.common.Options`."""
-    import timm
-
-    from convert.common import check_push
-    from convert.timm import write_conversion
-    from convert.timm_hub import weights_file
-
-    arch = config["architecture"]
+def _refuse_fixed_size_options(opts) -> None:
     given = [k for k, v in {**opts.preprocessing, "image_size": opts.image_size}.items() if v is not None]
     if given:
-        raise ConversionError(f"{', '.join(given)} do(es) not apply to a NaFlex model (its processor resizes every "
-                              f"image to its own grid, its positions follow): drop it")
-    weights = weights_file(folder)
-    check_paths(weights, out_dir)
-    check_push(opts)
-    state = load_torch_state_dict(weights)
+        raise ConversionError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to a NaFlex model "
+                              f"(its processor resizes every image to its own grid, its positions follow): drop it")
+
+
+def _convert_naflex(state: dict, create, arch: str, out_dir, opts, origin: str) -> Path:
+    """The timm NaFlexVit state dict `state` -> `out_dir`; `create(**kwargs)` builds the timm model of its
+    architecture (on the meta device for the config, on the CPU with the weights for --verify)."""
+    import timm
+
+    from convert.timm import write_conversion
+
     num_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
     with torch.device("meta"):
-        meta = timm.create_model(f"local-dir:{folder}", pretrained=False, num_classes=num_classes)
+        meta = create(num_classes=num_classes)
     refused = _timm_refusals(meta)
     if refused:
         raise ConversionError(f"{arch}: timm NaFlexVit features vit_hf cannot represent: {'; '.join(refused)}")
@@ -303,14 +300,50 @@ def convert_naflex_folder(folder: Path, out_dir, opts, config: dict) -> Path:
     processor, note = timm_processor(meta, vit_config)
     parity = None
     if opts.verify:
-        reference = timm.create_model(f"local-dir:{folder}", pretrained=False, num_classes=num_classes)
+        reference = create(num_classes=num_classes)
         reference.load_state_dict(state)
         parity = verify_timm(reference.eval(), info, processor)
-    repo = opts.source_repo
-    origin = f"the timm Hub repo `{repo}`" if repo else f"the timm folder `{folder.name}`"
-    source = (f"Converted from {origin} (architecture `{arch}`, NaFlexViT, weights `{weights.name}`) with "
-              f"`python -m convert`.\n\n{note}")
-    card = dict(source=source, parity=parity_markdown(parity) if parity else None, tags=["timm", "naflex"],
-                base_model=repo, license=(meta.pretrained_cfg or {}).get("license") or "apache-2.0")
+    card = dict(source=f"Converted from {origin} with `python -m convert`.\n\n{note}",
+                parity=parity_markdown(parity) if parity else None, tags=["timm", "naflex"],
+                base_model=opts.source_repo, license=(meta.pretrained_cfg or {}).get("license") or "apache-2.0")
     return write_conversion(model, processor, dict(parity=parity), out_dir, opts, card,
-                            f"Convert {repo or folder.name} from timm")
+                            f"Convert {opts.source_repo or arch} from timm ({timm.__version__})")
+
+
+def convert_naflex_folder(folder: Path, out_dir, opts, config: dict) -> Path:
+    """A timm naflexvit folder (config.json + weights) -> `out_dir` (returned); `opts`: `convert.common.Options`."""
+    import timm
+
+    from convert.common import check_push
+    from convert.timm_hub import weights_file
+
+    arch = config["architecture"]
+    _refuse_fixed_size_options(opts)
+    weights = weights_file(folder)
+    check_paths(weights, out_dir)
+    check_push(opts)
+    state = load_torch_state_dict(weights)
+    where = f"the timm Hub repo `{opts.source_repo}`" if opts.source_repo else f"the timm folder `{folder.name}`"
+    return _convert_naflex(state, lambda **kw: timm.create_model(f"local-dir:{folder}", pretrained=False, **kw), arch,
+                           out_dir, opts, f"{where} (architecture `{arch}`, NaFlexViT, weights `{weights.name}`)")
+
+
+def is_naflex_state(state) -> bool:
+    """timm NaFlexVit keys (the embeddings under `embeds.`), not VisionTransformer's."""
+    return "embeds.proj.weight" in state
+
+
+def convert_naflex_file(state: dict, src: Path, out_dir, opts, model_name: str | None) -> Path:
+    """A timm NaFlexVit state dict file -> `out_dir`: the architecture from `model_name` (its registry entry), the
+    position grid from the weights."""
+    import timm
+
+    if not model_name or not is_naflex_architecture(model_name.split(".")[0]):
+        raise ConversionError(f"{src} holds a timm NaFlexViT state dict (embeds.* keys): pass its architecture with "
+                              f"--model-name (e.g. naflexvit_base_patch16_siglip)")
+    _refuse_fixed_size_options(opts)
+    grid = tuple(state["embeds.pos_embed"].shape[1:3]) if "embeds.pos_embed" in state else None
+    extra = {"pos_embed_grid_size": grid} if grid else {}
+    return _convert_naflex(
+        state, lambda **kw: timm.create_model(model_name, pretrained=False, **extra, **kw), model_name, out_dir, opts,
+        f"the timm NaFlexViT state dict `{src.name}` (architecture `{model_name}`)")

@@ -371,3 +371,40 @@ def test_switches_agree_with_the_nchw_path_and_ignore_padding(variant):
     assert (pad.pooler_output - nchw.pooler_output).abs().max().item() <= 1e-13
     prefix = config.num_prefix_tokens
     assert (pad.last_hidden_state[:, : prefix + 16] - nchw.last_hidden_state).abs().max().item() <= 1e-13
+
+
+def test_timm_naflexvit_state_dict_file_converts_with_its_model_name(tmp_path):
+    """A bare NaFlexVit state dict (embeds.* keys): the architecture comes from --model-name (refused without one), the
+    grid from the weights; the converted model computes timm's features on a NaFlex batch."""
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    from convert.siglip2 import _timm_naflex_forward
+    from convert.timm import convert_timm_file
+
+    arch = "naflexvit_base_patch16_siglip"
+    source = randomize(timm.create_model(arch, pretrained=False, pos_embed_grid_size=(6, 6), depth=1)).eval()
+    small = tmp_path / "weights.safetensors"
+    save_file(source.state_dict(), small)
+    with pytest.raises(ConversionError, match="--model-name"):
+        convert_timm_file(small, tmp_path / "no")
+    with pytest.raises(ConversionError, match="does not apply to a NaFlex model"):
+        convert_timm_file(small, tmp_path / "no", model_name=arch, crop_pct=0.9)
+    assert not (tmp_path / "no").exists()
+    # the registry's architecture (12 blocks) against these weights (1 block) is a key mismatch, named
+    with pytest.raises(ConversionError, match="blocks.1"):
+        convert_timm_file(small, tmp_path / "no", model_name=arch)
+    # the registry model itself (a 6x6 grid, from the weights)
+    model = randomize(timm.create_model(arch, pretrained=False, pos_embed_grid_size=(6, 6))).eval()
+    full = tmp_path / "full.safetensors"
+    save_file(model.state_dict(), full)
+    out = convert_timm_file(full, tmp_path / "out", model_name=arch)
+    from transformers import AutoImageProcessor, AutoModel
+
+    ours = AutoModel.from_pretrained(out, trust_remote_code=True).eval()
+    processor = AutoImageProcessor.from_pretrained(out, trust_remote_code=True)
+    assert processor.max_num_patches == 36 and ours.config.image_hw == (96, 96)
+    inputs = processor(images()[:3])
+    with torch.no_grad():
+        diff = (ours(**inputs).pooler_output - _timm_naflex_forward(model, inputs)).abs().max().item()
+    assert diff <= 1e-3
