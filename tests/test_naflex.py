@@ -16,7 +16,7 @@ transformers = pytest.importorskip("transformers")
 from convert.common import ConversionError, Options  # noqa: E402
 from convert.siglip2 import verification_images  # noqa: E402
 from vit_hf import VitHfConfig, VitHfImageProcessor, VitHfModel  # noqa: E402
-from vit_hf.naflex_vit_hf import naflex_image_size  # noqa: E402
+from vit_hf.naflex_processing_vit_hf import naflex_image_size  # noqa: E402
 
 SIGLIP2 = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, num_patches=16,
                patch_size=4)
@@ -297,7 +297,7 @@ def test_bench_suite_runs(tmp_path, monkeypatch, capsys):
 
 def test_naflex_train_transform_and_collate_feed_a_training_step(tmp_path):
     from vit_hf import VitHfForImageClassification
-    from vit_hf.naflex_vit_hf import naflex_collate
+    from vit_hf.naflex_processing_vit_hf import naflex_collate
 
     processor = VitHfImageProcessor(**PROCESSOR, resample="bilinear")
     transform = processor.train_transforms()

@@ -31,7 +31,7 @@ from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.processing_utils import ImagesKwargs
 
 from .configuration_vit_hf import ProcessorSavedByVersion
-from .naflex_vit_hf import NaFlexTransform, describe_naflex, naflex_batch
+from .naflex_processing_vit_hf import NaFlexTransform, describe_naflex, naflex_batch
 
 # timm / torchvision interpolation names -> PIL filters
 RESAMPLE = {
@@ -415,7 +415,7 @@ class VitHfImageProcessor(ProcessorSavedByVersion, BaseImageProcessor):
             then torch's antialiased float interpolation (bilinear/bicubic), crop, normalise: the pixels of
             transformers' torchvision-only DINOv3ViTImageProcessor. No torchvision needed for any.
         max_num_patches, patch_size: NaFlex (SigLIP2): aspect kept, at most `max_num_patches` patches, returned as
-            patches, `pixel_attention_mask` and `spatial_shapes` (naflex_vit_hf.py); `size` and the crop unused.
+            patches, `pixel_attention_mask` and `spatial_shapes` (naflex_processing_vit_hf.py); `size`, crop unused.
 
     Example:
     ```python
