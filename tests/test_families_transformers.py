@@ -232,6 +232,21 @@ def test_converted_folder_loads_as_remote_code_and_equals_the_source(tmp_path):
     assert model.config.id2label == LABELS
 
 
+def test_converted_aimv2_repo_loads_as_remote_code(tmp_path):
+    """A full AIMv2 repo (image and text towers): the vision tower converts with --verify, the card says why its float64
+    parity is float32 rounding, and the folder's pooled output is the tower's (Aimv2Model's own vision_model)."""
+    from transformers import AutoModel
+
+    folder = save_family("aimv2_full", tmp_path / "src")
+    convert(folder, tmp_path / "out", verify=True)
+    assert "Aimv2RMSNorm normalises in float32" in (tmp_path / "out" / "README.md").read_text()
+    model = AutoModel.from_pretrained(tmp_path / "out", trust_remote_code=True, dtype=torch.float64).eval()
+    source = transformers.Aimv2Model.from_pretrained(folder, dtype=torch.float64).vision_model.eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).pooler_output, source(x).pooler_output, rtol=0, atol=1e-5)
+
+
 def _refused(folder, out, match):
     with pytest.raises(ConversionError, match=match):
         convert(folder, out, verify=False)
