@@ -298,6 +298,18 @@ VISION_CONFIG_OF = {
 }
 DUAL_ENCODERS = ("clip", "siglip", "metaclip_2", "aimv2")  # model types whose config.json nests a vision_config
 HEAD_KEYS = ("classifier.", "cls_classifier.", "distillation_classifier.")
+# ViT-family model types that are refused, with the feature vit_hf lacks (reference/modern-families.md)
+NOT_SUPPORTED = {
+    "siglip2": "NaFlex input (patches with spatial_shapes and a pixel attention mask, positions resized per image)",
+    "siglip2_vision_model": "NaFlex input (patches with spatial_shapes and a pixel attention mask, positions resized "
+                            "per image)",
+    "beit": "relative position bias (per block or shared)",
+    "data2vec-vision": "relative position bias (per block or shared)",
+    "mlcd_vision_model": "MLCD's 2-D rotary embeddings on a CLIP tower are not mapped",
+    "radio": "several class tokens and a cropped, resampled position table",
+    "sapiens2": "Sapiens2 checkpoints (grouped-query attention per block, dense heads) are not mapped",
+    "dinov3_convnext": "a ConvNeXt, not a ViT",
+}
 
 
 def family_of(model_type: str | None) -> tuple[str, Family]:
@@ -311,6 +323,8 @@ def family_of(model_type: str | None) -> tuple[str, Family]:
     if key not in FAMILIES:
         if not model_type:
             raise ConversionError("config.json has no model_type: not a transformers model folder")
+        if model_type in NOT_SUPPORTED:
+            raise ConversionError(f"{model_type} is not supported: {NOT_SUPPORTED[model_type]}")
         supported = ", ".join(sorted(set(FAMILIES) | set(VISION_CONFIG_OF)))
         raise ConversionError(f"{model_type} is not a plain ViT: model_type must be one of {supported}")
     return key, FAMILIES[key]
