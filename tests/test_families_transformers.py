@@ -192,7 +192,7 @@ def test_vit_msn_classifier_blocks_saved_outside_the_backbone_prefix(tmp_path):
     assert state.keys() == reference.keys() and all(torch.equal(state[k], reference[k]) for k in state)
 
 
-@pytest.mark.parametrize("name", ["ijepa", "vit_msn_classifier", "dinov3"])
+@pytest.mark.parametrize("name", ["ijepa", "vit_msn_classifier", "metaclip_2_full", "dinov3"])
 def test_image_size_resamples_as_transformers_does(tmp_path, name):
     """--image-size on a fixed position table: resampled as interpolate_pos_encoding=True does (I-JEPA without a class
     token), and --verify runs the source that way at the new, non-square size; DINOv3 has nothing to resample."""
