@@ -305,7 +305,8 @@ NOT_SUPPORTED = {
                             "per image)",
     "beit": "relative position bias (per block or shared)",
     "data2vec-vision": "relative position bias (per block or shared)",
-    "mlcd_vision_model": "MLCD's 2-D rotary embeddings on a CLIP tower are not mapped",
+    "mlcd_vision_model": "rotary embeddings with a learned rotation for the class token (class_pos_emb), q/k rotated "
+                         "in float32",
     "radio": "several class tokens and a cropped, resampled position table",
     "sapiens2": "Sapiens2 checkpoints (grouped-query attention per block, dense heads) are not mapped",
     "dinov3_convnext": "a ConvNeXt, not a ViT",
