@@ -4,8 +4,10 @@ Families (reference/hub-checkpoint-formats.md §2): ViT (ViTModel with or withou
 ViTForImageClassification), DeiT (DeiTModel, DeiTForImageClassification, DeiTForImageClassificationWithTeacher),
 ViTMAE (the encoder of ViTMAEModel / ViTMAEForPreTraining), DINOv2 and DINOv2 with registers (Model and
 ForImageClassification, SwiGLU giant included), CLIP, SigLIP and MetaCLIP 2 vision towers (alone or inside a full
-dual-encoder repo), I-JEPA (IJepaModel, with or without its pooler, IJepaForImageClassification) and ViT-MSN
-(ViTMSNModel, ViTMSNForImageClassification). Each converted model reproduces the source class's own outputs: its LayerNorm eps, activation, position layout
+dual-encoder repo), I-JEPA (IJepaModel, with or without its pooler, IJepaForImageClassification), ViT-MSN
+(ViTMSNModel, ViTMSNForImageClassification), DINOv3 (DINOv3ViTModel / Backbone: 2-D RoPE, registers, gated MLP, a key
+without bias) and the AIMv2 vision tower (alone or in a full AIMv2 repo: RMSNorm, SwiGLU, attention-pooling head).
+Each converted model reproduces the source class's own outputs: its LayerNorm eps, activation, position layout
 and run-time position resampling, pooled output and heads; labels come from `id2label`. Anything else is refused by
 name before anything is written.
 
