@@ -586,10 +586,11 @@ def source_markdown(folder: Path, info: dict, args: argparse.Namespace, processo
     import transformers
 
     architectures = ", ".join(info["raw"].get("architectures") or [])
+    outputs = ", ".join((info["compared"], *info.get("also", ())))
     rows = [
         ("format", f"transformers `{info['raw'].get('model_type')}` ({architectures})"),
         ("weights", f"`{info['weights_file']}`"),
-        ("reproduces", f"transformers {transformers.__version__} `{info['source_class']}` ({', '.join((info['compared'], *info.get('also', ())))})"),
+        ("reproduces", f"transformers {transformers.__version__} `{info['source_class']}` ({outputs})"),
         ("preprocessing", processor_note.removeprefix("preprocessing: ")),
     ]
     rows += [("family switches", _switches_text(info["config"]))] if _switches_text(info["config"]) else []

@@ -125,17 +125,18 @@ CLIP_TOWER = [
 def _split_qkv(source: str, target: str, biases: str) -> list[Rule]:
     """q/k/v weights fused into `attn.qkv`; biases fused too (`"fused"`), or q and v kept apart beside a key without
     bias (`"split"`: vit_hf's `attn.q_bias` / `attn.v_bias`, `key_bias=False`), or none (`"none"`)."""
-    names = ("q", "k", "v")
-    rules = [Rule(source.format(n=n) + ".weight", target + ".qkv.weight", part=k, parts=3) for k, n in enumerate(names)]
+    fused = _fused(source.replace("{{i}}", "{i}"), target + ".qkv", ("q", "k", "v"))
     if biases == "fused":
-        rules += [Rule(source.format(n=n) + ".bias", target + ".qkv.bias", part=k, parts=3) for k, n in enumerate(names)]
-    elif biases == "split":
-        rules += [Rule(source.format(n=n) + ".bias", f"{target}.{n}_bias") for n in ("q", "v")]
-    return rules
+        return fused
+    weights = [r for r in fused if r.source.endswith(".weight")]
+    if biases == "none":
+        return weights
+    return weights + [Rule(source.format(n=n) + ".bias", f"{target}.{n}_bias") for n in ("q", "v")]
 
 
 def dinov3_rules(gated: bool, biases: str) -> list[Rule]:
-    mlp = "layer.{i}.mlp.{n}_proj"
+    mlp = _fused("layer.{i}.mlp.{n}_proj", "blocks.{i}.mlp.fc1", ("gate", "up")) if gated else \
+        _wb("layer.{i}.mlp.up_proj", "blocks.{i}.mlp.fc1")
     return [
         Rule("embeddings.cls_token", "cls_token"),
         Rule("embeddings.register_tokens", "reg_token"),
@@ -148,7 +149,7 @@ def dinov3_rules(gated: bool, biases: str) -> list[Rule]:
         Rule("layer.{i}.layer_scale1.lambda1", "blocks.{i}.ls1.gamma"),
         Rule("layer.{i}.layer_scale2.lambda1", "blocks.{i}.ls2.gamma"),
         # [gate; up] rows: vit_hf's gated fc1 (timm GluMlp(gate_last=False))
-        *(_fused(mlp, "blocks.{i}.mlp.fc1", ("gate", "up")) if gated else _wb("layer.{i}.mlp.up_proj", "blocks.{i}.mlp.fc1")),
+        *mlp,
         *_wb("layer.{i}.mlp.down_proj", "blocks.{i}.mlp.fc2"),
     ]
 
