@@ -123,7 +123,9 @@ def test_aimv2_float64_parity_is_float32_rounding(tmp_path, name):
     rounding, and the float32 sum of squares depends on the memory layout: after the patch projection transformers
     normalises the convolution's (b, d, n) output viewed as (b, n, d), vit_hf its contiguous (b, n, d) einops product.
     Same values, another summation order, float32 ulps apart, then carried through the blocks. Everything else is
-    exact: the rows stay at float32 rounding."""
+    exact: the rows stay at float32 rounding. (Measured: with the embedding's norm fed the convolution's layout,
+    `rearrange(conv2d(x), "b d gh gw -> b (gh gw) d")`, a view as transformers' and timm's, every output matches to
+    2e-15; the xfail below turns into a failure when the patch embedding does that.)"""
     _, rows = _float64_rows(name, tmp_path)
     for row in rows:
         assert row["max_abs_diff"] < 1e-5, row
