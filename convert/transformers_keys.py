@@ -154,6 +154,27 @@ def dinov3_rules(gated: bool, biases: str) -> list[Rule]:
     ]
 
 
+def sapiens2_rules(biases: str) -> list[Rule]:
+    """Sapiens2 checkpoints keep the original names (transformers renames them at load): `blocks.{i}.attn.wq`,
+    `ffn.w12` = [gate; up] (transformers chunks it in that order), `attn.gamma` = the attention branch's LayerScale,
+    `ln1` / `ln2` RMSNorms, `storage_tokens` = registers, a top-level `ln1` = the final norm."""
+    return [
+        Rule("cls_token", "cls_token"),
+        Rule("storage_tokens", "reg_token"),
+        *_wb("patch_embed.projection", "patch_embed.proj"),
+        Rule("ln1.weight", "norm.weight"),
+        Rule("blocks.{i}.ln1.weight", "blocks.{i}.norm1.weight"),
+        Rule("blocks.{i}.ln2.weight", "blocks.{i}.norm2.weight"),
+        *_split_qkv("blocks.{{i}}.attn.w{n}", "blocks.{i}.attn", biases),  # k / v rows: the block's kv heads
+        Rule("blocks.{i}.attn.q_norm.weight", "blocks.{i}.attn.q_norm.weight"),
+        Rule("blocks.{i}.attn.k_norm.weight", "blocks.{i}.attn.k_norm.weight"),
+        *_wb("blocks.{i}.attn.proj", "blocks.{i}.attn.proj"),
+        Rule("blocks.{i}.attn.gamma.weight", "blocks.{i}.ls1.gamma"),
+        *_wb("blocks.{i}.ffn.w12", "blocks.{i}.mlp.fc1"),
+        *_wb("blocks.{i}.ffn.w3", "blocks.{i}.mlp.fc2"),
+    ]
+
+
 def aimv2_rules(biases: str) -> list[Rule]:
     return [
         *_wb("embeddings.patch_embed", "patch_embed.proj"),

@@ -1,5 +1,5 @@
-"""The 2024-2026 transformers families (issue 22): I-JEPA, ViT-MSN, MetaCLIP 2 vision towers, ... written by the real
-`save_pretrained` as tiny random models, converted, and compared with the source class's own forward in float64
+"""The 2024-2026 transformers families (issue 22): I-JEPA, ViT-MSN, MetaCLIP 2, DINOv3, Sapiens2, AIMv2, written by the
+real `save_pretrained` as tiny random models, converted, and compared with the source class's own forward in float64
 (1e-9); their processors give transformers' pixels; what cannot be represented is refused by name, nothing written."""
 
 from __future__ import annotations
@@ -35,6 +35,11 @@ def _dinov3(**kwargs):
     return transformers.DINOv3ViTModel(transformers.DINOv3ViTConfig(**{**SMALL, "intermediate_size": 37, **kwargs}))
 
 
+def _sapiens2(**kwargs):
+    config = transformers.Sapiens2Config(**{**SMALL, "num_hidden_layers": 3, "intermediate_size": 37, **kwargs})
+    return transformers.Sapiens2Model(config)
+
+
 def _aimv2_full():
     text = dict(TEXT, eos_token_id=1)
     return transformers.Aimv2Model(transformers.Aimv2Config(vision_config=AIMV2, text_config=text))
@@ -67,6 +72,12 @@ FAMILIES = {
     "dinov3_no_qkv_bias": (lambda: _dinov3(query_bias=False, value_bias=False), None),
     # a 7x7 stored grid: patch centres that float32 does not hold exactly, 4 registers
     "dinov3_7x7": (lambda: _dinov3(image_size=56, num_register_tokens=4), None),
+    # Sapiens2: full attention in the first and last blocks, 2 key/value heads in the middle one
+    "sapiens2": (lambda: _sapiens2(num_register_tokens=2, num_key_value_attention_heads=2,
+                                   num_first_full_attention_layers=1, num_last_full_attention_layers=1), None),
+    "sapiens2_mha_no_qk_norm": (lambda: _sapiens2(num_register_tokens=1, use_qk_norm=False,
+                                                  num_first_full_attention_layers=3,
+                                                  num_last_full_attention_layers=0), None),
     "aimv2_vision": (lambda: transformers.Aimv2VisionModel(transformers.Aimv2VisionConfig(**AIMV2)), CLIP_PROCESSOR),
     "aimv2_biases": (lambda: transformers.Aimv2VisionModel(
         transformers.Aimv2VisionConfig(**AIMV2, qkv_bias=True, mlp_bias=True)), None),
@@ -154,6 +165,10 @@ def test_family_switches_come_from_the_source(tmp_path):
         "aimv2_vision": dict(norm_type="rmsnorm_fp32", embed_norm=True, class_token=False, pooling="map_kv",
                              qkv_bias=False, proj_bias=False, mlp_layer="glu", hidden_act="silu", layer_norm_eps=1e-5),
         "aimv2_biases": dict(qkv_bias=True, proj_bias=True),
+        "sapiens2": dict(rope_type="dinov3", norm_type="rmsnorm_fp32", qk_norm=True, layer_scale_attn_only=True,
+                         num_key_value_heads=[4, 2, 4], mlp_layer="glu", hidden_act="silu", layer_norm_eps=1e-6,
+                         num_register_tokens=2, key_bias=True),
+        "sapiens2_mha_no_qk_norm": dict(qk_norm=False, num_key_value_heads=None),
         "aimv2_no_head": dict(pooling="mean", fc_norm=False),
     }
     for name, fields in expected.items():
@@ -338,6 +353,9 @@ REFUSED = {
                                              "DINOv3 with query_bias=True, key_bias=False, value_bias=False"),
     "dinov3 projection bias without mlp bias": (lambda: _dinov3(mlp_bias=False),
                                                 "DINOv3 with proj_bias=True, mlp_bias=False"),
+    "sapiens2 without a gated MLP": (lambda: _sapiens2(use_gated_mlp=False, num_first_full_attention_layers=3,
+                                                       num_last_full_attention_layers=0),
+                                     "Sapiens2 with use_gated_mlp=false: transformers 5.25 cannot read"),
 }
 
 
