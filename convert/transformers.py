@@ -561,10 +561,17 @@ def make_processor(info: dict, config: VitHfConfig, args: argparse.Namespace):
         from vit_hf import VitHfImageProcessor
 
         return VitHfImageProcessor.from_model_config(config), "preprocessing: vit_hf defaults (no converter support)"
-    base, note = None, None
+    base, note, given = None, None, any(v is not None for v in flags.values())
     if info["preprocessor"] is not None:
-        base, note = processor_from_transformers(info["preprocessor"], config)
-    if base is None or any(v is not None for v in flags.values()):
+        try:
+            base, note = processor_from_transformers(info["preprocessor"], config)
+        except ConversionError as e:  # e.g. Sapiens2's box-cropping processor: the flags may state what to use
+            if not given:
+                raise ConversionError(f"{e}: state the preprocessing with --crop-pct, --interpolation, --mean and "
+                                      f"--std instead") from None
+            base, note = processor_from_flags(config, **flags)
+            return base, f"{note}; the source's processor is not reproduced ({e})"
+    if base is None or given:
         base, note = processor_from_flags(config, **flags, base=base)
     return base, note
 

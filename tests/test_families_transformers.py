@@ -373,6 +373,20 @@ def test_other_vit_family_model_types_are_refused_with_the_missing_feature(tmp_p
     assert not (tmp_path / "out").exists()
 
 
+def test_a_processor_that_cannot_be_reproduced_needs_the_flags(tmp_path, capsys):
+    """Sapiens2's processor crops people by box (torchvision only): refused with the way out; the flags then state the
+    preprocessing and the card says the source's processor was not reproduced."""
+    folder = save_family("sapiens2", tmp_path / "src")
+    transformers.Sapiens2ImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    code, _, err = _cli([folder, tmp_path / "out"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "Sapiens2ImageProcessor" in err and "--crop-pct" in err, err
+    assert not (tmp_path / "out").exists()
+    code, stdout, err = _cli([folder, tmp_path / "out", "--crop-pct", "1.0", "--mean", "0.485", "0.456", "0.406",
+                              "--std", "0.229", "0.224", "0.225", "--interpolation", "bilinear", "--verify"], capsys)
+    assert code == 0, err
+    assert "the source's processor is not reproduced" in (tmp_path / "out" / "README.md").read_text()
+
+
 @pytest.mark.parametrize("case", list(REFUSED))
 def test_variants_not_covered_are_refused_in_one_line(tmp_path, capsys, case):
     build, expected = REFUSED[case]
