@@ -4,18 +4,21 @@ folder and the Hub push, and CLI argument types and error handling."""
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
 import pickle
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 
 from vit_hf import VitHfConfig, VitHfForImageClassification
+from vit_hf.cli import ArgumentParser, add_debug_flag, debug_requested
 from vit_hf.hub import HubFolderError, HubPushError
 
 
@@ -43,27 +46,107 @@ def _load_safetensors(path: Path, mapped: bool = True) -> Mapping[str, torch.Ten
         raise ConversionError(f"{path}: not a readable .safetensors file ({e})") from None
 
 
-def _load_torch(path: Path, mapped: bool = True) -> object:
-    """`torch.load(weights_only=True)`, memory-mapped when asked and the file allows it (the zip format of
-    torch >= 1.6)."""
+# What a training checkpoint may hold besides tensors and plain containers: timm's train.py (and DeiT's) store their
+# `args` as an argparse.Namespace. torch.load's weights_only unpickler allows exactly this class more, as timm's own
+# loader does (timm.models._helpers._torch_load); any other class is still refused, never executed.
+SAFE_GLOBALS = [argparse.Namespace]
+# Where training checkpoints keep the weights (timm's load_state_dict order): the model's, then its EMA's.
+WEIGHTS_KEYS = ("state_dict", "model", "module")
+EMA_KEYS = ("state_dict_ema", "model_ema")
+# wrappers whose prefix a saved key may carry, in either order (DDP / DataParallel, torch.compile)
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _unsafe_globals(path: Path) -> str:
     try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            # the old (non-zip) format cannot be memory-mapped: read it whole, under the same weights_only rules
-            return torch.load(path, map_location="cpu", weights_only=True)
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # an old torch, or a file it cannot list: the message does without
+        return ""
+    names = [n for n in names if n not in ("argparse.Namespace",)]
+    return f" ({', '.join(names[:5])})" if names else ""
+
+
+def _load_torch(path: Path, mapped: bool = True) -> object:
+    """`torch.load(weights_only=True)` with `SAFE_GLOBALS` allowed, memory-mapped when asked and the file allows it
+    (the zip format of torch >= 1.6)."""
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)
+            except RuntimeError as e:
+                if "mmap" not in str(e):
+                    raise
+                # the old (non-zip) format cannot be memory-mapped: read it whole, under the same weights_only rules
+                return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).splitlines()[0]
         if "weights only load failed" not in first.lower():
             raise ConversionError(f"{path}: not a torch.save file ({first})") from None
         raise ConversionError(
-            f"{path} is a pickle that needs code execution to load, which is refused (weights_only=True). "
-            f"Re-save it as plain tensors (torch.save(model.state_dict(), ...)) or as .safetensors. Detail: {first}"
+            f"{path} is a pickle that needs code execution to load{_unsafe_globals(path)}, which is refused (only "
+            f"tensors, plain containers and timm's argparse.Namespace are read). Where you trust the file, re-save "
+            f"its weights alone (torch.save(model.state_dict(), 'weights.pth')) and convert that"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise ConversionError(f"{path}: cannot be read as a torch.save file ({type(e).__name__}: {e})") from None
+
+
+def _strip_wrappers(state: Mapping[str, object]) -> dict:
+    """Keys without DDP's `module.` or torch.compile's `_orig_mod.` prefixes (timm's clean_state_dict)."""
+    out = {}
+    for key, value in state.items():
+        while key.startswith(WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
+        out[key] = value
+    return out
+
+
+def _entry(checkpoint: Mapping, keys: tuple[str, ...]) -> str | None:
+    return next((k for k in keys if isinstance(checkpoint.get(k), Mapping)), None)
+
+
+def pick_weights(checkpoint: object, path: Path, use_ema: bool = False) -> tuple[Mapping, str | None]:
+    """The weights of a loaded file and a note on which ones, as timm's validate.py takes them: the model's
+    (`state_dict`, or `model` / `module`), or with `use_ema` (`--use-ema`) the EMA's (`state_dict_ema` / `model_ema`);
+    a file that holds only EMA weights gives those; a plain state dict is taken as it is."""
+    if not isinstance(checkpoint, Mapping):
+        return checkpoint, None
+    ema, plain = _entry(checkpoint, EMA_KEYS), _entry(checkpoint, WEIGHTS_KEYS)
+    if use_ema:
+        if ema is None:
+            held = f"its weights are under `{plain}`" if plain else "it is a plain state dict"
+            raise ConversionError(f"--use-ema: {path} holds no EMA weights ({' or '.join(EMA_KEYS)}; {held}): "
+                                  f"drop --use-ema")
+        return checkpoint[ema], f"weights: the EMA weights (`{ema}`) of {path.name}"
+    if plain is not None:
+        note = (f"weights: `{plain}` of {path.name}; it also holds EMA weights (`{ema}`): --use-ema converts those"
+                if ema else None)
+        return checkpoint[plain], note
+    if ema is not None:
+        return checkpoint[ema], f"weights: `{ema}`, the only weights in {path.name} (EMA)"
+    return checkpoint, None
+
+
+def load_checkpoint(path: str | Path, use_ema: bool = False, mapped: bool = True) -> tuple[dict[str, torch.Tensor],
+                                                                                               str | None]:
+    """(state dict, note) of a weights file: `.safetensors`, or a `torch.save` file read with `weights_only=True`
+    (plus timm's argparse.Namespace): a plain state dict, or a training checkpoint as timm's `CheckpointSaver`
+    writes it (`*.pth.tar`: `state_dict`, `state_dict_ema`, `args`, optimizer, ...; see `pick_weights`). DDP
+    `module.` and torch.compile `_orig_mod.` key prefixes are removed. The note says which weights a checkpoint gave
+    (None for a plain state dict)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConversionError(
+            f"{path} is a folder: pass the weights file in it, or convert the whole folder (a timm or transformers "
+            f"model folder) with `python -m convert {path} OUT_DIR`"
+        )
+    if not path.is_file():
+        raise ConversionError(f"{path}: no such file")
+    loaded = _load_safetensors(path, mapped) if path.suffix == ".safetensors" else _load_torch(path, mapped)
+    state, note = pick_weights(loaded, path, use_ema)
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConversionError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    return _strip_wrappers(state), note
 
 
 def read_privately(path: Path, keys: list[str]) -> dict[str, torch.Tensor]:
@@ -81,34 +164,16 @@ def read_privately(path: Path, keys: list[str]) -> dict[str, torch.Tensor]:
         raise ConversionError(f"{path}: not a readable .safetensors file ({e})") from None
 
 
-def load_torch_state_dict(path: str | Path, mapped: bool = True) -> dict[str, torch.Tensor]:
-    """Read a state dict from `.safetensors` or a `torch.save` file, never executing pickled code.
+def load_torch_state_dict(path: str | Path, mapped: bool = True, use_ema: bool = False) -> dict[str, torch.Tensor]:
+    """Read a state dict from `.safetensors` or a `torch.save` file, never executing pickled code (`load_checkpoint`
+    without its note).
 
     `mapped=True` memory-maps the file: tensors adopted as they are are never copied into RAM. A converter that
     rebuilds most tensors (fusing q/k/v) passes False: the tensors are then read into private memory, which it
     frees as it goes, where mapped pages it has read would stay resident beside the rebuilt tensors (a second copy).
-    `torch.save` files are read with `weights_only=True`;
-    a dict wrapped under `model` / `state_dict` / `module` (training checkpoints) is unwrapped, as is a DDP
-    `module.` key prefix. Any file that cannot be read this way is a `ConversionError` naming the file.
+    Any file that cannot be read this way is a `ConversionError` naming the file.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise ConversionError(
-            f"{path} is a folder: pass the weights file in it, or convert the whole folder (a timm or transformers "
-            f"model folder) with `python -m convert {path} OUT_DIR`"
-        )
-    if not path.is_file():
-        raise ConversionError(f"{path}: no such file")
-    state = _load_safetensors(path, mapped) if path.suffix == ".safetensors" else _load_torch(path, mapped)
-    for wrapper in ("model", "state_dict", "module", "model_ema"):
-        if isinstance(state, Mapping) and wrapper in state and isinstance(state[wrapper], Mapping):
-            state = state[wrapper]
-            break
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConversionError(f"{path} does not hold a state dict (a mapping of names to tensors)")
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    return dict(state)
+    return load_checkpoint(path, use_ema=use_ema, mapped=mapped)[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -325,6 +390,65 @@ def unit_interval(text: str) -> float:
     return value
 
 
+PREPROCESSING = ("crop_pct", "interpolation", "mean", "std")
+
+
+@dataclass(frozen=True)
+class Options:
+    """The keywords every converter entry point takes beside its source's own (`convert_timm_file`,
+    `convert_timm_folder`, `convert_npz_file`, `convert_transformers_folder`), each named as its CLI flag:
+
+    image_size: output size S or (H, W) or "HxW" (positions resampled with the source's own algorithm);
+    verify: compare outputs with the source library first; crop_pct / interpolation / mean / std: the eval
+    preprocessing, over what the source says; push_to_hub (repo id) / hub_token / private: push OUT_DIR afterwards
+    (token and write access checked before anything is converted); source_repo / source_commit: the Hub repo and
+    commit the files came from, named in the card (`python -m convert` sets them for a repo id).
+    """
+
+    image_size: int | str | tuple[int, int] | None = None
+    verify: bool = False
+    crop_pct: float | None = None
+    interpolation: str | None = None
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
+    push_to_hub: str | None = None
+    hub_token: str | None = None
+    private: bool = False
+    source_repo: str | None = None
+    source_commit: str | None = None
+
+    @property
+    def preprocessing(self) -> dict:
+        """The preprocessing overrides (None where not given)."""
+        return {k: getattr(self, k) for k in PREPROCESSING}
+
+
+OPTION_NAMES = tuple(f.name for f in fields(Options))
+
+
+def make_options(entry: str, given: Mapping[str, object]) -> Options:
+    """`Options` from an entry point's `**options`; an unknown keyword is a TypeError naming the entry point, as
+    Python's own would be."""
+    unknown = sorted(set(given) - set(OPTION_NAMES))
+    if unknown:
+        raise TypeError(f"{entry}() got unexpected keyword argument(s) {', '.join(unknown)}; it takes its source's "
+                        f"keywords and {', '.join(OPTION_NAMES)}")
+    return Options(**given)
+
+
+def keywords(entry: Callable) -> tuple[str, ...]:
+    """The keyword arguments an entry point takes: its own keyword-only parameters, then `Options`' fields."""
+    own = [p.name for p in inspect.signature(entry).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    return (*own, *OPTION_NAMES)
+
+
+def call_from_args(entry: Callable, *positional, args: argparse.Namespace, **extra):
+    """`entry(*positional, **keywords)` with each of its keywords taken from the parsed flag of the same name (flags
+    not given, None, are left to the entry point's defaults); `extra` adds or overrides keywords."""
+    given = {k: v for k in keywords(entry) if (v := getattr(args, k, None)) is not None}
+    return entry(*positional, **{**given, **extra})
+
+
 def add_preprocessing_arguments(parser: argparse.ArgumentParser) -> None:
     """`--crop-pct F`, `--interpolation {bilinear,bicubic}`, `--mean M..`, `--std S..`: the eval preprocessing the
     weights were trained with, when the source does not say it (or says it wrong). Each overrides the source."""
@@ -338,18 +462,27 @@ def add_preprocessing_arguments(parser: argparse.ArgumentParser) -> None:
 OUT_DIR_HELP = "output folder (hub files written only on success; other files left alone)"
 
 
+def add_output_arguments(parser: argparse.ArgumentParser, verify_help: str) -> None:
+    """The flags every converter shares, declared here once: `--image-size`, `--verify`, the preprocessing flags, the
+    Hub flags and `--debug`."""
+    parser.add_argument("--image-size", type=image_size_arg, default=None,
+                        help="output image size S or HxW (positions resampled with the source's own algorithm)")
+    parser.add_argument("--verify", action="store_true", help=verify_help)
+    add_preprocessing_arguments(parser)
+    add_hub_arguments(parser)
+    add_debug_flag(parser)
+
+
 def converter_parser(
     prog: str, doc: str, src_help: str, verify_help: str, add_format: Callable[[argparse.ArgumentParser], None]
 ) -> argparse.ArgumentParser:
-    """A per-format converter's parser: SRC, OUT_DIR, the format's own flags (`add_format`), --verify, the
-    preprocessing flags and the Hub flags."""
-    p = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
+    """A per-format converter's parser: SRC, OUT_DIR, the format's own flags (`add_format`), then the shared ones
+    (`add_output_arguments`). Both spellings of a flag (`--image-size`, `--image_size`) are accepted."""
+    p = ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
     p.add_argument("src", help=src_help)
     p.add_argument("out_dir", help=OUT_DIR_HELP)
     add_format(p)
-    p.add_argument("--verify", action="store_true", help=verify_help)
-    add_preprocessing_arguments(p)
-    add_hub_arguments(p)
+    add_output_arguments(p, verify_help)
     return p
 
 
@@ -360,23 +493,65 @@ def add_hub_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
 
 
+def check_push(options: Options) -> None:
+    """Before anything is converted: a push needs a token the Hub accepts, with write access to the repo's namespace
+    (`whoami`, one request). A Hub that cannot be reached now is left to the push itself to report."""
+    repo = options.push_to_hub
+    if not repo:
+        return
+    from huggingface_hub import HfApi, constants, get_token
+    from huggingface_hub.errors import HfHubHTTPError
+
+    token = options.hub_token or get_token()
+    if not token:
+        raise ConversionError(f"--push-to-hub {repo}: no Hub token: pass --hub-token, set HF_TOKEN, or run "
+                              f"`hf auth login` (nothing was converted)")
+    if constants.HF_HUB_OFFLINE:
+        raise ConversionError(f"--push-to-hub {repo}: HF_HUB_OFFLINE=1 is set: unset it to push (nothing was "
+                              f"converted)")
+    try:
+        me = HfApi().whoami(token=token)
+    except HfHubHTTPError as e:
+        if e.response is not None and e.response.status_code == 401:
+            raise ConversionError(f"--push-to-hub {repo}: {constants.ENDPOINT} rejected the Hub token (401): pass a "
+                                  f"valid write token with --hub-token or HF_TOKEN, or run `hf auth login`") from None
+        return
+    except Exception:  # not reachable now: the push reports it, after the folder is written
+        return
+    role = ((me.get("auth") or {}).get("accessToken") or {}).get("role")
+    if role == "read":
+        raise ConversionError(f"--push-to-hub {repo}: the Hub token is read-only: pass a write token with "
+                              f"--hub-token or HF_TOKEN")
+    namespaces = [me.get("name"), *(o.get("name") for o in me.get("orgs") or [])]
+    owner, _, name = repo.rpartition("/")
+    if owner and owner not in namespaces:
+        raise ConversionError(f"--push-to-hub {repo}: user {me.get('name')!r} cannot write to the namespace "
+                              f"{owner!r}: push to {me.get('name')}/{name}, or ask for write access to {owner}")
+
+
 def write_folder(model, processor, out_dir: str | Path, card: dict) -> Path:
     """Write the hub-ready folder (`vit_hf.hub.save_hub_folder`, imported late: it pulls in the model-card
     machinery only when a folder is written) and return its path."""
     from vit_hf.hub import save_hub_folder
 
-    return save_hub_folder(model, processor, out_dir, card_kwargs=card)
+    try:
+        return save_hub_folder(model, processor, out_dir, card_kwargs=card)
+    except OSError as e:  # a full disk, a read-only or forbidden folder: the folder was written in a temporary
+        # sibling that is gone again, so OUT_DIR is as it was
+        raise ConversionError(f"cannot write {out_dir} ({e.strerror or e}): nothing was written; free space or "
+                              f"choose another OUT_DIR") from None
 
 
-def push_if_requested(out: Path, args: argparse.Namespace, commit_message: str) -> None:
-    """After the folder is written: push it when `--push-to-hub` was given. A failure raises `HubPushError` (or
+def push_if_requested(out: Path, options: Options, commit_message: str) -> None:
+    """After the folder is written: push it when `push_to_hub` was given. A failure raises `HubPushError` (or
     `HubFolderError`), which `run_cli` reports in one line; the folder stays as written."""
-    if not args.push_to_hub:
+    if not options.push_to_hub:
         return
     from vit_hf.hub import push_folder
 
-    sha = push_folder(out, args.push_to_hub, token=args.hub_token, private=args.private, commit_message=commit_message)
-    print(f"pushed {out} to {args.push_to_hub} at {sha}")
+    sha = push_folder(out, options.push_to_hub, token=options.hub_token, private=options.private,
+                      commit_message=commit_message)
+    print(f"pushed {out} to {options.push_to_hub} at {sha}")
 
 
 def print_parity(rows: list[dict] | None) -> None:
@@ -394,10 +569,8 @@ def source_card_lines(first: str, rows: list[tuple[str, str]]) -> str:
     return "\n".join([first, "", "| | |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in rows)])
 
 
-def preprocessing_flags(args: argparse.Namespace) -> dict:
-    """The `--crop-pct/--interpolation/--mean/--std` values (None when not given), as keyword arguments of
-    `convert.preprocessing.processor_from_flags`."""
-    return {k: getattr(args, k, None) for k in ("crop_pct", "interpolation", "mean", "std")}
+class VerificationError(Exception):
+    """`verify=True` found the converted model outside tolerance: nothing was written (exit status 1)."""
 
 
 def _one_line(e: BaseException) -> str:
@@ -405,22 +578,35 @@ def _one_line(e: BaseException) -> str:
 
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
-    """Run a converter's main() without tracebacks for the errors a user can fix.
+    """Run a converter's main() without tracebacks for the errors a user can fix (`--debug` or VIT_HF_DEBUG=1 shows
+    them).
 
-    A `ConversionError` exits with status 2 and its message on stderr (nothing was written). A failed push
-    (`HubPushError`, or `HubFolderError` for a folder that would not load) exits with status 1 and one line on
-    stderr; the written folder stays as it is.
+    A `ConversionError` exits with status 2 and its message on stderr (nothing was written). A failed verification
+    (`VerificationError`) or push (`HubPushError`, or `HubFolderError` for a folder that would not load) exits with
+    status 1 and one line on stderr; a written folder stays as it is.
     """
+    debug = debug_requested(argv)
     try:
         code = main(argv)
     except ConversionError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if debug:
+            raise
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         sys.exit(2)
+    except VerificationError as e:
+        if debug:
+            raise
+        print(f"error: verification failed, nothing written: {_one_line(e)}", file=sys.stderr)
+        sys.exit(1)
     except HubPushError as e:
+        if debug:
+            raise
         print(f"error: push failed (the output folder was written and is left as it is): {_one_line(e)}",
               file=sys.stderr)
         sys.exit(1)
     except HubFolderError as e:
+        if debug:
+            raise
         print(f"error: the folder is not hub-ready: {_one_line(e)}", file=sys.stderr)
         sys.exit(1)
     sys.exit(code or 0)

@@ -11,182 +11,52 @@ because it cannot be told from the keys), the position table's location and cls 
 none), the representation layer (`pre_logits`) and the head. What cannot be converted exactly is refused with a
 `ConversionError` that names the key or feature, and nothing is written.
 
-The key tables and tensor transforms are in `convert/key_mapping.py`; this module canonicalises the file's names,
-infers the configuration, assembles the state dict, handles the position table, and verifies.
+The key tables and tensor transforms are in `convert/key_mapping.py`, the layout read off the keys in
+`convert/google_layout.py`; this module builds the configuration, assembles the state dict, handles the position
+table, and runs the verification (`convert/google_verify.py`).
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from convert.common import (
     ConversionError,
+    VerificationError,
     build_model,
+    call_from_args,
     check_paths,
+    check_push,
     converter_parser,
-    image_size_arg,
+    make_options,
     parity_markdown,
     parse_image_size,
-    preprocessing_flags,
     push_if_requested,
     run_cli,
     square_side,
     write_folder,
 )
+from convert.google_layout import POOLS, Conversion, Layout, infer_layout
 from convert.google_tree import STACKED, FlaxTree, map_tree, npz_names, open_npz, select_prefix
 from convert.google_verify import verify
-from convert.key_mapping import BLOCK_NAMING, POS_EMBED_SOURCES, rules_for
+from convert.key_mapping import POS_EMBED_SOURCES, rules_for
 from convert.preprocessing import describe, processor_from_flags
 from convert.timm_arch import TimmArch
 from vit_hf import VitHfForImageClassification, VitHfImageProcessor, resample_position_embedding
 
 # --gelu -> timm activation name (TimmArch.act): JAX `nn.gelu` is the tanh approximation
 GELU_ACTIVATIONS = {"tanh": "gelu_tanh", "exact": "gelu"}
-POOLS = ("tok", "gap", "map", "0")
 # Google pool_type -> timm global_pool ('0', the first token without a class token, is vit_hf pooling 'token')
 POOL_TO_TIMM = {"tok": "token", "gap": "avg", "map": "map", "0": "token"}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Layout inference
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Layout:
-    """Everything inferred from the file (plus the user's overrides)."""
-
-    naming: str
-    depth: int
-    width: int
-    patch: tuple[int, int]
-    channels: int
-    heads: int
-    mlp: int
-    pool: str
-    pos_source: str | None
-    num_labels: int
-    representation_size: int | None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def block_names(self) -> dict[str, str]:
-        return BLOCK_NAMING[self.naming]
-
-
-def _need(tree: FlaxTree, name: str) -> tuple[int, ...]:
-    if name not in tree:
-        raise ConversionError(f"missing key {tree.prefix}{name}")
-    return tree.shape(name)
-
-
-def _pooling(tree: FlaxTree, pool: str | None) -> str:
-    """The pool type: `--pool` checked against the keys, else cls -> tok, MAPHead_0 -> map, else gap."""
-    has_cls, has_map = "cls" in tree, any(n.startswith("MAPHead_0/") for n in tree.names())
-    if pool is None:
-        if has_cls and has_map:
-            raise ConversionError("unsupported feature: both a cls token and a MAPHead_0 (MAP pooling over a cls)")
-        pool = "tok" if has_cls else "map" if has_map else "gap"
-    else:
-        if pool not in POOLS:
-            raise ConversionError(f"--pool {pool!r}: choose one of {POOLS}")
-        if (pool == "tok") != has_cls:
-            raise ConversionError(
-                f"--pool {pool}: the file {'has' if has_cls else 'has no'} cls token ({tree.prefix}cls); "
-                f"'tok' needs one and the other poolings have none"
-            )
-        if (pool == "map") != has_map:
-            raise ConversionError(
-                f"--pool {pool}: the file {'has' if has_map else 'has no'} MAPHead_0; 'map' needs it, others do not"
-            )
-    return pool
-
-
-def infer_layout(tree: FlaxTree, pool: str | None) -> Layout:
-    """Naming scheme, sizes, pooling, position source, head and representation layer, from keys and shapes."""
-    block_re = re.compile(r"^Transformer/encoderblock_(\d+)/")
-    blocks = sorted({int(m.group(1)) for n in tree.names() if (m := block_re.match(n))})
-    if not blocks:
-        raise ConversionError(
-            f"unknown layout: no {tree.prefix}Transformer/encoderblock_{{i}}/ or {tree.prefix}{STACKED} keys"
-        )
-    if blocks != list(range(len(blocks))):
-        raise ConversionError(f"encoder blocks are not numbered 0..{len(blocks) - 1}: found {blocks}")
-    mha = {m.group(1) for n in tree.names() if (m := re.match(r"^Transformer/encoderblock_\d+/(\w+)/", n))}
-    schemes = [s for s, names in BLOCK_NAMING.items() if names["attention"] in mha]
-    if len(schemes) != 1:
-        raise ConversionError(
-            f"unknown layout: encoder block sub-modules {sorted(mha)} match neither the pre-Linen "
-            f"(MultiHeadDotProductAttention_1/LayerNorm_2/MlpBlock_3) nor the Linen "
-            f"(MultiHeadDotProductAttention_0/LayerNorm_1/MlpBlock_0) naming"
-        )
-    naming = schemes[0]
-    names = BLOCK_NAMING[naming]
-
-    kernel = _need(tree, "embedding/kernel")
-    if len(kernel) != 4:
-        raise ConversionError(f"{tree.prefix}embedding/kernel: expected (P, P, C, D), got {kernel}")
-    ph, pw, channels, width = kernel
-    query = f"Transformer/encoderblock_0/{names['attention']}/query/kernel"
-    q = _need(tree, query)
-    if len(q) != 3 or q[0] != width or q[1] * q[2] != width:
-        raise ConversionError(f"wrong shape: {tree.key_of(query)}: expected (D={width}, H, D/H), got {q}")
-    fc1 = _need(tree, f"Transformer/encoderblock_0/{names['mlp']}/Dense_0/kernel")
-    if len(fc1) != 2 or fc1[0] != width:
-        raise ConversionError(f"{names['mlp']}/Dense_0/kernel: expected (D={width}, M), got {fc1}")
-
-    pool = _pooling(tree, pool)
-
-    sources = [s for s in POS_EMBED_SOURCES if s in tree]
-    if len(sources) > 1:
-        raise ConversionError(f"several position tables: {[tree.prefix + s for s in sources]}")
-    notes = list(tree.notes)
-    if not sources and naming == "pre-linen":
-        # sincos2d is a big_vision feature; a pre-Linen (vit_jax) file always stores AddPositionEmbs.
-        raise ConversionError(f"missing key {tree.prefix}Transformer/posembed_input/pos_embedding")
-
-    head = tree.shape("head/kernel") if "head/kernel" in tree else None
-    if head is None and "head/bias" in tree:
-        raise ConversionError(f"missing key {tree.prefix}head/kernel (head/bias is present)")
-    rep = tree.shape("pre_logits/kernel") if "pre_logits/kernel" in tree else None
-    if rep is not None and len(rep) != 2:
-        raise ConversionError(f"{tree.prefix}pre_logits/kernel: expected (D, Rep), got {rep}")
-    if head is not None and len(head) != 2:
-        raise ConversionError(f"{tree.prefix}head/kernel: expected (D or Rep, K), got {head}")
-    return Layout(
-        naming=naming,
-        depth=len(blocks),
-        width=int(width),
-        patch=(int(ph), int(pw)),
-        channels=int(channels),
-        heads=int(q[1]),
-        mlp=int(fc1[1]),
-        pool=pool,
-        pos_source=sources[0] if sources else None,
-        num_labels=int(head[1]) if head is not None else 0,
-        representation_size=int(rep[1]) if rep is not None else None,
-        notes=notes,
-    )
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 # Conversion
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Conversion:
-    model: VitHfForImageClassification
-    processor: VitHfImageProcessor
-    info: dict
-    tree: FlaxTree
-    layout: Layout
 
 
 def _position_table(state: dict, provenance: dict, layout: Layout, notes: list[str]):
@@ -407,16 +277,14 @@ def source_markdown(origin: str, info: dict) -> str:
     return "\n".join(lines)
 
 
-def add_google_arguments(p: argparse.ArgumentParser, image_size: bool = True) -> None:
-    """The flags of a Google npz (the front door shares them)."""
+def add_google_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of a Google npz (the front door shares them); `--image-size` is everyone's
+    (convert.common.add_output_arguments)."""
     p.add_argument("--prefix", default=None, help="key prefix of the ViT parameters (default: auto-detect)")
-    p.add_argument("--gelu", choices=sorted(GELU_ACTIVATIONS), default="tanh",
+    p.add_argument("--gelu", choices=sorted(GELU_ACTIVATIONS), default=None,
                    help="tanh = JAX nn.gelu (default, exact for these weights); exact = erf (timm)")
     p.add_argument("--pool", choices=POOLS, default=None,
                    help="pooling; inferred from the keys (cls -> tok, MAPHead_0 -> map, else gap); '0' = first token")
-    if image_size:
-        p.add_argument("--image-size", type=image_size_arg, default=None,
-                       help="input size, S or HxW; positions are resampled with Google's zoom(order=1) if it differs")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -427,39 +295,53 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ).parse_args(argv)
 
 
-def run(args: argparse.Namespace, src: str, card_extra: dict | None = None) -> int:
-    """Convert the npz `src` (`path.npz[:subtree]`) with the CLI's flags, write OUT_DIR, push if asked."""
-    path, subtree = split_source(src)
-    check_paths(path, args.out_dir)
-    flags = preprocessing_flags(args)
+def convert_npz_file(
+    src: str | Path,
+    out_dir: str | Path,
+    *,
+    prefix: str | None = None,
+    gelu: str = "tanh",
+    pool: str | None = None,
+    **options,
+) -> Path:
+    """Convert the Google npz `src` (`path.npz[:subtree]`) into the hub-ready folder `out_dir` (returned).
+
+    `prefix` / `gelu` / `pool` are `convert_npz`'s; `options`: `convert.common.Options` (image_size, verify,
+    preprocessing, push). With `verify`, a model outside tolerance raises `VerificationError` and nothing is written.
+    """
+    opts = make_options("convert_npz_file", options)
+    path, subtree = split_source(str(src))
+    check_paths(path, out_dir)
+    check_push(opts)
     with open_npz(path) as npz:
-        conv = _convert(npz, prefix=args.prefix, subtree=subtree, gelu=args.gelu, pool=args.pool,
-                        image_size=args.image_size, preprocessing=flags)
+        conv = _convert(npz, prefix=prefix, subtree=subtree, gelu=gelu, pool=pool, image_size=opts.image_size,
+                        preprocessing=opts.preprocessing)
         parity = None
-        if args.verify:
+        if opts.verify:
             rows, ok = verify(conv, path)
             parity = parity_markdown(rows)
             print(parity)
             if rows and rows[0].get("timm_skipped"):
                 print(f"timm not used as a reference: {rows[0]['timm_skipped']}")
             if not ok:
-                print("error: verification failed; nothing written")
-                return 1
+                raise VerificationError(f"{Path(path).name}: the converted model is outside tolerance (table above)")
     if conv.info["assumed"]:
         print(conv.info["assumed"])
-    name = Path(args.out_dir).resolve().name
-    origin = f"Converted from the Google checkpoint `{Path(path).name}` with `python -m convert.google`"
+    name = Path(out_dir).resolve().name
+    origin = f"Converted from the Google checkpoint `{Path(path).name}` with vit_hf's `convert.google`"
     card = dict(source=source_markdown(origin, conv.info), parity=parity, model_name=name,
-                repo_id=args.push_to_hub or f"<owner>/{name}", tags=["google", "jax-conversion"], **(card_extra or {}))
-    out = write_folder(conv.model, conv.processor, args.out_dir, card)
+                repo_id=opts.push_to_hub or f"<owner>/{name}", tags=["google", "jax-conversion"],
+                base_model=opts.source_repo)
+    out = write_folder(conv.model, conv.processor, out_dir, card)
     print(f"wrote {out}")
-    push_if_requested(out, args, f"Convert {Path(path).name} from a Google checkpoint")
-    return 0
+    push_if_requested(out, opts, f"Convert {Path(path).name} from a Google checkpoint")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return run(args, args.src)
+    call_from_args(convert_npz_file, args.src, args.out_dir, args=args)
+    return 0
 
 
 if __name__ == "__main__":

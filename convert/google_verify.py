@@ -5,17 +5,15 @@ independent numpy Flax forward pass (convert/flax_numpy.py), in float32 and floa
 from __future__ import annotations
 
 import copy as copy_module
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from convert.common import build_model, fixed_batch, parity_row
+from convert.google_layout import Conversion
 from convert.timm_arch import TimmArch
 from vit_hf import VitHfForImageClassification
 
-if TYPE_CHECKING:
-    from convert.google import Conversion
 
 def _clone(
     model: VitHfForImageClassification, dtype: torch.dtype, hidden_act: str | None = None

@@ -9,19 +9,13 @@ converter names (`convert.transformers.TRANSFORMERS_ALLOW_PATTERNS`). Errors: re
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from convert.common import ConversionError, read_json_object
 
-# owner/name[@revision], as the Hub spells repo ids (a path that exists locally is never read as one)
-REPO_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*)(?:@(?P<rev>[^\s@]+))?$")
 TIMM_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
-DEFAULT_TRANSFORMERS_PATTERNS = [
-    "config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model.bin", "preprocessor_config.json",
-]
 
 
 @dataclass
@@ -32,12 +26,6 @@ class Downloaded:
     folder: Path
     commit: str
     config: dict
-
-
-def split_repo_id(text: str) -> tuple[str, str | None] | None:
-    """`owner/name` or `owner/name@rev` -> (repo id, revision or None); anything else -> None."""
-    m = REPO_ID.match(text)
-    return (m.group("repo"), m.group("rev")) if m else None
 
 
 def _endpoint() -> str:
@@ -74,11 +62,14 @@ def hub_errors(repo_id: str, revision: str | None, offline: bool) -> Callable[[B
         if isinstance(e, GatedRepoError):
             text = f"{repo_id} is gated: accept its terms on the Hub, then log in (HF_TOKEN or `hf auth login`)"
         elif isinstance(e, RepositoryNotFoundError):
-            text = f"{repo_id}: no such model repo on {_endpoint()}, or it is private and no valid token was given"
+            text = (f"{repo_id}: no such model repo on {_endpoint()}, or it is private and no valid token was given "
+                    f"(HF_TOKEN or `hf auth login`); nor a local path {repo_id}")
         elif isinstance(e, RevisionNotFoundError):
             text = f"{repo_id}: revision {revision!r} does not exist"
         elif isinstance(e, LocalEntryNotFoundError):
-            text = f"{repo_id}{at}: {offline}: the files are not in the local cache ({_cache_dir()})"
+            fix = ("; drop --offline to download them" if str(offline).startswith("--offline")
+                   else "; unset HF_HUB_OFFLINE to download them" if "HF_HUB_OFFLINE" in str(offline) else "")
+            text = f"{repo_id}{at}: {offline}: the files are not in the local cache ({_cache_dir()}){fix}"
         elif isinstance(e, EntryNotFoundError):
             text = f"{repo_id}{at} has no config.json: not a timm or transformers model repo"
         elif isinstance(e, HfHubHTTPError):
@@ -141,24 +132,13 @@ def _download_timm_weights(repo_id: str, revision: str | None, offline: bool) ->
     raise ConversionError(f"{repo_id}: a timm repo without {' or '.join(TIMM_WEIGHTS)}")
 
 
-def transformers_patterns() -> list[str]:
-    """The files the transformers converter needs (its own list when it publishes one)."""
-    try:
-        from convert.transformers import TRANSFORMERS_ALLOW_PATTERNS
-    except ImportError:
-        return list(DEFAULT_TRANSFORMERS_PATTERNS)
-    return list(TRANSFORMERS_ALLOW_PATTERNS)
-
-
 def _transformers_files(repo_id: str, commit: str, offline: bool) -> list[str]:
     """The files to fetch: the converter picks them from the repo's listing (one weights format, the shards its index
-    names) when it can; offline, or without its picker, its patterns (only cached files are read offline anyway)."""
-    try:
-        from convert.transformers import files_to_download
-    except ImportError:
-        return transformers_patterns()
+    names); offline, its patterns (only cached files are read offline anyway)."""
+    from convert.transformers import TRANSFORMERS_ALLOW_PATTERNS, files_to_download
+
     if offline:
-        return transformers_patterns()
+        return list(TRANSFORMERS_ALLOW_PATTERNS)
     from huggingface_hub import HfApi
 
     return files_to_download(HfApi().list_repo_files(repo_id, revision=commit))

@@ -1,13 +1,15 @@
 """timm `VisionTransformer` state dict -> vit_hf hub-ready folder.
 
     python -m convert.timm SRC OUT_DIR [--model-name NAME] [--num-heads H] [--global-pool {token,avg,map}]
-                           [--image-size S|HxW] [--act {gelu,gelu_tanh,quick_gelu}] [--eps E] [--verify]
+                           [--image-size S|HxW] [--act {gelu,gelu_tanh,quick_gelu}] [--eps E] [--use-ema] [--verify]
                            [--crop-pct F] [--interpolation {bilinear,bicubic}] [--mean M M M] [--std S S S]
                            [--push-to-hub REPO] [--hub-token T] [--private]
 
 SRC is a timm state dict: `.safetensors`, or a `torch.save` file read with `weights_only=True` (plain, or wrapped
-under `model` / `state_dict`). The architecture comes from `--model-name` (a timm model name; only its model args
-and `pretrained_cfg` are used, nothing is downloaded; the number of classes and the image size come from the weights,
+under `model` / `state_dict`), or a timm training checkpoint (`*.pth.tar` from timm's CheckpointSaver: its `args`
+Namespace allowed as timm allows it; `--use-ema` takes `state_dict_ema`; `module.` prefixes removed). The
+architecture comes from `--model-name` (a timm model name; only its model args and `pretrained_cfg` are used, nothing
+is downloaded; the number of classes and the image size come from the weights,
 as `timm.create_model(name, num_classes=N, img_size=S)` would build it) or is read off the keys and shapes; what the
 shapes cannot tell is an error naming the flag to pass (heads; and for a CLIP-style pre-norm tower, whose activation
 and LayerNorm eps differ by origin, `--act` and `--eps`). Without `--model-name`, `--verify` builds timm from the
@@ -34,17 +36,20 @@ import torch
 
 from convert.common import (
     ConversionError,
+    Options,
     build_model,
+    call_from_args,
     check_paths,
+    check_push,
     check_state_dict,
     converter_parser,
     image_size_arg,
-    load_torch_state_dict,
+    load_checkpoint,
+    make_options,
     parity_markdown,
     parse_image_size,
     positive_float,
     positive_int,
-    preprocessing_flags,
     print_parity,
     push_if_requested,
     run_cli,
@@ -335,55 +340,75 @@ def source_markdown(origin_text: str, info: dict) -> str:
     return source_card_lines(origin_text, rows)
 
 
-def add_timm_arguments(p: argparse.ArgumentParser, image_size: bool = True) -> None:
-    """The architecture flags of a timm state dict (the front door shares them)."""
+def add_timm_arguments(p: argparse.ArgumentParser) -> None:
+    """The architecture flags of a timm state dict (the front door shares them); `--image-size` is everyone's
+    (convert.common.add_output_arguments)."""
     p.add_argument("--model-name", default=None, help="timm model name giving the architecture and preprocessing")
     p.add_argument("--num-heads", type=positive_int, default=None,
                    help="attention heads (not readable off a fused qkv)")
     p.add_argument("--global-pool", choices=("token", "avg", "map"), default=None, help="timm global_pool")
-    if image_size:
-        p.add_argument("--image-size", type=image_size_arg, default=None,
-                       help="output image size S or HxW; positions resampled the timm way")
     p.add_argument("--source-image-size", type=image_size_arg, default=None,
                    help="the checkpoint's own image size S or HxW, when its position table does not tell")
     p.add_argument("--act", choices=sorted(ACT_TO_HF), default=None, help="MLP activation (default: timm's GELU)")
     p.add_argument("--eps", type=positive_float, default=None,
                    help="LayerNorm epsilon (default: timm's 1e-6; CLIP-style pre-norm towers need it given, e.g. 1e-5)")
+    p.add_argument("--use-ema", action="store_true",
+                   help="a training checkpoint's EMA weights (state_dict_ema), as timm's validate.py --use-ema")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return converter_parser(
-        "python -m convert.timm", __doc__, "timm state dict: .safetensors or a torch.save file (.pth/.pt/.bin)",
+        "python -m convert.timm", __doc__,
+        "timm state dict or training checkpoint: .safetensors or a torch.save file (.pth/.pth.tar/.pt/.bin)",
         "compare logits with timm in float32 and float64", add_timm_arguments,
     ).parse_args(argv)
 
 
-def convert_args(state: Mapping[str, torch.Tensor], args: argparse.Namespace, **extra):
-    """`convert_timm_state_dict` with the CLI's flags (`extra`: model_name / create_kwargs / reference_label)."""
-    kwargs = dict(model_name=args.model_name, num_heads=args.num_heads, global_pool=args.global_pool,
-                  image_size=args.image_size, source_image_size=args.source_image_size, act=args.act, eps=args.eps,
-                  verify=args.verify, preprocessing=preprocessing_flags(args))
-    return convert_timm_state_dict(state, **{**kwargs, **extra})
-
-
-def write_conversion(model, processor, info: dict, args: argparse.Namespace, card: dict, what: str) -> Path:
+def write_conversion(model, processor, info: dict, out_dir: str | Path, options: Options, card: dict,
+                     what: str) -> Path:
     """Write OUT_DIR, report, push: the tail every timm source shares."""
     if info.get("assumed"):
         print(info["assumed"])
-    out = write_folder(model, processor, args.out_dir, card)
+    out = write_folder(model, processor, out_dir, card)
     print(f"wrote {out}")
     print_parity(info["parity"])
-    push_if_requested(out, args, what)
+    push_if_requested(out, options, what)
     return out
 
 
-def run_file(args: argparse.Namespace, src: Path, tool: str = "python -m convert.timm") -> None:
-    """Convert the state-dict file `src` with the CLI's flags, write OUT_DIR, push if asked."""
-    check_paths(src, args.out_dir)
-    model, processor, info = convert_args(load_torch_state_dict(src), args)
+def convert_timm_file(
+    src: str | Path,
+    out_dir: str | Path,
+    *,
+    model_name: str | None = None,
+    num_heads: int | None = None,
+    global_pool: str | None = None,
+    source_image_size: int | str | tuple[int, int] | None = None,
+    act: str | None = None,
+    eps: float | None = None,
+    use_ema: bool = False,
+    **options,
+) -> Path:
+    """Convert the timm state dict or training checkpoint `src` into the hub-ready folder `out_dir` (returned).
+
+    The architecture keywords are `convert_timm_state_dict`'s; `use_ema` takes a training checkpoint's EMA weights
+    (`state_dict_ema`). `options`: `convert.common.Options` (image_size, verify, preprocessing, push). Raises
+    `ConversionError` before anything is written.
+    """
+    opts = make_options("convert_timm_file", options)
+    src = Path(src)
+    check_paths(src, out_dir)
+    check_push(opts)
+    state, weights_note = load_checkpoint(src, use_ema=use_ema)
+    model, processor, info = convert_timm_state_dict(
+        state, model_name=model_name, num_heads=num_heads, global_pool=global_pool, image_size=opts.image_size,
+        source_image_size=source_image_size, act=act, eps=eps, verify=opts.verify, preprocessing=opts.preprocessing)
+    if weights_note:
+        print(weights_note)
+        info["notes"].append(weights_note)
     cfg = info["pretrained_cfg"] or {}
     origin = (f"Converted from the timm `VisionTransformer` state dict `{src.name}` (sha256 `{sha256_of(src)}`) with "
-              f"`{tool}`.")
+              f"`python -m convert`.")
     card = dict(
         source=source_markdown(origin, info),
         parity=parity_markdown(info["parity"]) if info["parity"] else None,
@@ -391,12 +416,12 @@ def run_file(args: argparse.Namespace, src: Path, tool: str = "python -m convert
         base_model=cfg.get("hf_hub_id") if cfg.get("tag") else None,
         license=cfg.get("license") or "apache-2.0",
     )
-    write_conversion(model, processor, info, args, card, f"Convert {src.name} from timm")
+    return write_conversion(model, processor, info, out_dir, opts, card, f"Convert {src.name} from timm")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    run_file(args, Path(args.src))
+    call_from_args(convert_timm_file, args.src, args.out_dir, args=args)
     return 0
 
 

@@ -10,11 +10,18 @@ from the weights. Architectures that are not a plain ViT are refused by name bef
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from convert.common import ConversionError, check_paths, load_torch_state_dict, parity_markdown, read_json_object
-from convert.timm import convert_args, sha256_of, source_markdown, write_conversion
+from convert.common import (
+    ConversionError,
+    check_paths,
+    check_push,
+    load_torch_state_dict,
+    make_options,
+    parity_markdown,
+    read_json_object,
+)
+from convert.timm import convert_timm_state_dict, sha256_of, source_markdown, write_conversion
 from convert.timm_arch import import_timm
 
 # timm modules whose models vit_hf converts (VisionTransformer itself; DeiT's; eva.py's Eva, EVA02 / DINOv3 / PE /
@@ -73,23 +80,39 @@ def _check_num_classes(config: dict, state: dict, folder: Path) -> None:
         )
 
 
-def convert_timm_folder(folder: Path, args: argparse.Namespace) -> None:
-    """Convert a timm-layout folder (a Hub snapshot when `args.source_repo` is set) into `args.out_dir`."""
-    if getattr(args, "model_name", None):
-        raise ConversionError("--model-name applies to a state-dict file; a timm repo names its own architecture")
+def convert_timm_folder(
+    folder: str | Path,
+    out_dir: str | Path,
+    *,
+    num_heads: int | None = None,
+    global_pool: str | None = None,
+    source_image_size: int | str | tuple[int, int] | None = None,
+    act: str | None = None,
+    eps: float | None = None,
+    **options,
+) -> Path:
+    """Convert a timm-layout folder (a Hub snapshot when `source_repo` is given) into the hub-ready folder `out_dir`
+    (returned). The architecture keywords must agree with what the folder's config.json names; `options`:
+    `convert.common.Options`."""
+    opts = make_options("convert_timm_folder", options)
+    folder = Path(folder)
     config = read_json_object(folder / "config.json")
     arch = config.get("architecture")
     if not isinstance(arch, str):
         raise ConversionError(f"{folder / 'config.json'} names no `architecture`: not a timm model folder")
     check_architecture(arch)
     weights = weights_file(folder)
-    check_paths(weights, args.out_dir)
+    check_paths(weights, out_dir)
+    check_push(opts)
     state = load_torch_state_dict(weights)
     _check_num_classes(config, state, folder)
-    repo, commit = getattr(args, "source_repo", None), getattr(args, "source_commit", None)
+    repo, commit = opts.source_repo, opts.source_commit
     tag = (config.get("pretrained_cfg") or {}).get("tag")
     label = repo or (f"{arch}.{tag}" if tag else arch)
-    model, processor, info = convert_args(state, args, model_name=f"local-dir:{folder}", reference_label=label)
+    model, processor, info = convert_timm_state_dict(
+        state, model_name=f"local-dir:{folder}", reference_label=label, num_heads=num_heads, global_pool=global_pool,
+        image_size=opts.image_size, source_image_size=source_image_size, act=act, eps=eps, verify=opts.verify,
+        preprocessing=opts.preprocessing)
     if repo:
         origin = (f"Converted from the timm Hub repo `{repo}` at commit `{commit}` (architecture `{arch}`, weights "
                   f"`{weights.name}`) with `python -m convert`.")
@@ -104,4 +127,4 @@ def convert_timm_folder(folder: Path, args: argparse.Namespace) -> None:
         base_model=repo,
         license=cfg.get("license") or "apache-2.0",
     )
-    write_conversion(model, processor, info, args, card, f"Convert {repo or folder.name} from timm")
+    return write_conversion(model, processor, info, out_dir, opts, card, f"Convert {repo or folder.name} from timm")

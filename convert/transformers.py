@@ -13,12 +13,11 @@ activation, position layout and run-time position resampling, pooled output and 
 Anything else is refused by name before anything is written.
 
 Entry point for the front door (`python -m convert SOURCE OUT_DIR`): `convert_transformers_folder(folder, out_dir,
-args)`; `TRANSFORMERS_ALLOW_PATTERNS` are the files it reads.
+**options)`; `TRANSFORMERS_ALLOW_PATTERNS` are the files it reads.
 """
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import inspect
 import json
@@ -30,6 +29,7 @@ import torch
 
 from convert.common import (
     ConversionError,
+    Options,
     build_model,
     check_paths,
     load_torch_state_dict,
@@ -551,7 +551,7 @@ def build_converted(info: dict) -> VitHfForImageClassification:
         raise ConversionError(f"{info['family'].name} weights do not fit the config: {e}") from None
 
 
-def make_processor(info: dict, config: VitHfConfig, args: argparse.Namespace):
+def make_processor(info: dict, config: VitHfConfig, args: Options):
     """The source's preprocessing (its preprocessor_config.json), with --crop-pct/--interpolation/--mean/--std over
     it; without one, the flags over timm's ViT defaults (the note says which were assumed)."""
     flags = {k: getattr(args, k, None) for k in ("crop_pct", "interpolation", "mean", "std")}
@@ -612,7 +612,7 @@ def _switches_text(config: VitHfConfig) -> str:
     return "; ".join(parts)
 
 
-def source_markdown(folder: Path, info: dict, args: argparse.Namespace, processor_note: str) -> str:
+def source_markdown(folder: Path, info: dict, args: Options, processor_note: str) -> str:
     repo, commit = getattr(args, "source_repo", None), getattr(args, "source_commit", None)
     where = f"`{repo}`" + (f" at commit `{commit}`" if commit else "") if repo else f"the local folder `{folder}`"
     import transformers
@@ -632,17 +632,20 @@ def source_markdown(folder: Path, info: dict, args: argparse.Namespace, processo
     return f"Converted from {where} ({info['family'].name}).\n\n| | |\n| --- | --- |\n{table}"
 
 
-def convert_transformers_folder(folder: Path, out_dir: Path, args: argparse.Namespace) -> None:
-    """Convert the transformers folder `folder` into a hub-ready vit_hf folder `out_dir`.
+def convert_transformers_folder(folder: str | Path, out_dir: str | Path, **options) -> Path:
+    """Convert the transformers folder `folder` into a hub-ready vit_hf folder `out_dir` (returned).
 
-    `args`: verify (compare with the transformers class in float64 and float32 first; refuse over tolerance),
-    crop_pct / interpolation / mean / std (override the source's preprocessing), push_to_hub / hub_token / private,
-    source_repo / source_commit (named in the card). Every refusal is a `ConversionError` raised before writing.
+    `options` (`convert.common.Options`): verify (compare with the transformers class in float64 and float32 first;
+    refuse over tolerance), image_size, crop_pct / interpolation / mean / std (override the source's preprocessing),
+    push_to_hub / hub_token / private, source_repo / source_commit (named in the card). Every refusal is a
+    `ConversionError` raised before writing.
     """
-    from convert.common import push_if_requested, write_folder
+    from convert.common import check_push, make_options, push_if_requested, write_folder
 
+    args = make_options("convert_transformers_folder", options)
     folder, out_dir = Path(folder), Path(out_dir)
     check_paths(folder, out_dir)
+    check_push(args)
     info = convert_state(folder)
     model = build_converted(info)
     resized = resize_model(model, info, getattr(args, "image_size", None))
@@ -671,5 +674,5 @@ def convert_transformers_folder(folder: Path, out_dir: Path, args: argparse.Name
     for row in parity or []:
         print(f"parity vs {row['reference']} ({row['dtype']}, {row['outputs']}): max abs diff "
               f"{row['max_abs_diff']:.3e}")
-    if getattr(args, "push_to_hub", None):
-        push_if_requested(out, args, f"Convert {getattr(args, 'source_repo', None) or folder.name} from transformers")
+    push_if_requested(out, args, f"Convert {args.source_repo or folder.name} from transformers")
+    return out

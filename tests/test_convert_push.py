@@ -1,5 +1,5 @@
-"""The converters' `--push-to-hub`, end to end, against the loopback Hub (issue 5, acceptance 1 and 5 for converted
-models).
+"""The converters' `--push-to-hub`, end to end, against the loopback Hub: a converted model is published
+and loads by repo id as remote code.
 
 The converter CLIs run as real processes with the loopback Hub as `HF_ENDPOINT` (read when huggingface_hub is
 imported, hence the subprocess), online, over LFS rather than Xet. The consumer is a fresh interpreter that cannot
@@ -140,26 +140,50 @@ def test_converted_models_push_and_load_by_repo_id(hub, tmp_path):
             assert any("numpy Flax forward" in row for row in rows)
 
 
-def test_push_without_token_fails_in_one_line_and_keeps_the_folder(hub, tmp_path, monkeypatch, capsys):
-    """No token anywhere: the converter writes OUT, then the push is refused before any request; exit 1 and one
-    line naming the converters' flag."""
-    import huggingface_hub.constants as constants
-
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
-    monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)  # where it would have gone
+def _push_refused(hub, tmp_path, capsys, argv: list, fragment: str) -> None:
+    """A push that cannot succeed is refused before anything is converted: exit 2, one line, OUT not written, no
+    upload request."""
+    tmp_path.mkdir(exist_ok=True)
     src = write_npz(tmp_path / "google.npz", make_params(BY_NAME["vitjax_token"], seed=13))
     out = tmp_path / "out"
     hub.clear_log()
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(convert_google.main, [str(src), str(out), "--push-to-hub", "tester/no-token"])
+        run_cli(convert_google.main, [str(src), str(out), *argv])
     err = capsys.readouterr().err
-    assert exit_info.value.code == 1
-    lines = [ln for ln in err.splitlines() if ln.strip() and "Writing model shards" not in ln]  # a progress bar
-    assert len(lines) == 1 and lines[0].startswith("error: push failed (the output folder was written"), err
-    assert "--hub-token" in lines[0] and "hf auth login" in lines[0]
+    assert exit_info.value.code == 2, err
+    assert err.count("\n") == 1 and err.startswith("error: --push-to-hub ") and fragment in err, err
+    assert not out.exists()
+    assert [r for r in hub.requests if r.method != "GET"] == []  # at most whoami was asked
+
+
+def test_push_without_token_is_refused_before_converting(hub, tmp_path, monkeypatch, capsys):
+    """No token anywhere: refused before the conversion, naming the converters' flag and the login command."""
+    import huggingface_hub.constants as constants
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no_token"))
+    monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)  # where it would have gone
+    _push_refused(hub, tmp_path, capsys, ["--push-to-hub", "tester/no-token"], "no Hub token: pass --hub-token")
     assert hub.requests == []
-    check_hub_folder(out)  # the written folder is complete and loadable as remote code
+
+
+def test_push_with_a_rejected_token_or_to_a_foreign_namespace_is_refused_first(hub, tmp_path, monkeypatch, capsys):
+    """A token the Hub rejects (401), or a namespace the token's user cannot write to: refused at the start; the
+    advice printed (the user's own namespace) then pushes."""
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)
+    _push_refused(hub, tmp_path / "a", capsys, ["--push-to-hub", "tester/x", "--hub-token", "hf_not_a_token"],
+                  "rejected the Hub token (401)")
+    _push_refused(hub, tmp_path / "b", capsys, ["--push-to-hub", "bob/x", "--hub-token", TOKEN],
+                  "user 'tester' cannot write to the namespace 'bob': push to tester/x")
+    src = write_npz(tmp_path / "google.npz", make_params(BY_NAME["vitjax_token"], seed=13))
+    with pytest.raises(SystemExit) as exit_info:  # the advice
+        run_cli(convert_google.main, [str(src), str(tmp_path / "out"), "--push-to-hub", "tester/x", "--hub-token",
+                                      TOKEN])
+    assert exit_info.value.code == 0, capsys.readouterr().err
+    assert "config.json" in HfApi(endpoint=hub.endpoint, token=TOKEN).list_repo_files("tester/x")
 
 
 def test_push_to_a_server_that_is_down_fails_in_one_line_and_keeps_the_folder(tmp_path):

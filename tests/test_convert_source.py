@@ -333,7 +333,7 @@ def _transformers_folder(tmp_path: Path) -> Path:
     return folder
 
 
-def test_wrong_paths_and_damaged_files(tiny_folder, tmp_path, capsys, monkeypatch):
+def test_wrong_paths_and_damaged_files(tiny_folder, tmp_path, capsys):
     """Each a single line, exit 2, nothing written: damaged weights of every kind, a folder where a file is meant
     and the reverse, a transformers weights file on its own, an existing file as OUT_DIR."""
     import numpy as np
@@ -374,10 +374,6 @@ def test_wrong_paths_and_damaged_files(tiny_folder, tmp_path, capsys, monkeypatc
 
     code, _, err = convert([tiny_folder, tmp_path / "out", "--prefix", "params/", "--model-name", "vit_tiny"], capsys)
     assert code == 2 and "--model-name, --prefix do not apply to a timm repo/folder" in err, err
-
-    monkeypatch.setitem(sys.modules, "convert.transformers", None)  # as before convert/transformers.py exists
-    code, _, err = convert([hf, tmp_path / "out"], capsys)
-    assert code == 2 and "transformers-format conversion is not available" in err and err.count("\n") == 1
 
 
 def test_preprocessing_flags(tiny_folder, tmp_path, capsys):
@@ -442,3 +438,136 @@ def test_image_size_not_a_multiple_of_the_patch(tmp_path, capsys):
     x = torch.randn(2, 3, 384, 384, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(model(pixel_values=x).logits, reference.double().eval()(x), rtol=0, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Faults of docs/faults-convert.md: each refused in one line, and what the line advises works
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _listing(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_disk_full_while_writing_leaves_out_dir_as_it_was(tiny_folder, tmp_path, capsys, monkeypatch):
+    """ENOSPC injected where transformers writes config.json: one line, exit 2, the earlier conversion in OUT_DIR
+    byte for byte as it was and still loadable, no temporary folder left beside it."""
+    from transformers import AutoModelForImageClassification, PretrainedConfig
+
+    out = tmp_path / "out"
+    code, _, err = convert([tiny_folder, out], capsys)
+    assert code == 0, err
+    before = _listing(out)
+
+    def full_disk(self, path, *args, **kwargs):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(PretrainedConfig, "to_json_file", full_disk)
+    code, _, err = convert([tiny_folder, out, "--image-size", "48"], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: cannot write {out} (No space left on device): nothing was written; free space")
+    monkeypatch.undo()
+    assert _listing(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True)
+
+
+def _training_checkpoint(folder: Path) -> Path:
+    """What vit_hf.train leaves in OUTPUT_DIR/step_N: the accelerate state, trainer_state.json and the model as a
+    hub-ready folder in hf_model/ (written here by the same writer, vit_hf.hub.save_hub_folder)."""
+    from vit_hf import VitHfConfig, VitHfForImageClassification, VitHfImageProcessor
+    from vit_hf.hub import save_hub_folder
+
+    config = VitHfConfig.from_preset("test", num_labels=3)
+    save_hub_folder(VitHfForImageClassification(config), VitHfImageProcessor.from_model_config(config),
+                    folder / "hf_model")
+    (folder / "trainer_state.json").write_text(json.dumps({"completed_steps": 3}))
+    torch.save({}, folder / "optimizer.bin")
+    return folder
+
+
+def test_training_checkpoint_folder_points_at_its_model(tmp_path, capsys):
+    """A vit_hf.train checkpoint given as SOURCE: one line naming its hf_model folder (already vit_hf); the advice,
+    from_pretrained(hf_model, trust_remote_code=True), loads it."""
+    from transformers import AutoModelForImageClassification
+
+    step = _training_checkpoint(tmp_path / "run" / "step_3")
+    code, _, err = convert([step, tmp_path / "out"], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"is a vit_hf.train checkpoint (for --resume_from_checkpoint): its model, {step / 'hf_model'}" in err
+    assert not (tmp_path / "out").exists()
+    model = AutoModelForImageClassification.from_pretrained(step / "hf_model", trust_remote_code=True)
+    assert model.config.num_labels == 3
+
+
+def test_a_flag_of_another_format_is_dropped_as_advised(tiny_folder, tmp_path, capsys):
+    code, _, err = convert([tiny_folder, tmp_path / "out", "--gelu", "exact"], capsys)
+    assert code == 2 and err == "error: --gelu does not apply to a timm repo/folder (the SOURCE given): drop it\n"
+    code, _, err = convert([tiny_folder, tmp_path / "out"], capsys)
+    assert code == 0, err
+
+
+def test_already_vit_hf_folder_is_refused_with_advice_that_works(tiny_folder, tmp_path, capsys):
+    from transformers import AutoModelForImageClassification
+
+    code, _, err = convert([tiny_folder, tmp_path / "done"], capsys)
+    assert code == 0, err
+    code, _, err = convert([tmp_path / "done", tmp_path / "again"], capsys)
+    assert code == 2 and "already a vit_hf model: nothing to convert, load it with from_pretrained(" in err, err
+    AutoModelForImageClassification.from_pretrained(tmp_path / "done", trust_remote_code=True)  # the advice
+
+
+def test_folder_and_file_advice_works(tiny_folder, tmp_path, capsys):
+    """A weights folder without config.json: the line names the file to pass, and passing it converts (its heads,
+    which a fused qkv does not tell, then asked for by flag). A transformers weights file alone: the line names its
+    folder, and converting the folder works."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "model.safetensors").write_bytes((tiny_folder / "model.safetensors").read_bytes())
+    code, _, err = convert([bare, tmp_path / "out"], capsys)
+    assert code == 2 and f"pass the file (e.g. {bare / 'model.safetensors'})" in err, err
+    code, _, err = convert([bare / "model.safetensors", tmp_path / "out"], capsys)
+    assert code == 2 and "--num-heads" in err, err
+    code, _, err = convert([bare / "model.safetensors", tmp_path / "out", "--num-heads", "3"], capsys)
+    assert code == 0, err
+
+    hf = _transformers_folder(tmp_path)
+    code, _, err = convert([hf / "model.safetensors", tmp_path / "hf_out"], capsys)
+    assert code == 2 and f"convert the folder that holds it with its config.json (python -m convert {hf} OUT_DIR)" \
+        in err, err
+    code, _, err = convert([hf, tmp_path / "hf_out"], capsys)
+    assert code == 0, err
+
+
+KILLED_IN_WRITE = """
+import os, signal, sys
+from transformers import PretrainedConfig
+
+def killed(self, *args, **kwargs):  # the moment transformers writes config.json into the temporary folder
+    os.kill(os.getpid(), signal.SIGKILL)
+
+PretrainedConfig.to_json_file = killed
+from convert.__main__ import main
+from convert.common import run_cli
+run_cli(main, sys.argv[1:])
+"""
+
+
+def test_sigkill_while_writing_leaves_out_dir_as_it_was(tiny_folder, tmp_path, capsys):
+    """The real CLI SIGKILLed in the middle of writing: OUT_DIR (an earlier conversion) byte for byte as it was and
+    loadable; only the hidden temporary sibling remains, and the next run writes OUT_DIR whole."""
+    import os
+
+    out = tmp_path / "out"
+    code, _, err = convert([tiny_folder, out], capsys)
+    assert code == 0, err
+    before = _listing(out)
+    proc = subprocess.run([sys.executable, "-c", KILLED_IN_WRITE, str(tiny_folder), str(out), "--image-size", "48"],
+                          cwd=REPO_ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == -9, proc.stderr
+    assert _listing(out) == before
+    left = [p.name for p in tmp_path.iterdir() if p.name != "out"]
+    assert all(name.startswith(".out.tmp-") for name in left), left
+    code, _, err = convert([tiny_folder, out, "--image-size", "48"], capsys)
+    assert code == 0, err
+    assert json.loads((out / "config.json").read_text())["image_size"] in (48, [48, 48])

@@ -1,4 +1,4 @@
-"""convert.timm and convert.to_timm against real timm models (reference/conversion-formats.md §1, §4.2).
+"""convert.timm and convert.to_timm against real timm models.
 
 Every variant: a tiny timm VisionTransformer with every tensor randomised is saved the way users get it, converted by
 the CLI with --verify, loaded back with `AutoModelForImageClassification.from_pretrained(..., trust_remote_code=True)`
@@ -42,6 +42,7 @@ from convert import timm as convert_timm  # noqa: E402
 from convert import to_timm  # noqa: E402
 from convert.common import ConversionError, run_cli  # noqa: E402
 from vit_hf import resample_position_embedding  # noqa: E402
+from vit_hf.registration import unregistered  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 ATOL64 = 1e-10
@@ -103,7 +104,8 @@ def timm_outputs(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor,
 
 def assert_matches_timm(out_dir: Path, reference: torch.nn.Module, hw: tuple[int, int], eps: float = 1e-6) -> None:
     """The saved folder, loaded as remote code, reproduces the timm model in float64."""
-    model = AutoModelForImageClassification.from_pretrained(out_dir, trust_remote_code=True)
+    with unregistered():  # an installed vit_hf would otherwise build the folder with its own classes
+        model = AutoModelForImageClassification.from_pretrained(out_dir, trust_remote_code=True)
     assert type(model).__module__.startswith("transformers_modules"), "not loaded through the folder's remote code"
     model = model.double().eval()
     x = pixels(hw)

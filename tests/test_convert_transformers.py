@@ -3,7 +3,6 @@ with the source class's own forward in float64 (1e-9), plus the written folder a
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import json
 from types import SimpleNamespace
@@ -159,8 +158,7 @@ def test_bin_and_sharded_checkpoints_read_like_safetensors(tmp_path):
 def test_converted_folder_loads_as_remote_code_and_equals_the_source(tmp_path):
     folder = save_family("dinov2", tmp_path / "src")
     out = tmp_path / "out"
-    args = argparse.Namespace(verify=True, source_repo="facebook/dinov2-tiny", source_commit="0" * 40)
-    convert_transformers_folder(folder, out, args)
+    convert_transformers_folder(folder, out, verify=True, source_repo="facebook/dinov2-tiny", source_commit="0" * 40)
     card = (out / "README.md").read_text()
     assert "base_model: facebook/dinov2-tiny" in card and "0" * 40 in card and "float64" in card
     from transformers import AutoImageProcessor, AutoModelForImageClassification
@@ -186,7 +184,7 @@ def test_pipeline_on_a_converted_dinov2_classifier_equals_the_source(tmp_path):
     folder = save_family("dinov2_registers_classifier", tmp_path / "src")
     DINO_PROCESSOR[0](**DINO_PROCESSOR[1]).save_pretrained(folder)
     out = tmp_path / "out"
-    convert_transformers_folder(folder, out, argparse.Namespace(verify=True))
+    convert_transformers_folder(folder, out, verify=True)
     classify = pipeline("image-classification", model=str(out), trust_remote_code=True)
     image = Image.fromarray((torch.rand(50, 41, 3, generator=torch.Generator().manual_seed(5)) * 255).byte().numpy())
     results = classify(image, top_k=3)
@@ -202,14 +200,15 @@ def test_pipeline_on_a_converted_dinov2_classifier_equals_the_source(tmp_path):
 
 
 def test_preprocessing_is_the_sources_and_flags_override_it(tmp_path, capsys):
+    from vit_hf import VitHfImageProcessor
+
     folder = save_family("vit", tmp_path / "src")  # ViTImageProcessor: 32x32 squash, bilinear, mean = std = 0.5
-    convert_transformers_folder(folder, tmp_path / "a", argparse.Namespace())
-    saved = json.loads((tmp_path / "a" / "preprocessor_config.json").read_text())
+    convert_transformers_folder(folder, tmp_path / "a")
+    saved = VitHfImageProcessor.from_pretrained(tmp_path / "a").to_dict()  # the file holds non-defaults only
     assert "ViTImageProcessor" in capsys.readouterr().out
     assert saved["image_mean"] == [0.5] * 3 and saved["size"] == {"height": 32, "width": 32}
-    args = argparse.Namespace(crop_pct=0.5, interpolation="bicubic", mean=[0.1, 0.2, 0.3], std=None)
-    convert_transformers_folder(folder, tmp_path / "b", args)
-    saved = json.loads((tmp_path / "b" / "preprocessor_config.json").read_text())
+    convert_transformers_folder(folder, tmp_path / "b", crop_pct=0.5, interpolation="bicubic", mean=[0.1, 0.2, 0.3])
+    saved = VitHfImageProcessor.from_pretrained(tmp_path / "b").to_dict()
     assert "--crop-pct 0.5" in capsys.readouterr().out
     assert saved["crop_pct"] == 0.5 and saved["image_mean"] == [0.1, 0.2, 0.3] and saved["image_std"] == [0.5] * 3
 
@@ -219,8 +218,7 @@ def test_image_size_resamples_as_transformers_does(tmp_path, name):
     """--image-size: positions resampled as transformers' interpolate_pos_encoding=True does (--verify runs the source
     that way at the new size), and the source's processor scaled to the new size."""
     folder = save_family(name, tmp_path / "src")
-    args = argparse.Namespace(verify=True, image_size=(48, 40))
-    convert_transformers_folder(folder, tmp_path / "out", args)
+    convert_transformers_folder(folder, tmp_path / "out", verify=True, image_size=(48, 40))
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["image_size"] == [48, 40] and config["pos_embed_interpolation"] == "hf"
     assert "as transformers does at run time" in (tmp_path / "out" / "README.md").read_text()
@@ -234,20 +232,19 @@ def test_image_size_resamples_as_transformers_does(tmp_path, name):
 def test_image_size_is_refused_where_positions_follow_the_input(tmp_path):
     folder = save_family("dinov2", tmp_path / "src")
     with pytest.raises(ConversionError, match="resamples its positions at every call"):
-        convert_transformers_folder(folder, tmp_path / "out", argparse.Namespace(image_size=(48, 48)))
+        convert_transformers_folder(folder, tmp_path / "out", image_size=(48, 48))
     with pytest.raises(ConversionError, match="not divisible by the patch size"):
-        convert_transformers_folder(save_family("vit", tmp_path / "v"), tmp_path / "out",
-                                    argparse.Namespace(image_size=(50, 48)))
+        convert_transformers_folder(save_family("vit", tmp_path / "v"), tmp_path / "out", image_size=(50, 48))
     assert not (tmp_path / "out").exists()
 
 
 def test_card_license_is_the_sources(tmp_path):
     folder = save_family("vit_mae", tmp_path / "src")
     (folder / "README.md").write_text("---\nlicense: cc-by-nc-4.0\ntags: [vision]\n---\n# MAE\n")
-    convert_transformers_folder(folder, tmp_path / "out", argparse.Namespace())
+    convert_transformers_folder(folder, tmp_path / "out")
     assert "license: cc-by-nc-4.0" in (tmp_path / "out" / "README.md").read_text()
     (folder / "README.md").unlink()
-    convert_transformers_folder(folder, tmp_path / "out2", argparse.Namespace())
+    convert_transformers_folder(folder, tmp_path / "out2")
     assert "license: other" in (tmp_path / "out2" / "README.md").read_text()
 
 
@@ -269,7 +266,7 @@ def test_allow_patterns_cover_what_is_read():
 # ----------------------------------------------------------------------------------------------- refusals
 def _refused(folder, out, match):
     with pytest.raises(ConversionError, match=match):
-        convert_transformers_folder(folder, out, argparse.Namespace(verify=False))
+        convert_transformers_folder(folder, out, verify=False)
     assert not out.exists()
 
 
@@ -277,7 +274,7 @@ def test_not_a_plain_vit_is_refused_by_name(tmp_path):
     swin = transformers.SwinModel(transformers.SwinConfig(embed_dim=16, depths=[1], num_heads=[2], image_size=32))
     swin.save_pretrained(tmp_path / "swin")
     _refused(tmp_path / "swin", tmp_path / "out", "swin is not a plain ViT")
-    convert_transformers_folder(save_family("vit", tmp_path / "src"), tmp_path / "done", argparse.Namespace())
+    convert_transformers_folder(save_family("vit", tmp_path / "src"), tmp_path / "done")
     _refused(tmp_path / "done", tmp_path / "out", "already a vit_hf model")
 
 

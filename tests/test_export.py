@@ -25,9 +25,10 @@ from convert import timm as convert_timm
 from vit_hf import VitHfConfig, VitHfForImageClassification, VitHfImageProcessor
 from vit_hf.export.__main__ import main
 from vit_hf.export.verify import OrtModel, digits_split
+from vit_hf.registration import unregistered
 
 REPO = Path(__file__).resolve().parent.parent
-ATOL = 1e-4  # float32 graph vs float32 PyTorch / timm (the issue's bar)
+ATOL = 1e-4  # float32 graph vs float32 PyTorch / timm (the export's acceptance bar)
 DIGITS = [str(d) for d in range(10)]
 
 
@@ -180,7 +181,8 @@ def test_out_dir_processor_prepares_the_graph_input(digits_model_dir: Path, tmp_
     out = tmp_path / "new" / "onnx"  # the parent is made too, on success only
     assert run([digits_model_dir, out], capsys)[0] == 0
     assert not (out / "model_int8.onnx").exists() and not (out / "export_report.json").exists()
-    processor = AutoImageProcessor.from_pretrained(out, trust_remote_code=True)
+    with unregistered():  # an installed vit_hf would otherwise build the folder with its own classes
+        processor = AutoImageProcessor.from_pretrained(out, trust_remote_code=True)
     assert type(processor).__module__.startswith("transformers_modules")
     images, _ = digits_split("test")
     pixels = processor(images[:4], return_tensors="pt").pixel_values
@@ -240,6 +242,12 @@ def test_hub_repo_at_revision(hub: HubServer, tmp_path: Path, capsys):
         expected = first(x).logits.numpy()
     assert np.abs(OrtModel(out / "model.onnx")(x) - expected).max() <= ATOL
 
+    code, _, err = run([f"tester/vit-export@{sha}", tmp_path / "at", "--revision", "main"], capsys)
+    assert code == 2 and err == f"error: tester/vit-export@{sha} names revision {sha} but --revision says main: give " \
+                                f"one\n"  # checked before any download
+    code, _, err = run([f"tester/vit-export@{sha}", tmp_path / "at"], capsys)  # the same parser as convert's
+    assert code == 0, err
+    assert np.abs(OrtModel(tmp_path / "at" / "model.onnx")(x) - expected).max() <= ATOL
     code, _, err = run(["tester/vit-export", tmp_path / "none", "--revision", "v9"], capsys)
     assert code == 2 and err == "error: tester/vit-export: revision 'v9' does not exist\n"
     code, _, err = run(["tester/no-such-repo", tmp_path / "none"], capsys)
@@ -281,6 +289,15 @@ def _out_dir_is_model_dir(tmp: Path, tiny: Path) -> list:
     return [folder, folder]
 
 
+def _training_checkpoint(tmp: Path, tiny: Path) -> list:
+    """What vit_hf.train leaves in OUTPUT_DIR/step_N: accelerate state, trainer_state.json, the model in hf_model/."""
+    step = tmp / "run" / "step_3"
+    shutil.copytree(tiny, step / "hf_model")
+    (step / "trainer_state.json").write_text(json.dumps({"completed_steps": 3}))
+    torch.save({}, step / "optimizer.bin")
+    return [step, tmp / "onnx"]
+
+
 def _out_dir_is_a_file(tmp: Path, tiny: Path) -> list:
     (tmp / "onnx").write_text("not a folder")
     return [tiny, tmp / "onnx"]
@@ -302,6 +319,8 @@ REFUSALS = {  # case -> (argv builder (tmp_path, a valid model folder), expected
                               "--revision is for a Hub repo id, but"),
     "out_dir_is_model_dir": (_out_dir_is_model_dir, "is MODEL_DIR: the export would replace the model's config.json"),
     "out_dir_is_a_file": (_out_dir_is_a_file, "is an existing file: choose a folder path"),
+    "training_checkpoint": (_training_checkpoint, "is a vit_hf.train checkpoint (for --resume_from_checkpoint), not "
+                                                  "a model folder: export its model, "),
 }
 
 
@@ -339,3 +358,71 @@ def test_cli_module_and_import_boundary(tiny_dir: Path, tmp_path: Path):
     assert proc.stderr == "error: opset 14 is not supported: choose --opset between 18 and 25 (the exporter's " \
                           "operators start at 18; 25 is the newest exported and run here)\n"
     assert not (tmp_path / "o").exists()
+
+
+def test_refusal_advice_works(tiny_dir: Path, tmp_path: Path, capsys):
+    """What the refusals advise does export: a training checkpoint's hf_model/, and a transformers folder converted
+    first (`python -m convert NAME MODEL_DIR`)."""
+    import convert.__main__ as front_door
+    from convert.common import run_cli
+
+    step = _training_checkpoint(tmp_path, tiny_dir)[0]
+    code, _, err = run([step / "hf_model", tmp_path / "a"], capsys)
+    assert code == 0 and (tmp_path / "a" / "model.onnx").is_file(), err
+    hf = _not_vit_hf(tmp_path, tiny_dir)[0]
+    code, _, err = run([hf, tmp_path / "b"], capsys)
+    assert code == 2 and f"convert it first (`python -m convert {hf} MODEL_DIR`)" in err, err
+    with pytest.raises(SystemExit) as exc:
+        run_cli(front_door.main, [str(hf), str(tmp_path / "converted")])
+    assert exc.value.code == 0
+    code, _, err = run([tmp_path / "converted", tmp_path / "b"], capsys)
+    assert code == 0 and (tmp_path / "b" / "model.onnx").is_file(), err
+
+
+def test_disk_full_during_export_writes_nothing(tiny_dir: Path, tmp_path: Path, capsys, monkeypatch):
+    """ENOSPC injected where transformers writes config.json (after the graph): one line, exit 2, an earlier export
+    in OUT_DIR unchanged, no temporary folder left."""
+    from transformers import PretrainedConfig
+
+    out = tmp_path / "onnx"
+    code, _, err = run([tiny_dir, out], capsys)
+    assert code == 0, err
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def full_disk(self, path, *args, **kwargs):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(PretrainedConfig, "to_json_file", full_disk)
+    code, _, err = run([tiny_dir, out, "--dynamic-batch"], capsys)
+    assert code == 2 and err == (f"error: cannot write {out} (No space left on device): nothing was written; free "
+                                 f"space or choose another OUT_DIR\n")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx"]
+
+
+KILLED_IN_WRITE = """
+import os, signal, sys
+from transformers import PretrainedConfig
+
+def killed(self, *args, **kwargs):  # the moment transformers writes config.json into the temporary folder
+    os.kill(os.getpid(), signal.SIGKILL)
+
+PretrainedConfig.to_json_file = killed
+from vit_hf.export.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigkill_during_export_leaves_out_dir_as_it_was(tiny_dir: Path, tmp_path: Path, capsys):
+    """The real CLI SIGKILLed after the graph, while the folder's description is written: an earlier export in
+    OUT_DIR unchanged; only the hidden temporary sibling remains."""
+    out = tmp_path / "onnx"
+    code, _, err = run([tiny_dir, out], capsys)
+    assert code == 0, err
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    proc = subprocess.run([sys.executable, "-c", KILLED_IN_WRITE, str(tiny_dir), str(out), "--dynamic-batch"],
+                          cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == -9, proc.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert all(p.name.startswith(".onnx.tmp-") for p in tmp_path.iterdir() if p.name != "onnx")

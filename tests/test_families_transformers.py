@@ -4,8 +4,6 @@ real `save_pretrained` as tiny random models, converted, and compared with the s
 
 from __future__ import annotations
 
-import argparse
-import inspect
 import json
 
 import pytest
@@ -87,15 +85,6 @@ FAMILIES = {
 }
 # AIMv2's RMSNorm computes in float32 inside the float64 forward (see test_aimv2_float64_parity_is_float32_rounding)
 FLOAT32_INSIDE = {name for name in FAMILIES if name.startswith("aimv2")}
-
-
-def convert(folder, out, **options):
-    """`convert_transformers_folder` with keyword options (the keyword API), or an argparse.Namespace of them where the
-    entry point still takes one."""
-    parameters = inspect.signature(convert_transformers_folder).parameters.values()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
-        return convert_transformers_folder(folder, out, **options)
-    return convert_transformers_folder(folder, out, argparse.Namespace(**options))
 
 
 def save_family(name: str, folder, safe_serialization: bool = True):
@@ -214,7 +203,7 @@ def test_image_size_resamples_as_transformers_does(tmp_path, name):
     """--image-size on a fixed position table: resampled as interpolate_pos_encoding=True does (I-JEPA without a class
     token), and --verify runs the source that way at the new, non-square size; DINOv3 has nothing to resample."""
     folder = save_family(name, tmp_path / "src")
-    convert(folder, tmp_path / "out", verify=True, image_size=(48, 40))
+    convert_transformers_folder(folder, tmp_path / "out", verify=True, image_size=(48, 40))
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["image_size"] == [48, 40]
     assert "float64" in (tmp_path / "out" / "README.md").read_text()
@@ -227,7 +216,7 @@ def test_converted_processor_gives_the_sources_pixels(tmp_path, name):
     from vit_hf import VitHfImageProcessor
 
     folder = save_family(name, tmp_path / "src")
-    convert(folder, tmp_path / "out")
+    convert_transformers_folder(folder, tmp_path / "out")
     processor = VitHfImageProcessor.from_pretrained(tmp_path / "out")
     # DINOv3's processor exists only on the torchvision backend; the others are compared with their PIL backend
     source = AutoImageProcessor.from_pretrained(folder, **({} if name.startswith("dinov3") else {"backend": "pil"}))
@@ -240,7 +229,7 @@ def test_converted_folder_loads_as_remote_code_and_equals_the_source(tmp_path):
 
     folder = save_family("ijepa_classifier", tmp_path / "src")
     out = tmp_path / "out"
-    convert(folder, out, verify=True)
+    convert_transformers_folder(folder, out, verify=True)
     model = AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True, dtype=torch.float64).eval()
     source = transformers.IJepaForImageClassification.from_pretrained(folder, dtype=torch.float64).eval()
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -255,7 +244,7 @@ def test_converted_aimv2_repo_loads_as_remote_code(tmp_path):
     from transformers import AutoModel
 
     folder = save_family("aimv2_full", tmp_path / "src")
-    convert(folder, tmp_path / "out", verify=True)
+    convert_transformers_folder(folder, tmp_path / "out", verify=True)
     assert "Aimv2RMSNorm normalises in float32" in (tmp_path / "out" / "README.md").read_text()
     model = AutoModel.from_pretrained(tmp_path / "out", trust_remote_code=True, dtype=torch.float64).eval()
     source = transformers.Aimv2Model.from_pretrained(folder, dtype=torch.float64).vision_model.eval()
@@ -266,7 +255,7 @@ def test_converted_aimv2_repo_loads_as_remote_code(tmp_path):
 
 def _refused(folder, out, match):
     with pytest.raises(ConversionError, match=match):
-        convert(folder, out, verify=False)
+        convert_transformers_folder(folder, out, verify=False)
     assert not out.exists()
 
 
@@ -280,7 +269,7 @@ def test_unrepresentable_variants_are_refused(tmp_path):
 def test_image_size_is_refused_where_the_source_has_one_size(tmp_path):
     folder = save_family("aimv2_vision", tmp_path / "src")
     with pytest.raises(ConversionError, match="Aimv2VisionModel runs only at its stored size 32x32"):
-        convert(folder, tmp_path / "out", verify=True, image_size=(48, 40))
+        convert_transformers_folder(folder, tmp_path / "out", verify=True, image_size=(48, 40))
     assert not (tmp_path / "out").exists()
 
 

@@ -9,6 +9,10 @@ This file is copied flat next to the weights by `save_pretrained` (remote code):
 
 from __future__ import annotations
 
+import inspect
+import json
+import re
+
 from transformers import PretrainedConfig
 
 try:
@@ -61,7 +65,106 @@ def _pair(x: int | list[int] | tuple[int, int]) -> tuple[int, int]:
     return x
 
 
-class VitHfConfig(BackboneConfigMixin, PretrainedConfig):
+# ------------------------------------------------------------------ files written by another version of vit_hf
+# With vit_hf installed, `import vit_hf` registers these classes with transformers' Auto classes, and a registered class
+# wins over a folder's own code (its `auto_map`), even with trust_remote_code=True. So a file written by a newer vit_hf
+# that sets a switch this version does not know is refused instead of being built as a different model. To tell "a
+# switch at its default" from "a switch in use", a saved file holds only the fields a load without them would not give
+# back: transformers' `to_diff_dict` drops only PretrainedConfig's own defaults and writes every field of a subclass.
+# A switch added later and left at its default is then absent, and an older version loads the folder unchanged.
+VIT_HF_VERSION = "0.1.0"
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """`"0.2.1"` -> `(0, 2, 1)`; a pre-release counts as its release (`"0.2.1.dev0"` -> `(0, 2, 1)`)."""
+    numbers = re.match(r"\d+(\.\d+)*", str(version))
+    return tuple(int(n) for n in numbers.group().split(".")) if numbers else ()
+
+
+def _init_fields(cls: type) -> dict[str, inspect.Parameter]:
+    """The settings `cls.__init__` takes by name, this package's subclasses' included (transformers' own base classes
+    excluded): read from the signatures, so a field added there is known here without being listed anywhere else."""
+    fields = {}
+    for klass in cls.__mro__:
+        if klass.__module__.startswith("transformers."):
+            break
+        if "__init__" in vars(klass):
+            for p in inspect.signature(klass.__init__).parameters.values():
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self":
+                    fields.setdefault(p.name, p)
+    return fields
+
+
+class _SavedByVersion:
+    """Loading: a file from a newer vit_hf that sets a field this version does not know, or that this version's checks
+    refuse, is refused in one line naming the version needed. Saving: the version, and only the non-default fields."""
+
+    saved_file = "config.json"
+
+    @classmethod
+    def from_dict(cls, saved: dict, **kwargs):
+        saved = dict(saved)
+        version = saved.pop("vit_hf_version", None)
+        if version is None or _release(version) <= _release(VIT_HF_VERSION):
+            return super().from_dict(saved, **kwargs)
+        known = {*_init_fields(cls), *cls().to_dict(), "auto_map"}
+        unknown = sorted(set(saved) - known)
+        if unknown:
+            raise ValueError(cls._newer(version, f"sets {', '.join(unknown)}, which this version does not know"))
+        try:
+            return super().from_dict(saved, **kwargs)
+        except (TypeError, ValueError) as e:  # a value this version's checks refuse (a new pooling, say)
+            raise ValueError(cls._newer(version, f"does not load here ({' '.join(str(e).split())})")) from None
+
+    @classmethod
+    def _newer(cls, version: str, problem: str) -> str:
+        return (
+            f"{cls.saved_file} was saved by vit_hf {version} and {problem} (vit_hf {VIT_HF_VERSION}): "
+            f"pip install -U 'vit_hf>={version}'"
+        )
+
+    def _saved_fields(self, saved: dict) -> dict:
+        """`saved` without the fields a load would give back anyway, plus the version that writes it. A field is kept
+        when it differs from the default, when another field would change it on load (fc_norm=False with mean
+        pooling), and, for a `None` default (derived from other fields), only when a load would derive another value."""
+        cls = type(self)
+        fields = [k for k in _init_fields(cls) if k in saved]
+
+        def lost(kept: set[str]) -> set[str]:  # the fields a load of `kept` alone would not give back
+            try:
+                rebuilt = cls(**{k: saved[k] for k in kept}).to_dict()
+            except (TypeError, ValueError):
+                return set(fields)
+            return {k for k in fields if rebuilt.get(k) != saved[k]}
+
+        defaults = cls().to_dict()
+        kept = {k for k in fields if saved[k] != defaults.get(k)}
+        while back := lost(kept) - kept:
+            kept |= back
+        derived = {k for k, p in _init_fields(cls).items() if p.default is None}
+        for k in sorted(kept & derived):
+            if not lost(kept - {k}):
+                kept.remove(k)
+        written = {k: v for k, v in saved.items() if k not in fields or k in kept}
+        return {**written, "vit_hf_version": VIT_HF_VERSION}
+
+
+class ConfigSavedByVersion(_SavedByVersion):
+    def to_diff_dict(self) -> dict:
+        """What `save_pretrained` writes to config.json."""
+        return self._saved_fields(super().to_diff_dict())
+
+
+class ProcessorSavedByVersion(_SavedByVersion):
+    saved_file = "preprocessor_config.json"
+
+    def to_json_string(self) -> str:
+        """What `save_pretrained` writes to preprocessor_config.json."""
+        written = self._saved_fields(json.loads(super().to_json_string()))
+        return json.dumps(written, indent=2, sort_keys=True) + "\n"
+
+
+class VitHfConfig(ConfigSavedByVersion, BackboneConfigMixin, PretrainedConfig):
     r"""Configuration of [`VitHfModel`] / [`VitHfForImageClassification`] / [`VitHfBackbone`].
 
     Args:

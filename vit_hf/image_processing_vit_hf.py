@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.processing_utils import ImagesKwargs
 
+from .configuration_vit_hf import ProcessorSavedByVersion
+
 # timm / torchvision interpolation names -> PIL filters
 RESAMPLE = {
     "nearest": PIL.Image.Resampling.NEAREST,
@@ -394,7 +396,7 @@ class TrainTransform:
         return _normalize(image, self.mean, self.std, self.rescale_factor)
 
 
-class VitHfImageProcessor(BaseImageProcessor):
+class VitHfImageProcessor(ProcessorSavedByVersion, BaseImageProcessor):
     r"""Image processor for [`VitHfForImageClassification`].
 
     Args:

@@ -90,13 +90,17 @@ def export_model(
     source = load_source(model_dir, revision)
     _check_out_dir(out, source.folder)
     parent = out.parent if out.parent.is_dir() else None  # a missing parent is created only on success
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
     try:
-        report = _export_into(source, tmp, opset, dynamic_batch, dynamic_size, quantize, verify, log)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _move_into_place(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+        try:
+            report = _export_into(source, tmp, opset, dynamic_batch, dynamic_size, quantize, verify, log)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            _move_into_place(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as e:  # a full disk, a read-only or forbidden folder: everything went to the temporary folder
+        raise ExportError(f"cannot write {out_dir} ({e.strerror or e}): nothing was written; free space or choose "
+                          f"another OUT_DIR") from None
     log(f"wrote {out}: {', '.join(sorted(p.name for p in out.iterdir() if p.name in OUTPUT_FILES))}")
     return report
 

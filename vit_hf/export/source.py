@@ -9,18 +9,19 @@ with missing or extra keys is refused rather than filled with fresh random value
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..cli import hub_revision, parse_hub_ref
 from .common import ExportError
 
 MODEL_TYPE = "vit_hf"
 HUB_FILES = ["config.json", "model.safetensors", "preprocessor_config.json", "*.py"]
-REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 MAKE_ONE = "a hub-ready folder as `python -m convert` or `vit_hf.train` write it"
+# a vit_hf.train checkpoint (`step_N` / `epoch_N`) keeps its hub-ready model in this subfolder
+TRAIN_MODEL_SUBDIR = "hf_model"
 
 
 @dataclass
@@ -36,6 +37,9 @@ class Source:
 
 def _read_config(folder: Path, name: str) -> dict:
     path = folder / "config.json"
+    if not path.is_file() and (folder / TRAIN_MODEL_SUBDIR / "config.json").is_file():
+        raise ExportError(f"{name} is a vit_hf.train checkpoint (for --resume_from_checkpoint), not a model folder: "
+                          f"export its model, {folder / TRAIN_MODEL_SUBDIR}")
     if not path.is_file():
         raise ExportError(f"{name} has no config.json: not a model folder ({MAKE_ONE})")
     try:
@@ -127,7 +131,8 @@ def _hub_message(e: Exception, repo_id: str, revision: str | None) -> str:
     if isinstance(e, GatedRepoError):
         return f"{repo_id} is gated: accept its terms on the Hub, then log in (HF_TOKEN or `hf auth login`)"
     if isinstance(e, RepositoryNotFoundError):
-        return f"{repo_id}: no such model repo on the Hub, or it is private and no valid token was given"
+        return (f"{repo_id}: no such model repo on the Hub, or it is private and no valid token was given (HF_TOKEN or "
+                f"`hf auth login`); nor a local folder {repo_id}")
     if isinstance(e, RevisionNotFoundError):
         return f"{repo_id}: revision {revision!r} does not exist"
     if isinstance(e, LocalEntryNotFoundError):
@@ -153,15 +158,21 @@ def _download(repo_id: str, revision: str | None) -> Path:
 
 
 def load_source(model_dir: str, revision: str | None = None) -> Source:
-    """A local folder when `model_dir` exists, else a Hub repo id (`owner/name`) downloaded at `revision`."""
+    """A local folder when `model_dir` exists, else a Hub reference (`owner/name` or `owner/name@rev`, the same
+    parser as `python -m convert`) downloaded at its revision or `revision`."""
     path = Path(model_dir)
     if path.exists():
         if revision is not None:
             raise ExportError(f"--revision is for a Hub repo id, but {model_dir} is a local folder: drop --revision")
         model, processor = load_folder(path)
         return Source(model, processor, path)
-    if not REPO_ID.match(model_dir):
-        raise ExportError(f"{model_dir}: no such folder (MODEL_DIR is {MAKE_ONE}, or a Hub repo id owner/name)")
-    folder = _download(model_dir, revision)
-    model, processor = load_folder(folder, f"{model_dir}@{folder.name}")
-    return Source(model, processor, folder, repo_id=model_dir, commit=folder.name)
+    if parse_hub_ref(model_dir) is None:
+        raise ExportError(f"{model_dir}: no such folder (MODEL_DIR is {MAKE_ONE}, or a Hub repo id owner/name"
+                          f"[@revision])")
+    try:
+        repo_id, revision = hub_revision(model_dir, revision)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+    folder = _download(repo_id, revision)
+    model, processor = load_folder(folder, f"{repo_id}@{folder.name}")
+    return Source(model, processor, folder, repo_id=repo_id, commit=folder.name)
