@@ -178,6 +178,7 @@ def test_respell_flags_for_a_parser_built_elsewhere():
     args = p.parse_args(respell_flags(p, argv[:2]))
     assert args.push_to_hub and args.per_device_train_batch_size == 4
     assert respell_flags(p, ["--unknown-flag", "x"]) == ["--unknown-flag", "x"]  # argparse names it
+    assert p.parse_args(respell_flags(p, ["--per-device-train", "2"])).per_device_train_batch_size == 2  # abbreviated
 
 
 # ----------------------------------------------------------------------------------------------- Hub references
