@@ -78,7 +78,7 @@ def compile_all(
     models: dict[str, torch.nn.Module], x: torch.Tensor, precision: str, mode: str, sdpa: str,
     backend: str = "inductor",
 ):  # fmt: skip
-    """torch.compile every candidate (fullgraph=True: issue 6 acc. 4, no graph breaks; a candidate that breaks falls
+    """torch.compile every candidate (fullgraph=True: no graph breaks allowed; a candidate that breaks falls
     back to the default and is marked), run twice; returns (compiled models, compile seconds, fullgraph flags).
     `backend="aot_eager"` traces the same graphs without inductor's code generation (tiny smoke configs)."""
     torch._dynamo.reset()
@@ -163,7 +163,7 @@ def run_case(
     if compiled:
         cm, compile_s, fullgraph = compile_all(models, x, precision, compiled, sdpa, backend)
         # vit_hf's eager module as one more candidate in the same rounds: compiled / eager without the drift
-        # between separately timed cases (issue 6 acc. 4)
+        # between separately timed cases
         cm.update({f"{n}{SAME_ROUNDS_EAGER}": models[n] for n in models if n == "vit_hf"})
         models = cm
     inner = {n: calibrate(make_call(m, x, precision, sdpa=sdpa), call_s) for n, m in models.items()}

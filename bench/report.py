@@ -29,7 +29,7 @@ SECTIONS = (
      ["case", "candidate", "peak_rss_mib", "train_delta_mib", "mem_vs_best", "img_s"]),
     ("forward_b64", "Inference forward, batch 64",
      ["case", "candidate", "img_s", "img_s_best", "spread", "vs_best_peer", "frac_gemm_peak", "gemm_gflop_s"]),
-    ("train_loop", "Fine-tuning loop (issue 4 acc. 7): vit_hf.train vs a plain timm loop, bf16 autocast",
+    ("train_loop", "Fine-tuning loop: vit_hf.train vs a plain timm loop, bf16 autocast",
      ["case", "candidate", "img_s", "img_s_best", "spread", "vs_timm", "peak_rss_mib", "mem_vs_timm"]),
     ("preprocess", "Preprocessing, 32 PIL images -> (32, 3, 224, 224) tensor (images/s)",
      ["candidate", "img_s", "img_s_best", "ms_per_img", "spread", "vs_best_peer", "vs_hf_pil"]),
@@ -129,7 +129,7 @@ def summary() -> None:
             if name == "forward_compiled" and "compiled" not in case:
                 continue
             add(f"fwd {case}", [r for r in rows if r["case"] == case], "img_s", peers)
-    # compiled vs eager, vit_hf itself (issue 6 acc. 4): the eager module timed in the same rounds when the run has
+    # compiled vs eager, vit_hf itself: the eager module timed in the same rounds when the run has
     # it (`vit_hf@eager`), else the adjacent eager case of the same process
     rows, _ = load_rows("forward_compiled")
     eager = {r["case"]: r for r in rows if r["candidate"] == "vit_hf" and not r.get("compiled")}

@@ -1,4 +1,4 @@
-"""Fine-tuning loop throughput and peak memory (issue 4, acceptance 7): `vit_hf.train` vs a plain timm loop.
+"""Fine-tuning loop throughput and peak memory: `vit_hf.train` vs a plain timm loop.
 
     python -m bench train_loop [--quick] [--device {cpu,cuda}] [--sizes S/16,B/16] [--steps 6] [--rounds 2]
 

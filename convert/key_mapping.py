@@ -1,8 +1,9 @@
 """Declarative key tables of every source format -> vit_hf, and the small named tensor transforms they use.
 
 timm: the state dict's keys are vit_hf's under `vit.` (`KEY_RULES`), after the legacy spellings timm itself still
-accepts are rewritten (`LEGACY_RENAMES`); keys of features vit_hf lacks are refused by the feature's name
-(`UNSUPPORTED_KEYS`).
+accepts are rewritten (`LEGACY_RENAMES`) and projections timm keeps apart are concatenated into vit_hf's fused ones
+(`FUSIONS`: EVA's separate q/k/v, SwiGLU's separate gate/up); keys of features vit_hf lacks are refused by the
+feature's name (`UNSUPPORTED_KEYS`).
 
 Google (.npz, Flax layout): a `Rule` says: the Flax parameter named `source` (a template; `{i}` is the block index)
 becomes the vit_hf parameter `target` after `transform`, optionally as part `part` of `parts` arrays concatenated
@@ -37,18 +38,16 @@ from convert.common import ConversionError
 # Older spellings, rewritten to timm's current keys before anything else looks at the state dict
 # (timm `checkpoint_filter_fn`): (pattern, replacement, what it is).
 LEGACY_RENAMES: list[tuple[str, str, str]] = [
-    (r"^blocks\.(\d+)\.gamma_([12])$", r"blocks.\1.ls\2.gamma", "DeiT-3 layer scale `gamma_1/gamma_2`"),
+    (r"^blocks\.(\d+)\.gamma_([12])$", r"blocks.\1.ls\2.gamma", "DeiT-3 / EVA layer scale `gamma_1/gamma_2`"),
 ]
 
 # Keys of timm checkpoints whose feature vit_hf cannot represent: (pattern, feature). Checked before KEY_RULES so that
 # the refusal names the feature, not just an unknown key.
 UNSUPPORTED_KEYS: list[tuple[str, str]] = [
-    (r"^blocks\.\d+\.attn\.norm\.", "scale_attn_norm (a LayerNorm inside attention, timm scale_attn_norm=True)"),
-    (r"^blocks\.\d+\.mlp\.norm\.", "scale_mlp_norm (a LayerNorm inside the MLP, timm scale_mlp_norm=True)"),
     (r"^blocks\.\d+\.attn\.(lambda_|sub_norm)", "differential attention (timm attn_layer='diff')"),
-    (r"^blocks\.\d+\.mlp\.(fc1_g|fc1_x|w12|w3|norm)", "a gated (SwiGLU/GLU) MLP"),
+    (r"^blocks\.\d+\.attn\.gate\.", "gated attention (a sigmoid gate on the attention output, timm gated_attn)"),
+    (r"^blocks\.\d+\.mlp\.(w12|w3)", "a gated MLP in the w12/w3 layout"),
     (r"^patch_embed\.backbone\.", "a hybrid CNN patch embedding (VisionTransformerHybrid, patch_embed.backbone)"),
-    (r"^patch_embed\.norm\.", "a norm inside the patch embedding (timm embed_norm_layer)"),
     (r"^attn_pool\.(q_norm|k_norm|pos_embed)", "an attention pool with qk-norm or positions (AttentionPoolLatent)"),
     (
         r"^attn_pool\.(?!latent$|q\.|kv\.|proj\.|norm\.|mlp\.fc[12]\.)",
@@ -64,7 +63,16 @@ UNSUPPORTED_KEYS: list[tuple[str, str]] = [
         "an OpenAI / OpenCLIP checkpoint layout (visual.*): load it into timm first (its "
         "checkpoint_filter_fn converts it) and convert the resulting state_dict()",
     ),
-    (r"^rope\.|\.rope\.", "rotary position embeddings (EVA-style)"),
+    (r"^rope\.(?!freqs$)|\.rope\.", "rotary position embeddings with stored tables (only RoPE-Mixed's rope.freqs "
+     "is a parameter)"),
+]
+
+# Projections timm stores apart and vit_hf fuses: (module pattern with one group, the fused Linear, its parts in row
+# order). Weights are concatenated along the rows; biases too when every part has one. EVA's separate q/k/v with
+# query and value biases but no key bias become `attn.q_bias` / `attn.v_bias` (vit_hf's key_bias=False).
+FUSIONS: list[tuple[str, str, tuple[str, ...]]] = [
+    (r"^(blocks\.\d+\.attn)\.", "qkv", ("q_proj", "k_proj", "v_proj")),
+    (r"^(blocks\.\d+\.mlp)\.", "fc1", ("fc1_g", "fc1_x")),  # SwiGLU: [gate; up], vit_hf mlp_layer='glu'
 ]
 
 # timm key (current spelling) -> vit_hf key. Every key must match exactly one rule; nothing is dropped or invented.
@@ -73,10 +81,13 @@ KEY_RULES: list[tuple[str, str]] = [
     (r"^patch_embed\.proj\.(weight|bias)$", r"vit.patch_embed.proj.\1"),
     (r"^(norm_pre|norm|fc_norm)\.(weight|bias)$", r"vit.\1.\2"),
     (
-        r"^blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.q_norm|attn\.k_norm|attn\.proj|mlp\.fc1|mlp\.fc2)"
-        r"\.(weight|bias)$",
+        r"^blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.q_norm|attn\.k_norm|attn\.norm|attn\.proj|mlp\.fc1|mlp\.norm|"
+        r"mlp\.fc2)\.(weight|bias)$",
         r"vit.blocks.\1.\2.\3",
     ),
+    (r"^blocks\.(\d+)\.attn\.(q_bias|v_bias)$", r"vit.blocks.\1.attn.\2"),
+    (r"^patch_embed\.norm\.(weight|bias)$", r"vit.patch_embed.norm.\1"),
+    (r"^rope\.freqs$", r"vit.rope.freqs"),
     (r"^blocks\.(\d+)\.(ls1|ls2)\.gamma$", r"vit.blocks.\1.\2.gamma"),
     (r"^attn_pool\.latent$", r"vit.attn_pool.latent"),
     (r"^attn_pool\.(q|kv|proj|norm|mlp\.fc1|mlp\.fc2)\.(weight|bias)$", r"vit.attn_pool.\1.\2"),
@@ -85,9 +96,32 @@ KEY_RULES: list[tuple[str, str]] = [
     (r"^(head|head_dist)\.(weight|bias)$", r"\1.\2"),
 ]
 
+def _fuse(state: dict[str, torch.Tensor], renamed: dict[str, int]) -> dict[str, torch.Tensor]:
+    """Apply FUSIONS: separate projections -> vit_hf's fused Linear (new tensors; the rest are the same objects)."""
+    out = dict(state)
+    for pattern, fused, parts in FUSIONS:
+        modules = sorted({m.group(1) for k in state if (m := re.match(pattern + f"({'|'.join(parts)})\\.", k))})
+        for module in modules:
+            names = [f"{module}.{p}" for p in parts]
+            missing = [n for n in names if f"{n}.weight" not in state]
+            if missing:
+                raise ConversionError(f"{', '.join(missing)}.weight missing: {module} has only some of {parts}")
+            out[f"{module}.{fused}.weight"] = torch.cat([out.pop(f"{n}.weight") for n in names])
+            biases = [out.pop(f"{n}.bias", None) for n in names]
+            if all(b is not None for b in biases):
+                out[f"{module}.{fused}.bias"] = torch.cat(biases)
+            elif fused == "qkv" and biases[1] is None and biases[0] is not None and biases[2] is not None:
+                out[f"{module}.q_bias"], out[f"{module}.v_bias"] = biases[0], biases[2]  # no key bias (EVA)
+            elif any(b is not None for b in biases):
+                raise ConversionError(f"{module}: biases on only some of {parts}, a layout vit_hf cannot represent")
+            what = f"separate {'/'.join(parts)} -> fused {fused}"
+            renamed[what] = renamed.get(what, 0) + 1
+    return out
+
+
 def canonical_timm_keys(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Apply LEGACY_RENAMES and refuse UNSUPPORTED_KEYS. Returns the state in current timm spelling (same tensors) and
-    a description of each rename applied."""
+    """Apply LEGACY_RENAMES and FUSIONS, refuse UNSUPPORTED_KEYS. Returns the state in current timm spelling (the same
+    tensors, except fused ones) and a description of each rename applied."""
     out: dict[str, torch.Tensor] = {}
     renamed: dict[str, int] = {}
     for key, value in state.items():
@@ -103,7 +137,49 @@ def canonical_timm_keys(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, to
         if new in out:
             raise ConversionError(f"key {key!r} and another key both map to {new!r}")
         out[new] = value
-    return out, [f"{what} -> current timm names ({n} keys)" for what, n in renamed.items()]
+    fused: dict[str, int] = {}
+    out = _fuse(out, fused)
+    notes = [f"{what} -> current timm names ({n} keys)" for what, n in renamed.items()]
+    return out, notes + [f"{what} ({n} modules)" for what, n in fused.items()]
+
+
+def _split_rows(state: Mapping[str, torch.Tensor], module: str, fused: str, value: torch.Tensor) -> list:
+    """A fused tensor's parts: fc1 = [gate; up] halves; qkv = [q (width rows); k; v] with k and v of equal size (fewer
+    rows than q under grouped-query attention)."""
+    if fused != "qkv":
+        return list(value.chunk(2))
+    width = state[f"{module}.qkv.weight"].shape[1]
+    kv = (value.shape[0] - width) // 2
+    return list(value.split([width, kv, kv]))
+
+
+def to_timm_layout(state: Mapping[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
+    """Canonical timm keys (vit_hf's fused layout) -> the keys a timm model `expected`: layer scale as `gamma_1/2`
+    where the model spells it so (EVA), fused projections split back into FUSIONS' parts where it keeps them apart
+    (views of the fused tensors: nothing is copied). Keys already expected pass through."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key in expected:
+            out[key] = value
+            continue
+        m = re.match(r"^(blocks\.\d+)\.ls([12])\.gamma$", key)
+        if m and f"{m.group(1)}.gamma_{m.group(2)}" in expected:
+            out[f"{m.group(1)}.gamma_{m.group(2)}"] = value
+            continue
+        m = re.match(r"^(blocks\.\d+\.attn)\.(q|v)_bias$", key)
+        if m and f"{m.group(1)}.{m.group(2)}_proj.bias" in expected:
+            out[f"{m.group(1)}.{m.group(2)}_proj.bias"] = value
+            continue
+        for pattern, fused, parts in FUSIONS:
+            m = re.match(pattern + fused + r"\.(weight|bias)$", key)
+            if m and all(f"{m.group(1)}.{p}.weight" in expected for p in parts):
+                for part, chunk in zip(parts, _split_rows(state, m.group(1), fused, value)):
+                    out[f"{m.group(1)}.{part}.{m.group(2)}"] = chunk
+                break
+        else:
+            raise ConversionError(f"key {key!r} has no place in the timm model (expected keys such as "
+                                  f"{sorted(expected)[:3]}...)")
+    return out
 
 
 def timm_to_hf_key(key: str) -> str:
@@ -293,7 +369,9 @@ __all__ = [
     "LEGACY_RENAMES",
     "UNSUPPORTED_KEYS",
     "KEY_RULES",
+    "FUSIONS",
     "canonical_timm_keys",
+    "to_timm_layout",
     "timm_to_hf_key",
     "Rule",
     "rules_for",

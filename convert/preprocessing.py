@@ -34,6 +34,10 @@ VIT_DEFAULTS = {"crop_pct": 0.9, "interpolation": "bicubic", "mean": (0.5, 0.5, 
 # crop_pct resize, BEiT's label reduction) and is refused rather than approximated
 PIL_STEPS = ("process_image", "resize", "center_crop", "rescale", "normalize", "_preprocess",
              "_preprocess_image_like_inputs", "preprocess")
+# transformers processors that exist only on the torchvision backend and whose own `_preprocess` rescales to float32
+# before resizing (antialiased), then crops and normalises: `resize_backend="torch_float"` gives their pixels
+TORCH_FLOAT_CLASSES = ("DINOv3ViTImageProcessor",)
+TORCH_FLOAT_STEPS = tuple(step for step in PIL_STEPS if step != "_preprocess")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -41,9 +45,10 @@ PIL_STEPS = ("process_image", "resize", "center_crop", "rescale", "normalize", "
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _transformers_class(config: Mapping) -> tuple[str, type]:
-    """The PIL-backend class transformers would build for this preprocessor_config.json, and its base name."""
-    from transformers.image_processing_backends import PilBackend
+def _transformers_class(config: Mapping) -> tuple[str, type, str]:
+    """The class transformers would build for this preprocessor_config.json (its PIL backend, or the torchvision
+    class of a `TORCH_FLOAT_CLASSES` processor), its base name, and the resize backend that reproduces it."""
+    from transformers.image_processing_backends import PilBackend, TorchvisionBackend
     from transformers.models.auto.image_processing_auto import get_image_processor_class_from_name
 
     name = config.get("image_processor_type")
@@ -53,13 +58,22 @@ def _transformers_class(config: Mapping) -> tuple[str, type]:
         raise ConversionError("preprocessor_config.json names no image_processor_type (nor feature_extractor_type)")
     for suffix in ("Fast", "Pil"):
         name = name.removesuffix(suffix)
+    if name in TORCH_FLOAT_CLASSES:
+        cls = get_image_processor_class_from_name(name)
+        if cls is None or not issubclass(cls, TorchvisionBackend):
+            raise ConversionError(f"image processor {name} needs torchvision to be read: pip install torchvision")
+        for step in TORCH_FLOAT_STEPS:
+            if getattr(cls, step) is not getattr(TorchvisionBackend, step):
+                raise ConversionError(f"{name} has its own `{step}` step, which the converted processor cannot "
+                                      f"reproduce")
+        return name, cls, "torch_float"
     cls = get_image_processor_class_from_name(name + "Pil")
     if cls is None or not issubclass(cls, PilBackend):
         raise ConversionError(f"image processor {name} is not one transformers {_version()} has a PIL backend for")
     for step in PIL_STEPS:
         if getattr(cls, step) is not getattr(PilBackend, step):
             raise ConversionError(f"{name} has its own `{step}` step, which the converted processor cannot reproduce")
-    return name, cls
+    return name, cls, "pil"
 
 
 def _version() -> str:
@@ -129,7 +143,7 @@ def processor_from_transformers(
         except (TypeError, ValueError) as e:
             raise ConversionError(f"preprocessor_config.json is not a valid VitHfImageProcessor config: {e}") from None
         return processor, f"preprocessing from preprocessor_config.json (VitHfImageProcessor): {describe(processor)}"
-    name, cls = _transformers_class(preprocessor_config)
+    name, cls, backend = _transformers_class(preprocessor_config)
     try:
         src = cls.from_dict(dict(preprocessor_config))
     except (TypeError, ValueError) as e:
@@ -144,13 +158,17 @@ def processor_from_transformers(
     std = _per_channel(src.image_std if normalize else 1.0, channels, "image_std", name)
     rescale = float(src.rescale_factor) if src.do_rescale else 1.0
     resample = _resample_id(src.resample, name)
+    if backend == "torch_float" and resample not in (RESAMPLE["bilinear"], RESAMPLE["bicubic"]):
+        raise ConversionError(f"{name} resamples with {RESAMPLE_NAME[resample]}: only bilinear and bicubic resizes "
+                              f"of the rescaled floats can be reproduced")
     processor = VitHfImageProcessor(
         size=size, crop_pct=1.0, resize_size=resize, crop_offset="floor", resample=resample, image_mean=mean,
-        image_std=std, num_channels=channels, rescale_factor=rescale,
+        image_std=std, num_channels=channels, rescale_factor=rescale, resize_backend=backend,
     )
     defaults = [k for k in ("size", "resample", "image_mean", "image_std") if k not in preprocessor_config]
+    how = "PIL backend" if backend == "pil" else "torchvision: rescaled, then resized as floats"
     note = (
-        f"preprocessing from preprocessor_config.json ({name}, PIL backend): {describe(processor)}"
+        f"preprocessing from preprocessor_config.json ({name}, {how}): {describe(processor)}"
         + (f"; {name}'s defaults for {', '.join(defaults)}" if defaults else "")
         + _size_remark(size, model_config)
     )
@@ -219,7 +237,7 @@ def processor_from_flags(
     if base is not None:
         fields = {k: getattr(base, k) for k in ("size", "crop_pct", "crop_mode", "resample", "image_mean",
                                                  "image_std", "num_channels", "resize_size", "crop_offset",
-                                                 "rescale_factor")}
+                                                 "rescale_factor", "resize_backend")}
     else:
         h, w = model_config.image_hw
         fields = {"size": {"height": h, "width": w}, "crop_pct": VIT_DEFAULTS["crop_pct"], "num_channels": channels,
@@ -237,7 +255,10 @@ def processor_from_flags(
         fields["image_std"] = _per_channel(std, fields["num_channels"], "std", "--std")
         if min(fields["image_std"]) <= 0:
             raise ConversionError(f"--std {list(std)}: every value must be positive")
-    processor = VitHfImageProcessor(**fields)
+    try:
+        processor = VitHfImageProcessor(**fields)
+    except ValueError as e:  # e.g. --interpolation lanczos over a processor that resizes floats (DINOv3)
+        raise ConversionError(f"{', '.join(f'--{k}' for k in given)} over the source's preprocessing: {e}") from None
     stated = ", ".join(f"--{k} {_flag_text(v)}" for k, v in given.items())
     if base is not None:
         origin = f"{stated} from the command line, the rest from the source" if given else "the source's"

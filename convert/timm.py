@@ -305,8 +305,11 @@ def _kwargs_text(arch: TimmArch) -> str:
         return "n/a: timm >= 0.6 has no representation layer"
     kwargs = arch.timm_kwargs(json_safe=False)
     if "norm_layer" in kwargs:
-        kwargs["norm_layer"] = f"partial(timm.layers.LayerNorm, eps={arch.eps})"
-    return "`" + json.dumps(kwargs) + "`"
+        kwargs["norm_layer"] = f"partial(timm.layers.{kwargs['norm_layer'].func.__name__}, eps={arch.eps})"
+    if "embed_norm_layer" in kwargs:
+        kwargs["embed_norm_layer"] = kwargs["norm_layer"]
+    cls = "timm.models.eva.Eva" if arch.family == "eva" else "VisionTransformer"
+    return f"{cls}: `" + json.dumps(kwargs, default=lambda o: getattr(o, "__name__", repr(o))) + "`"
 
 
 def source_markdown(origin_text: str, info: dict) -> str:

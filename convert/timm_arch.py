@@ -52,7 +52,31 @@ CONFIG_FIELDS: list[tuple[str, str, dict | None]] = [
     ("representation_size", "representation_size", None),
     ("num_classes", "num_labels", None),
     ("dynamic_img_size", "dynamic_img_size", None),
+    # the switches of the newer families (timm eva.py: EVA02, DINOv3, PE, RoPE-ViT; vision_transformer.py: AIMv2,
+    # BEiT-3, post-norm blocks); TimmArch uses vit_hf's vocabulary for them
+    ("norm_type", "norm_type", None),
+    ("embed_norm", "embed_norm", None),
+    ("attn_inner_norm", "attn_inner_norm", None),
+    ("mlp_inner_norm", "mlp_inner_norm", None),
+    ("post_norm", "post_norm", None),
+    ("key_bias", "key_bias", None),
+    ("layer_scale_attn_only", "layer_scale_attn_only", None),
+    ("pool_num_heads", "pool_num_heads", None),
+    ("pool_mlp_hidden", "pool_intermediate_size", None),
+    ("num_kv_heads", "num_key_value_heads", None),
+    ("rope_type", "rope_type", None),
+    ("rope_theta", "rope_theta", None),
+    ("rope_rotate_half", "rope_rotate_half", None),
+    ("rope_grid_indexing", "rope_grid_indexing", None),
+    ("rope_grid_offset", "rope_grid_offset", None),
+    ("rope_ref_grid", "rope_ref_grid", None),
+    ("rope_shift_coords", "rope_shift_coords", None),
+    ("rope_jitter_coords", "rope_jitter_coords", None),
+    ("rope_rescale_coords", "rope_rescale_coords", None),
 ]
+# TimmArch fields timm's VisionTransformer has no argument for (eva.py's Eva has): a config using them exports as Eva
+EVA_ONLY_DEFAULTS = dict(key_bias=True, layer_scale_attn_only=False, pool_num_heads=None, pool_mlp_hidden=None,
+                         rope_type="none", num_kv_heads=None)
 TIMM_EPS = 1e-6  # timm's LayerNorm default
 
 
@@ -88,6 +112,26 @@ class TimmArch:
     distilled: bool = False  # DeiT's distillation token and second head (timm VisionTransformerDistilled)
     mlp_layer: str = "mlp"  # "glu": timm's SwiGLUPacked (fc1 -> [gate; up]); mlp_hidden is then fc2's input width
     dynamic_img_size: bool = False  # positions resampled to every input's grid at run time (timm's own switch)
+    family: str = "vit"  # the timm class: "vit" (VisionTransformer) or "eva" (timm.models.eva.Eva)
+    norm_type: str = "layernorm"  # "rmsnorm": timm RmsNorm (AIMv2, Sapiens2)
+    embed_norm: bool = False  # a norm inside the patch embedding (AIMv2)
+    attn_inner_norm: bool = False  # scale_attn_inner / scale_attn_norm (EVA02-CLIP, BEiT-3)
+    mlp_inner_norm: bool = False  # scale_mlp / scale_mlp_norm (EVA02-B/L, BEiT-3)
+    post_norm: bool = False  # residual post-norm blocks (EvaBlockPostNorm, ResPostBlock)
+    key_bias: bool = True  # False: EVA's q_bias / v_bias with a zero key bias
+    layer_scale_attn_only: bool = False
+    pool_num_heads: int | None = None  # the MAP head's own heads / MLP width (PE)
+    pool_mlp_hidden: int | None = None
+    num_kv_heads: int | list[int] | None = None  # grouped-query attention (Sapiens2), per block
+    rope_type: str = "none"
+    rope_theta: float | None = None
+    rope_rotate_half: bool | None = None
+    rope_grid_indexing: str = "ij"
+    rope_grid_offset: float = 0.0
+    rope_ref_grid: tuple[int, int] | None = None
+    rope_shift_coords: float | None = None
+    rope_jitter_coords: float | None = None
+    rope_rescale_coords: float | None = None
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -153,11 +197,16 @@ class TimmArch:
             problems.append(f"pooling={config.pooling!r} (timm global_pool: {sorted(POOL_TO_HF)})")
         if getattr(config, "no_embed_registers", False):
             problems.append("no_embed_registers (positions for the class token but not the registers)")
+        if config.norm_type == "rmsnorm_fp32":
+            problems.append("norm_type='rmsnorm_fp32' (timm's RmsNorm computes in the input's precision)")
         if problems:
-            raise ConversionError("timm's VisionTransformer cannot represent: " + "; ".join(problems))
+            raise ConversionError("timm cannot represent: " + "; ".join(problems))
         fields = {name: ({v: k for k, v in values.items()}[getattr(config, hf)] if values else getattr(config, hf))
                   for name, hf, values in CONFIG_FIELDS}
-        return cls(**fields, img_size=config.image_hw, patch_size=config.patch_hw)
+        eva = any(fields[k] != v for k, v in EVA_ONLY_DEFAULTS.items())
+        if eva and fields["rope_ref_grid"] is not None:
+            fields["rope_ref_grid"] = tuple(fields["rope_ref_grid"])
+        return cls(**fields, img_size=config.image_hw, patch_size=config.patch_hw, family="eva" if eva else "vit")
 
     # -------------------------------------------------------------- timm
     def timm_kwargs(self, json_safe: bool = True) -> dict:
@@ -173,6 +222,10 @@ class TimmArch:
             raise ConversionError("timm >= 0.6 has no representation layer (pre_logits); the architecture needs one")
         if self.pos_embed == "sincos2d":
             raise ConversionError("timm's VisionTransformer has no sincos2d positions (learned or none only)")
+        if self.family == "eva":
+            from convert.timm_eva import eva_kwargs
+
+            return eva_kwargs(self, json_safe)
         h, w = self.img_size
         ph, pw = self.patch_size
         kwargs = dict(
@@ -206,6 +259,27 @@ class TimmArch:
             kwargs["dynamic_img_size"] = True
         if self.act != "gelu":
             kwargs["act_layer"] = self.act
+        if self.attn_inner_norm:
+            kwargs["scale_attn_norm"] = True
+        if self.mlp_inner_norm:
+            kwargs["scale_mlp_norm"] = True
+        objects = [what for what, on in (("a norm in the patch embedding (embed_norm_layer)", self.embed_norm),
+                                         ("RmsNorm (norm_layer)", self.norm_type != "layernorm"),
+                                         ("post-norm blocks (block_fn=ResPostBlock)", self.post_norm)) if on]
+        if json_safe and objects:
+            raise ConversionError(f"{'; '.join(objects)} needs Python objects, which a JSON file of "
+                                  f"VisionTransformer kwargs cannot hold")
+        if self.embed_norm or self.norm_type != "layernorm":
+            from functools import partial
+
+            from timm.layers import LayerNorm, RmsNorm
+
+            norm = partial(RmsNorm if self.norm_type == "rmsnorm" else LayerNorm, eps=self.eps)
+            kwargs.update(norm_layer=norm, **({"embed_norm_layer": norm} if self.embed_norm else {}))
+        if self.post_norm:
+            from timm.models.vision_transformer import ResPostBlock
+
+            kwargs["block_fn"] = ResPostBlock
         if json_safe and (self.distilled or self.mlp_layer == "glu"):
             what = "a distillation token (timm's VisionTransformerDistilled class)" if self.distilled else (
                 "a gated MLP (mlp_layer=timm.layers.SwiGLUPacked)")
@@ -215,7 +289,7 @@ class TimmArch:
             from timm.layers import SwiGLUPacked
 
             kwargs["mlp_layer"] = SwiGLUPacked
-        if self.eps != TIMM_EPS:
+        if self.eps != TIMM_EPS and "norm_layer" not in kwargs:
             if json_safe:
                 raise ConversionError(
                     f"LayerNorm eps {self.eps} differs from timm's default {TIMM_EPS}: timm needs "
@@ -232,12 +306,17 @@ class TimmArch:
     @classmethod
     def from_timm_model(cls, model: torch.nn.Module) -> TimmArch:
         """Read the architecture off a (meta-device) timm model; refuse module types vit_hf does not implement."""
-        from timm.layers import LayerScale
-        from timm.layers.mlp import GluMlp
+        from timm.layers import LayerScale, RmsNorm
+        from timm.layers.mlp import GluMlp, SwiGLU
+        from timm.models.eva import Eva
 
+        if isinstance(model, Eva):
+            from convert.timm_eva import eva_arch
+
+            return eva_arch(cls, model)
         _refuse_unsupported(model)
         block = model.blocks[0]
-        fc_norm = isinstance(model.fc_norm, torch.nn.LayerNorm)
+        fc_norm = not isinstance(model.fc_norm, torch.nn.Identity)
         head = model.head
         return cls(
             embed_dim=model.embed_dim,
@@ -254,18 +333,23 @@ class TimmArch:
             no_embed_class=model.no_embed_class,
             pos_embed="learn" if model.pos_embed is not None else "none",
             qkv_bias=block.attn.qkv.bias is not None,
-            qk_norm=isinstance(block.attn.q_norm, torch.nn.LayerNorm),
+            qk_norm=not isinstance(block.attn.q_norm, torch.nn.Identity),
             proj_bias=block.attn.proj.bias is not None,
-            init_values=block.ls1.init_values if isinstance(block.ls1, LayerScale) else None,
-            pre_norm=isinstance(model.norm_pre, torch.nn.LayerNorm),
-            final_norm=fc_norm or isinstance(model.norm, torch.nn.LayerNorm),
+            init_values=block.ls1.init_values if isinstance(getattr(block, "ls1", None), LayerScale) else None,
+            pre_norm=not isinstance(model.norm_pre, torch.nn.Identity),
+            final_norm=fc_norm or not isinstance(model.norm, torch.nn.Identity),
             fc_norm=fc_norm,
             pool_include_prefix=bool(getattr(model, "pool_include_prefix", False)),
             act=_activation_name(block.mlp.act),
             eps=float(block.norm1.eps),
             distilled=getattr(model, "dist_token", None) is not None,
-            mlp_layer="glu" if isinstance(block.mlp, GluMlp) else "mlp",
+            mlp_layer="glu" if isinstance(block.mlp, (GluMlp, SwiGLU)) else "mlp",
             dynamic_img_size=bool(getattr(model, "dynamic_img_size", False)),
+            norm_type="rmsnorm" if isinstance(block.norm1, RmsNorm) else "layernorm",
+            embed_norm=not isinstance(model.patch_embed.norm, torch.nn.Identity),
+            attn_inner_norm=not isinstance(getattr(block.attn, "norm", torch.nn.Identity()), torch.nn.Identity),
+            mlp_inner_norm=not isinstance(getattr(block.mlp, "norm", torch.nn.Identity()), torch.nn.Identity),
+            post_norm=type(block).__name__ == "ResPostBlock",
         )
 
     def expected_state(self) -> dict[str, torch.Tensor]:
@@ -294,38 +378,40 @@ def _activation_name(act: torch.nn.Module) -> str | None:
 
 
 def _mlp_refusal(mlp: torch.nn.Module) -> str | None:
-    from timm.layers.mlp import GluMlp, Mlp
+    from timm.layers.mlp import GluMlp, Mlp, SwiGLU
 
-    if type(mlp) is GluMlp and not mlp.gate_last and isinstance(mlp.norm, torch.nn.Identity):
+    if type(mlp) is GluMlp and not mlp.gate_last:
         return None  # SwiGLUPacked (gate first): vit_hf mlp_layer='glu'
+    if type(mlp) is SwiGLU and isinstance(mlp.act, torch.nn.SiLU):
+        return None  # separate gate/up weights, fused into fc1 = [gate; up]
     if type(mlp) is Mlp:
         return None
-    return f"MLP {type(mlp).__name__} (timm's Mlp, or GluMlp with the gate first: SwiGLUPacked)"
+    return f"MLP {type(mlp).__name__} (timm's Mlp, SwiGLU, or GluMlp with the gate first: SwiGLUPacked)"
 
 
 def _refuse_unsupported(model: torch.nn.Module) -> None:
     """ConversionError listing every module type of `model` vit_hf does not implement."""
-    from timm.layers import AttentionPoolLatent, PatchEmbed
+    from timm.layers import AttentionPoolLatent, LayerNorm, PatchEmbed
     from timm.layers.attention import Attention
     from timm.models.deit import VisionTransformerDistilled
-    from timm.models.vision_transformer import Block, VisionTransformer
+    from timm.layers import RmsNorm
+    from timm.models.vision_transformer import Block, ResPostBlock, VisionTransformer
 
     name = type(model).__name__
     if type(model) not in (VisionTransformer, VisionTransformerDistilled):
         raise ConversionError(f"timm model class {name} is not a plain VisionTransformer; vit_hf cannot represent it")
-    if not all(type(b) is Block for b in model.blocks):
-        kinds = sorted({type(b).__name__ for b in model.blocks} - {"Block"})
+    if len({type(b) for b in model.blocks}) != 1 or type(model.blocks[0]) not in (Block, ResPostBlock):
+        kinds = sorted({type(b).__name__ for b in model.blocks} - {"Block", "ResPostBlock"})
         raise ConversionError(f"timm model {name} uses block type(s) {kinds}, not timm's Block: vit_hf has no such "
                               f"block")
     block, pool = model.blocks[0], model.attn_pool
     checks = [
         (type(block.attn) is Attention, f"attention {type(block.attn).__name__} (only timm's Attention)"),
         (_mlp_refusal(block.mlp) is None, _mlp_refusal(block.mlp)),
-        (isinstance(getattr(block.attn, "norm", torch.nn.Identity()), torch.nn.Identity), "scale_attn_norm"),
-        (isinstance(getattr(block.mlp, "norm", torch.nn.Identity()), torch.nn.Identity), "scale_mlp_norm"),
         (type(model.patch_embed) is PatchEmbed, f"patch embedding {type(model.patch_embed).__name__}"),
-        (isinstance(model.patch_embed.norm, torch.nn.Identity), "a norm inside the patch embedding"),
-        (isinstance(block.norm1, torch.nn.LayerNorm), f"norm layer {type(block.norm1).__name__} (LayerNorm only)"),
+        (type(block.norm1) in (torch.nn.LayerNorm, LayerNorm, RmsNorm),
+         f"norm layer {type(block.norm1).__name__} (LayerNorm or RmsNorm only)"),
+
         (model.global_pool in POOL_TO_HF, f"global_pool={model.global_pool!r}"),
         (pool is None or type(pool) is AttentionPoolLatent, "this attention pool"),
         (_activation_name(block.mlp.act) is not None,

@@ -24,9 +24,9 @@ from convert.common import (
 from convert.timm import convert_timm_state_dict, sha256_of, source_markdown, write_conversion
 from convert.timm_arch import import_timm
 
-# timm modules whose models are plain ViTs (VisionTransformer itself; DeiT's non-distilled models are the same class:
-# the rest is checked on the built module by TimmArch.from_timm_model)
-PLAIN_VIT_MODULES = ("timm.models.vision_transformer", "timm.models.deit")
+# timm modules whose models vit_hf converts (VisionTransformer itself; DeiT's; eva.py's Eva, EVA02 / DINOv3 / PE /
+# RoPE-ViT: the rest is checked on the built module by TimmArch.from_timm_model, which names what it refuses)
+PLAIN_VIT_MODULES = ("timm.models.vision_transformer", "timm.models.deit", "timm.models.eva")
 # timm module -> the family name a refusal gives
 FAMILIES = {
     "swin_transformer": "swin", "swin_transformer_v2": "swin v2", "swin_transformer_v2_cr": "swin v2 (cr)",

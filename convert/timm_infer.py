@@ -261,5 +261,21 @@ def infer_arch(
         representation_size=representation,
         distilled=distilled,
         mlp_layer=mlp_layer,
+        **_inner_norms(state, notes),
     )
     return arch, notes
+
+
+def _inner_norms(state: Mapping[str, torch.Tensor], notes: list[str]) -> dict:
+    """Norms inside the patch embedding / attention / MLP (AIMv2, BEiT-3), and RMSNorm: a block norm without a bias
+    (timm's LayerNorm always has one; its RmsNorm never)."""
+    found = dict(embed_norm="patch_embed.norm.weight" in state, attn_inner_norm="blocks.0.attn.norm.weight" in state,
+                 mlp_inner_norm="blocks.0.mlp.norm.weight" in state)
+    for name, key in (("embed_norm", "patch_embed.norm"), ("attn_inner_norm", "blocks.0.attn.norm"),
+                      ("mlp_inner_norm", "blocks.0.mlp.norm")):
+        if found[name]:
+            notes.append(f"{name} from {key}.*")
+    rms = "blocks.0.norm1.weight" in state and "blocks.0.norm1.bias" not in state
+    if rms:
+        notes.append("RMSNorm (timm RmsNorm) from blocks.0.norm1 having no bias")
+    return dict(found, norm_type="rmsnorm" if rms else "layernorm")

@@ -54,10 +54,31 @@ def _reference_model(ref: TimmReference, arch: TimmArch, state: Mapping[str, tor
         else:
             rep = arch.representation_size
             ref_arch = dataclasses.replace(arch, representation_size=None, num_classes=0 if rep else arch.num_classes)
+            from timm.models.eva import Eva
+
             vit_class = VisionTransformerDistilled if arch.distilled else VisionTransformer
+            vit_class = Eva if arch.family == "eva" else vit_class
             model = vit_class(**ref_arch.timm_kwargs(json_safe=False))
-    model.load_state_dict(state, strict=True, assign=True)
+    from convert.key_mapping import to_timm_layout
+
+    model.load_state_dict(to_timm_layout(state, set(model.state_dict())), strict=True, assign=True)
+    _materialize_buffers(model, next(iter(state.values())).dtype)
     return model.eval()
+
+
+def _materialize_buffers(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Non-persistent buffers (EVA's zero key bias, RoPE bands and cached tables) of a meta-built timm model: allocated,
+    then filled by timm's own `init_non_persistent_buffers`, as `timm.create_model(..., dtype=dtype)` would."""
+    from timm.models._manipulate import reinit_non_persistent_buffers
+
+    meta = False
+    for module in model.modules():
+        for name, buf in list(module._buffers.items()):
+            if buf is not None and buf.is_meta:
+                meta = True
+                module._buffers[name] = torch.zeros(buf.shape, dtype=dtype if buf.is_floating_point() else buf.dtype)
+    if meta:
+        reinit_non_persistent_buffers(model)
 
 
 def _outputs(arch, ref: TimmReference, cast, ref_pos, config, dtype) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,8 +3,9 @@
 Families (reference/hub-checkpoint-formats.md §2): ViT (ViTModel with or without the in21k pooler,
 ViTForImageClassification), DeiT (DeiTModel, DeiTForImageClassification, DeiTForImageClassificationWithTeacher),
 ViTMAE (the encoder of ViTMAEModel / ViTMAEForPreTraining), DINOv2 and DINOv2 with registers (Model and
-ForImageClassification, SwiGLU giant included), CLIP and SigLIP vision towers (alone or inside a full CLIP / SigLIP
-repo). Each converted model reproduces the source class's own outputs: its LayerNorm eps, activation, position layout
+ForImageClassification, SwiGLU giant included), CLIP, SigLIP and MetaCLIP 2 vision towers (alone or inside a full
+dual-encoder repo), I-JEPA (IJepaModel, with or without its pooler, IJepaForImageClassification) and ViT-MSN
+(ViTMSNModel, ViTMSNForImageClassification). Each converted model reproduces the source class's own outputs: its LayerNorm eps, activation, position layout
 and run-time position resampling, pooled output and heads; labels come from `id2label`. Anything else is refused by
 name before anything is written.
 
@@ -15,6 +16,7 @@ Entry point for the front door (`python -m convert SOURCE OUT_DIR`): `convert_tr
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -31,7 +33,16 @@ from convert.common import (
     parity_markdown,
     read_privately,
 )
-from convert.transformers_keys import CLIP_TOWER, DINOV2_BLOCKS, VIT_BLOCKS, VIT_EMBEDDINGS, Rule, map_keys
+from convert.transformers_keys import (
+    CLIP_TOWER,
+    DINOV2_BLOCKS,
+    VIT_BLOCKS,
+    VIT_EMBEDDINGS,
+    Rule,
+    aimv2_rules,
+    dinov3_rules,
+    map_keys,
+)
 from convert.transformers_resize import resize_model, scale_processor
 from vit_hf import VitHfConfig, VitHfForImageClassification
 
@@ -69,10 +80,21 @@ class Family:
 
     name: str
     prefixes: tuple[str, ...]  # backbone prefixes a checkpoint may use ("" = saved bare)
-    rules: list[Rule]
+    rules: list[Rule] | Callable[[object], list[Rule]]  # the key table, or a function of the vision config giving it
     fields: Callable[[object, Mapping[str, torch.Tensor]], dict]  # (vision config, mapped state) -> VitHfConfig fields
     classes: Mapping[str, str]  # head kind -> transformers class that is the oracle
     pooled: str  # what a headless source's comparable output is: "pooler_output" or "last_hidden_state"
+    # top-level key prefixes that belong to the backbone even when it is saved under a prefix (transformers 5's
+    # ViTMSNForImageClassification writes its blocks as `encoder.*` next to `vit.embeddings.*`)
+    loose: tuple[str, ...] = ()
+    also: tuple[str, ...] = ()  # further outputs of a headless source compared by --verify (e.g. last_hidden_state)
+    # why the source's float64 forward still rounds to float32 somewhere ("" = it does not): --verify then holds its
+    # float64 rows to float32 rounding, and the card says why
+    float32_inside: str = ""
+    resizable: bool = True  # the source class can run at another size (interpolate_pos_encoding or no table)
+
+    def rules_for(self, hf) -> list[Rule]:
+        return self.rules(hf) if callable(self.rules) else self.rules
 
 
 def _common_fields(hf) -> dict:
@@ -82,7 +104,8 @@ def _common_fields(hf) -> dict:
         raise ConversionError(f"hidden_act {act!r} is not an activation name: the config cannot be represented")
     return dict(
         hidden_size=hf.hidden_size, num_hidden_layers=hf.num_hidden_layers, num_attention_heads=hf.num_attention_heads,
-        intermediate_size=getattr(hf, "intermediate_size", None), hidden_act=act, layer_norm_eps=hf.layer_norm_eps,
+        intermediate_size=getattr(hf, "intermediate_size", None), hidden_act=act,
+        layer_norm_eps=hf.layer_norm_eps if hasattr(hf, "layer_norm_eps") else hf.rms_norm_eps,
         image_size=_size(hf.image_size), patch_size=_size(hf.patch_size), num_channels=hf.num_channels,
         qkv_bias=getattr(hf, "qkv_bias", True), crop_remainder=_has_remainder(hf.image_size, hf.patch_size),
     )
@@ -145,6 +168,16 @@ def _dinov2_registers_fields(hf, state) -> dict:
     }
 
 
+def _ijepa_fields(hf, state) -> dict:
+    """I-JEPA: a ViT without class token. Its classifier reads the mean of the normed tokens; a pooler (IJepaModel
+    built with add_pooling_layer) reads the first patch token, as vit_hf's `"token"` pooling does without a class
+    token; without either the pooled output is the mean of the normed tokens (the paper's linear probe input)."""
+    fields = {**_common_fields(hf), "class_token": False}
+    if "vit.pre_logits.fc.weight" in state:
+        return {**fields, **_pooler_fields(hf, state), "pooling": "token"}
+    return {**fields, "pooling": "mean", "fc_norm": False}
+
+
 def _clip_fields(hf, state) -> dict:
     """CLIP: ln_pre, no patch bias, quick_gelu (from the config); pooled = post_layernorm(cls) = our norm, token 0."""
     return {**_common_fields(hf), "pre_norm": True, "patch_bias": False}
@@ -157,6 +190,71 @@ def _siglip_fields(hf, state) -> dict:
             "SigLIP with vision_use_head=false has no pooled output (and no MAP head): converting it is not supported"
         )
     return {**_common_fields(hf), "class_token": False, "pooling": "map", "patch_bias": True}
+
+
+def _dinov3_biases(hf) -> str:
+    """How DINOv3's q/k/v biases map: all fused, q and v beside a key without bias (the released models), or none."""
+    flags = (hf.query_bias, hf.key_bias, hf.value_bias)
+    kinds = {(True, True, True): "fused", (True, False, True): "split", (False, False, False): "none"}
+    if flags not in kinds:
+        raise ConversionError(
+            f"DINOv3 with query_bias={hf.query_bias}, key_bias={hf.key_bias}, value_bias={hf.value_bias}: vit_hf's "
+            f"attention has query and value biases together (with or without a key bias), or none"
+        )
+    return kinds[flags]
+
+
+def _dinov3_rules(hf) -> list[Rule]:
+    return dinov3_rules(gated=bool(hf.use_gated_mlp), biases=_dinov3_biases(hf))
+
+
+def _dinov3_fields(hf, state) -> dict:
+    """DINOv3: 2-D RoPE on the patch centres in [-1, 1] (rotate-half, rope_theta; the table computed in float32 as
+    transformers computes it), no position table, so any input size; class token + registers, LayerScale, a key
+    without bias, optional gated MLP; pooled output = the normed class token. The coordinate shift / jitter / rescale
+    of training carry over (applied in train mode only, as in transformers)."""
+    if hf.proj_bias != hf.mlp_bias:
+        raise ConversionError(
+            f"DINOv3 with proj_bias={hf.proj_bias}, mlp_bias={hf.mlp_bias}: vit_hf's proj_bias covers the attention "
+            f"output and both MLP layers together"
+        )
+    biases = _dinov3_biases(hf)
+    return {
+        **_common_fields(hf), "qkv_bias": biases != "none", "key_bias": biases == "fused", "proj_bias": hf.proj_bias,
+        "patch_bias": True, "crop_remainder": True, "num_register_tokens": hf.num_register_tokens,
+        "pos_embed_type": "none", "rope_type": "dinov3", "rope_theta": float(hf.rope_theta),
+        "rope_numerics": "transformers", "rope_shift_coords": hf.pos_embed_shift,
+        "rope_jitter_coords": hf.pos_embed_jitter, "rope_rescale_coords": hf.pos_embed_rescale,
+        "layer_scale_init_value": float(hf.layerscale_value), "mlp_layer": "glu" if hf.use_gated_mlp else "mlp",
+        "pooling": "token",
+    }
+
+
+def _aimv2_rules(hf) -> list[Rule]:
+    return aimv2_rules(biases="fused" if hf.qkv_bias else "none")
+
+
+def _aimv2_fields(hf, state) -> dict:
+    """AIMv2: RMSNorm computed in float32 (transformers' Aimv2RMSNorm) everywhere, also right after the patch
+    projection; SwiGLU from separate gate/up weights; no class token; learned positions; the attention-pooling head
+    (learned query, key/value projections, output projection). Without the head (`use_head=false`) the source has no
+    pooled output: the converted model averages the normed tokens."""
+    if hf.is_native:
+        raise ConversionError(
+            "AIMv2 native (is_native=true) is not supported: its 2-D sin-cos positions (frequencies "
+            "10000^-(k/(D/4)), bands [sin w, cos w, sin h, cos h], computed per input size) are not a vit_hf "
+            "pos_embed_type"
+        )
+    if hf.qkv_bias != hf.mlp_bias:
+        raise ConversionError(
+            f"AIMv2 with qkv_bias={hf.qkv_bias}, mlp_bias={hf.mlp_bias}: vit_hf's proj_bias covers the attention "
+            f"output (which AIMv2 ties to qkv_bias) and both MLP layers together"
+        )
+    pooling = {"pooling": "map_kv"} if hf.use_head else {"pooling": "mean", "fc_norm": False}
+    return {
+        **_common_fields(hf), "norm_type": "rmsnorm_fp32", "embed_norm": True, "class_token": False,
+        "qkv_bias": hf.qkv_bias, "proj_bias": hf.qkv_bias, "patch_bias": True, "mlp_layer": "glu", **pooling,
+    }
 
 
 _VIT_RULES = VIT_EMBEDDINGS + VIT_BLOCKS
@@ -173,13 +271,32 @@ FAMILIES = {
     "dinov2_with_registers": Family(
         "DINOv2 with registers", ("dinov2_with_registers.", ""), _DINO_RULES, _dinov2_registers_fields,
         {"head": "Dinov2WithRegistersForImageClassification", "none": "Dinov2WithRegistersModel"}, "pooler_output"),
+    "ijepa": Family("I-JEPA", ("ijepa.", ""), _VIT_RULES, _ijepa_fields,
+                    {"head": "IJepaForImageClassification", "none": "IJepaModel"}, "last_hidden_state",
+                    also=("last_hidden_state",)),
+    "vit_msn": Family("ViT-MSN", ("vit.", ""), _VIT_RULES, _vit_fields,
+                      {"head": "ViTMSNForImageClassification", "none": "ViTMSNModel"}, "last_hidden_state",
+                      loose=("encoder.",)),
     "clip": Family("CLIP vision tower", ("vision_model.", ""), CLIP_TOWER, _clip_fields,
                    {"none": "CLIPVisionModel"}, "pooler_output"),
     "siglip": Family("SigLIP vision tower", ("vision_model.", ""), CLIP_TOWER, _siglip_fields,
                      {"none": "SiglipVisionModel"}, "pooler_output"),
+    "metaclip_2": Family("MetaCLIP 2 vision tower", ("vision_model.", ""), CLIP_TOWER, _clip_fields,
+                         {"none": "MetaClip2VisionModel"}, "pooler_output"),
+    "dinov3_vit": Family("DINOv3", ("",), _dinov3_rules, _dinov3_fields, {"none": "DINOv3ViTModel"},
+                         "pooler_output", also=("last_hidden_state",)),
+    "aimv2": Family("AIMv2 vision tower", ("vision_model.", ""), _aimv2_rules, _aimv2_fields,
+                    {"none": "Aimv2VisionModel"}, "pooler_output", also=("last_hidden_state",),
+                    float32_inside="transformers' Aimv2RMSNorm normalises in float32 whatever the model's dtype",
+                    resizable=False),
 }
 # Full dual-encoder repos and their vision-only configs: the vision config is the one to read
-VISION_CONFIG_OF = {"clip": "clip", "clip_vision_model": "clip", "siglip": "siglip", "siglip_vision_model": "siglip"}
+VISION_CONFIG_OF = {
+    "clip": "clip", "clip_vision_model": "clip", "siglip": "siglip", "siglip_vision_model": "siglip",
+    "metaclip_2": "metaclip_2", "metaclip_2_vision_model": "metaclip_2", "aimv2": "aimv2",
+    "aimv2_vision_model": "aimv2",
+}
+DUAL_ENCODERS = ("clip", "siglip", "metaclip_2", "aimv2")  # model types whose config.json nests a vision_config
 HEAD_KEYS = ("classifier.", "cls_classifier.", "distillation_classifier.")
 
 
@@ -258,7 +375,7 @@ def vision_config(folder: Path, raw: dict):
         hf = AutoConfig.from_pretrained(folder)
     except (ValueError, TypeError, KeyError, OSError) as e:
         raise ConversionError(f"{folder / CONFIG}: transformers cannot read it ({str(e).splitlines()[0]})") from None
-    if raw.get("model_type") in ("clip", "siglip"):
+    if raw.get("model_type") in DUAL_ENCODERS:
         return hf.vision_config
     return hf
 
@@ -277,6 +394,8 @@ def split_backbone(
     for key, tensor in state.items():
         if prefix and key.startswith(prefix):
             backbone[key[len(prefix) :]] = tensor
+        elif prefix and key.startswith(family.loose):
+            backbone[key] = tensor
         elif not prefix and not key.startswith(HEAD_KEYS):
             backbone[key] = tensor
         else:
@@ -305,11 +424,28 @@ def labels(hf, num_labels: int) -> dict:
     return dict(num_labels=num_labels, id2label=id2label, label2id={v: k for k, v in id2label.items()})
 
 
+def _vit_hf_config(family: Family, fields: dict) -> VitHfConfig:
+    """The VitHfConfig; a switch this vit_hf does not know would be kept as a bare attribute and do nothing, so it
+    is refused by name instead."""
+    known = set(inspect.signature(VitHfConfig.__init__).parameters) | {"num_labels", "id2label", "label2id"}
+    missing = sorted(set(fields) - known)
+    if missing:
+        raise ConversionError(
+            f"{family.name} needs the vit_hf config switch(es) {', '.join(missing)}, which this version of vit_hf "
+            f"does not have: update vit_hf"
+        )
+    try:
+        return VitHfConfig(**fields)
+    except ValueError as e:
+        raise ConversionError(f"{family.name} config cannot be represented: {e}") from None
+
+
 def convert_state(folder: Path) -> dict:
     """Read and map a transformers folder: returns the pieces `convert_transformers_folder` writes (and tests use).
 
     Keys: family, family_key, hf (the transformers vision config), config (VitHfConfig), state (vit_hf tensors),
-    kind (head kind), source_class, compared, weights_file, dropped, raw (config.json), preprocessor (dict or None).
+    kind (head kind), source_class, compared (the output --verify compares; `also`: further ones), weights_file,
+    dropped, raw (config.json), preprocessor (dict or None).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -319,11 +455,14 @@ def convert_state(folder: Path) -> dict:
     raw = read_json(folder / CONFIG)
     key, family = family_of(raw.get("model_type"))
     hf = vision_config(folder, raw)
-    fused = [rule.pattern() for rule in family.rules if rule.parts > 1]  # on-disk keys end with the rule's source
+    rules = family.rules_for(hf)
+    fused = [rule.pattern() for rule in rules if rule.parts > 1]  # on-disk keys end with the rule's source
     source, weights_file = load_weights(folder, lambda k: any(p.search(k) for p in fused))
     prefix, backbone, top = split_backbone(source, family)
     del source  # map_keys consumes backbone and top: the last references to the source tensors go with them
-    state, unknown, dropped, origin = map_keys(backbone, top, family.rules)
+    state, unknown, dropped, origin = map_keys(backbone, top, rules)
+    if "vit.reg_token" in state and not state["vit.reg_token"].numel():  # DINOv3 saves (1, 0, D) without registers
+        del state["vit.reg_token"]
     # messages name the tensors as they are on disk
     origin = {k: ", ".join(prefix + n for n in v.split(", ")) if k.startswith("vit.") else v for k, v in origin.items()}
     if unknown:
@@ -346,18 +485,18 @@ def convert_state(folder: Path) -> dict:
     fields = {**family.fields(hf, state), **labels(hf, num_labels)}
     if fields.get("intermediate_size") is None:
         raise ConversionError(f"{family.name} config has no intermediate_size: the MLP width is unknown")
-    try:
-        config = VitHfConfig(**fields)
-    except ValueError as e:
-        raise ConversionError(f"{family.name} config cannot be represented: {e}") from None
+    config = _vit_hf_config(family, fields)
     preprocessor = read_json(folder / PREPROCESSOR) if (folder / PREPROCESSOR).is_file() else None
     compared = "logits" if kind != "none" else family.pooled
-    if key in ("vit", "deit") and kind == "none" and "representation_size" in fields:
-        compared = "pooler_output"  # the in21k pooler tanh(dense(cls))
+    if key in ("vit", "deit", "ijepa") and kind == "none" and "representation_size" in fields:
+        compared = "pooler_output"  # the in21k pooler tanh(dense(cls)) (I-JEPA's: of the first patch token)
+    also = tuple(o for o in family.also if o != compared) if kind == "none" else ()
+    if key == "aimv2" and not hf.use_head:  # no pooled output: the tokens are all the source gives
+        compared, also = "last_hidden_state", ()
     return dict(
         family=family, family_key=key, hf=hf, config=config, state=state, kind=kind, origin=origin,
-        source_class=family.classes[kind], compared=compared, weights_file=weights_file, dropped=dropped, raw=raw,
-        preprocessor=preprocessor,
+        source_class=family.classes[kind], compared=compared, also=also, weights_file=weights_file, dropped=dropped,
+        raw=raw, preprocessor=preprocessor,
     )
 
 
@@ -412,6 +551,14 @@ def _switches_text(config: VitHfConfig) -> str:
         (config.no_embed_registers, "registers without positions (`no_embed_registers`)"),
         (config.pooling == "token_mean", "head on [class token; mean of patches] (`pooling='token_mean'`)"),
         (config.mlp_layer == "glu", f"gated MLP, {config.hidden_act} gate (`mlp_layer='glu'`)"),
+        (config.rope_type != "none", f"2-D rotary position embeddings on q/k (`rope_type='{config.rope_type}'`, "
+                                     f"theta {config.rope_theta}, `rope_numerics='{config.rope_numerics}'`)"),
+        (config.pos_embed_type == "none", "no position table: any input size, nothing resampled"),
+        (config.norm_type != "layernorm", f"RMSNorm (`norm_type='{config.norm_type}'`)"),
+        (config.embed_norm, "a norm right after the patch projection (`embed_norm`)"),
+        (config.qkv_bias and not config.key_bias, "query and value biases, none on the key (`key_bias=False`)"),
+        (config.pooling == "map_kv", "attention pooling with a learned query and key/value projections "
+                                     "(`pooling='map_kv'`)"),
     ) if on]
     return "; ".join(parts)
 
@@ -425,7 +572,7 @@ def source_markdown(folder: Path, info: dict, args: Options, processor_note: str
     rows = [
         ("format", f"transformers `{info['raw'].get('model_type')}` ({architectures})"),
         ("weights", f"`{info['weights_file']}`"),
-        ("reproduces", f"transformers {transformers.__version__} `{info['source_class']}` ({info['compared']})"),
+        ("reproduces", f"transformers {transformers.__version__} `{info['source_class']}` ({', '.join((info['compared'], *info.get('also', ())))})"),
         ("preprocessing", processor_note.removeprefix("preprocessing: ")),
     ]
     rows += [("family switches", _switches_text(info["config"]))] if _switches_text(info["config"]) else []
@@ -456,7 +603,9 @@ def convert_transformers_folder(folder: str | Path, out_dir: str | Path, **optio
     scaled = None
     if resized:  # the source's processor made the source's size; a dynamic DINOv2 keeps its processor's crop
         processor, scaled = scale_processor(processor, model.config.image_hw)
-    info["notes"] = [n for n in (resized, scaled) if n]
+    inside = info["family"].float32_inside
+    inside = inside and f"float64 parity is held to float32 rounding (1e-5): {inside}"
+    info["notes"] = [n for n in (resized, scaled, inside) if n]
     parity = None
     if getattr(args, "verify", False):
         from convert.transformers_verify import verify

@@ -116,6 +116,62 @@ CLIP_TOWER = [
     *_wb("head.mlp.fc2", "attn_pool.mlp.fc2"),
 ]
 
+# ----------------------------------------------------------------------------------------------------------------------
+# DINOv3 (`layer.{i}.attention.q_proj`, `mlp.up_proj` / `gate_proj`, LayerScale) and AIMv2 (RMSNorm, SwiGLU, AIMv2's
+# attention-pooling head): the tables depend on the config (gated MLP, a key without bias), so they are built for it
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _split_qkv(source: str, target: str, biases: str) -> list[Rule]:
+    """q/k/v weights fused into `attn.qkv`; biases fused too (`"fused"`), or q and v kept apart beside a key without
+    bias (`"split"`: vit_hf's `attn.q_bias` / `attn.v_bias`, `key_bias=False`), or none (`"none"`)."""
+    names = ("q", "k", "v")
+    rules = [Rule(source.format(n=n) + ".weight", target + ".qkv.weight", part=k, parts=3) for k, n in enumerate(names)]
+    if biases == "fused":
+        rules += [Rule(source.format(n=n) + ".bias", target + ".qkv.bias", part=k, parts=3) for k, n in enumerate(names)]
+    elif biases == "split":
+        rules += [Rule(source.format(n=n) + ".bias", f"{target}.{n}_bias") for n in ("q", "v")]
+    return rules
+
+
+def dinov3_rules(gated: bool, biases: str) -> list[Rule]:
+    mlp = "layer.{i}.mlp.{n}_proj"
+    return [
+        Rule("embeddings.cls_token", "cls_token"),
+        Rule("embeddings.register_tokens", "reg_token"),
+        *_wb("embeddings.patch_embeddings", "patch_embed.proj"),
+        *_wb("norm", "norm"),
+        *_wb("layer.{i}.norm1", "blocks.{i}.norm1"),
+        *_wb("layer.{i}.norm2", "blocks.{i}.norm2"),
+        *_split_qkv("layer.{{i}}.attention.{n}_proj", "blocks.{i}.attn", biases),
+        *_wb("layer.{i}.attention.o_proj", "blocks.{i}.attn.proj"),
+        Rule("layer.{i}.layer_scale1.lambda1", "blocks.{i}.ls1.gamma"),
+        Rule("layer.{i}.layer_scale2.lambda1", "blocks.{i}.ls2.gamma"),
+        # [gate; up] rows: vit_hf's gated fc1 (timm GluMlp(gate_last=False))
+        *(_fused(mlp, "blocks.{i}.mlp.fc1", ("gate", "up")) if gated else _wb("layer.{i}.mlp.up_proj", "blocks.{i}.mlp.fc1")),
+        *_wb("layer.{i}.mlp.down_proj", "blocks.{i}.mlp.fc2"),
+    ]
+
+
+def aimv2_rules(biases: str) -> list[Rule]:
+    return [
+        *_wb("embeddings.patch_embed", "patch_embed.proj"),
+        Rule("embeddings.rms_norm.weight", "patch_embed.norm.weight"),
+        Rule("embeddings.position_embedding.weight", "pos_embed", lead_axes=1),  # [N, D] -> [1, N, D]
+        Rule("rms_norm.weight", "norm.weight"),
+        Rule("encoder.layers.{i}.rms_norm1.weight", "blocks.{i}.norm1.weight"),
+        Rule("encoder.layers.{i}.rms_norm2.weight", "blocks.{i}.norm2.weight"),
+        *_split_qkv("encoder.layers.{{i}}.attention.{n}_proj", "blocks.{i}.attn", biases),
+        *_wb("encoder.layers.{i}.attention.out_proj", "blocks.{i}.attn.proj"),
+        *_fused("encoder.layers.{i}.ffn.{n}_proj", "blocks.{i}.mlp.fc1", ("gate", "up")),
+        *_wb("encoder.layers.{i}.ffn.down_proj", "blocks.{i}.mlp.fc2"),
+        # the pooling head: its learned query is used as is (no query projection), keys and values projected
+        Rule("head.cls_token", "attn_pool.latent"),
+        *_fused("head.{n}_proj", "attn_pool.kv", ("k", "v")),
+        *_wb("head.output_proj", "attn_pool.proj"),
+    ]
+
+
 # Classification heads, outside the backbone prefix: their targets are top-level (`head`, `head_dist`).
 HEADS = [
     *_wb("classifier", "head"),

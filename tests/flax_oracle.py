@@ -1,9 +1,9 @@
 """The test suite's own float64 numpy forward pass of Google's ViT, reading the npz dictionary in Flax layout.
 
-Written from the Flax semantics (reference/conversion-formats.md §4.5; vit_jax `models_vit.py`, big_vision
-`models/vit.py`), independently of `convert/`: it never imports the converter and never converts layouts, so it
-checks the converter and timm alike. The file's flavour (prefix, naming, pooling, where the positions live,
-scan-stacking, bf16) is passed in by the test, which knows what it wrote, rather than inferred.
+Written from the Flax models' semantics (vit_jax `models_vit.py`, big_vision `models/vit.py`), independently of
+`convert/`: it never imports the converter and never converts layouts, so it checks the converter and timm alike.
+The file's flavour (prefix, naming, pooling, where the positions live, scan-stacking, bf16) is passed in by the
+test, which knows what it wrote, rather than inferred.
 """
 
 from __future__ import annotations

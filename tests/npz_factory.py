@@ -1,9 +1,9 @@
 """Random Google ViT `.npz` files with the exact key names and shapes of each published layout.
 
-Layouts follow reference/conversion-formats.md §2.2 (vit_jax, pre-Linen and Linen names) and §2.3 (big_vision,
-including scan-stacked encoders, MAP heads, sincos2d, pre_logits, old `Transformer/pos_embedding` tables and
-bfloat16 stored as numpy void V2). Every tensor is random with a visible magnitude (LayerNorm scales around 1 but
-not 1, non-zero biases, non-zero heads) so that a swapped or skipped tensor changes the logits.
+Layouts follow the published checkpoints: vit_jax (pre-Linen and Linen names) and big_vision (including
+scan-stacked encoders, MAP heads, sincos2d, pre_logits, old `Transformer/pos_embedding` tables and bfloat16 stored
+as numpy void V2). Every tensor is random with a visible magnitude (LayerNorm scales around 1 but not 1, non-zero
+biases, non-zero heads) so that a swapped or skipped tensor changes the logits.
 
 Tiny dims exercise every axis distinctly: D=64, H=4, Dh=16 (H != Dh), L=3, P=8, C=3, 32x32 images (4x4 grid),
 K=10, M=160 (!= 4 D).

@@ -1,9 +1,9 @@
 """Google .npz -> vit_hf conversion: every published layout, against an independent Flax oracle and timm's loader.
 
-References (reference/conversion-formats.md §4.3-4.5):
+References:
 - `tests/flax_oracle.py`: the suite's own float64 numpy forward pass in Flax layout (GELU tanh, as JAX trained it);
 - timm 1.0.31's npz loader (`VisionTransformer.load_pretrained` -> `_load_weights`) for the files it can read,
-  built with the §2.5 arguments; timm uses exact GELU, so those comparisons convert with `gelu="exact"`.
+  built with the arguments the file implies; timm uses exact GELU, so those comparisons convert with `gelu="exact"`.
 Tolerance 1e-10 in float64: catches LayerNorm eps (1e-12 vs 1e-6) and GELU-variant mistakes, which 1e-3 would not.
 """
 
@@ -23,6 +23,8 @@ from convert.common import ConversionError
 from convert.google import convert_npz, main
 from tests import flax_oracle
 from tests.npz_factory import BY_NAME, IMG, VARIANTS, D, Variant, make_params, write_npz
+from vit_hf import VitHfConfig, VitHfImageProcessor
+from vit_hf.registration import unregistered
 
 ROOT = Path(__file__).resolve().parent.parent
 ATOL = 1e-10
@@ -297,12 +299,13 @@ def test_cli_verify_writes_loadable_folder(name: str, extra: list[str], referenc
         assert (out / name_).is_file()
     card = (out / "README.md").read_text()
     assert "## Parity report" in card and "convert.google" in card
-    config = json.loads((out / "config.json").read_text())
-    assert config["pos_embed_interpolation"] == "google" and config["layer_norm_eps"] == 1e-6
-    preprocessor = json.loads((out / "preprocessor_config.json").read_text())
-    assert preprocessor["image_mean"] == [0.5] * 3 and preprocessor["crop_pct"] == 1.0
+    config = VitHfConfig.from_pretrained(out)  # config.json holds only the non-default fields
+    assert config.pos_embed_interpolation == "google" and config.layer_norm_eps == 1e-6
+    preprocessor = VitHfImageProcessor.from_pretrained(out)
+    assert preprocessor.image_mean == [0.5] * 3 and preprocessor.crop_pct == 1.0
 
-    loaded = AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True)
+    with unregistered():  # an installed vit_hf would otherwise build the folder with its own classes
+        loaded = AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True)
     assert type(loaded).__module__ != "vit_hf.modeling_vit_hf"  # the folder's copy, not this package
     with np.load(npz_dir / f"{name}.npz") as npz:
         model, _, _ = convert_npz(npz, gelu="exact" if "exact" in extra else "tanh",

@@ -1,5 +1,5 @@
-"""The converters' `--push-to-hub`, end to end, against the loopback Hub (issue 5, acceptance 1 and 5 for converted
-models).
+"""The converters' `--push-to-hub`, end to end, against the loopback Hub: a converted model is published
+and loads by repo id as remote code.
 
 The converter CLIs run as real processes with the loopback Hub as `HF_ENDPOINT` (read when huggingface_hub is
 imported, hence the subprocess), online, over LFS rather than Xet. The consumer is a fresh interpreter that cannot

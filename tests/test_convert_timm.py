@@ -1,4 +1,4 @@
-"""convert.timm and convert.to_timm against real timm models (reference/conversion-formats.md §1, §4.2).
+"""convert.timm and convert.to_timm against real timm models.
 
 Every variant: a tiny timm VisionTransformer with every tensor randomised is saved the way users get it, converted by
 the CLI with --verify, loaded back with `AutoModelForImageClassification.from_pretrained(..., trust_remote_code=True)`
@@ -42,6 +42,7 @@ from convert import timm as convert_timm  # noqa: E402
 from convert import to_timm  # noqa: E402
 from convert.common import ConversionError, run_cli  # noqa: E402
 from vit_hf import resample_position_embedding  # noqa: E402
+from vit_hf.registration import unregistered  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 ATOL64 = 1e-10
@@ -103,7 +104,8 @@ def timm_outputs(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor,
 
 def assert_matches_timm(out_dir: Path, reference: torch.nn.Module, hw: tuple[int, int], eps: float = 1e-6) -> None:
     """The saved folder, loaded as remote code, reproduces the timm model in float64."""
-    model = AutoModelForImageClassification.from_pretrained(out_dir, trust_remote_code=True)
+    with unregistered():  # an installed vit_hf would otherwise build the folder with its own classes
+        model = AutoModelForImageClassification.from_pretrained(out_dir, trust_remote_code=True)
     assert type(model).__module__.startswith("transformers_modules"), "not loaded through the folder's remote code"
     model = model.double().eval()
     x = pixels(hw)
@@ -283,9 +285,10 @@ def _wrong_shape(state):
     return state, "blocks.1.norm2.weight"
 
 
-def _scale_attn_norm(_):
-    model = randomize_(VisionTransformer(**BASE_KWARGS, scale_attn_norm=True))
-    return dict(model.state_dict()), "scale_attn_norm"
+def _gated_attention(state):
+    # a sigmoid gate on the attention output (timm gated_attn): scale_attn_norm, refused here before, now converts
+    # (attn_inner_norm, tests/test_families_timm.py)
+    return dict(state, **{"blocks.0.attn.gate.weight": torch.zeros(D, D)}), "gated attention"
 
 
 def _diff_attention(_):
@@ -312,7 +315,7 @@ REFUSALS = {
     "unknown_key": (_unknown_key, ["--num-heads", "4"]),
     "missing_key": (_missing_key, ["--num-heads", "4"]),
     "wrong_shape": (_wrong_shape, ["--num-heads", "4"]),
-    "scale_attn_norm": (_scale_attn_norm, ["--num-heads", "4"]),
+    "gated_attention": (_gated_attention, ["--num-heads", "4"]),
     "diff_attention": (_diff_attention, ["--num-heads", "4"]),
     "heads_not_inferable": (_no_heads_flag, []),
     "pooling_not_inferable": (_pool_ambiguous, ["--num-heads", "4"]),

@@ -200,13 +200,15 @@ def test_pipeline_on_a_converted_dinov2_classifier_equals_the_source(tmp_path):
 
 
 def test_preprocessing_is_the_sources_and_flags_override_it(tmp_path, capsys):
+    from vit_hf import VitHfImageProcessor
+
     folder = save_family("vit", tmp_path / "src")  # ViTImageProcessor: 32x32 squash, bilinear, mean = std = 0.5
     convert_transformers_folder(folder, tmp_path / "a")
-    saved = json.loads((tmp_path / "a" / "preprocessor_config.json").read_text())
+    saved = VitHfImageProcessor.from_pretrained(tmp_path / "a").to_dict()  # the file holds non-defaults only
     assert "ViTImageProcessor" in capsys.readouterr().out
     assert saved["image_mean"] == [0.5] * 3 and saved["size"] == {"height": 32, "width": 32}
     convert_transformers_folder(folder, tmp_path / "b", crop_pct=0.5, interpolation="bicubic", mean=[0.1, 0.2, 0.3])
-    saved = json.loads((tmp_path / "b" / "preprocessor_config.json").read_text())
+    saved = VitHfImageProcessor.from_pretrained(tmp_path / "b").to_dict()
     assert "--crop-pct 0.5" in capsys.readouterr().out
     assert saved["crop_pct"] == 0.5 and saved["image_mean"] == [0.1, 0.2, 0.3] and saved["image_std"] == [0.5] * 3
 

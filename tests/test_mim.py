@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForMaskedImageModeling, ViTConfig, ViTForMaskedImageModeling
 
 from vit_hf import VitHfConfig, VitHfForImageClassification, VitHfForMaskedImageModeling
+from vit_hf.registration import unregistered
 
 ATOL64 = 1e-9
 LAYERS = 2
@@ -86,7 +87,8 @@ def test_saved_folder_loads_as_remote_code_and_fine_tunes_as_a_classifier(tmp_pa
     ours.save_pretrained(tmp_path)
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModelForMaskedImageModeling"] == "modeling_vit_hf.VitHfForMaskedImageModeling"
-    loaded = AutoModelForMaskedImageModeling.from_pretrained(tmp_path, trust_remote_code=True).eval()
+    with unregistered():  # an installed vit_hf would otherwise build the folder with its own classes
+        loaded = AutoModelForMaskedImageModeling.from_pretrained(tmp_path, trust_remote_code=True).eval()
     assert type(loaded).__module__.startswith("transformers_modules.")
     x, mask = inputs()
     with torch.no_grad():

@@ -317,7 +317,7 @@ def test_bad_config_errors_name_the_field():
 
 
 # ----------------------------------------------------------------------------------------------- family switches
-# Each switch added for transformers' families (issue 12) is off by default and checked against its source here;
+# Each switch added for transformers' families is off by default and checked against its source here;
 # the families themselves are checked end to end in tests/test_convert_transformers.py.
 def _timm_to_ours(state: dict) -> dict:
     return {(k if k.startswith("head") else f"vit.{k}"): v for k, v in state.items()}

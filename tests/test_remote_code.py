@@ -120,18 +120,6 @@ def test_the_shipped_remote_files_import_only_what_a_consumer_has():
         assert imports and imports <= _ALLOWED_IMPORTS, (name, imports - _ALLOWED_IMPORTS)
 
 
-def test_importing_vit_hf_registers_nothing_with_the_auto_factories():
-    """A local registration would beat a saved folder's auto_map (transformers#45698)."""
-    from transformers import AutoConfig
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
-    import vit_hf  # noqa: F401
-
-    assert "vit_hf" not in CONFIG_MAPPING
-    with pytest.raises((KeyError, ValueError)):
-        AutoConfig.for_model("vit_hf")
-
-
 def test_save_hub_folder_merges_into_a_folder_with_other_files(tmp_path):
     """Writing into a folder that holds other things (a source checkpoint, notes) replaces only the hub files."""
     from vit_hf.hub import save_hub_folder

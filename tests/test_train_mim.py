@@ -18,6 +18,7 @@ from transformers import AutoModelForMaskedImageModeling
 
 from vit_hf import VitHfConfig, VitHfForMaskedImageModeling, VitHfImageProcessor
 from vit_hf import train as train_mod
+from vit_hf.registration import unregistered
 from vit_hf.train import mim
 from vit_hf.train.args import parse_args
 from vit_hf.train.data import _arrays_to_dataset
@@ -147,7 +148,8 @@ def test_mim_run_loss_falls_and_output_loads_as_remote_code(pretrained, digits):
     assert results["masked_patches_per_image"] == 12  # ceil(0.6 * 4) squares of 2x2 patches
     assert "masks: 3 of 4 squares of 2x2 patches (12 patches)" in log
     # the folder loads without vit_hf's classes, and the recorded eval_loss is a re-evaluation of it
-    model = AutoModelForMaskedImageModeling.from_pretrained(out, trust_remote_code=True).eval()
+    with unregistered():  # an installed vit_hf would otherwise build the folder with its own classes
+        model = AutoModelForMaskedImageModeling.from_pretrained(out, trust_remote_code=True).eval()
     assert type(model).__module__.startswith("transformers_modules.")
     assert "pipeline_tag: image-feature-extraction" in (out / "README.md").read_text()  # not a classifier's card
     args = parse_args([*MIM, *data_args(digits), "--output_dir", str(out), "--dataloader_num_workers", "0"])

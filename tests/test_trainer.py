@@ -55,7 +55,7 @@ def test_trainer_trains_a_vit_hf_model(tmp_path):
     trainer.train()
     after = trainer.evaluate()["eval_loss"]
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    assert losses[-1] < losses[0] and after < before, (losses, before, after)  # the issue: "the loss falls"
+    assert losses[-1] < losses[0] and after < before, (losses, before, after)  # trains: the loss falls
     trainer.save_model(str(tmp_path / "model"))
     processor.save_pretrained(tmp_path / "model")
     reloaded = VitHfForImageClassification.from_pretrained(tmp_path / "model")

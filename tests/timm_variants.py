@@ -1,6 +1,6 @@
 """Tiny timm VisionTransformer variants with every tensor randomised, and the ways users save their state dicts.
 
-Dimensions follow reference/conversion-formats.md §4.1: each axis distinct (D=64, H=4 so Dh=16 != H, L=3, P=8,
+Dimensions: each axis distinct (D=64, H=4 so Dh=16 != H, L=3, P=8,
 M=160 != 4*D, K=10), so a head/depth transpose or an MLP/width mix-up cannot cancel out.
 """
 

@@ -9,6 +9,10 @@ This file is copied flat next to the weights by `save_pretrained` (remote code):
 
 from __future__ import annotations
 
+import inspect
+import json
+import re
+
 from transformers import PretrainedConfig
 
 try:
@@ -29,15 +33,19 @@ PRESETS: dict[str, tuple[int, int, int, int]] = {
 }
 _PRESET_ALIASES = {"ti": "tiny", "s": "small", "b": "base", "l": "large", "h": "huge", "mu": "test"}
 
-POOLINGS = ("token", "mean", "map", "token_mean", "none")
+POOLINGS = ("token", "mean", "map", "map_kv", "token_mean", "none")
 MLP_LAYERS = ("mlp", "glu")
 POS_EMBED_TYPES = ("learned", "sincos2d", "none")
+NORM_TYPES = ("layernorm", "rmsnorm", "rmsnorm_fp32")
+# Rotary position embeddings on q/k: kind -> default rope_theta (the sources' defaults)
+ROPE_TYPES: dict[str, float | None] = {"none": None, "cat": 10_000.0, "dinov3": 100.0, "mixed": 10.0}
+ROPE_NUMERICS = ("timm", "transformers")
 # Position-table resampling algorithms (reference/conversion-formats.md §2.6), by the library whose results they
 # reproduce: name -> (torch interpolate mode, align_corners, antialias, always float32). "always float32" computes in
 # float32 whatever the table's dtype (float64 tables included, which then carry float32 rounding) because that library
 # does; otherwise the computation runs in the table's dtype, upcast to float32 at least.
 POS_EMBED_INTERPOLATIONS: dict[str, tuple[str, bool, bool, bool]] = {
-    "timm": ("bicubic", False, True, False),  # timm checkpoint_filter_fn / dynamic_img_size: resample_abs_pos_embed
+    "timm": ("bicubic", False, True, True),  # timm checkpoint_filter_fn / dynamic_img_size: resample_abs_pos_embed
     "timm_npz": ("bilinear", False, False, False),  # timm _load_weights (npz path)
     "google": ("bilinear", True, False, False),  # scipy.ndimage.zoom(order=1), corner-aligned: vit_jax, big_vision
     "hf": ("bicubic", False, False, False),  # transformers ViTEmbeddings.interpolate_pos_encoding
@@ -57,7 +65,106 @@ def _pair(x: int | list[int] | tuple[int, int]) -> tuple[int, int]:
     return x
 
 
-class VitHfConfig(BackboneConfigMixin, PretrainedConfig):
+# ------------------------------------------------------------------ files written by another version of vit_hf
+# With vit_hf installed, `import vit_hf` registers these classes with transformers' Auto classes, and a registered class
+# wins over a folder's own code (its `auto_map`), even with trust_remote_code=True. So a file written by a newer vit_hf
+# that sets a switch this version does not know is refused instead of being built as a different model. To tell "a
+# switch at its default" from "a switch in use", a saved file holds only the fields a load without them would not give
+# back: transformers' `to_diff_dict` drops only PretrainedConfig's own defaults and writes every field of a subclass.
+# A switch added later and left at its default is then absent, and an older version loads the folder unchanged.
+VIT_HF_VERSION = "0.1.0"
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """`"0.2.1"` -> `(0, 2, 1)`; a pre-release counts as its release (`"0.2.1.dev0"` -> `(0, 2, 1)`)."""
+    numbers = re.match(r"\d+(\.\d+)*", str(version))
+    return tuple(int(n) for n in numbers.group().split(".")) if numbers else ()
+
+
+def _init_fields(cls: type) -> dict[str, inspect.Parameter]:
+    """The settings `cls.__init__` takes by name, this package's subclasses' included (transformers' own base classes
+    excluded): read from the signatures, so a field added there is known here without being listed anywhere else."""
+    fields = {}
+    for klass in cls.__mro__:
+        if klass.__module__.startswith("transformers."):
+            break
+        if "__init__" in vars(klass):
+            for p in inspect.signature(klass.__init__).parameters.values():
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self":
+                    fields.setdefault(p.name, p)
+    return fields
+
+
+class _SavedByVersion:
+    """Loading: a file from a newer vit_hf that sets a field this version does not know, or that this version's checks
+    refuse, is refused in one line naming the version needed. Saving: the version, and only the non-default fields."""
+
+    saved_file = "config.json"
+
+    @classmethod
+    def from_dict(cls, saved: dict, **kwargs):
+        saved = dict(saved)
+        version = saved.pop("vit_hf_version", None)
+        if version is None or _release(version) <= _release(VIT_HF_VERSION):
+            return super().from_dict(saved, **kwargs)
+        known = {*_init_fields(cls), *cls().to_dict(), "auto_map"}
+        unknown = sorted(set(saved) - known)
+        if unknown:
+            raise ValueError(cls._newer(version, f"sets {', '.join(unknown)}, which this version does not know"))
+        try:
+            return super().from_dict(saved, **kwargs)
+        except (TypeError, ValueError) as e:  # a value this version's checks refuse (a new pooling, say)
+            raise ValueError(cls._newer(version, f"does not load here ({' '.join(str(e).split())})")) from None
+
+    @classmethod
+    def _newer(cls, version: str, problem: str) -> str:
+        return (
+            f"{cls.saved_file} was saved by vit_hf {version} and {problem} (vit_hf {VIT_HF_VERSION}): "
+            f"pip install -U 'vit_hf>={version}'"
+        )
+
+    def _saved_fields(self, saved: dict) -> dict:
+        """`saved` without the fields a load would give back anyway, plus the version that writes it. A field is kept
+        when it differs from the default, when another field would change it on load (fc_norm=False with mean
+        pooling), and, for a `None` default (derived from other fields), only when a load would derive another value."""
+        cls = type(self)
+        fields = [k for k in _init_fields(cls) if k in saved]
+
+        def lost(kept: set[str]) -> set[str]:  # the fields a load of `kept` alone would not give back
+            try:
+                rebuilt = cls(**{k: saved[k] for k in kept}).to_dict()
+            except (TypeError, ValueError):
+                return set(fields)
+            return {k for k in fields if rebuilt.get(k) != saved[k]}
+
+        defaults = cls().to_dict()
+        kept = {k for k in fields if saved[k] != defaults.get(k)}
+        while back := lost(kept) - kept:
+            kept |= back
+        derived = {k for k, p in _init_fields(cls).items() if p.default is None}
+        for k in sorted(kept & derived):
+            if not lost(kept - {k}):
+                kept.remove(k)
+        written = {k: v for k, v in saved.items() if k not in fields or k in kept}
+        return {**written, "vit_hf_version": VIT_HF_VERSION}
+
+
+class ConfigSavedByVersion(_SavedByVersion):
+    def to_diff_dict(self) -> dict:
+        """What `save_pretrained` writes to config.json."""
+        return self._saved_fields(super().to_diff_dict())
+
+
+class ProcessorSavedByVersion(_SavedByVersion):
+    saved_file = "preprocessor_config.json"
+
+    def to_json_string(self) -> str:
+        """What `save_pretrained` writes to preprocessor_config.json."""
+        written = self._saved_fields(json.loads(super().to_json_string()))
+        return json.dumps(written, indent=2, sort_keys=True) + "\n"
+
+
+class VitHfConfig(ConfigSavedByVersion, BackboneConfigMixin, PretrainedConfig):
     r"""Configuration of [`VitHfModel`] / [`VitHfForImageClassification`] / [`VitHfBackbone`].
 
     Args:
@@ -105,13 +212,14 @@ class VitHfConfig(BackboneConfigMixin, PretrainedConfig):
         final_norm: LayerNorm after the last block (`norm`, or `fc_norm` after pooling when `fc_norm` is set).
         pooling: `"token"` (first token after the final norm: the class token, or big_vision `pool_type='0'`
             without one), `"mean"` (average of the patch tokens), `"map"` (multi-head attention pooling with a
-            learned probe, SigLIP), `"token_mean"` (`[class token; mean of the patch tokens]`, 2 x hidden_size wide,
+            learned probe, SigLIP), `"map_kv"` (AIMv2's head: the learned query `attn_pool.latent` used as is, key
+            and value projections `attn_pool.kv` with `qkv_bias`, an output projection, no norm, no MLP), `"token_mean"` (`[class token; mean of the patch tokens]`, 2 x hidden_size wide,
             transformers' Dinov2ForImageClassification), or `"none"` (no pooled output; the head is then unavailable).
         fc_norm: apply the final LayerNorm after pooling instead of on all tokens (timm `fc_norm`, MAE / BEiT
             style). `None` picks timm's default: `True` for `"mean"` pooling, else `False`. Google GAP models
             normalise before averaging: convert those with `fc_norm=False`.
-        pool_include_prefix: let `"mean"` / `"map"` pooling see the class/register tokens (timm <= 1.0.15
-            `map` behaviour).
+        pool_include_prefix: let `"mean"` / `"map"` / `"map_kv"` pooling see the class/register tokens (timm <= 1.0.15
+            `map` behaviour; timm's EVA-family `map` pooling).
         qk_norm: LayerNorm over the head dimension of queries and keys.
         layer_scale_init_value: enables LayerScale (`ls1.gamma`, `ls2.gamma`) initialised to this value.
         representation_size: tanh(Linear) "pre-logits" layer of this width between pooling and head (original
@@ -120,6 +228,46 @@ class VitHfConfig(BackboneConfigMixin, PretrainedConfig):
         classifier_dropout: dropout before the classification head.
         encoder_stride: upsampling factor of [`VitHfForMaskedImageModeling`]'s decoder (transformers' ViTConfig
             field); `None` means the patch size, which SimMIM's masked loss needs.
+        norm_type: every norm of the model (block, final, pre, fc, qk, inner, embedding and pooling norms):
+            `"layernorm"`, `"rmsnorm"` (x * rsqrt(mean(x^2) + eps) * weight in the input's precision, timm `RmsNorm`)
+            or `"rmsnorm_fp32"` (the same computed in float32 and cast back before the weight: transformers'
+            T5-style RMSNorm of AIMv2 and most LLM-era towers).
+        embed_norm: a norm right after the patch projection, before positions and prefix tokens
+            (`patch_embed.norm`; AIMv2, timm `embed_norm_layer`).
+        attn_inner_norm: a norm on the merged attention heads before `attn.proj` (`attn.norm`; EVA02-CLIP, timm
+            `scale_attn_inner` / `scale_attn_norm`).
+        mlp_inner_norm: a norm on the MLP hidden activations before `fc2` (`mlp.norm`; EVA02-B/L, timm `scale_mlp`).
+        post_norm: residual post-norm blocks, `x + norm1(attn(x))` then `x + norm2(mlp(x))` (EVA02-E CLIP, timm
+            `EvaBlockPostNorm` / `ResPostBlock`); the default is pre-norm, `x + attn(norm1(x))`.
+        key_bias: with `qkv_bias`, whether the key projection has a bias. `False` keeps the query and value biases
+            as `attn.q_bias` / `attn.v_bias` and a fixed zero key bias (EVA, DINOv3 `key_bias=False`, timm
+            `EvaAttention`); it matters with RoPE, where a key bias is not cancelled by the softmax.
+        layer_scale_attn_only: with `layer_scale_init_value`, scale the attention branch only (`ls1`; Sapiens2,
+            timm `attn_only_layer_scale`).
+        pool_num_heads / pool_intermediate_size: heads and MLP width of the `"map"` pooling head; `None` takes the
+            trunk's (PE uses 8 heads whatever the width).
+        rope_type: rotary position embeddings on the queries and keys of the patch tokens (the prefix tokens are
+            not rotated): `"none"`, `"cat"` (integer patch indices, frequencies theta^-(4k/head_dim): EVA02, PE,
+            timm's RoPE ViTs, Naver RoPE-ViT axial; timm `RotaryEmbeddingCat`), `"dinov3"` (patch centres scaled to
+            [-1, 1], periods theta^(4k/head_dim): DINOv3, Sapiens2, LingBot) or `"mixed"` (learned frequencies per
+            block and head, `rope.freqs`: Naver RoPE-Mixed). Combines with learned positions (`pos_embed_type`,
+            RoPE + APE). Tables are built for every input's grid (no interpolation) and cached per grid.
+        rope_theta: the frequency base (timm `rope_temperature`); `None` takes the kind's default (cat 10000,
+            dinov3 100, mixed 10).
+        rope_rotate_half: rotate the two halves of each head (`[-x2, x1]`: DINOv3) instead of interleaved pairs
+            (`[-x1, x0, ...]`: EVA02, PE, RoPE-ViT); `None` takes the kind's default (True for dinov3 only).
+        rope_grid_indexing: `"ij"` (channel 0 follows the rows) or `"xy"` (the columns first: PE, RoPE-ViT).
+        rope_grid_offset: added to the patch coordinates (PE: 1.0; dinov3: to the centres before normalising).
+        rope_ref_grid: `(h, w)`; `"cat"` coordinates are rescaled so that any grid spans this one (EVA02's
+            `ref_feat_shape`: 16x16 for 224 px / 14).
+        rope_numerics: whose float rounding of the table is reproduced, `"timm"` or `"transformers"` (DINOv3 only:
+            the same angles computed in float32 throughout, as `DINOv3ViTRopePositionEmbedding`).
+        rope_shift_coords / rope_jitter_coords / rope_rescale_coords: DINOv3's training-time coordinate augmentation
+            (uniform shift in [-s, s]; log-uniform per-axis scale in [1/j, j]; log-uniform shared scale in [1/r, r]);
+            `None` disables each; never applied in eval mode.
+        num_key_value_heads: grouped-query attention: key/value heads shared by groups of query heads (an int, or
+            one per block: Sapiens2 keeps full attention in its first and last blocks); `None` is multi-head
+            attention. `attn.qkv` rows are then `[q (heads); k (kv heads); v (kv heads)]`.
         out_features / out_indices: the stages [`VitHfBackbone`] returns (transformers' backbone convention):
             `stage_names` are `"stem"` (the embeddings) then `"stage1"` ... `"stageL"` (block i's output is stage
             i + 1); the default is the last stage.
@@ -165,6 +313,26 @@ class VitHfConfig(BackboneConfigMixin, PretrainedConfig):
         drop_path_rate: float = 0.0,
         classifier_dropout: float = 0.0,
         encoder_stride: int | None = None,
+        norm_type: str = "layernorm",
+        embed_norm: bool = False,
+        attn_inner_norm: bool = False,
+        mlp_inner_norm: bool = False,
+        post_norm: bool = False,
+        key_bias: bool = True,
+        layer_scale_attn_only: bool = False,
+        pool_num_heads: int | None = None,
+        pool_intermediate_size: int | None = None,
+        rope_type: str = "none",
+        rope_theta: float | None = None,
+        rope_rotate_half: bool | None = None,
+        rope_grid_indexing: str = "ij",
+        rope_grid_offset: float = 0.0,
+        rope_ref_grid: int | list[int] | tuple[int, int] | None = None,
+        rope_numerics: str = "timm",
+        rope_shift_coords: float | None = None,
+        rope_jitter_coords: float | None = None,
+        rope_rescale_coords: float | None = None,
+        num_key_value_heads: int | list[int] | None = None,
         **kwargs,
     ):
         self.hidden_size = hidden_size
@@ -204,6 +372,27 @@ class VitHfConfig(BackboneConfigMixin, PretrainedConfig):
         self.drop_path_rate = drop_path_rate
         self.classifier_dropout = classifier_dropout
         self.encoder_stride = encoder_stride
+        self.norm_type = norm_type
+        self.embed_norm = embed_norm
+        self.attn_inner_norm = attn_inner_norm
+        self.mlp_inner_norm = mlp_inner_norm
+        self.post_norm = post_norm
+        self.key_bias = key_bias
+        self.layer_scale_attn_only = layer_scale_attn_only
+        self.pool_num_heads = pool_num_heads
+        self.pool_intermediate_size = pool_intermediate_size
+        self.rope_type = rope_type
+        self.rope_theta = ROPE_TYPES.get(rope_type) if rope_theta is None else float(rope_theta)
+        self.rope_rotate_half = (rope_type == "dinov3") if rope_rotate_half is None else rope_rotate_half
+        self.rope_grid_indexing = rope_grid_indexing
+        self.rope_grid_offset = float(rope_grid_offset)
+        self.rope_ref_grid = None if rope_ref_grid is None else list(_pair(rope_ref_grid))
+        self.rope_numerics = rope_numerics
+        self.rope_shift_coords = rope_shift_coords
+        self.rope_jitter_coords = rope_jitter_coords
+        self.rope_rescale_coords = rope_rescale_coords
+        self.num_key_value_heads = list(num_key_value_heads) if isinstance(num_key_value_heads, (list, tuple)) else (
+            num_key_value_heads)
         # Checked before PretrainedConfig's own validators run (they read `head_dim`, which needs heads > 0).
         self.check_fields()
         kwargs.pop("stage_names", None)  # derived from num_hidden_layers (see the property)
@@ -248,6 +437,13 @@ class VitHfConfig(BackboneConfigMixin, PretrainedConfig):
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    def kv_heads(self, layer: int) -> int:
+        """Key/value heads of block `layer` (grouped-query attention), the query heads without it."""
+        kv = self.num_key_value_heads
+        if kv is None:
+            return self.num_attention_heads
+        return kv[layer] if isinstance(kv, list) else kv
 
     @property
     def pooled_size(self) -> int:
@@ -318,7 +514,30 @@ class VitHfConfig(BackboneConfigMixin, PretrainedConfig):
             )
 
     def _check_family_switches(self) -> None:
-        """The switches added for transformers' families: each needs the layout it was made for."""
+        """The switches added for transformers' and timm's newer families: each needs the layout it was made for."""
+        self._check_rope()
+        if self.norm_type not in NORM_TYPES:
+            raise ValueError(f"norm_type={self.norm_type!r} is not one of {NORM_TYPES}")
+        if self.layer_scale_attn_only and self.layer_scale_init_value is None:
+            raise ValueError("layer_scale_attn_only=True needs layer scale: set layer_scale_init_value (e.g. 1e-5)")
+        if self.post_norm and self.layer_scale_init_value is not None:
+            raise ValueError("post_norm=True blocks have no layer scale (as timm's): drop layer_scale_init_value")
+        for name in ("pool_num_heads", "pool_intermediate_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        kv = self.num_key_value_heads
+        if kv is not None:
+            per_block = kv if isinstance(kv, list) else [kv]
+            if isinstance(kv, list) and len(kv) != self.num_hidden_layers:
+                raise ValueError(f"num_key_value_heads has {len(kv)} entries for {self.num_hidden_layers} blocks")
+            if any(not isinstance(k, int) or k <= 0 or self.num_attention_heads % k for k in per_block):
+                raise ValueError(f"num_key_value_heads={kv!r} must divide num_attention_heads="
+                                 f"{self.num_attention_heads} (per block)")
+            if self.qkv_bias and not self.key_bias:
+                raise ValueError("num_key_value_heads with key_bias=False is not supported: give the keys a bias")
+        if self.pool_num_heads and self.hidden_size % self.pool_num_heads:
+            raise ValueError(f"pool_num_heads={self.pool_num_heads} does not divide hidden_size={self.hidden_size}")
         if self.mlp_layer not in MLP_LAYERS:
             raise ValueError(f"mlp_layer={self.mlp_layer!r} is not one of {MLP_LAYERS}")
         if self.no_embed_registers and (self.no_embed_class or not self.class_token):
@@ -336,6 +555,31 @@ class VitHfConfig(BackboneConfigMixin, PretrainedConfig):
             raise ValueError(
                 "pooling='token_mean' gives 2 x hidden_size features: it cannot take fc_norm or representation_size"
             )
+
+    def _check_rope(self) -> None:
+        if self.rope_type not in ROPE_TYPES:
+            raise ValueError(f"rope_type={self.rope_type!r} is not one of {tuple(ROPE_TYPES)}")
+        if self.rope_type == "none":
+            return
+        if self.head_dim % 4:
+            raise ValueError(f"rope_type={self.rope_type!r} needs head_dim divisible by 4, got {self.head_dim}")
+        if not self.rope_theta > 0:
+            raise ValueError(f"rope_theta must be a positive number, got {self.rope_theta!r}")
+        if self.rope_grid_indexing not in ("ij", "xy"):
+            raise ValueError(f"rope_grid_indexing={self.rope_grid_indexing!r} is not 'ij' or 'xy'")
+        if self.rope_numerics not in ROPE_NUMERICS:
+            raise ValueError(f"rope_numerics={self.rope_numerics!r} is not one of {ROPE_NUMERICS}")
+        if self.rope_numerics == "transformers" and (self.rope_type != "dinov3" or not self.rope_rotate_half):
+            raise ValueError("rope_numerics='transformers' exists for rope_type='dinov3' with rope_rotate_half=True")
+        if self.rope_ref_grid is not None and self.rope_type != "cat":
+            raise ValueError(f"rope_ref_grid rescales 'cat' coordinates only; rope_type={self.rope_type!r} has none")
+        if self.rope_type == "mixed" and (self.rope_rotate_half or self.rope_grid_offset):
+            raise ValueError("rope_type='mixed' rotates interleaved pairs without a grid offset: set "
+                             "rope_rotate_half=False and rope_grid_offset=0")
+        for name in ("rope_jitter_coords", "rope_rescale_coords", "rope_shift_coords"):
+            value, low = getattr(self, name), 0.0 if name == "rope_shift_coords" else 1.0
+            if value is not None and not (isinstance(value, (int, float)) and value >= low):
+                raise ValueError(f"{name} must be a number >= {low:g} or None, got {value!r}")
 
     @classmethod
     def from_preset(cls, name: str, **kwargs) -> VitHfConfig:
@@ -362,6 +606,9 @@ class VitHfConfig(BackboneConfigMixin, PretrainedConfig):
         return cls(**fields)
 
 
-__all__ = ["VitHfConfig", "PRESETS", "POS_EMBED_INTERPOLATIONS", "POOLINGS", "MLP_LAYERS"]
+__all__ = [
+    "VitHfConfig", "PRESETS", "POS_EMBED_INTERPOLATIONS", "POOLINGS", "MLP_LAYERS", "NORM_TYPES", "ROPE_TYPES",
+    "ROPE_NUMERICS",
+]
 
 VitHfConfig.register_for_auto_class()

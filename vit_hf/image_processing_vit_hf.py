@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.processing_utils import ImagesKwargs
 
+from .configuration_vit_hf import ProcessorSavedByVersion
+
 # timm / torchvision interpolation names -> PIL filters
 RESAMPLE = {
     "nearest": PIL.Image.Resampling.NEAREST,
@@ -182,7 +184,7 @@ def _normalize(image: PIL.Image.Image, mean: Sequence[float], std: Sequence[floa
 # Filters that torch's antialiased uint8 interpolation implements (it follows PIL's algorithm, in another fixed-point
 # precision: measured within 2/255 of PIL); other filters stay on PIL whatever the resize backend.
 TORCH_MODES = {int(PIL.Image.Resampling.BILINEAR): "bilinear", int(PIL.Image.Resampling.BICUBIC): "bicubic"}
-BACKENDS = ("pil", "torch")
+BACKENDS = ("pil", "torch", "torch_float")
 
 
 CROP_OFFSETS = ("round", "floor")
@@ -224,7 +226,9 @@ class EvalTransform:
     resize_backend="pil" resizes with PIL, bit-identical to timm's eval transform; batches are spread over
     `torch.get_num_threads()` threads (PIL releases the GIL while resizing). resize_backend="torch" resizes with
     `torch.nn.functional.interpolate(antialias=True)` on uint8, images of equal size in one call: several times
-    faster, the same geometry, pixels within 2/255 of PIL's for camera-sized downscales.
+    faster, the same geometry, pixels within 2/255 of PIL's for camera-sized downscales. resize_backend="torch_float"
+    rescales to float32 first and resizes those floats (antialiased, bilinear or bicubic, no rounding to 8 bits, no
+    clamping), then crops and normalises: the order of transformers' torchvision DINOv3ViTImageProcessor.
     """
 
     def __init__(
@@ -245,6 +249,9 @@ class EvalTransform:
         self.mean, self.std, self.num_channels = tuple(mean), tuple(std), num_channels
         self.rescale_factor = float(rescale_factor)
         self.torch_mode = TORCH_MODES.get(self.resample) if resize_backend == "torch" else None
+        self.float_mode = TORCH_MODES.get(self.resample) if resize_backend == "torch_float" else None
+        if resize_backend == "torch_float" and self.float_mode is None:
+            raise ValueError("resize_backend='torch_float' resizes bilinear or bicubic only: pick one of those")
 
     def resized_size(self, w: int, h: int) -> tuple[int, int]:
         """(width, height) after the resize step, exactly as timm/torchvision (or transformers) compute it."""
@@ -309,8 +316,11 @@ class EvalTransform:
 
     def batch(self, images: Sequence[Any]) -> torch.Tensor:
         """Images -> (B, C, H, W) float32: the per-image transform, done for the whole batch at once."""
+        if self.float_mode is not None:  # rescaled before the resize: only the normalisation is left
+            scaled = self._torch_resized([self.prepare(image) for image in images], floats=True)
+            return _to_float(scaled, self.mean, self.std, rescale_factor=1.0)
         if self.torch_mode is not None:
-            uint8 = self._torch_uint8([self.prepare(image) for image in images])
+            uint8 = self._torch_resized([self.prepare(image) for image in images])
         else:
             workers = min(torch.get_num_threads(), len(images))
             if workers > 1:
@@ -321,18 +331,22 @@ class EvalTransform:
             uint8 = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
         return _to_float(uint8, self.mean, self.std, self.rescale_factor)
 
-    def _torch_uint8(self, images: list[PIL.Image.Image]) -> torch.Tensor:
+    def _torch_resized(self, images: list[PIL.Image.Image], floats: bool = False) -> torch.Tensor:
+        """Resize and crop with torch, images of equal size in one call: uint8 (`"torch"`), or, with `floats`, the
+        rescaled float32 values (uint8 x factor, as transformers' torchvision `rescale`) resized without rounding."""
         th, tw = self.size
-        out = torch.empty((len(images), self.num_channels, th, tw), dtype=torch.uint8)
+        mode = self.float_mode if floats else self.torch_mode
+        out = torch.empty((len(images), self.num_channels, th, tw), dtype=torch.float32 if floats else torch.uint8)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, image in enumerate(images):
             groups.setdefault(image.size, []).append(i)
         for (w, h), index in groups.items():
             # (n, C, H, W) in channels-last strides: the layout of torch's vectorised uint8 resampling kernels
             x = torch.from_numpy(np.stack([_hwc_array(images[i]) for i in index])).permute(0, 3, 1, 2)
+            x = x * self.rescale_factor if floats else x
             new_w, new_h = self.resized_size(w, h)
             if (new_w, new_h) != (w, h):
-                x = F.interpolate(x, size=(new_h, new_w), mode=self.torch_mode, antialias=True, align_corners=False)
+                x = F.interpolate(x, size=(new_h, new_w), mode=mode, antialias=True, align_corners=False)
             left, top, pw, ph, pad_l, pad_t = self.crop_origin(new_w, new_h)
             if (pw, ph) != (new_w, new_h):
                 x = F.pad(x, (pad_l, pw - new_w - pad_l, pad_t, ph - new_h - pad_t))
@@ -382,7 +396,7 @@ class TrainTransform:
         return _normalize(image, self.mean, self.std, self.rescale_factor)
 
 
-class VitHfImageProcessor(BaseImageProcessor):
+class VitHfImageProcessor(ProcessorSavedByVersion, BaseImageProcessor):
     r"""Image processor for [`VitHfForImageClassification`].
 
     Args:
@@ -409,7 +423,9 @@ class VitHfImageProcessor(BaseImageProcessor):
         resize_backend: how the eval transform resizes. `"pil"` (default): PIL, bit-identical to timm's eval transform,
             batches spread over `torch.get_num_threads()` threads. `"torch"`: torch's antialiased uint8
             interpolation (bilinear/bicubic; other filters stay on PIL), same geometry, several times faster,
-            pixels within 2/255 of PIL's for camera-sized downscales. No torchvision needed for either.
+            pixels within 2/255 of PIL's for camera-sized downscales. `"torch_float"`: rescale to float32 first,
+            then torch's antialiased float interpolation (bilinear/bicubic), crop, normalise: the pixels of
+            transformers' torchvision-only DINOv3ViTImageProcessor. No torchvision needed for any.
 
     Example:
     ```python
@@ -474,6 +490,8 @@ class VitHfImageProcessor(BaseImageProcessor):
         # choice) and would never pass it on, so the setting would be lost without a word.
         if resize_backend not in BACKENDS:
             raise ValueError(f"resize_backend must be one of {BACKENDS}, got {resize_backend!r}")
+        if resize_backend == "torch_float" and self.resample not in TORCH_MODES:
+            raise ValueError("resize_backend='torch_float' resizes bilinear or bicubic only: pick one of those")
         self.resize_backend = resize_backend
         self.resize_size = _check_resize_size(resize_size)
         if crop_offset not in CROP_OFFSETS:

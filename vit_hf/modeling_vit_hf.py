@@ -31,15 +31,21 @@ from transformers.modeling_outputs import (
 from .configuration_vit_hf import VitHfConfig
 from .layers_vit_hf import (
     AttentionPool,
+    AttentionPoolKV,
     Block,
     LayerScale,
     PatchEmbed,
     RepresentationLayer,
+    RMSNorm,
     _attention_interface,
     _dropout,
+    check_pixel_values,
+    norm_or_identity,
     resample_position_embedding,
     sincos_2d_position_embedding,
+    take_indices,
 )
+from .rope_vit_hf import RotaryEmbedding
 
 try:
     from transformers.backbone_utils import BackboneMixin
@@ -93,10 +99,17 @@ class VitHfPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
+        elif isinstance(module, RMSNorm):
+            init.ones_(module.weight)
         elif isinstance(module, LayerScale):
             init.constant_(module.gamma, module.init_value)
-        elif isinstance(module, AttentionPool):
+        elif isinstance(module, (AttentionPool, AttentionPoolKV)):
             init.trunc_normal_(module.latent, std=module.latent.shape[-1] ** -0.5)
+        elif isinstance(module, RotaryEmbedding) and module.kind == "mixed":
+            init.copy_(module.freqs, module.init_mixed_frequencies())
+        elif getattr(module, "q_bias", None) is not None:  # Attention with query/value biases and no key bias
+            init.zeros_(module.q_bias)
+            init.zeros_(module.v_bias)
         elif isinstance(module, VitHfModel):
             if module.pos_embed is not None:
                 init.trunc_normal_(module.pos_embed, std=std)
@@ -139,16 +152,17 @@ class VitHfModel(VitHfPreTrainedModel):
         num_pos = config.grid_size[0] * config.grid_size[1] + config.num_pos_prefix_tokens
         self.pos_embed = nn.Parameter(torch.empty(1, num_pos, d)) if config.pos_embed_type == "learned" else None
         self.pos_drop = _dropout(config.hidden_dropout_prob)
-        self.norm_pre = nn.LayerNorm(d, eps=config.layer_norm_eps) if config.pre_norm else nn.Identity()
+        self.rope = RotaryEmbedding(config) if config.rope_type != "none" else None
+        self.norm_pre = norm_or_identity(config, config.pre_norm)
         # Stochastic depth rises linearly over the blocks (timm); plain floats so the model builds on the meta device.
         depth = config.num_hidden_layers
         rates = [config.drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
-        self.blocks = nn.ModuleList([Block(config, drop_path=r) for r in rates])
+        self.blocks = nn.ModuleList([Block(config, drop_path=r, layer=i) for i, r in enumerate(rates)])
         final_norm = config.final_norm and not config.fc_norm
-        self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps) if final_norm else nn.Identity()
-        self.attn_pool = AttentionPool(config) if config.pooling == "map" else None
-        use_fc_norm = config.final_norm and config.fc_norm
-        self.fc_norm = nn.LayerNorm(d, eps=config.layer_norm_eps) if use_fc_norm else nn.Identity()
+        self.norm = norm_or_identity(config, final_norm)
+        pools = {"map": AttentionPool, "map_kv": AttentionPoolKV}
+        self.attn_pool = pools[config.pooling](config) if config.pooling in pools else None
+        self.fc_norm = norm_or_identity(config, config.final_norm and config.fc_norm)
         self.pre_logits = RepresentationLayer(config) if config.representation_size else nn.Identity()
         # Fixed with the parameters' shapes (which prefix tokens exist, how many rows of the table are theirs), so read
         # from the config once here: a config attribute costs microseconds (transformers' __getattribute__ hooks),
@@ -162,50 +176,7 @@ class VitHfModel(VitHfPreTrainedModel):
 
     # -------------------------------------------------------------- resolution
     def _check_pixel_values(self, pixel_values: torch.Tensor | None, interpolate_pos_encoding: bool) -> None:
-        cfg = self.config
-        if pixel_values is None:
-            raise ValueError("pixel_values is required: pass a (batch, channels, height, width) tensor")
-        if not isinstance(pixel_values, torch.Tensor):
-            raise TypeError(
-                f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}: preprocess images with the "
-                f"model's image processor (processor(images, return_tensors='pt'))"
-            )
-        if not pixel_values.is_floating_point():
-            raise ValueError(
-                f"pixel_values has dtype {pixel_values.dtype}, but the model expects normalised floating-point pixels "
-                f"(raw 0..255 integers would be classified as garbage): preprocess with the model's image processor"
-            )
-        if pixel_values.ndim != 4:
-            hint = " (a single image? add the batch axis with pixel_values[None])" if pixel_values.ndim == 3 else ""
-            raise ValueError(
-                f"pixel_values must be 4-D (batch, channels, height, width), got shape {tuple(pixel_values.shape)}"
-                f"{hint}"
-            )
-        b, c, h, w = pixel_values.shape
-        if b == 0:
-            raise ValueError("pixel_values is an empty batch (batch size 0): pass at least one image")
-        channels = self.patch_embed.proj.in_channels  # config.num_channels, fixed with the weights' shape
-        if c != channels:
-            raise ValueError(
-                f"pixel_values has {c} channel(s) but the model expects {channels} (config.num_channels): "
-                f"preprocess images with the model's image processor, which converts grey/RGBA/palette images"
-            )
-        ph, pw = self.patch_embed.patch_size  # config.patch_hw, likewise
-        if (h % ph or w % pw) and not self.patch_embed.crop_remainder:
-            raise ValueError(
-                f"image size {h}x{w} is not divisible by the patch size {ph}x{pw}: resize or crop to a multiple of "
-                f"the patch size (the image processor does this)"
-            )
-        # the image size can change (resize_position_embeddings): read from the config, only when it matters;
-        # grids, not pixels: with crop_remainder, 378 and 384 px both make the 27x27 grid of a /14 model
-        fixed_size = self.pos_embed is not None and not interpolate_pos_encoding
-        if fixed_size and (h // ph, w // pw) != cfg.grid_size and not cfg.dynamic_img_size:
-            ih, iw = cfg.image_hw
-            raise ValueError(
-                f"image size {h}x{w} does not match the model's {ih}x{iw} (config.image_size): pass "
-                f"interpolate_pos_encoding=True to resample the positions for this call, or call "
-                f"model.resize_position_embeddings(({h}, {w})) to change the model's resolution for good"
-            )
+        check_pixel_values(self, pixel_values, interpolate_pos_encoding)
 
     def _positions_for(self, grid: tuple[int, int], dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
         """Position table (1, rows, D) for this grid: the learned table (resampled if needed) or sincos2d."""
@@ -284,6 +255,15 @@ class VitHfModel(VitHfPreTrainedModel):
             x = torch.cat([x[:, :covered], prefix[:, covered:], x[:, covered:]], dim=1)
         return self.pos_drop(x)
 
+    def rotary_tables(self, pixel_values: torch.Tensor, x: torch.Tensor) -> list:
+        """Each block's rotary (cos, sin) table for this input's patch grid (None per block without RoPE): built once
+        per grid and cached by `self.rope` (per forward for learned 'mixed' frequencies), never per block."""
+        if self.rope is None:
+            return [None] * len(self.blocks)
+        ph, pw = self.patch_embed.patch_size
+        grid = (pixel_values.shape[-2] // ph, pixel_values.shape[-1] // pw)
+        return self.rope(grid, self.num_prefix_tokens, x.dtype, x.device)
+
     def pool(self, x: torch.Tensor) -> torch.Tensor | None:
         cfg = self.config
         pooling = cfg.pooling
@@ -292,7 +272,7 @@ class VitHfModel(VitHfPreTrainedModel):
         tokens = x if cfg.pool_include_prefix else x[:, self.num_prefix_tokens :]
         if pooling == "mean":
             return tokens.mean(dim=1)
-        if pooling == "map":
+        if pooling in ("map", "map_kv"):
             return self.attn_pool(tokens)
         if pooling == "token_mean":
             return torch.cat([x[:, 0], x[:, self.num_prefix_tokens :].mean(dim=1)], dim=-1)
@@ -324,8 +304,8 @@ class VitHfModel(VitHfPreTrainedModel):
         all_hidden = (x,) if output_hidden_states else None
         all_attn = () if output_attentions else None
         attention = _attention_interface(self.config, output_attentions)
-        for block in self.blocks:
-            x, weights = block(x, output_attentions, attention)
+        for block, rope in zip(self.blocks, self.rotary_tables(pixel_values, x)):
+            x, weights = block(x, output_attentions, attention, rope)
             if output_hidden_states:
                 all_hidden += (x,)
             if output_attentions:
@@ -367,15 +347,15 @@ class VitHfModel(VitHfPreTrainedModel):
         """
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt={output_fmt!r} is not supported: pass 'NCHW' or 'NLC'")
-        take = _take_indices(len(self.blocks), indices)
+        take = take_indices(len(self.blocks), indices)
         self._check_pixel_values(pixel_values, interpolate_pos_encoding)
         pixel_values = pixel_values.to(self.patch_embed.proj.weight.dtype)
         x = self.norm_pre(self.embed(pixel_values))
         features = []
         blocks = self.blocks[: max(take) + 1] if intermediates_only else self.blocks
         attention = _attention_interface(self.config, False)
-        for i, block in enumerate(blocks):
-            x, _ = block(x, False, attention)
+        for i, (block, rope) in enumerate(zip(blocks, self.rotary_tables(pixel_values, x))):
+            x, _ = block(x, False, attention, rope)
             if i in take:
                 features.append(self.norm(x) if norm else x)
         prefix = self.config.num_prefix_tokens
@@ -386,24 +366,6 @@ class VitHfModel(VitHfPreTrainedModel):
         if return_prefix_tokens and prefix:
             patches = [(y, f[:, :prefix]) for y, f in zip(patches, features)]
         return patches if intermediates_only else (self.norm(x), patches)
-
-
-def _take_indices(depth: int, indices: int | list[int] | tuple[int, ...] | None) -> list[int]:
-    """Block indices to return (timm's `feature_take_indices`): all for None, the last n for an int n, else the
-    listed ones (negative ones count from the end)."""
-    if indices is None:
-        indices = depth
-    if isinstance(indices, int):
-        if not 0 < indices <= depth:
-            raise ValueError(f"indices={indices} asks for the last {indices} blocks, but the model has {depth}: "
-                             f"pass 1..{depth}, or a list of block indices")
-        return list(range(depth - indices, depth))
-    taken = [i + depth if i < 0 else i for i in indices]
-    bad = [i for i, t in zip(indices, taken) if not 0 <= t < depth]
-    if bad or not taken:
-        raise ValueError(f"block indices {list(indices)} are out of range: the model has {depth} blocks "
-                         f"(indices 0..{depth - 1}, or -{depth}..-1 from the end)")
-    return taken
 
 
 class VitHfForImageClassification(VitHfPreTrainedModel):

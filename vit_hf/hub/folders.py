@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from transformers.image_processing_base import ImageProcessingMixin
 
 REMOTE_FILES = (
-    "configuration_vit_hf.py", "layers_vit_hf.py", "modeling_vit_hf.py", "image_processing_vit_hf.py"
+    "configuration_vit_hf.py", "layers_vit_hf.py", "rope_vit_hf.py", "modeling_vit_hf.py", "image_processing_vit_hf.py"
 )
 HUB_FILE_NAMES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", *REMOTE_FILES)
 AUTO_CLASSES = ("AutoConfig", "AutoModel", "AutoModelForImageClassification")
@@ -57,7 +57,7 @@ def check_hub_folder(folder: str | Path) -> None:
 def _foreign_imports(path: Path) -> list[str]:
     """The modules `path` imports that a consumer may lack, by transformers' own scan (every absolute import,
     indented ones included: what its check_imports enforces). A byte-for-byte copy of this package's own file is
-    not re-scanned (tests/test_remote_code.py scans those): parsing the three files costs ~0.3 s per folder."""
+    not re-scanned (tests/test_remote_code.py scans those): parsing the remote-code files costs ~0.3 s per folder."""
     own = Path(__file__).resolve().parent.parent / path.name
     if own.is_file() and own.read_bytes() == path.read_bytes():
         return []
