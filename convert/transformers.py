@@ -1,6 +1,6 @@
 """Convert a transformers-format plain-ViT checkpoint folder (config.json with `model_type`) into vit_hf.
 
-Families (reference/hub-checkpoint-formats.md §2): ViT (ViTModel with or without the in21k pooler,
+Families: ViT (ViTModel with or without the in21k pooler,
 ViTForImageClassification), DeiT (DeiTModel, DeiTForImageClassification, DeiTForImageClassificationWithTeacher),
 ViTMAE (the encoder of ViTMAEModel / ViTMAEForPreTraining), DINOv2 and DINOv2 with registers (Model and
 ForImageClassification, SwiGLU giant included), CLIP, SigLIP and MetaCLIP 2 vision towers (alone or inside a full
@@ -325,7 +325,7 @@ VISION_CONFIG_OF = {
 }
 DUAL_ENCODERS = ("clip", "siglip", "metaclip_2", "aimv2")  # model types whose config.json nests a vision_config
 HEAD_KEYS = ("classifier.", "cls_classifier.", "distillation_classifier.")
-# ViT-family model types that are refused, with the feature vit_hf lacks (reference/modern-families.md)
+# ViT-family model types that are refused, with the feature vit_hf lacks
 NOT_SUPPORTED = {
     "siglip2": "NaFlex input (patches with spatial_shapes and a pixel attention mask, positions resized per image)",
     "siglip2_vision_model": "NaFlex input (patches with spatial_shapes and a pixel attention mask, positions resized "

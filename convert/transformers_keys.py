@@ -1,4 +1,4 @@
-"""Declarative transformers -> vit_hf key tables for the plain-ViT families (reference/hub-checkpoint-formats.md §2).
+"""Declarative transformers -> vit_hf key tables for the plain-ViT families.
 
 Keys are the names on disk (what `save_pretrained` writes and Hub repos hold: transformers 5 renames modules in
 memory but reads and writes these), after the backbone prefix (`vit.`, `deit.`, `dinov2.`, `vision_model.`) is
