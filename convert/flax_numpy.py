@@ -4,7 +4,7 @@ Used by `python -m convert.google --verify` when timm cannot load a file (sincos
 Linen-named vit_jax files, old big_vision layouts, bf16, resampled positions), and as a second reference when it
 can: it reads the parameters in their Flax shapes ((P,P,C,D) conv, (D,H,Dh) / (H,Dh,D) attention, (in,out) dense)
 and never goes through the converter's key tables or transforms, so a layout mistake there shows up as a
-difference here. Semantics follow reference/conversion-formats.md §4.5.
+difference here. Semantics follow the Flax models (vit_jax `models_vit.py`, big_vision `models/vit.py`).
 """
 
 from __future__ import annotations

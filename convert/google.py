@@ -3,7 +3,7 @@
     python -m convert.google SRC.npz OUT_DIR [--prefix P] [--gelu {tanh,exact}] [--pool {tok,gap,map,0}]
                              [--image-size S|HxW] [--verify] [--push-to-hub REPO] [--hub-token T] [--private]
 
-Everything is inferred from key names and shapes (reference/conversion-formats.md §2): the npz prefix
+Everything is inferred from key names and shapes: the npz prefix
 (`params/`, `params/img/`, `img/`, `opt/target/` or none; `SRC.npz:img` selects a two-tower file's image tower),
 the block naming scheme (pre-Linen vit_jax or Linen/big_vision), a scan-stacked encoder, width / depth / heads /
 MLP / patch from the kernels, the pooling (cls -> token, MAPHead_0 -> map, else gap; '0' only with `--pool 0`

@@ -4,7 +4,8 @@
 (`--offline`) reads the cache only and fails at once when the files are not there. The format is decided from
 `config.json` before any weights are fetched: a timm repo (`architecture` + `pretrained_cfg`) needs one weights file,
 `model.safetensors` or else `pytorch_model.bin` (timm's own order); a transformers repo (`model_type`) the files its
-converter names (`convert.transformers.TRANSFORMERS_ALLOW_PATTERNS`). Errors: reference/hub-checkpoint-formats.md §4.3.
+converter names (`convert.transformers.TRANSFORMERS_ALLOW_PATTERNS`). Errors: one line each, as
+`convert.common.ConversionError`.
 """
 
 from __future__ import annotations

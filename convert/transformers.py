@@ -1,13 +1,16 @@
 """Convert a transformers-format plain-ViT checkpoint folder (config.json with `model_type`) into vit_hf.
 
-Families (reference/hub-checkpoint-formats.md §2): ViT (ViTModel with or without the in21k pooler,
+Families: ViT (ViTModel with or without the in21k pooler,
 ViTForImageClassification), DeiT (DeiTModel, DeiTForImageClassification, DeiTForImageClassificationWithTeacher),
 ViTMAE (the encoder of ViTMAEModel / ViTMAEForPreTraining), DINOv2 and DINOv2 with registers (Model and
 ForImageClassification, SwiGLU giant included), CLIP, SigLIP and MetaCLIP 2 vision towers (alone or inside a full
-dual-encoder repo), I-JEPA (IJepaModel, with or without its pooler, IJepaForImageClassification) and ViT-MSN
-(ViTMSNModel, ViTMSNForImageClassification). Each converted model reproduces the source class's own outputs: its LayerNorm eps, activation, position layout
-and run-time position resampling, pooled output and heads; labels come from `id2label`. Anything else is refused by
-name before anything is written.
+dual-encoder repo), I-JEPA (IJepaModel, with or without its pooler, IJepaForImageClassification), ViT-MSN
+(ViTMSNModel, ViTMSNForImageClassification), DINOv3 (DINOv3ViTModel / Backbone: 2-D RoPE, registers, gated MLP, a key
+without bias), Sapiens2 (Sapiens2Model / Backbone: DINOv3's RoPE with RMSNorm, qk-norm, grouped-query attention,
+attention-only LayerScale) and the AIMv2 vision tower (alone or in a full AIMv2 repo: RMSNorm, SwiGLU,
+attention-pooling head). Each converted model reproduces the source class's own outputs: its norms and their eps,
+activation, position layout and run-time position resampling, pooled output and heads; labels come from `id2label`.
+Anything else is refused by name before anything is written.
 
 Entry point for the front door (`python -m convert SOURCE OUT_DIR`): `convert_transformers_folder(folder, out_dir,
 **options)`; `TRANSFORMERS_ALLOW_PATTERNS` are the files it reads.
@@ -43,6 +46,7 @@ from convert.transformers_keys import (
     aimv2_rules,
     dinov3_rules,
     map_keys,
+    sapiens2_rules,
 )
 from convert.transformers_resize import resize_model, scale_processor
 from vit_hf import VitHfConfig, VitHfForImageClassification
@@ -88,6 +92,7 @@ class Family:
     # top-level key prefixes that belong to the backbone even when it is saved under a prefix (transformers 5's
     # ViTMSNForImageClassification writes its blocks as `encoder.*` next to `vit.embeddings.*`)
     loose: tuple[str, ...] = ()
+    anchor: str = "embeddings."  # a backbone key prefix that tells where the backbone starts
     also: tuple[str, ...] = ()  # further outputs of a headless source compared by --verify (e.g. last_hidden_state)
     # why the source's float64 forward still rounds to float32 somewhere ("" = it does not): --verify then holds its
     # float64 rows to float32 rounding, and the card says why
@@ -231,6 +236,26 @@ def _dinov3_fields(hf, state) -> dict:
     }
 
 
+def _sapiens2_rules(hf) -> list[Rule]:
+    return sapiens2_rules(biases=_dinov3_biases(hf))
+
+
+def _sapiens2_fields(hf, state) -> dict:
+    """Sapiens2: DINOv3's RoPE, class token and registers, with RMSNorm computed in float32 (T5-style) everywhere, an
+    RMSNorm qk-norm, LayerScale on the attention branch only, grouped-query attention per block, SwiGLU."""
+    if not hf.use_gated_mlp:
+        raise ConversionError(
+            "Sapiens2 with use_gated_mlp=false: transformers 5.25 cannot read such a checkpoint back itself (its "
+            "loader splits ffn.w12 into a gate and an up projection), so there is no source behaviour to reproduce"
+        )
+    fields = _dinov3_fields(hf, state)
+    kv = [int(k) for k in hf.num_key_value_heads_per_layer]
+    return {
+        **fields, "norm_type": "rmsnorm_fp32", "qk_norm": bool(hf.use_qk_norm), "layer_scale_attn_only": True,
+        "num_key_value_heads": None if set(kv) == {hf.num_attention_heads} else kv,
+    }
+
+
 def _aimv2_rules(hf) -> list[Rule]:
     return aimv2_rules(biases="fused" if hf.qkv_bias else "none")
 
@@ -286,6 +311,8 @@ FAMILIES = {
                          {"none": "MetaClip2VisionModel"}, "pooler_output"),
     "dinov3_vit": Family("DINOv3", ("",), _dinov3_rules, _dinov3_fields, {"none": "DINOv3ViTModel"},
                          "pooler_output", also=("last_hidden_state",)),
+    "sapiens2": Family("Sapiens2", ("", "backbone."), _sapiens2_rules, _sapiens2_fields, {"none": "Sapiens2Model"},
+                       "pooler_output", anchor="patch_embed.projection.", also=("last_hidden_state",)),
     "aimv2": Family("AIMv2 vision tower", ("vision_model.", ""), _aimv2_rules, _aimv2_fields,
                     {"none": "Aimv2VisionModel"}, "pooler_output", also=("last_hidden_state",),
                     float32_inside="transformers' Aimv2RMSNorm normalises in float32 whatever the model's dtype",
@@ -303,6 +330,18 @@ VISION_CONFIG_OF = {
 # model types whose config.json nests a vision_config
 DUAL_ENCODERS = ("clip", "siglip", "metaclip_2", "aimv2", "siglip2")
 HEAD_KEYS = ("classifier.", "cls_classifier.", "distillation_classifier.")
+# ViT-family model types that are refused, with the feature vit_hf lacks
+NOT_SUPPORTED = {
+    "siglip2": "NaFlex input (patches with spatial_shapes and a pixel attention mask, positions resized per image)",
+    "siglip2_vision_model": "NaFlex input (patches with spatial_shapes and a pixel attention mask, positions resized "
+                            "per image)",
+    "beit": "relative position bias (per block or shared)",
+    "data2vec-vision": "relative position bias (per block or shared)",
+    "mlcd_vision_model": "rotary embeddings with a learned rotation for the class token (class_pos_emb), q/k rotated "
+                         "in float32",
+    "radio": "several class tokens and a cropped, resampled position table",
+    "dinov3_convnext": "a ConvNeXt, not a ViT",
+}
 
 
 def family_of(model_type: str | None) -> tuple[str, Family]:
@@ -316,6 +355,8 @@ def family_of(model_type: str | None) -> tuple[str, Family]:
     if key not in FAMILIES:
         if not model_type:
             raise ConversionError("config.json has no model_type: not a transformers model folder")
+        if model_type in NOT_SUPPORTED:
+            raise ConversionError(f"{model_type} is not supported: {NOT_SUPPORTED[model_type]}")
         supported = ", ".join(sorted(set(FAMILIES) | set(VISION_CONFIG_OF)))
         raise ConversionError(f"{model_type} is not a plain ViT: model_type must be one of {supported}")
     return key, FAMILIES[key]
@@ -389,11 +430,12 @@ def split_backbone(
     state: Mapping[str, torch.Tensor], family: Family
 ) -> tuple[str, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(backbone prefix, backbone tensors with the prefix removed, top-level tensors: heads, other towers)."""
-    prefix = next((p for p in family.prefixes if any(k.startswith(p + "embeddings.") for k in state)), None)
+    anchor = family.anchor
+    prefix = next((p for p in family.prefixes if any(k.startswith(p + anchor) for k in state)), None)
     if prefix is None:
         raise ConversionError(
             f"no {family.name} embeddings in the weights (looked for "
-            f"{' or '.join(p + 'embeddings.*' for p in family.prefixes)}): is config.json from the same checkpoint?"
+            f"{' or '.join(p + anchor + '*' for p in family.prefixes)}): is config.json from the same checkpoint?"
         )
     backbone, top = {}, {}
     for key, tensor in state.items():
@@ -527,10 +569,17 @@ def make_processor(info: dict, config: VitHfConfig, args: Options):
         from vit_hf import VitHfImageProcessor
 
         return VitHfImageProcessor.from_model_config(config), "preprocessing: vit_hf defaults (no converter support)"
-    base, note = None, None
+    base, note, given = None, None, any(v is not None for v in flags.values())
     if info["preprocessor"] is not None:
-        base, note = processor_from_transformers(info["preprocessor"], config)
-    if base is None or any(v is not None for v in flags.values()):
+        try:
+            base, note = processor_from_transformers(info["preprocessor"], config)
+        except ConversionError as e:  # e.g. Sapiens2's box-cropping processor: the flags may state what to use
+            if not given:
+                raise ConversionError(f"{e}: state the preprocessing with --crop-pct, --interpolation, --mean and "
+                                      f"--std instead") from None
+            base, note = processor_from_flags(config, **flags)
+            return base, f"{note}; the source's processor is not reproduced ({e})"
+    if base is None or given:
         base, note = processor_from_flags(config, **flags, base=base)
     return base, note
 
@@ -577,10 +626,11 @@ def source_markdown(folder: Path, info: dict, args: Options, processor_note: str
     import transformers
 
     architectures = ", ".join(info["raw"].get("architectures") or [])
+    outputs = ", ".join((info["compared"], *info.get("also", ())))
     rows = [
         ("format", f"transformers `{info['raw'].get('model_type')}` ({architectures})"),
         ("weights", f"`{info['weights_file']}`"),
-        ("reproduces", f"transformers {transformers.__version__} `{info['source_class']}` ({', '.join((info['compared'], *info.get('also', ())))})"),
+        ("reproduces", f"transformers {transformers.__version__} `{info['source_class']}` ({outputs})"),
         ("preprocessing", processor_note.removeprefix("preprocessing: ")),
     ]
     rows += [("family switches", _switches_text(info["config"]))] if _switches_text(info["config"]) else []

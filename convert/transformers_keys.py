@@ -1,4 +1,4 @@
-"""Declarative transformers -> vit_hf key tables for the plain-ViT families (reference/hub-checkpoint-formats.md §2).
+"""Declarative transformers -> vit_hf key tables for the plain-ViT families.
 
 Keys are the names on disk (what `save_pretrained` writes and Hub repos hold: transformers 5 renames modules in
 memory but reads and writes these), after the backbone prefix (`vit.`, `deit.`, `dinov2.`, `vision_model.`) is
@@ -125,17 +125,18 @@ CLIP_TOWER = [
 def _split_qkv(source: str, target: str, biases: str) -> list[Rule]:
     """q/k/v weights fused into `attn.qkv`; biases fused too (`"fused"`), or q and v kept apart beside a key without
     bias (`"split"`: vit_hf's `attn.q_bias` / `attn.v_bias`, `key_bias=False`), or none (`"none"`)."""
-    names = ("q", "k", "v")
-    rules = [Rule(source.format(n=n) + ".weight", target + ".qkv.weight", part=k, parts=3) for k, n in enumerate(names)]
+    fused = _fused(source.replace("{{i}}", "{i}"), target + ".qkv", ("q", "k", "v"))
     if biases == "fused":
-        rules += [Rule(source.format(n=n) + ".bias", target + ".qkv.bias", part=k, parts=3) for k, n in enumerate(names)]
-    elif biases == "split":
-        rules += [Rule(source.format(n=n) + ".bias", f"{target}.{n}_bias") for n in ("q", "v")]
-    return rules
+        return fused
+    weights = [r for r in fused if r.source.endswith(".weight")]
+    if biases == "none":
+        return weights
+    return weights + [Rule(source.format(n=n) + ".bias", f"{target}.{n}_bias") for n in ("q", "v")]
 
 
 def dinov3_rules(gated: bool, biases: str) -> list[Rule]:
-    mlp = "layer.{i}.mlp.{n}_proj"
+    mlp = _fused("layer.{i}.mlp.{n}_proj", "blocks.{i}.mlp.fc1", ("gate", "up")) if gated else \
+        _wb("layer.{i}.mlp.up_proj", "blocks.{i}.mlp.fc1")
     return [
         Rule("embeddings.cls_token", "cls_token"),
         Rule("embeddings.register_tokens", "reg_token"),
@@ -148,8 +149,29 @@ def dinov3_rules(gated: bool, biases: str) -> list[Rule]:
         Rule("layer.{i}.layer_scale1.lambda1", "blocks.{i}.ls1.gamma"),
         Rule("layer.{i}.layer_scale2.lambda1", "blocks.{i}.ls2.gamma"),
         # [gate; up] rows: vit_hf's gated fc1 (timm GluMlp(gate_last=False))
-        *(_fused(mlp, "blocks.{i}.mlp.fc1", ("gate", "up")) if gated else _wb("layer.{i}.mlp.up_proj", "blocks.{i}.mlp.fc1")),
+        *mlp,
         *_wb("layer.{i}.mlp.down_proj", "blocks.{i}.mlp.fc2"),
+    ]
+
+
+def sapiens2_rules(biases: str) -> list[Rule]:
+    """Sapiens2 checkpoints keep the original names (transformers renames them at load): `blocks.{i}.attn.wq`,
+    `ffn.w12` = [gate; up] (transformers chunks it in that order), `attn.gamma` = the attention branch's LayerScale,
+    `ln1` / `ln2` RMSNorms, `storage_tokens` = registers, a top-level `ln1` = the final norm."""
+    return [
+        Rule("cls_token", "cls_token"),
+        Rule("storage_tokens", "reg_token"),
+        *_wb("patch_embed.projection", "patch_embed.proj"),
+        Rule("ln1.weight", "norm.weight"),
+        Rule("blocks.{i}.ln1.weight", "blocks.{i}.norm1.weight"),
+        Rule("blocks.{i}.ln2.weight", "blocks.{i}.norm2.weight"),
+        *_split_qkv("blocks.{{i}}.attn.w{n}", "blocks.{i}.attn", biases),  # k / v rows: the block's kv heads
+        Rule("blocks.{i}.attn.q_norm.weight", "blocks.{i}.attn.q_norm.weight"),
+        Rule("blocks.{i}.attn.k_norm.weight", "blocks.{i}.attn.k_norm.weight"),
+        *_wb("blocks.{i}.attn.proj", "blocks.{i}.attn.proj"),
+        Rule("blocks.{i}.attn.gamma.weight", "blocks.{i}.ls1.gamma"),
+        *_wb("blocks.{i}.ffn.w12", "blocks.{i}.mlp.fc1"),
+        *_wb("blocks.{i}.ffn.w3", "blocks.{i}.mlp.fc2"),
     ]
 
 

@@ -572,3 +572,17 @@ def test_sigkill_while_writing_leaves_out_dir_as_it_was(tiny_folder, tmp_path, c
     code, _, err = convert([tiny_folder, out, "--image-size", "48"], capsys)
     assert code == 0, err
     assert json.loads((out / "config.json").read_text())["image_size"] in (48, [48, 48])
+
+
+def test_gated_repo_advice_works(online, tmp_path, capsys):
+    """A gated repo: the line says to accept its terms and log in; once the user (the token's, HF_TOKEN) is granted
+    access, as accepting the terms does, it converts."""
+    code, _, err = convert(["bob/gated-vit", tmp_path / "refused"], capsys)
+    assert code == 2 and "bob/gated-vit is gated: accept its terms on the Hub, then log in" in err, err
+    online.set_gated("bob/gated-vit", granted=("tester",))
+    try:
+        code, _, err = convert(["bob/gated-vit", tmp_path / "out"], capsys)
+    finally:
+        online.set_gated("bob/gated-vit")
+    assert code == 0, err
+    assert (tmp_path / "out" / "model.safetensors").is_file() and not (tmp_path / "refused").exists()

@@ -1,15 +1,22 @@
-"""`vit_hf.train` learns as well as forty lines of plain PyTorch given the same model, data and recipe (issue 16).
+"""`vit_hf.train` learns as well as forty lines of plain PyTorch given the same model, data and recipe.
 
 Real data: scikit-learn's handwritten digits, 8x8 upscaled (nearest) to 16x16 RGB, written as PNG image folders whose
 class names do not sort in numeric order (the plain loop maps them by name, `vit_hf.train` by its own label logic, so
 a label-mapping slip shows). A small ViT with fixed 2-D sin-cos positions. The plain loop below shares nothing with
 `vit_hf.train` but the starting weights: its own tensors, parameter groups, schedule, head init and shuffling.
 
-- From random weights: the recipe of issue 16 (AdamW 1e-3, weight decay 0.05 on matrices, 10 % warm-up then cosine,
-  batch 32, fp32, no clipping, no augmentation). A zero-initialised new head (the defect of issue 16) lands ~60
-  points lower; seeds move the plain loop by about a point (93.3-94.7 % over seeds 1-3).
-- Fine-tuning: a trunk trained on digits 0-4, fine-tuned on digits 5-9 with a new head (mean of two seeds).
-- Mechanics: fed the same batches, the two loops' per-step losses agree to float rounding.
+Two kinds of test, for two kinds of defect:
+- Mechanics (`test_same_batches_same_losses`, exact): fed the same batches, the two loops' per-step losses agree to
+  float rounding. A wrong schedule, parameter group, step accounting or transform changes the losses within a few
+  steps, whatever the CPU.
+- Accuracy (`test_from_scratch_*`, `test_finetuning_*`, statistical): what the mechanics test cannot see (the new
+  head's init, the label mapping, the data pipeline, evaluation) shows as a loop that learns worse. One training run
+  per loop, and `vit_hf.train` must not land more than a margin below the plain loop. fp32 kernels differ between CPU
+  generations (AVX2, AVX-512, AVX-512-BF16, ARM, and thread counts), which makes every run a different trajectory, as
+  another seed does: so the margin is set from the seed-to-seed spread of the difference, measured below, and not
+  from one machine's pair of numbers.
+
+SPREAD
 """
 
 from __future__ import annotations
@@ -32,6 +39,9 @@ from vit_hf.train.data import EpochShuffleSampler
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 SIDE = 16
 RECIPE = dict(learning_rate=1e-3, weight_decay=0.05, warmup_fraction=0.1, batch_size=32, epochs=15)
+# How far below the plain loop `vit_hf.train` may end: from the measured spread (module docstring)
+MARGIN_FROM_SCRATCH = MFS
+MARGIN_FINETUNING = MFT
 
 
 @pytest.fixture(autouse=True)
@@ -85,7 +95,7 @@ def sincos_table(side: int, dim: int) -> torch.Tensor:
 
 
 def random_vit(folder: Path, seed: int = 0) -> Path:
-    """Issue 16's model (width 96, depth 4, 4 heads, patch 4, class token), positions set to a sin-cos table."""
+    """The parity model (width 96, depth 4, 4 heads, patch 4, class token), positions set to a sin-cos table."""
     torch.manual_seed(seed)
     config = VitHfConfig(image_size=SIDE, patch_size=4, hidden_size=96, num_hidden_layers=4, num_attention_heads=4,
                          intermediate_size=384, num_labels=10)
@@ -117,9 +127,9 @@ def plain_optimizer(model: nn.Module, recipe: dict, total_steps: int):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup))
 
 
-def plain_train(model_dir: Path, data: Path, recipe: dict, seed: int = 0) -> tuple[float, nn.Module]:
-    """Train with plain PyTorch and a new head (as timm and transformers make one); returns (validation accuracy, the
-    trained model)."""
+def plain_train(model_dir: Path, data: Path, recipe: dict, seed: int = 0) -> tuple[list[float], nn.Module]:
+    """Train with plain PyTorch and a new head (as timm and transformers make one); returns (validation accuracy after
+    each epoch, the trained model)."""
     torch.manual_seed(seed)
     model = VitHfForImageClassification.from_pretrained(model_dir, attn_implementation="eager")
     classes = [n for n in NAMES if (data / "train" / n).is_dir()]
@@ -131,22 +141,25 @@ def plain_train(model_dir: Path, data: Path, recipe: dict, seed: int = 0) -> tup
     model.config.label2id = {n: i for i, n in enumerate(classes)}
     steps_per_epoch = math.ceil(len(x) / recipe["batch_size"])
     optimizer, scheduler = plain_optimizer(model, recipe, recipe["epochs"] * steps_per_epoch)
-    model.train()
+    accuracies = []
     for _ in range(recipe["epochs"]):
+        model.train()
         for batch in torch.randperm(len(x)).split(recipe["batch_size"]):
             loss = F.cross_entropy(model(x[batch]).logits, y[batch])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             scheduler.step()
-    model.eval()
-    with torch.no_grad():
-        return (model(x_val).logits.argmax(-1) == y_val).float().mean().item(), model
+        model.eval()
+        with torch.no_grad():
+            accuracies.append((model(x_val).logits.argmax(-1) == y_val).float().mean().item())
+    return accuracies, model
 
 
-def vit_hf_train(model_dir: Path, data: Path, out: Path, recipe: dict, *extra: str) -> dict:
+def vit_hf_train(model_dir: Path, data: Path, out: Path, recipe: dict, *extra: str) -> list[float]:
+    """Train with `vit_hf.train`; returns its validation accuracy after each epoch (the last is `eval_accuracy`)."""
     steps = recipe["epochs"] * math.ceil(len(list((data / "train").glob("*/*.png"))) / recipe["batch_size"])
-    return train_mod.main([
+    results = train_mod.main([
         "--model_name_or_path", str(model_dir), "--train_dir", str(data / "train"),
         "--validation_dir", str(data / "validation"), "--output_dir", str(out), "--seed", "0",
         "--learning_rate", str(recipe["learning_rate"]), "--weight_decay", str(recipe["weight_decay"]),
@@ -155,6 +168,22 @@ def vit_hf_train(model_dir: Path, data: Path, out: Path, recipe: dict, *extra: s
         "--crop_pct", "1.0", "--train_crop_scale", "1.0", "1.0", "--train_hflip", "0", "--max_grad_norm", "0",
         "--mixed_precision", "no", "--attn_implementation", "eager", "--logging_steps", "1", *extra,
     ])
+    history = json.loads((out / "log_history.json").read_text())
+    accuracies = [entry["eval_accuracy"] for entry in history if "eval_accuracy" in entry and "epoch" in entry]
+    assert accuracies and accuracies[-1] == results["eval_accuracy"]
+    return accuracies
+
+
+def compare(name: str, plain: list[float], ours: list[float], margin: float, floor: float) -> None:
+    """The accuracy check: the plain loop learned (else the comparison says nothing), and `vit_hf.train` ends no more
+    than `margin` below it. Both curves are printed, epoch by epoch, for the record and for a failure's reader."""
+    print(f"{name}: per-epoch validation accuracy\n  plain  {' '.join(f'{a:.3f}' for a in plain)}\n"
+          f"  vit_hf {' '.join(f'{a:.3f}' for a in ours)}")
+    assert plain[-1] > floor, f"the plain loop itself did not learn ({plain[-1]:.4f}): the comparison would say nothing"
+    assert ours[-1] >= plain[-1] - margin, (
+        f"vit_hf.train ends at {ours[-1]:.4f}, more than {margin:.2f} below the plain loop's {plain[-1]:.4f} "
+        f"(the measured seed-to-seed spread makes that a defect, not noise)"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -168,35 +197,29 @@ def all_digits(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # two 15-epoch trainings: minutes on a quiet 2-core machine, more on a busy one
-def test_from_scratch_matches_plain_loop(all_digits, tmp_path):
-    """Issue 16's defect (a zero-initialised new head) cost ~60 points here: this comparison is what catches it."""
+@pytest.mark.timeout(1800)  # two 15-epoch trainings: a minute on a quiet 2-core machine, more on a busy one
+def test_from_scratch_learns_as_the_plain_loop(all_digits, tmp_path):
+    """From random weights, one run per loop (seed 0). A zero-initialised new head lands 43 points lower, a label
+    slip at chance: both far outside MARGIN_FROM_SCRATCH."""
     start = random_vit(tmp_path / "start")
     plain, _ = plain_train(start, all_digits, RECIPE)
-    ours = vit_hf_train(start, all_digits, tmp_path / "out", RECIPE)["eval_accuracy"]
-    print(f"from scratch: plain {plain:.4f}, vit_hf.train {ours:.4f}")
-    assert plain > 0.8, "the plain loop itself did not learn: the comparison would say nothing"
-    assert abs(ours - plain) <= 0.02, (ours, plain)
+    ours = vit_hf_train(start, all_digits, tmp_path / "out", RECIPE)
+    compare("from scratch", plain, ours, MARGIN_FROM_SCRATCH, floor=0.8)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_finetuning_matches_plain_loop(tmp_path):
-    """A trunk trained on digits 0-4 (plain loop), fine-tuned on digits 5-9 with a new head by both loops. 180
-    validation images: one seed moves either loop by up to ~4 points here (measured: plain 94.4-95.6 %, vit_hf.train
-    91.1-96.7 % over seeds 0-2), so each loop is scored by its mean over two seeds."""
+def test_finetuning_learns_as_the_plain_loop(tmp_path):
+    """A trunk trained on digits 0-4 (plain loop), fine-tuned on digits 5-9 with a new head by both loops, one run
+    each (seed 0)."""
     source = write_digits(tmp_path / "source", (0, 1, 2, 3, 4))
     target = write_digits(tmp_path / "target", (5, 6, 7, 8, 9))
     source_accuracy, trained = plain_train(random_vit(tmp_path / "start"), source, RECIPE)
-    assert source_accuracy > 0.8
+    assert source_accuracy[-1] > 0.8
     trained.save_pretrained(tmp_path / "pretrained")
-    seeds = (0, 1)
-    plain = sum(plain_train(tmp_path / "pretrained", target, RECIPE, seed=s)[0] for s in seeds) / len(seeds)
-    ours = sum(vit_hf_train(tmp_path / "pretrained", target, tmp_path / f"out{s}", RECIPE, "--seed", str(s))
-               ["eval_accuracy"] for s in seeds) / len(seeds)
-    print(f"fine-tuning: plain {plain:.4f}, vit_hf.train {ours:.4f} (source task {source_accuracy:.4f})")
-    assert plain > 0.85, "the plain loop itself did not learn: the comparison would say nothing"
-    assert abs(ours - plain) <= 0.02, (ours, plain)
+    plain, _ = plain_train(tmp_path / "pretrained", target, RECIPE)
+    ours = vit_hf_train(tmp_path / "pretrained", target, tmp_path / "out", RECIPE)
+    compare("fine-tuning", plain, ours, MARGIN_FINETUNING, floor=0.85)
 
 
 def test_same_batches_same_losses(all_digits, tmp_path):

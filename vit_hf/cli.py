@@ -42,8 +42,8 @@ def hub_revision(text: str, revision: str | None) -> tuple[str, str | None]:
 
 def respell_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
     """`argv` with each long flag the parser does not know, but knows with `_` and `-` swapped, in the parser's
-    spelling (`--image_size 32` -> `--image-size 32`, `--push-to-hub=x` -> `--push_to_hub=x`). Values and unknown
-    flags are left as they are (argparse reports those).
+    spelling (`--image_size 32` -> `--image-size 32`, `--push-to-hub=x` -> `--push_to_hub=x`; abbreviations too, as
+    argparse allows them). Values and unknown flags are left as they are (argparse reports those).
 
     For a parser built elsewhere (the training script): `parser.parse_args(respell_flags(parser, sys.argv[1:]))`.
     """
@@ -55,9 +55,9 @@ def respell_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[
             out.append(token)
             continue
         flag, eq, value = token.partition("=")
-        if flag not in known:
+        if not any(k.startswith(flag) for k in known):  # neither a flag nor an abbreviation argparse would take
             for other in ("--" + flag[2:].replace("_", "-"), "--" + flag[2:].replace("-", "_")):
-                if other in known:
+                if any(k.startswith(other) for k in known):
                     flag = other
                     break
         out.append(flag + eq + value)

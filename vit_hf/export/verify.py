@@ -2,9 +2,10 @@
 
 - float32: seeded random pixels at every shape the graph accepts that matters (batch sizes with `--dynamic-batch`,
   other and non-square grids with `--dynamic-size`) and the real test images; max abs logit difference <= 1e-4.
-- real data: the test split of scikit-learn's handwritten digits, the one `vit_hf.data.prepare_sklearn_digits` makes
-  (stratified 20 %, seed 0, 8x8 -> 16x16 bicubic; 360 images), through the model's own image processor. Top-1
-  agreement of each ONNX model with PyTorch, and accuracy when the model's labels are the digits 0-9.
+- real data: the test split of scikit-learn's handwritten digits, the one
+  `vit_hf.train.data.prepare_sklearn_digits` makes (stratified 20 %, seed 0, 8x8 -> 16x16 bicubic; 360 images),
+  through the model's own image processor. Top-1 agreement of each ONNX model with PyTorch, and accuracy when the
+  model's labels are the digits 0-9.
 """
 
 from __future__ import annotations
