@@ -332,9 +332,6 @@ DUAL_ENCODERS = ("clip", "siglip", "metaclip_2", "aimv2", "siglip2")
 HEAD_KEYS = ("classifier.", "cls_classifier.", "distillation_classifier.")
 # ViT-family model types that are refused, with the feature vit_hf lacks
 NOT_SUPPORTED = {
-    "siglip2": "NaFlex input (patches with spatial_shapes and a pixel attention mask, positions resized per image)",
-    "siglip2_vision_model": "NaFlex input (patches with spatial_shapes and a pixel attention mask, positions resized "
-                            "per image)",
     "beit": "relative position bias (per block or shared)",
     "data2vec-vision": "relative position bias (per block or shared)",
     "mlcd_vision_model": "rotary embeddings with a learned rotation for the class token (class_pos_emb), q/k rotated "
