@@ -202,6 +202,14 @@ def test_converted_folder_reproduces_transformers_from_image_to_pooler_output(tm
         got = model(**{**ours_in, "pixel_values": ours_in["pixel_values"].double()}).pooler_output
         expected = source(**{**theirs_in, "pixel_values": theirs_in["pixel_values"].double()}).pooler_output
     assert (got - expected).abs().max().item() <= 1e-6
+    # transformers' AutoImageProcessor is its torchvision class: resize_backend="torch" gives its pixels (6e-8)
+    processor.resize_backend = "torch"
+    ours_in, theirs_in = processor(batch), AutoImageProcessor.from_pretrained(src)(batch, return_tensors="pt")
+    assert type(AutoImageProcessor.from_pretrained(src)).__name__ == "Siglip2ImageProcessor"
+    with torch.no_grad():
+        got = model(**{**ours_in, "pixel_values": ours_in["pixel_values"].double()}).pooler_output
+        expected = source(**{**theirs_in, "pixel_values": theirs_in["pixel_values"].double()}).pooler_output
+    assert (got - expected).abs().max().item() <= 1e-5
 
 
 def test_a_model_that_differs_is_refused_by_verify(tmp_path):
