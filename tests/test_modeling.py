@@ -430,8 +430,12 @@ def test_dinov2_resampling_is_transformers_own_in_float32(algorithm, embeddings)
         ours = resample_position_embedding(table, (7, 7), (h // 8, w // 8), 1, algorithm)
         assert ours.dtype == torch.float64
         assert torch.equal(ours, expected.reshape(ours.shape)), (h, w)
-    # the same interpolation computed in float64 ("hf" / "timm") is ~1e-7 away: the float32 rounding is the point
-    in_float64 = resample_position_embedding(table, (7, 7), (10, 10), 1, "hf" if algorithm == "hf_dinov2" else "timm")
+    # the same interpolation computed in float64 is ~1e-7 away: the float32 rounding is the point ("timm" runs in
+    # float32 too, as timm's resample_abs_pos_embed does, so the float64 reference is computed here)
+    grid = table[:, 1:].reshape(1, 7, 7, 8).permute(0, 3, 1, 2)
+    grid = torch.nn.functional.interpolate(grid, size=(10, 10), mode="bicubic", antialias=algorithm == "hf_dinov2_reg")
+    in_float64 = torch.cat([table[:, :1], grid.permute(0, 2, 3, 1).reshape(1, 100, 8)], dim=1)
+    ours = resample_position_embedding(table, (7, 7), (10, 10), 1, algorithm)
     assert 0 < (in_float64 - ours).abs().max() < 1e-5
 
 

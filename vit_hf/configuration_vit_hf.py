@@ -260,8 +260,9 @@ class VitHfConfig(ConfigSavedByVersion, BackboneConfigMixin, PretrainedConfig):
         rope_grid_offset: added to the patch coordinates (PE: 1.0; dinov3: to the centres before normalising).
         rope_ref_grid: `(h, w)`; `"cat"` coordinates are rescaled so that any grid spans this one (EVA02's
             `ref_feat_shape`: 16x16 for 224 px / 14).
-        rope_numerics: whose float rounding of the table is reproduced, `"timm"` or `"transformers"` (DINOv3 only:
-            the same angles computed in float32 throughout, as `DINOv3ViTRopePositionEmbedding`).
+        rope_numerics: whose float rounding of the table is reproduced (the maths is the same): `"timm"` ('cat' and
+            'mixed' tables computed in float32, 'dinov3' in the model's precision from float32 coordinates and periods)
+            or `"transformers"` ('dinov3' only: float32 throughout, as `DINOv3ViTRopePositionEmbedding`).
         rope_shift_coords / rope_jitter_coords / rope_rescale_coords: DINOv3's training-time coordinate augmentation
             (uniform shift in [-s, s]; log-uniform per-axis scale in [1/j, j]; log-uniform shared scale in [1/r, r]);
             `None` disables each; never applied in eval mode.
