@@ -41,6 +41,7 @@ SUITES: dict[str, tuple[str, list[str], str]] = {
     "load": ("bench.load", [], "from_pretrained time and peak memory"),
     "convert": ("bench.convert", [], "timm / npz -> vit_hf conversion time and peak memory"),
     "onnx": ("bench.onnx", [], "onnxruntime fp32 / int8 vs PyTorch eager fp32 / bf16, int8 accuracy on real digits"),
+    "naflex": ("bench.naflex", [], "NaFlex batch of mixed grids vs transformers' Siglip2VisionModel, same weights"),
     "device_check": ("bench.device_check", [], "the whole comparison on one device, one markdown table"),
     "profile": ("bench.profile_ops", [], "torch.profiler op table of one case, to explain a gap"),
     "report": ("bench.report", [], "results -> markdown tables (--summary: one row per case)"),

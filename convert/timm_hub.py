@@ -49,7 +49,7 @@ def check_architecture(arch: str) -> None:
             f"pip install -U timm)"
         )
     module = model_entrypoint(arch).__module__
-    if module in PLAIN_VIT_MODULES:
+    if module in PLAIN_VIT_MODULES or module == "timm.models.naflexvit":  # NaFlexViT: convert/siglip2.py checks it
         return
     short = module.rsplit(".", 1)[-1]
     family = FAMILIES.get(short, short)
@@ -100,6 +100,9 @@ def convert_timm_folder(
     if not isinstance(arch, str):
         raise ConversionError(f"{folder / 'config.json'} names no `architecture`: not a timm model folder")
     check_architecture(arch)
+    from convert.siglip2 import convert_naflex_folder, is_naflex_architecture
+    if is_naflex_architecture(arch):  # NaFlexViT (SigLIP2): convert/siglip2.py
+        return convert_naflex_folder(folder, out_dir, opts, config)
     weights = weights_file(folder)
     check_paths(weights, out_dir)
     check_push(opts)

@@ -36,6 +36,7 @@ from convert.common import (
     parity_markdown,
     read_privately,
 )
+from convert.siglip2 import siglip2_fields
 from convert.transformers_keys import (
     CLIP_TOWER,
     DINOV2_BLOCKS,
@@ -316,20 +317,21 @@ FAMILIES = {
                     {"none": "Aimv2VisionModel"}, "pooler_output", also=("last_hidden_state",),
                     float32_inside="transformers' Aimv2RMSNorm normalises in float32 whatever the model's dtype",
                     resizable=False),
+    # NaFlex: fields, processor and --verify in convert/siglip2.py
+    "siglip2": Family("SigLIP2 vision tower", ("vision_model.", ""), CLIP_TOWER, siglip2_fields,
+                      {"none": "Siglip2VisionModel"}, "pooler_output", resizable=False),
 }
 # Full dual-encoder repos and their vision-only configs: the vision config is the one to read
 VISION_CONFIG_OF = {
     "clip": "clip", "clip_vision_model": "clip", "siglip": "siglip", "siglip_vision_model": "siglip",
     "metaclip_2": "metaclip_2", "metaclip_2_vision_model": "metaclip_2", "aimv2": "aimv2",
-    "aimv2_vision_model": "aimv2",
+    "aimv2_vision_model": "aimv2", "siglip2": "siglip2", "siglip2_vision_model": "siglip2",
 }
-DUAL_ENCODERS = ("clip", "siglip", "metaclip_2", "aimv2")  # model types whose config.json nests a vision_config
+# model types whose config.json nests a vision_config
+DUAL_ENCODERS = ("clip", "siglip", "metaclip_2", "aimv2", "siglip2")
 HEAD_KEYS = ("classifier.", "cls_classifier.", "distillation_classifier.")
 # ViT-family model types that are refused, with the feature vit_hf lacks
 NOT_SUPPORTED = {
-    "siglip2": "NaFlex input (patches with spatial_shapes and a pixel attention mask, positions resized per image)",
-    "siglip2_vision_model": "NaFlex input (patches with spatial_shapes and a pixel attention mask, positions resized "
-                            "per image)",
     "beit": "relative position bias (per block or shared)",
     "data2vec-vision": "relative position bias (per block or shared)",
     "mlcd_vision_model": "rotary embeddings with a learned rotation for the class token (class_pos_emb), q/k rotated "
@@ -555,6 +557,9 @@ def make_processor(info: dict, config: VitHfConfig, args: Options):
     """The source's preprocessing (its preprocessor_config.json), with --crop-pct/--interpolation/--mean/--std over
     it; without one, the flags over timm's ViT defaults (the note says which were assumed)."""
     flags = {k: getattr(args, k, None) for k in ("crop_pct", "interpolation", "mean", "std")}
+    if info["family_key"] == "siglip2":  # NaFlex
+        from convert.siglip2 import processor_from_siglip2
+        return processor_from_siglip2(info["preprocessor"], config, flags)
     try:
         from convert.preprocessing import processor_from_flags, processor_from_transformers
     except ImportError:  # pragma: no cover - engineer C's module not there: the model's own defaults
@@ -659,6 +664,8 @@ def convert_transformers_folder(folder: str | Path, out_dir: str | Path, **optio
     parity = None
     if getattr(args, "verify", False):
         from convert.transformers_verify import verify
+        if info["family_key"] == "siglip2":  # NaFlex inputs
+            from convert.siglip2 import verify_siglip2 as verify
 
         parity = verify(folder, info, processor)
     card = dict(

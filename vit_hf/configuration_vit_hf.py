@@ -51,6 +51,9 @@ POS_EMBED_INTERPOLATIONS: dict[str, tuple[str, bool, bool, bool]] = {
     "hf": ("bicubic", False, False, False),  # transformers ViTEmbeddings.interpolate_pos_encoding
     "hf_dinov2": ("bicubic", False, False, True),  # transformers Dinov2Embeddings.interpolate_pos_encoding
     "hf_dinov2_reg": ("bicubic", False, True, True),  # transformers Dinov2WithRegistersEmbeddings
+    # NaFlex (naflex_vit_hf.naflex_positions): per image, bilinear antialiased, float32
+    "hf_siglip2": ("bilinear", False, True, True),  # transformers Siglip2VisionEmbeddings (a weight matrix, always)
+    "timm_naflex": ("bilinear", False, True, True),  # timm NaFlexEmbeds (F.interpolate, skipped at the stored grid)
 }
 # Activation names are transformers' ACT2FN keys; the timm / JAX spellings people type are accepted too.
 _ACT_ALIASES = {"gelu_tanh": "gelu_pytorch_tanh", "gelu_exact": "gelu", "quickgelu": "quick_gelu"}
@@ -204,7 +207,8 @@ class VitHfConfig(ConfigSavedByVersion, BackboneConfigMixin, PretrainedConfig):
         pos_embed_type: `"learned"`, `"sincos2d"` (fixed MoCo-v3 / big_vision table, not stored) or `"none"`.
         pos_embed_interpolation: algorithm used to resample the position table at run time
             (`interpolate_pos_encoding=True`) and by `resize_position_embeddings`: one of `"timm"`, `"timm_npz"`,
-            `"google"`, `"hf"`, `"hf_dinov2"`, `"hf_dinov2_reg"` (see `POS_EMBED_INTERPOLATIONS`).
+            `"google"`, `"hf"`, `"hf_dinov2"`, `"hf_dinov2_reg"`, `"hf_siglip2"`, `"timm_naflex"` (see
+            `POS_EMBED_INTERPOLATIONS`); NaFlex inputs resample with it per image (naflex_vit_hf.py).
         dynamic_img_size: resample the stored position table to every input's grid at run time, as if
             `interpolate_pos_encoding=True` were always passed (timm `dynamic_img_size`; transformers' DINOv2
             does this at every call). `image_size` stays the stored table's size.

@@ -31,15 +31,11 @@ from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.processing_utils import ImagesKwargs
 
 from .configuration_vit_hf import ProcessorSavedByVersion
+from .naflex_processing_vit_hf import NaFlexTransform, describe_naflex, naflex_batch
 
 # timm / torchvision interpolation names -> PIL filters
 RESAMPLE = {
-    "nearest": PIL.Image.Resampling.NEAREST,
-    "bilinear": PIL.Image.Resampling.BILINEAR,
-    "bicubic": PIL.Image.Resampling.BICUBIC,
-    "lanczos": PIL.Image.Resampling.LANCZOS,
-    "box": PIL.Image.Resampling.BOX,
-    "hamming": PIL.Image.Resampling.HAMMING,
+    name: PIL.Image.Resampling[name.upper()] for name in ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 }
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
@@ -57,14 +53,14 @@ class VitHfImagesKwargs(ImagesKwargs, total=False):
     train_crop_ratio: Sequence[float]
     train_hflip: float
     resize_backend: str
+    max_num_patches: int | None
+    patch_size: int | None
 
 
 def _resample_filter(resample: int | str) -> int:
-    if isinstance(resample, str):
-        if resample not in RESAMPLE:
-            raise ValueError(f"unknown resample {resample!r}: choose one of {sorted(RESAMPLE)}")
-        return int(RESAMPLE[resample])
-    return int(resample)
+    if isinstance(resample, str) and resample not in RESAMPLE:
+        raise ValueError(f"unknown resample {resample!r}: choose one of {sorted(RESAMPLE)}")
+    return int(RESAMPLE[resample] if isinstance(resample, str) else resample)
 
 
 def _array_to_pil(array: np.ndarray) -> PIL.Image.Image:
@@ -130,10 +126,8 @@ def convert_channels(image: PIL.Image.Image, num_channels: int) -> PIL.Image.Ima
         # taken as 16-bit.
         array = np.asarray(image, dtype=np.float64)
         peak = array.max() if array.size else 0.0
-        if image.mode.startswith("I;16") or (image.mode == "I" and peak > 255):
-            scale = 1.0 / 257.0
-        else:
-            scale = 255.0 if image.mode == "F" else 1.0
+        wide = image.mode.startswith("I;16") or (image.mode == "I" and peak > 255)
+        scale = 1.0 / 257.0 if wide else (255.0 if image.mode == "F" else 1.0)
         image = PIL.Image.fromarray(np.clip(np.rint(array * scale), 0, 255).astype(np.uint8))
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
@@ -152,12 +146,10 @@ def _prepare(image: Any, num_channels: int) -> PIL.Image.Image:
     return image
 
 
-RESCALE_255 = 1 / 255
+RESCALE_255 = 1 / 255  # ToTensor's scale
 
 
-def _to_float(
-    batch: torch.Tensor, mean: Sequence[float], std: Sequence[float], rescale_factor: float = RESCALE_255
-) -> torch.Tensor:
+def _to_float(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float], rescale_factor=RESCALE_255):
     """uint8 (..., C, H, W) -> float32 scaled by `rescale_factor`, then (x - mean) / std in float32.
 
     The default factor divides by 255 as ToTensor does (for 8-bit values the same float32 as transformers' float64
@@ -165,10 +157,8 @@ def _to_float(
     `rescale` does. Elementwise only, so a batch gives bit for bit what its images give one by one."""
     mean_t = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
     std_t = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
-    if rescale_factor == RESCALE_255:
-        scaled = batch.float().div_(255)
-    else:
-        scaled = batch.double().mul_(rescale_factor).float()
+    exact = rescale_factor == RESCALE_255
+    scaled = batch.float().div_(255) if exact else batch.double().mul_(rescale_factor).float()
     return scaled.sub_(mean_t).div_(std_t)
 
 
@@ -185,8 +175,6 @@ def _normalize(image: PIL.Image.Image, mean: Sequence[float], std: Sequence[floa
 # precision: measured within 2/255 of PIL); other filters stay on PIL whatever the resize backend.
 TORCH_MODES = {int(PIL.Image.Resampling.BILINEAR): "bilinear", int(PIL.Image.Resampling.BICUBIC): "bicubic"}
 BACKENDS = ("pil", "torch", "torch_float")
-
-
 CROP_OFFSETS = ("round", "floor")
 
 
@@ -426,6 +414,8 @@ class VitHfImageProcessor(ProcessorSavedByVersion, BaseImageProcessor):
             pixels within 2/255 of PIL's for camera-sized downscales. `"torch_float"`: rescale to float32 first,
             then torch's antialiased float interpolation (bilinear/bicubic), crop, normalise: the pixels of
             transformers' torchvision-only DINOv3ViTImageProcessor. No torchvision needed for any.
+        max_num_patches, patch_size: NaFlex (SigLIP2): aspect kept, at most `max_num_patches` patches, returned as
+            patches, `pixel_attention_mask` and `spatial_shapes` (naflex_processing_vit_hf.py); `size`, crop unused.
 
     Example:
     ```python
@@ -454,6 +444,8 @@ class VitHfImageProcessor(ProcessorSavedByVersion, BaseImageProcessor):
         resize_size: dict[str, int] | None = None,
         crop_offset: str = "round",
         rescale_factor: float = RESCALE_255,
+        max_num_patches: int | None = None,
+        patch_size: int | None = None,
         **kwargs,
     ):
         for legacy in ("do_resize", "do_rescale", "do_normalize", "do_center_crop", "crop_size"):
@@ -477,11 +469,9 @@ class VitHfImageProcessor(ProcessorSavedByVersion, BaseImageProcessor):
         self.crop_mode = crop_mode
         self.resample = _resample_filter(resample)
         if len(image_mean) != num_channels or len(image_std) != num_channels:
-            raise ValueError(
-                f"image_mean/image_std have {len(image_mean)}/{len(image_std)} values for {num_channels} channel(s)"
-            )
-        self.image_mean = [float(v) for v in image_mean]
-        self.image_std = [float(v) for v in image_std]
+            raise ValueError(f"image_mean/image_std have {len(image_mean)}/{len(image_std)} values for {num_channels} "
+                             f"channel(s)")
+        self.image_mean, self.image_std = [float(v) for v in image_mean], [float(v) for v in image_std]
         self.num_channels = num_channels
         self.train_crop_scale = [float(v) for v in train_crop_scale]
         self.train_crop_ratio = [float(v) for v in train_crop_ratio]
@@ -498,6 +488,9 @@ class VitHfImageProcessor(ProcessorSavedByVersion, BaseImageProcessor):
             raise ValueError(f"crop_offset must be one of {CROP_OFFSETS}, got {crop_offset!r}")
         self.crop_offset = crop_offset
         self.rescale_factor = float(rescale_factor)
+        if max_num_patches is not None and not (int(max_num_patches) > 0 and int(patch_size or 0) > 0):
+            raise ValueError(f"NaFlex needs max_num_patches and patch_size > 0, got {max_num_patches}, {patch_size}")
+        self.max_num_patches, self.patch_size = max_num_patches, patch_size
 
     @classmethod
     def from_model_config(cls, config, **kwargs) -> VitHfImageProcessor:
@@ -519,23 +512,18 @@ class VitHfImageProcessor(ProcessorSavedByVersion, BaseImageProcessor):
             getattr(self, "resize_size", None), getattr(self, "crop_offset", "round"), self._rescale_factor(),
         )
 
-    def train_transforms(self) -> TrainTransform:
-        return TrainTransform(
-            self.size,
-            self.resample,
-            self.image_mean,
-            self.image_std,
-            self.num_channels,
-            self.train_crop_scale,
-            self.train_crop_ratio,
-            self.train_hflip,
-            self._rescale_factor(),
-        )
+    def train_transforms(self) -> TrainTransform | NaFlexTransform:
+        tf = TrainTransform(self.size, self.resample, self.image_mean, self.image_std, self.num_channels,
+                            self.train_crop_scale, self.train_crop_ratio, self.train_hflip, self._rescale_factor())
+        limit = getattr(self, "max_num_patches", None)  # NaFlex: a dict per image (naflex_collate batches them)
+        return NaFlexTransform(self.eval_transforms(), self.patch_size, limit, tf) if limit else tf
 
     def describe_eval(self, channels: bool = True) -> str:
         """The eval transform in one sentence (model cards, converter notes); `channels=False` leaves out the
         channel conversion."""
         tf = self.eval_transforms()
+        if getattr(self, "max_num_patches", None):
+            return describe_naflex(tf, self.patch_size, self.max_num_patches)
         (h, w), resize = tf.size, tf.resize_size
         filt = {int(v): k for k, v in RESAMPLE.items()}.get(tf.resample, str(tf.resample))
         pct = f"{math.floor(h / tf.crop_pct)}x{math.floor(w / tf.crop_pct)}"
@@ -576,10 +564,8 @@ class VitHfImageProcessor(ProcessorSavedByVersion, BaseImageProcessor):
         given = {k: v for k, v in kwargs.items() if v is not None and k not in ("data_format", "input_data_format")}
         unsupported = sorted(set(given) - set(_CALL_OVERRIDES))
         if unsupported:
-            raise TypeError(
-                f"{type(self).__name__}.preprocess does not support {unsupported}: it takes "
-                f"{list(_CALL_OVERRIDES)} (set other options when constructing the processor)"
-            )
+            raise TypeError(f"{type(self).__name__}.preprocess does not support {unsupported}: it takes "
+                            f"{list(_CALL_OVERRIDES)} (set other options when constructing the processor)")
         processor = self
         if given:
             fields = {k: getattr(self, k) for k in _CALL_OVERRIDES}
@@ -592,10 +578,10 @@ class VitHfImageProcessor(ProcessorSavedByVersion, BaseImageProcessor):
         images = _as_image_list(images)
         if not images:
             raise ValueError("no images were given")
-        pixel_values = processor.eval_transforms().batch(images)
-        if return_tensors == "np":
-            pixel_values = pixel_values.numpy()
-        return BatchFeature(data={"pixel_values": pixel_values})
+        tf, limit = processor.eval_transforms(), getattr(processor, "max_num_patches", None)
+        patch = getattr(processor, "patch_size", None)
+        data = naflex_batch(tf, images, patch, limit) if limit else {"pixel_values": tf.batch(images)}
+        return BatchFeature({k: v.numpy() if return_tensors == "np" else v for k, v in data.items()})
 
     def __call__(self, images: Any = None, *args, **kwargs) -> BatchFeature:
         return self.preprocess(images, *args, **kwargs)
@@ -603,7 +589,7 @@ class VitHfImageProcessor(ProcessorSavedByVersion, BaseImageProcessor):
 
 _CALL_OVERRIDES = (
     "size", "crop_pct", "crop_mode", "resample", "image_mean", "image_std", "resize_backend", "resize_size",
-    "crop_offset", "rescale_factor",
+    "crop_offset", "rescale_factor", "max_num_patches", "patch_size",
 )
 
 

@@ -244,10 +244,12 @@ class Attention(nn.Module):
         output_attentions: bool = False,
         attention: Callable | None = None,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`attention`: the attention function, as `_attention_interface` resolves it (the trunk resolves it once per
         forward for all blocks: a config read and an interface lookup per block cost measurable time at batch 1).
-        `rope`: this block's (cos, sin) rotary table over all tokens (identity rows for the prefix tokens)."""
+        `rope`: this block's (cos, sin) rotary table over all tokens (identity rows for the prefix tokens).
+        `attention_mask`: the NaFlex padding mask (naflex_vit_hf.attention_mask) or None."""
         if self.num_kv_heads == self.num_heads:
             q, k, v = rearrange(self._qkv(x), "b n (qkv h d) -> qkv b h n d", qkv=3, h=self.num_heads)
         else:
@@ -267,7 +269,7 @@ class Attention(nn.Module):
             q,
             k,
             v,
-            None,
+            attention_mask,
             scaling=self.scaling,
             dropout=self.attention_dropout if self.training else 0.0,
         )
@@ -334,12 +336,13 @@ class Block(GradientCheckpointingLayer):
         output_attentions: bool = False,
         attention: Callable | None = None,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.post_norm:
-            attn_out, weights = self.attn(x, output_attentions, attention, rope)
+            attn_out, weights = self.attn(x, output_attentions, attention, rope, attention_mask)
             x = x + self.drop_path1(self.norm1(attn_out))
             return x + self.drop_path2(self.norm2(self.mlp(x))), weights
-        attn_out, weights = self.attn(self.norm1(x), output_attentions, attention, rope)
+        attn_out, weights = self.attn(self.norm1(x), output_attentions, attention, rope, attention_mask)
         x = x + self.drop_path1(self.ls1(attn_out))
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         return x, weights
@@ -360,10 +363,11 @@ class AttentionPool(nn.Module):
         # timm's AttentionPoolLatent and big_vision's MAPHead always have biases, and no inner norm
         self.mlp = Mlp(config, bias=True, width=config.pool_intermediate_size, inner_norm=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`attention_mask`: (b, 1, 1, n) bool, True for the tokens to pool (NaFlex padding excluded), or None."""
         q = rearrange(self.q(self.latent), "1 l (h d) -> 1 h l d", h=self.num_heads).expand(x.shape[0], -1, -1, -1)
         k, v = rearrange(self.kv(x), "b n (kv h d) -> kv b h n d", kv=2, h=self.num_heads)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)
         x = self.proj(rearrange(out, "b h l d -> b l (h d)"))
         x = x + self.mlp(self.norm(x))
         return x[:, 0]
@@ -381,10 +385,10 @@ class AttentionPoolKV(nn.Module):
         self.kv = nn.Linear(d, 2 * d, bias=config.qkv_bias)
         self.proj = nn.Linear(d, d)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         q = rearrange(self.latent.to(x.dtype), "1 l (h d) -> 1 h l d", h=self.num_heads).expand(x.shape[0], -1, -1, -1)
         k, v = rearrange(self.kv(x), "b n (kv h d) -> kv b h n d", kv=2, h=self.num_heads)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)
         return self.proj(rearrange(out, "b h 1 d -> b (h d)"))
 
 

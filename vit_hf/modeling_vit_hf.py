@@ -45,6 +45,7 @@ from .layers_vit_hf import (
     sincos_2d_position_embedding,
     take_indices,
 )
+from .naflex_vit_hf import naflex_embed, naflex_pool
 from .rope_vit_hf import RotaryEmbedding
 
 try:
@@ -290,6 +291,8 @@ class VitHfModel(VitHfPreTrainedModel):
         interpolate_pos_encoding: bool = False,
         return_dict: bool | None = None,
         bool_masked_pos: torch.Tensor | None = None,
+        pixel_attention_mask: torch.Tensor | None = None,
+        spatial_shapes: torch.Tensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling | tuple:
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
@@ -297,21 +300,24 @@ class VitHfModel(VitHfPreTrainedModel):
             self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         )
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        self._check_pixel_values(pixel_values, interpolate_pos_encoding)
-        pixel_values = pixel_values.to(self.patch_embed.proj.weight.dtype)
-
-        x = self.norm_pre(self.embed(pixel_values, bool_masked_pos))
+        valid = mask = None
+        if spatial_shapes is not None:  # NaFlex: patches (b, n, P*P*c), their mask, grids (naflex_vit_hf.py)
+            x, valid, mask = naflex_embed(self, pixel_values, pixel_attention_mask, spatial_shapes, output_attentions)
+        else:
+            self._check_pixel_values(pixel_values, interpolate_pos_encoding)
+            x = self.embed(pixel_values.to(self.patch_embed.proj.weight.dtype), bool_masked_pos)
+        x = self.norm_pre(x)
         all_hidden = (x,) if output_hidden_states else None
         all_attn = () if output_attentions else None
         attention = _attention_interface(self.config, output_attentions)
         for block, rope in zip(self.blocks, self.rotary_tables(pixel_values, x)):
-            x, weights = block(x, output_attentions, attention, rope)
+            x, weights = block(x, output_attentions, attention, rope, mask)
             if output_hidden_states:
                 all_hidden += (x,)
             if output_attentions:
                 all_attn += (weights,)
         x = self.norm(x)
-        pooled = self.pool(x)
+        pooled = self.pool(x) if valid is None else naflex_pool(self, x, valid)
         if pooled is not None:
             pooled = self.pre_logits(self.fc_norm(pooled))
         if not return_dict:
@@ -405,6 +411,8 @@ class VitHfForImageClassification(VitHfPreTrainedModel):
         output_hidden_states: bool | None = None,
         interpolate_pos_encoding: bool = False,
         return_dict: bool | None = None,
+        pixel_attention_mask: torch.Tensor | None = None,
+        spatial_shapes: torch.Tensor | None = None,
         **kwargs,
     ) -> ImageClassifierOutput | tuple:
         return_dict = self.config.return_dict if return_dict is None else return_dict
@@ -414,6 +422,8 @@ class VitHfForImageClassification(VitHfPreTrainedModel):
             output_hidden_states=output_hidden_states,
             interpolate_pos_encoding=interpolate_pos_encoding,
             return_dict=True,
+            pixel_attention_mask=pixel_attention_mask,
+            spatial_shapes=spatial_shapes,
         )
         logits = self.head(self.head_drop(outputs.pooler_output))
         if self.head_dist is not None:  # DeiT: the class and distillation heads, averaged (timm at inference)
