@@ -321,7 +321,8 @@ class StreamLoader:
 
 def make_stream_loaders(args, data: ImageClassificationData, processor, seed: int, state=None):
     """(train StreamLoader of `--max_train_steps` optimizer steps, eval DataLoader, sampler stand-in, train transform):
-    what `loop.make_loaders` returns. `state`: rank, world size and device (accelerate's PartialState by default)."""
+    what `classification.make_loaders` returns. `state`: rank, world size and device (accelerate's PartialState by
+    default)."""
     from accelerate import PartialState
     from datasets.distributed import split_dataset_by_node
 
