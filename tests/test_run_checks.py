@@ -139,6 +139,19 @@ def test_output_dir_holding_a_run_is_refused_without_resume_or_overwrite(first_r
     assert snapshot(first_run) == before
 
 
+def test_resume_latest_into_a_finished_run_without_checkpoints_is_refused(first_run, digits, tmp_path, capsys):
+    """`latest` starts afresh only where there is no run: a finished run's results are not silently overwritten."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(first_run, out, ignore=shutil.ignore_patterns("step_*"))
+    before = snapshot(out)
+    lines = refused([*SMALL, *data_args(digits), "--output_dir", str(out), "--max_train_steps", "2",
+                     "--resume_from_checkpoint", "latest"], capsys)
+    assert len(lines) == 1 and "holds a run (all_results.json" in lines[0] and "no complete checkpoint" in lines[0]
+    assert snapshot(out) == before
+
+
 def test_overwrite_output_dir_removes_the_old_checkpoints_before_training(first_run, digits, tmp_path):
     """Killed after its first step, the overwriting run has already removed every checkpoint of the old run: nothing
     of it can be resumed by mistake; run to the end, the folder holds only the new run."""
@@ -322,10 +335,10 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one_and_resume_picks_i
     reference, full = tmp_path / "reference", tmp_path / "full"
     run_train([*common, "--output_dir", str(reference)])
     proc = run_train([*common, "--output_dir", str(full)], expect=2, **{_testing.ENOSPC_IN_CHECKPOINT_ENV: "4"})
-    lines = proc.stderr.strip().splitlines()
-    assert lines[-1].startswith(f"vit_hf.train: writing checkpoint step_4 in {full} failed ([Errno 28] No space left "
-                                f"on device); step_2 is intact: free space, then continue with "
-                                f"--resume_from_checkpoint latest"), proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("vit_hf.train:")]
+    assert len(lines) == 1 and lines[0] == (
+        f"vit_hf.train: writing checkpoint step_4 in {full} failed ([Errno 28] No space left on device); step_2 is "
+        f"intact: free space, then continue with --resume_from_checkpoint latest"), proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert [p.name for _, p in train_mod.list_checkpoints(full)] == ["step_2"]
     assert not list(full.glob(".tmp-*")) and not (full / "all_results.json").exists()

@@ -328,7 +328,7 @@ def test_finetune_new_labels_new_head_higher_resolution(digits, tmp_path):
     model, processor, base_model, notes = train_mod.build_model_and_processor(args, ["one", "two", "zero"])
     assert base_model is None and any("new head" in n for n in notes)
     assert model.config.id2label == {0: "one", 1: "two", 2: "zero"} and model.head.weight.shape == (3, 32)
-    # a new head as timm and transformers make one (issue 16: a zero head starves the trunk of gradient)
+    # a new head as timm and transformers make one (a zero head starves a random trunk of gradient)
     assert model.head.bias.abs().sum() == 0 and 0.01 < model.head.weight.std() < 0.04
     zeros = train_mod.parse_args(["--model_name_or_path", str(tmp_path / "src"), *data_args(digits), "--output_dir",
                                   str(tmp_path / "o"), "--head_init", "zeros"])

@@ -27,6 +27,12 @@ permutation of `(seed, epoch)`, each example's augmentation is seeded by `(seed,
 RNG (dropout, drop-path, mixup) is re-seeded from `(seed, micro-step, rank)` before every micro-step, as big_vision
 folds the step into its RNG key. Nothing then depends on how far the data loader has read ahead or on when an
 iterator was created, so `skip_first_batches` after a restart reproduces the uninterrupted run.
+
+Runs that cannot be mixed up: every checkpoint records the run's fingerprint (model config, labels, data identity,
+batch geometry, recipe), and a resume compares it before loading anything (one line per difference, exit 2); an
+output dir that holds a run is refused unless resumed or `--overwrite_output_dir` is given. Every user error is one
+line naming the fix, exit 2, before any training or write (`--debug` or VIT_HF_DEBUG=1: the traceback too). The fault
+table, with the test of each row, is docs/faults-training.md.
 """
 
 from .args import DEFAULTS, RECIPES, parse_args, resolve_recipe

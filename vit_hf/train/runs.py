@@ -62,6 +62,13 @@ def check_start(args: argparse.Namespace, output_dir: Path) -> Path | None:
                         f"{', ...' if len(held) > 4 else ''}): continue it with --resume_from_checkpoint latest, "
                         f"replace it with --overwrite_output_dir, or choose another --output_dir")
     checkpoint = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
+    finished = [n for n in held if not n.startswith(".tmp-")]  # only a torn first checkpoint: a fresh start is fine
+    if args.resume_from_checkpoint == "latest" and checkpoint is None and finished:
+        raise UserError(f"--resume_from_checkpoint latest: --output_dir {output_dir} holds a run "
+                        f"({', '.join(finished[:4])}) but no complete checkpoint to resume: replace it with "
+                        f"--overwrite_output_dir, or choose another --output_dir")
+    if checkpoint is not None and not fsdp.requested():
+        fsdp.check_unsharded(checkpoint)  # an FSDP checkpoint says so before its fingerprint is compared
     if checkpoint is not None and args.overwrite_output_dir and checkpoint.resolve().is_relative_to(output_dir):
         raise UserError(f"--overwrite_output_dir would remove {checkpoint}, the checkpoint to resume: give one of the "
                         f"two")
