@@ -308,6 +308,13 @@ def test_validation_split_with_a_subset_of_the_classes_uses_the_train_label_ids(
     assert sorted(set(data.validation["label"])) == [1, 2]  # two -> 1, zero -> 2, as in train
     raw = Dataset.load_from_disk(str(tmp_path / "d" / "validation"))
     assert [data.labels[i] for i in data.validation["label"]] == [raw.features["label"].names[i] for i in raw["label"]]
+    # --streaming reads the validation split map-style: the same encoding
+    from vit_hf.train.streaming import load_streaming_data
+
+    args = train_mod.parse_args([*SMALL, "--dataset_name", str(tmp_path / "d"), "--streaming", "--max_train_steps",
+                                 "1", "--output_dir", str(tmp_path / "out")])
+    streamed = load_streaming_data(args, seed=0)
+    assert streamed.labels == data.labels and streamed.validation["label"] == data.validation["label"]
 
 
 def test_class_without_validation_images_has_null_accuracy(tmp_path):

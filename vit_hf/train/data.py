@@ -175,7 +175,7 @@ def prepare_splits(
     notes = []
     train, labels = _label_names(train, label_column, f"{source} train")
     if validation is not None:
-        validation = _encode_like(validation, label_column, labels, f"{source} validation")
+        validation = encode_as_train(validation, label_column, labels, f"{source} validation")
     if len(labels) < 2:
         raise DataError(f"{source}: only one class ({', '.join(labels)}); classification needs two or more (one "
                         f"subfolder per class), or train without labels with --task mim")
@@ -218,7 +218,7 @@ def _no_label_column(source: str, label_column: str, columns: list[str]) -> str:
     return f"{source}: no label column {label_column!r} (columns: {columns}): pass --label_column_name COLUMN"
 
 
-def _encode_like(validation, label_column: str, labels: list[str], where: str):
+def encode_as_train(validation, label_column: str, labels: list[str], where: str):
     """The validation split with its labels encoded as the train split's names (as transformers' example does): a
     validation split holding only some of the classes is valid; a class train does not have is refused."""
     from datasets import ClassLabel, Value
