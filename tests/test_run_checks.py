@@ -69,7 +69,7 @@ def first_run(digits, tmp_path_factory) -> Path:
 def test_checkpoints_record_the_run_fingerprint(first_run):
     state = json.loads((first_run / "step_2" / train_mod.TRAINER_STATE).read_text())
     run = state["run"]
-    assert run["labels"] == ["one", "two", "zero"] and run["task"] == "classification"
+    assert run["identity"] == {"labels": ["one", "two", "zero"]} and run["task"] == "classification"
     assert run["model"]["hidden_size"] == 32 and run["model"]["image_size"] == 16
     assert run["data"]["train"] == 24 and run["data"]["validation"] == 9 and len(run["data"]["train_content"]) == 16
     assert run["batch"] == {"per_device": 4, "accumulation": 1, "processes": 1}
@@ -124,6 +124,19 @@ def test_more_steps_is_a_safe_change_logged_and_resumed(first_run, digits, tmp_p
     assert results["completed_steps"] == 6
     assert "with a changed schedule (allowed): max_train_steps 4 -> 6" in caplog.text
     assert "resumed from" in caplog.text and "step 4" in caplog.text
+
+
+def test_a_tasks_own_identity_is_compared_key_by_key():
+    """`Task.identity` is compared generically: SimMIM's mask flags as flags, lists by name; the schedule is safe."""
+    from vit_hf.train.runs import differences
+
+    def fingerprint(ratio: float, steps: int) -> dict:
+        return {"task": "mim", "model": {"hidden_size": 32}, "identity": {"mask_patch_size": 8, "mask_ratio": ratio},
+                "data": {}, "batch": {}, "recipe": {"seed": 0}, "schedule": {"max_train_steps": steps}}
+
+    refusals, safe = differences(fingerprint(0.6, 8), fingerprint(0.5, 12))
+    assert refusals == ["checkpoint --mask_ratio 0.6; this run 0.5"] and safe == ["max_train_steps 8 -> 12"]
+    assert differences(fingerprint(0.6, 8), fingerprint(0.6, 8)) == ([], [])
 
 
 # ----------------------------------------------------------------------------------------------------------------------

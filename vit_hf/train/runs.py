@@ -1,11 +1,11 @@
 """Runs that cannot be mixed up: the checks made before any data is read (output dir, paths, Hub access), the run
 fingerprint every checkpoint records and a resume compares before any state is loaded, and the resume itself.
 
-A fingerprint has sections: the model config, the task's identity (label names; SimMIM's mask flags), the data
-(source, split sizes, a content fingerprint), the batch geometry (per device x accumulation x processes) and the
-recipe (optimizer, regularisation, seed, precision, augmentation). Resuming refuses any difference there, one line
-each. The schedule's length (epochs, steps, warm-up) may change: that is logged and allowed, as transformers'
-Trainer resumes with more epochs."""
+A fingerprint has sections: the model config, the task's identity (`Task.identity`: label names; SimMIM's mask
+flags), the data (source, split sizes, a content fingerprint), the batch geometry (per device x accumulation x
+processes) and the recipe (optimizer, regularisation, seed, precision, augmentation). Resuming refuses any difference
+there, one line each. The schedule's length (epochs, steps, warm-up) may change: that is logged and allowed, as
+transformers' Trainer resumes with more epochs."""
 
 from __future__ import annotations
 
@@ -204,7 +204,7 @@ def fingerprint(args: argparse.Namespace, task, data, model, accelerator) -> dic
     return {
         "task": args.task,
         "model": model_identity(model.config),
-        **task.identity(data),
+        "identity": task.identity(data),
         "data": {"source": source,
                  "train": len(data.train) if hasattr(data.train, "__len__") else "streamed",
                  "validation": len(data.validation) if data.validation is not None else None,
@@ -237,11 +237,14 @@ def differences(saved: dict, current: dict) -> tuple[list[str], list[str]]:
         lines.append(f"checkpoint model {', '.join(f'{k}={old.get(k)}' for k in changed)}; this run "
                      f"{', '.join(f'{k}={new.get(k)}' for k in changed)} (--model_name_or_path, --config_overrides, "
                      f"--image_size, --drop_path_rate)")
-    if "labels" in current and saved.get("labels") is not None and saved["labels"] != current["labels"]:
-        lines.append(f"checkpoint labels {', '.join(saved['labels'])}; this run {', '.join(current['labels'])}")
-    for key in ("mask_patch_size", "mask_ratio"):
-        if key in saved and saved[key] != current.get(key):
-            lines.append(f"checkpoint --{key} {saved[key]}; this run {current.get(key)}")
+    mine, theirs = saved.get("identity", {}), current["identity"]
+    for key in sorted(mine.keys() & theirs.keys()):  # the task's own: label names, SimMIM's mask flags, ...
+        if mine[key] != theirs[key]:
+            if isinstance(mine[key], list):
+                lines.append(f"checkpoint {key} {', '.join(map(str, mine[key]))}; this run "
+                             f"{', '.join(map(str, theirs[key]))}")
+            else:
+                lines.append(f"checkpoint --{key} {mine[key]}; this run {theirs[key]}")
     if "data" in saved and saved["data"] != current["data"]:
         lines.append(f"checkpoint data {_data_text(saved['data'])}; this run {_data_text(current['data'])}")
     if "batch" in saved and saved["batch"] != current["batch"]:
@@ -264,7 +267,7 @@ def _legacy_fingerprint(checkpoint: Path) -> dict:
 
     config = VitHfConfig.from_pretrained(str(path.parent))
     labels = [config.id2label[i] for i in range(config.num_labels)] if config.num_labels else None
-    return {"model": model_identity(config), "labels": labels}
+    return {"model": model_identity(config), "identity": {"labels": labels} if labels else {}}
 
 
 def check_resume(checkpoint: Path | None, current: dict) -> dict | None:

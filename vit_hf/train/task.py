@@ -53,8 +53,9 @@ class Task:
         raise NotImplementedError
 
     def identity(self, data: Any) -> dict[str, Any]:
-        """What, beyond the model config, data and recipe, a checkpoint of this task must match to be resumed
-        (e.g. the label names); compared field by field on resume."""
+        """What, beyond the model config, data and recipe, a checkpoint of this task must match to be resumed,
+        compared key by key on resume: lists are named (`{"labels": [...]}`), scalars are flags (`{"mask_ratio": 0.6}`
+        is said as `--mask_ratio`)."""
         return {}
 
     # -- training and evaluation ----------------------------------------------------------------------------------
