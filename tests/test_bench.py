@@ -86,7 +86,7 @@ def test_train_step_quick_writes_one_file_per_case(tmp_path):
 
 
 def test_device_check_cpu_tiny_writes_one_table(tmp_path):
-    # PYTHON: the interpreter running the tests (the script's default, .venv/bin/python, exists only in a `make` checkout)
+    # PYTHON: the interpreter running the tests (the default, .venv/bin/python, exists only in a `make` checkout)
     proc = run_bench([str(ROOT / "bench" / "device_check.sh"), "--device", "cpu"], tmp_path, BENCH_TINY="1",
                      PYTHON=sys.executable)
     assert proc.returncode == 0, proc.stderr[-3000:]
