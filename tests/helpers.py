@@ -229,16 +229,23 @@ def local_logits(model, processor, image) -> list[float]:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def run_cli_captured(main, argv: list, capsys) -> tuple[int, str, str]:
-    """A CLI entry point as `python -m` runs it (`convert.common.run_cli(main)`), in-process: (exit code, stdout,
-    stderr)."""
+def run_cli_captured(module, argv: list, capsys) -> tuple[int, str, str]:
+    """A CLI module's entry point as `python -m` runs it (`convert.common.run_cli(module.main)`), in-process:
+    (exit code, stdout, stderr)."""
     from convert.common import run_cli
 
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
-        run_cli(main, [str(a) for a in argv])
+        run_cli(module.main, [str(a) for a in argv])
     captured = capsys.readouterr()
     return exc.value.code, captured.out, captured.err
+
+
+def run_convert(argv: list, capsys) -> tuple[int, str, str]:
+    """`python -m convert ARGV` (the front door), in-process: (exit code, stdout, stderr)."""
+    import convert.__main__ as front_door
+
+    return run_cli_captured(front_door, argv, capsys)
 
 
 def float64_rows(stdout: str) -> list[float]:
