@@ -30,6 +30,7 @@ from helpers import (
     local_logits,
     make_image,
     make_model,
+    point_client_at,
     repo_files,
     snapshot,
 )
@@ -261,22 +262,14 @@ def test_push_failures_are_clear_and_leave_the_folder_intact(hub, tmp_path, monk
 
 
 # -- f): transformers' own push_to_hub path, then remote-code loading ---------------------------------------------
-def test_transformers_push_to_hub_loads_back_as_remote_code(hub, tmp_path):
-    image, image_path = make_image(tmp_path)
+def test_transformers_push_to_hub_loads_back_as_remote_code(hub, tmp_path, monkeypatch):
+    _, image_path = make_image(tmp_path)
     repo = "tester/plain-push"
-    push = f"""
-import json, sys, torch, PIL.Image
-sys.path.insert(0, {os.path.dirname(__file__)!r})
-from helpers import make_model, local_logits
-model, processor = make_model(seed=5)
-model.push_to_hub({repo.split('/')[1]!r})  # no namespace: the Hub puts it under the token's user
-processor.push_to_hub({repo!r})
-print(json.dumps(local_logits(model, processor, PIL.Image.open({str(image_path)!r}))))
-"""
-    proc = subprocess.run([sys.executable, "-c", push], env=consumer_env(hub, tmp_path / "pusher_home"), cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    expected = json.loads(proc.stdout.strip().splitlines()[-1])
+    point_client_at(monkeypatch, hub, tmp_path / "pusher_cache")  # push_to_hub takes no endpoint: the client's own
+    model, processor = make_model(seed=5)
+    model.push_to_hub(repo.split("/")[1])  # no namespace: the Hub puts it under the token's user
+    processor.push_to_hub(repo)
+    expected = local_logits(model, processor, PIL.Image.open(image_path))  # what the consumer reads
     assert {"config.json", "model.safetensors", "preprocessor_config.json", *REMOTE_FILES} <= repo_files(hub, repo)
 
     out, _ = consume(hub, repo, [None], image_path, tmp_path / "consumer_home", tmp_path)
