@@ -148,6 +148,7 @@ print(json.dumps(dict(module=type(backbone).__module__, stages=backbone.out_feat
 """
 
 
+@pytest.mark.slow
 def test_auto_backbone_by_repo_id_as_remote_code(tmp_path, monkeypatch):
     """Pushed to the loopback Hub, loaded by a consumer without vit_hf: `AutoBackbone` gives the same maps."""
     from helpers import TOKEN, TOKENS, consumer_env, go_online

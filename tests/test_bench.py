@@ -47,6 +47,7 @@ def assert_ratios(rows: list[dict], key: str = "vs_best_peer") -> None:
         assert max(peers_only) == pytest.approx(1.0), (case, peers_only)
 
 
+@pytest.mark.slow
 def test_forward_quick_writes_every_precision_for_every_candidate(tmp_path, monkeypatch, capsys):
     measured = (ROOT / "bench" / "results" / "forward.json").read_bytes()
     # no BENCH_RESULTS: a quick run must pick a temporary folder itself, never bench/results
@@ -72,6 +73,7 @@ def test_forward_quick_writes_every_precision_for_every_candidate(tmp_path, monk
     assert sum(line.startswith("| toy/8-b2-") for line in report.splitlines()) == len(rows)
 
 
+@pytest.mark.slow
 def test_train_step_quick_writes_one_file_per_case(tmp_path):
     proc = run_bench([sys.executable, "-m", "bench", "train_step", "--quick", "--cases", "fp32"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -85,6 +87,7 @@ def test_train_step_quick_writes_one_file_per_case(tmp_path):
         assert all(r["img_s"] > 0 and r["clean_rounds"] <= r["rounds"] == 2 for r in rows)
 
 
+@pytest.mark.slow
 def test_device_check_cpu_tiny_writes_one_table(tmp_path):
     # PYTHON: the interpreter running the tests (the default, .venv/bin/python, exists only in a `make` checkout)
     proc = run_bench([str(ROOT / "bench" / "device_check.sh"), "--device", "cpu"], tmp_path, BENCH_TINY="1",
@@ -112,6 +115,7 @@ def test_device_check_cpu_tiny_writes_one_table(tmp_path):
     assert data["tiny"] and data["skipped"] == [] and len(data["rows"]) == len(rows)
 
 
+@pytest.mark.slow
 def test_onnx_quick_times_every_candidate_and_the_int8_accuracy(tmp_path, monkeypatch, capsys):
     """`python -m bench onnx --quick`: every candidate in every case, ratios to PyTorch fp32, the fp32 graph's parity,
     and the digits rows carrying the accuracies that vit_hf.export's verification measured on the real test split."""
@@ -141,6 +145,7 @@ def test_onnx_quick_times_every_candidate_and_the_int8_accuracy(tmp_path, monkey
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+@pytest.mark.slow
 def test_device_cuda_without_gpu_fails_with_one_line_and_writes_nothing(tmp_path):
     proc = run_bench([sys.executable, "-m", "bench", "train_step", "--quick", "--device", "cuda"], tmp_path)
     assert proc.returncode != 0
@@ -208,6 +213,7 @@ def test_device_precision_contexts_switch_tf32_and_restore_it():
     assert device.precisions(cpu) == ("fp32", "bf16-autocast", "bf16-weights")
 
 
+@pytest.mark.slow
 def test_input_pipeline_quick_rows_for_every_loader_and_worker_count(tmp_path):
     proc = run_bench([sys.executable, "-m", "bench", "input_pipeline", "--quick", "--images", "40", "--batch", "8"],
                      tmp_path, HF_DATASETS_OFFLINE="1")

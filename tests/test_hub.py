@@ -113,6 +113,7 @@ def assert_same_predictions(result: dict, expected_logits: list[float], sha_pref
 
 
 # -- a) b) d): push twice, load both revisions anywhere, then offline from the cache ------------------------------
+@pytest.mark.slow
 def test_push_then_load_by_repo_id_online_and_offline(hub, tmp_path):
     image, image_path = make_image(tmp_path)
     repo = "tester/vit-tiny-fashion"
@@ -262,6 +263,7 @@ def test_push_failures_are_clear_and_leave_the_folder_intact(hub, tmp_path, monk
 
 
 # -- f): transformers' own push_to_hub path, then remote-code loading ---------------------------------------------
+@pytest.mark.slow
 def test_transformers_push_to_hub_loads_back_as_remote_code(hub, tmp_path, monkeypatch):
     _, image_path = make_image(tmp_path)
     repo = "tester/plain-push"

@@ -16,6 +16,7 @@ from helpers import REPO, SMALL, TESTS, TOKEN, TOKENS, child_env, run_train
 from hub_server import HubServer
 from isolated import last_json_line, run_isolated
 
+pytestmark = pytest.mark.slow  # a pushed data set and three interpreters per test
 REPO_ID = "tester/digits"
 SPLITS = {"train": 30, "validation": 12}
 

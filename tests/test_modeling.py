@@ -190,6 +190,7 @@ def test_save_load_is_bit_identical(tmp_path, pixel_values):
         assert torch.equal(model(pixel_values).logits, loaded(pixel_values).logits)
 
 
+@pytest.mark.slow
 def test_torch_compile_fullgraph_matches_eager_without_graph_breaks(pixel_values):
     model = make(ALL_FEATURES, attn="sdpa", dtype=torch.float32)
     explanation = torch._dynamo.explain(model)(pixel_values)

@@ -30,6 +30,7 @@ def save_folder(path, seed: int = 0):
     return model, processor
 
 
+@pytest.mark.slow
 def test_folders_load_in_a_process_without_vit_hf(tmp_path):
     """Two folders, one named with dots and dashes (transformers makes a module name of it), in one consumer process:
     each loads through every Auto class and the pipeline as its own remote code and gives its own model's logits."""
@@ -156,6 +157,7 @@ def test_save_hub_folder_merges_into_a_folder_with_other_files(tmp_path):
         save_hub_folder(model, processor, tmp_path / "a_file")
 
 
+@pytest.mark.slow
 def test_wheel_ships_the_model_card_template(tmp_path):
     """A wheel install (not only a checkout) can write model cards: the top-level template is package data."""
     import shutil
