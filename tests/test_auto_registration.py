@@ -69,14 +69,18 @@ def saved(tmp_path_factory):
 
 @pytest.fixture
 def no_downloaded_code(monkeypatch):
-    """A tripwire on the one function through which the Auto classes run a folder's code."""
-    from transformers.models.auto import auto_factory, configuration_auto, image_processing_auto
+    """Tripwires on the function through which the Auto classes run a folder's code, and on the prompt that asks
+    whether to (transformers turns errors around that prompt into soft failures, so the calls are recorded)."""
+    import builtins
 
-    def refuse(class_reference, *args, **kwargs):
-        raise AssertionError(f"the folder's own code would run: {class_reference}")
+    from transformers.models.auto import auto_factory, configuration_auto, image_processing_auto, video_processing_auto
 
-    for module in (auto_factory, configuration_auto, image_processing_auto):
-        monkeypatch.setattr(module, "get_class_from_dynamic_module", refuse)
+    calls = []
+    for module in (auto_factory, configuration_auto, image_processing_auto, video_processing_auto):
+        monkeypatch.setattr(module, "get_class_from_dynamic_module", lambda ref, *a, **k: calls.append(ref))
+    monkeypatch.setattr(builtins, "input", lambda prompt="": calls.append(prompt) or "n")
+    yield
+    assert calls == [], calls
 
 
 def newer_folder(tmp_path: Path, saved_folder: Path, **config_changes) -> Path:
@@ -96,6 +100,7 @@ def test_importing_vit_hf_registers_every_auto_class():
     from transformers import AutoConfig, AutoModelForImageClassification
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
     from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
+    from transformers.models.auto.video_processing_auto import VIDEO_PROCESSOR_MAPPING
 
     assert is_registered() and CONFIG_MAPPING["vit_hf"] is VitHfConfig
     assert {auto.__name__: auto._model_mapping[VitHfConfig] for auto in MODELS} == {
@@ -105,6 +110,7 @@ def test_importing_vit_hf_registers_every_auto_class():
         "AutoBackbone": VitHfBackbone,
     }
     assert IMAGE_PROCESSOR_MAPPING[VitHfConfig] == {"pil": VitHfImageProcessor, "torchvision": VitHfImageProcessor}
+    assert VIDEO_PROCESSOR_MAPPING[VitHfConfig] == {}  # none: pipeline must not look for one in the folder's code
     # today's "Unrecognized model identifier: vit_hf" is gone: the factories build from a model_type or a config
     config = AutoConfig.for_model("vit_hf", hidden_size=48, num_attention_heads=3)
     assert type(config) is VitHfConfig and config.head_dim == 16
@@ -284,8 +290,9 @@ def test_saved_files_record_the_version_and_only_what_a_load_would_not_give_back
 @pytest.mark.parametrize(
     "switches",
     [{}, dict(pooling="mean"), dict(pooling="map", class_token=False, pre_norm=True, patch_bias=True),
-     dict(distilled=True, crop_remainder=True, image_size=36, encoder_stride=4), dict(hidden_act="quickgelu")],
-    ids=["defaults", "mean", "map_pre_norm_patch_bias", "distilled", "act_alias"],
+     dict(distilled=True, crop_remainder=True, image_size=36, encoder_stride=4), dict(hidden_act="quickgelu"),
+     dict(norm_type="rmsnorm", num_key_value_heads=2, rope_type="cat")],
+    ids=["defaults", "mean", "map_pre_norm_patch_bias", "distilled", "act_alias", "rope_gqa_rmsnorm"],
 )
 def test_every_config_survives_the_non_default_save(switches, tmp_path):
     config = VitHfConfig.from_preset("test", **switches)
@@ -294,6 +301,17 @@ def test_every_config_survives_the_non_default_save(switches, tmp_path):
     assert {k: v for k, v in reloaded.to_dict().items() if k != "_name_or_path"} == {
         k: v for k, v in config.to_dict().items() if k != "_name_or_path"
     }
+
+
+def test_a_switch_derived_from_another_is_written_only_when_it_differs_from_the_derivation(tmp_path):
+    """rope_type="dinov3" derives rope_theta=100 and rope_rotate_half=True (fields added by another change, known
+    here through the signature alone)."""
+    for name, switches in (("derived", {}), ("set", dict(rope_theta=500.0))):
+        VitHfConfig.from_preset("test", rope_type="dinov3", **switches).save_pretrained(tmp_path / name)
+    derived, chosen = (json.loads((tmp_path / n / "config.json").read_text()) for n in ("derived", "set"))
+    assert derived["rope_type"] == "dinov3" and not {"rope_theta", "rope_rotate_half"} & set(derived)
+    assert chosen["rope_theta"] == 500.0 and "rope_rotate_half" not in chosen
+    assert VitHfConfig.from_pretrained(tmp_path / "derived").rope_theta == 100.0
 
 
 def test_the_version_is_the_package_version():

@@ -25,9 +25,11 @@ from transformers import (
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForMaskedImageModeling,
+    AutoVideoProcessor,
 )
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
+from transformers.models.auto.video_processing_auto import VIDEO_PROCESSOR_MAPPING
 
 from .configuration_vit_hf import VitHfConfig
 from .image_processing_vit_hf import VitHfImageProcessor
@@ -51,6 +53,10 @@ def register() -> None:
         auto_class.register(VitHfConfig, model_class, exist_ok=True)
     processors = dict.fromkeys(PROCESSOR_BACKENDS, VitHfImageProcessor)
     AutoImageProcessor.register(VitHfConfig, image_processor_classes=processors, exist_ok=True)
+    # No video processor, said out loud: `pipeline` tries AutoVideoProcessor too, which reads the folder's
+    # AutoImageProcessor entry as a video processor's and, with nothing registered, would ask whether to run the
+    # folder's code (a prompt with a 15 s timeout in a terminal).
+    AutoVideoProcessor.register(VitHfConfig, video_processor_classes={}, exist_ok=True)
 
 
 def unregister() -> None:
@@ -62,6 +68,7 @@ def unregister() -> None:
     for auto_class in MODELS:
         auto_class._model_mapping._extra_content.pop(VitHfConfig, None)
     IMAGE_PROCESSOR_MAPPING._extra_content.pop(VitHfConfig, None)
+    VIDEO_PROCESSOR_MAPPING._extra_content.pop(VitHfConfig, None)
 
 
 def is_registered() -> bool:
