@@ -1,11 +1,14 @@
 # Two commands set up and run everything on a fresh machine:
 #   make demo   - create .venv, install, fine-tune on a real offline data set, reload through pipeline()
 #   make test   - create .venv, install, run the test suite (CPU, offline)
+# and for the edit loop: make test-fast - the suite without the tests marked slow (trainings, launches, benchmarks)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# One pytest-xdist worker per core; tests sharing a module/session fixture stay on one worker (tests/conftest.py).
+PYTEST := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -n auto --dist loadgroup
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test test-fast bench lint clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -19,7 +22,10 @@ demo: $(STAMP)
 	$(PY) -m vit_hf.demo
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q
+	$(PYTEST) --durations=15
+
+test-fast: $(STAMP)
+	$(PYTEST) -m "not slow"
 
 bench: $(STAMP)
 	$(PY) -m bench all

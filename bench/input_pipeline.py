@@ -6,7 +6,7 @@ The data: camera-sized JPEG photos (quality 90; `tests/images.py` photo(): gradi
 and resampling do real work) in two class folders, and the same JPEG bytes as parquet shards (datasets' writer).
 Every candidate applies the same train transform: RandomResizedCrop to 224 (scale 0.08-1, ratio 3/4-4/3, bicubic),
 horizontal flip 0.5, to float, normalise; no colour jitter. Candidates:
-  vit_hf          the map-style loader `vit_hf.train` builds (`loop.make_loaders`): an image-folder `datasets` Dataset,
+  vit_hf          the map-style loader `vit_hf.train` builds (`classification.make_loaders`): an image folder Dataset,
                   per-example seeded `ExampleTransform`, `EpochShuffleSampler`, torch DataLoader
   timm            timm's own loader on the same folder: `create_dataset("", root)` + `create_loader(is_training=True,
                   use_prefetcher=False)` with the transform above (timm's RandomResizedCropAndInterpolation)
@@ -80,8 +80,8 @@ def train_args(workers: int, batch: int, **extra) -> SimpleNamespace:
 
 
 def vit_hf_loader(source: Path, workers: int, batch: int, cache: Path, folder: bool):
+    from vit_hf.train.classification import make_loaders
     from vit_hf.train.data import ImageClassificationData, finish_split, load_raw_dataset
-    from vit_hf.train.loop import make_loaders
 
     raw = load_raw_dataset(train_dir=str(source), cache_dir=str(cache)) if folder else load_raw_dataset(
         str(source), cache_dir=str(cache))
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     import timm.data  # noqa: F401 - imported before any timing: prepare_s is the loaders' own set-up
 
-    import vit_hf.train.loop  # noqa: F401
+    import vit_hf.train.classification  # noqa: F401
     with tempfile.TemporaryDirectory(prefix="bench_input_") as tmp:
         tmp = Path(tmp)
         folder, parquet = write_photos(tmp, n, QUICK_SIZES if args.quick else SIZES)

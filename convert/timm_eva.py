@@ -212,13 +212,14 @@ def eva_kwargs(arch: TimmArch, json_safe: bool) -> dict:
         for name in ("shift", "jitter", "rescale"):
             if getattr(arch, f"rope_{name}_coords") is not None:
                 kwargs[f"rope_{name}_coords"] = getattr(arch, f"rope_{name}_coords")
-    if arch.act not in ("gelu", "silu") or arch.eps != 1e-6 or arch.norm_type != "layernorm":
+    if arch.act != ("silu" if arch.mlp_layer == "glu" else "gelu"):
+        raise ConversionError(f"timm's Eva has no activation argument: its MLP is GELU (SiLU when gated), not "
+                              f"{arch.act}")
+    if arch.eps != 1e-6 or arch.norm_type != "layernorm":
         if json_safe:
-            raise ConversionError(f"Eva with activation {arch.act}, {arch.norm_type} eps {arch.eps:g} needs Python "
-                                  f"objects (norm_layer / act_layer), which a JSON file of kwargs cannot hold")
-        from timm.layers import LayerNorm, RmsNorm, get_act_layer
+            raise ConversionError(f"Eva with {arch.norm_type} eps {arch.eps:g} needs a Python object (norm_layer), "
+                                  f"which a JSON file of kwargs cannot hold")
+        from timm.layers import LayerNorm, RmsNorm
 
         kwargs["norm_layer"] = partial(RmsNorm if arch.norm_type == "rmsnorm" else LayerNorm, eps=arch.eps)
-        if arch.mlp_layer == "mlp":
-            kwargs["act_layer"] = get_act_layer(arch.act)
     return kwargs

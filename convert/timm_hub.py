@@ -53,10 +53,9 @@ def check_architecture(arch: str) -> None:
         return
     short = module.rsplit(".", 1)[-1]
     family = FAMILIES.get(short, short)
-    if "rope" in arch:
-        family = "a ViT with rotary position embeddings (RoPE, timm's EVA family)"
     raise ConversionError(
-        f"{arch}: {family} is not a plain ViT ({module}); vit_hf converts timm's VisionTransformer models only"
+        f"{arch}: {family} is not a plain ViT ({module}); vit_hf converts timm's vision_transformer.py, deit.py and "
+        f"eva.py models"
     )
 
 

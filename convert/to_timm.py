@@ -10,7 +10,17 @@ keyword arguments of `timm.models.vision_transformer.VisionTransformer` for that
 
 Tensors are written as stored (no cast, no copy of values), so timm -> vit_hf -> timm is bit-identical. Features
 timm's VisionTransformer cannot represent (representation layer, sincos2d positions, token pooling without a class
-token, a LayerNorm eps other than 1e-6 in JSON kwargs, ...) are refused by name, and nothing is written then.
+token, ...) are refused by name, and nothing is written then.
+
+The newer families export too: a model with RoPE, EVA's query/value biases without a key bias, attention-only layer
+scale, grouped-query attention or a MAP head of its own width becomes timm's `Eva` (timm/models/eva.py), with timm's
+key layout (separate `q_proj/k_proj/v_proj` or `fc1_g/fc1_x` where Eva keeps them apart: views of the fused tensors,
+`gamma_1/gamma_2`). When the constructor needs Python objects (a norm layer with its eps, an activation, a block
+class), OUT.json is `{"class": ..., "kwargs": {...}, "objects": {name: [timm import path, {its kwargs}]}}` and
+`build_timm_model(OUT.json)` (this module) builds the model:
+
+    model = build_timm_model("OUT.json")
+    model.load_state_dict(safetensors.torch.load_file("OUT.safetensors"))
 """
 
 from __future__ import annotations
@@ -62,26 +72,77 @@ def load_folder_state(model_dir: Path) -> dict[str, torch.Tensor]:
     raise ConversionError(f"{model_dir} has no model.safetensors (or index): not a saved vit_hf folder")
 
 
+def _describe(kwargs: dict, cls: str) -> dict:
+    """JSON of constructor kwargs with Python objects (partial(LayerNorm, eps=...), classes): the plain kwargs when
+    there are none (`VisionTransformer(**json)`, as before), else {"class", "kwargs", "objects"}."""
+    from functools import partial
+
+    import timm.layers
+
+    named = {id(v): f"timm.layers.{k}" for k, v in vars(timm.layers).items() if not k.startswith("_")}
+    plain, objects = {}, {}
+    for name, value in kwargs.items():
+        if id(value) in named:  # timm's own objects by their public name (SwiGLUPacked is a partial of GluMlp)
+            objects[name] = [named[id(value)], {}]
+        elif isinstance(value, partial):
+            objects[name] = [_object_name(value.func), dict(value.keywords)]
+        elif isinstance(value, type) or callable(value):
+            objects[name] = [_object_name(value), {}]
+        else:
+            plain[name] = value
+    if not objects and cls.endswith(".VisionTransformer"):
+        return plain
+    return {"class": cls, "kwargs": plain, "objects": objects}
+
+
+def _object_name(obj) -> str:
+    return f"{obj.__module__}.{obj.__name__}"
+
+
+def _import(path: str):
+    import importlib
+
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def build_timm_model(json_path: str | Path) -> torch.nn.Module:
+    """The timm model an OUT.json describes (plain VisionTransformer kwargs, or {"class", "kwargs", "objects"})."""
+    from functools import partial
+
+    spec = json.loads(Path(json_path).read_text())
+    if "class" not in spec:
+        from timm.models.vision_transformer import VisionTransformer
+
+        return VisionTransformer(**spec)
+    objects = {name: (partial(_import(path), **kw) if kw else _import(path))
+               for name, (path, kw) in spec["objects"].items()}
+    return _import(spec["class"])(**spec["kwargs"], **objects)
+
+
 def export_to_timm(config: VitHfConfig, state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
-    """(timm state dict, VisionTransformer kwargs) of a vit_hf model; the tensors are the same objects."""
+    """(timm state dict, the JSON description of its constructor) of a vit_hf model; the tensors are the same objects
+    (or views of them, for projections timm keeps apart)."""
+    from convert.key_mapping import to_timm_layout
+
     arch = TimmArch.from_config(config)
-    kwargs = arch.timm_kwargs(json_safe=True)
+    kwargs = arch.timm_kwargs(json_safe=False)
     out = {}
     for key, value in state.items():
         out[export_key(key)] = value
-    try:
-        from timm.models.vision_transformer import VisionTransformer
-    except ImportError:  # the exported kwargs are still checked below against our own view of the architecture
-        VisionTransformer = None
-    if VisionTransformer is not None:
-        with torch.device("meta"):
-            expected = dict(VisionTransformer(**kwargs).state_dict())
-    else:
-        expected = arch.expected_state()
+    from timm.models.deit import VisionTransformerDistilled
+    from timm.models.eva import Eva
+    from timm.models.vision_transformer import VisionTransformer
+
+    timm_class = Eva if arch.family == "eva" else VisionTransformerDistilled if arch.distilled else VisionTransformer
+    with torch.device("meta"):
+        expected = dict(timm_class(**kwargs).state_dict())
+    out = to_timm_layout(out, set(expected))
+    kwargs = _describe(kwargs, f"{timm_class.__module__}.{timm_class.__name__}")
     try:
         check_state_dict(expected, out, source="export", target="timm model")
     except ConversionError as e:
-        raise ConversionError(f"the exported state does not fit VisionTransformer(**{kwargs}): {e}") from None
+        raise ConversionError(f"the exported state does not fit {timm_class.__name__}(**{kwargs}): {e}") from None
     return out, kwargs
 
 

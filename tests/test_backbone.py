@@ -7,7 +7,6 @@ timm is the oracle: tiny VisionTransformers with every tensor randomised (tests/
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
@@ -149,14 +148,14 @@ print(json.dumps(dict(module=type(backbone).__module__, stages=backbone.out_feat
 """
 
 
+@pytest.mark.slow
 def test_auto_backbone_by_repo_id_as_remote_code(tmp_path, monkeypatch):
     """Pushed to the loopback Hub, loaded by a consumer without vit_hf: `AutoBackbone` gives the same maps."""
-    import huggingface_hub.constants as constants
+    from helpers import TOKEN, TOKENS, consumer_env, go_online
     from hub_server import HubServer
     from isolated import last_json_line, run_isolated
 
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    go_online(monkeypatch)
     _, model = converted(FEATURE_VARIANTS[2])
     model = model.float()  # as users save them (the reference was float64)
     processor = VitHfImageProcessor.from_model_config(model.config)
@@ -166,12 +165,10 @@ def test_auto_backbone_by_repo_id_as_remote_code(tmp_path, monkeypatch):
     torch.save(x, tmp_path / "x.pt")
     with torch.no_grad():
         expected = VitHfBackbone.from_pretrained(folder, out_indices=[1, 3]).eval()(x).feature_maps
-    with HubServer(tokens={"hf_tester_write": "tester"}) as hub:
-        push_folder(folder, "tester/vit-backbone", token="hf_tester_write", endpoint=hub.endpoint)
-        env = dict(os.environ, HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "home"), HF_TOKEN="hf_tester_write",
-                   HF_HUB_DISABLE_XET="1", HF_HUB_OFFLINE="0", HF_HUB_DISABLE_PROGRESS_BARS="1")
+    with HubServer(tokens=TOKENS) as hub:
+        push_folder(folder, "tester/vit-backbone", token=TOKEN, endpoint=hub.endpoint)
         code = CONSUMER.format(repo="tester/vit-backbone", pixels=str(tmp_path / "x.pt"))
-        out = last_json_line(run_isolated(code, cwd=tmp_path, env=env))
+        out = last_json_line(run_isolated(code, cwd=tmp_path, env=consumer_env(hub, tmp_path / "home")))
     assert out["module"].startswith("transformers_modules.") and out["stages"] == ["stage1", "stage3"]
     for e, g in zip(expected, out["maps"], strict=True):
         torch.testing.assert_close(torch.tensor(g, dtype=e.dtype), e, rtol=0, atol=1e-6)

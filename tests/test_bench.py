@@ -28,6 +28,16 @@ def run_bench(args: list[str], results: Path | None, **env: str) -> subprocess.C
     return subprocess.run(args, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=300)
 
 
+def report_of(results: Path, monkeypatch, capsys) -> str:
+    """`python -m bench report` on `results`, in-process: the markdown it prints."""
+    from bench import common, report
+
+    monkeypatch.setattr(common, "RESULTS", results)
+    capsys.readouterr()
+    report.main([])
+    return capsys.readouterr().out
+
+
 def assert_ratios(rows: list[dict], key: str = "vs_best_peer") -> None:
     """Per case: every candidate has a ratio to the best peer, and the best peer's own ratio is exactly 1."""
     for case in {r["case"] for r in rows}:
@@ -37,7 +47,8 @@ def assert_ratios(rows: list[dict], key: str = "vs_best_peer") -> None:
         assert max(peers_only) == pytest.approx(1.0), (case, peers_only)
 
 
-def test_forward_quick_writes_every_precision_for_every_candidate(tmp_path):
+@pytest.mark.slow
+def test_forward_quick_writes_every_precision_for_every_candidate(tmp_path, monkeypatch, capsys):
     measured = (ROOT / "bench" / "results" / "forward.json").read_bytes()
     # no BENCH_RESULTS: a quick run must pick a temporary folder itself, never bench/results
     argv = [sys.executable, "-m", "bench", "forward", "--quick", "--batches", "2"]
@@ -58,11 +69,11 @@ def test_forward_quick_writes_every_precision_for_every_candidate(tmp_path):
         assert r["frac_gemm_peak"] == pytest.approx(r["gflop_s"] / r["gemm_gflop_s"])
     assert data["env"]["device"] == "cpu" and not data.get("partial")
     # the report renders these files: one table row per result row
-    report = run_bench([sys.executable, "-m", "bench", "report"], quick)
-    assert report.returncode == 0, report.stderr[-3000:]
-    assert sum(line.startswith("| toy/8-b2-") for line in report.stdout.splitlines()) == len(rows)
+    report = report_of(quick, monkeypatch, capsys)
+    assert sum(line.startswith("| toy/8-b2-") for line in report.splitlines()) == len(rows)
 
 
+@pytest.mark.slow
 def test_train_step_quick_writes_one_file_per_case(tmp_path):
     proc = run_bench([sys.executable, "-m", "bench", "train_step", "--quick", "--cases", "fp32"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -76,8 +87,11 @@ def test_train_step_quick_writes_one_file_per_case(tmp_path):
         assert all(r["img_s"] > 0 and r["clean_rounds"] <= r["rounds"] == 2 for r in rows)
 
 
+@pytest.mark.slow
 def test_device_check_cpu_tiny_writes_one_table(tmp_path):
-    proc = run_bench([str(ROOT / "bench" / "device_check.sh"), "--device", "cpu"], tmp_path, BENCH_TINY="1")
+    # PYTHON: the interpreter running the tests (the default, .venv/bin/python, exists only in a `make` checkout)
+    proc = run_bench([str(ROOT / "bench" / "device_check.sh"), "--device", "cpu"], tmp_path, BENCH_TINY="1",
+                     PYTHON=sys.executable)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = (tmp_path / "device_check_cpu.md").read_text()
     assert text.startswith("# Device check: cpu") and "TINY CONFIG" in text
@@ -101,7 +115,8 @@ def test_device_check_cpu_tiny_writes_one_table(tmp_path):
     assert data["tiny"] and data["skipped"] == [] and len(data["rows"]) == len(rows)
 
 
-def test_onnx_quick_times_every_candidate_and_the_int8_accuracy(tmp_path):
+@pytest.mark.slow
+def test_onnx_quick_times_every_candidate_and_the_int8_accuracy(tmp_path, monkeypatch, capsys):
     """`python -m bench onnx --quick`: every candidate in every case, ratios to PyTorch fp32, the fp32 graph's parity,
     and the digits rows carrying the accuracies that vit_hf.export's verification measured on the real test split."""
     proc = run_bench([sys.executable, "-m", "bench", "onnx", "--quick"], tmp_path)
@@ -125,12 +140,12 @@ def test_onnx_quick_times_every_candidate_and_the_int8_accuracy(tmp_path):
     assert digits["ort_fp32"]["accuracy"] == digits["torch_fp32"]["accuracy"] and "accuracy" not in digits["torch_bf16"]
     native = data["env"]["native_bf16"]
     assert ("computes bf16 natively" if native else "has NO native bf16") in proc.stdout
-    report = run_bench([sys.executable, "-m", "bench", "report"], tmp_path)
-    assert report.returncode == 0, report.stderr[-3000:]
-    assert sum(line.startswith(("| toy/8-b", "| digits-b360 |")) for line in report.stdout.splitlines()) == len(rows)
+    report = report_of(tmp_path, monkeypatch, capsys)
+    assert sum(line.startswith(("| toy/8-b", "| digits-b360 |")) for line in report.splitlines()) == len(rows)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+@pytest.mark.slow
 def test_device_cuda_without_gpu_fails_with_one_line_and_writes_nothing(tmp_path):
     proc = run_bench([sys.executable, "-m", "bench", "train_step", "--quick", "--device", "cuda"], tmp_path)
     assert proc.returncode != 0
@@ -198,6 +213,7 @@ def test_device_precision_contexts_switch_tf32_and_restore_it():
     assert device.precisions(cpu) == ("fp32", "bf16-autocast", "bf16-weights")
 
 
+@pytest.mark.slow
 def test_input_pipeline_quick_rows_for_every_loader_and_worker_count(tmp_path):
     proc = run_bench([sys.executable, "-m", "bench", "input_pipeline", "--quick", "--images", "40", "--batch", "8"],
                      tmp_path, HF_DATASETS_OFFLINE="1")

@@ -13,6 +13,7 @@ from isolated import last_json_line, run_isolated
 from test_train import _fresh_accelerate_state, assert_same_weights, data_args, weights  # noqa: F401
 
 from vit_hf import train as train_mod
+from vit_hf.train import _testing
 from vit_hf.train.fsdp import DCP_SUBDIR
 
 pytest.register_assert_rewrite("scale_out")  # a helper and a plugin (pytest_plugins): rewrite it on first import
@@ -103,7 +104,7 @@ def test_fsdp_killed_in_checkpoint_resumes_bit_exact(fsdp_run, fsdp_digits, tmp_
     latest complete checkpoint; the resumed run ends on exactly the uninterrupted run's weights."""
     out = tmp_path / "killed"
     argv = [*COMMON, *data_args(fsdp_digits), "--output_dir", str(out), "--gradient_checkpointing"]
-    launch(FSDP, argv, expect=-9, **{train_mod.KILL_IN_CHECKPOINT_ENV: "4"})
+    launch(FSDP, argv, expect=-9, **{_testing.KILL_IN_CHECKPOINT_ENV: "4"})
     assert [p.name for _, p in train_mod.list_checkpoints(out)] == ["step_2"]
     assert (out / ".tmp-step_4" / DCP_SUBDIR).is_dir() and not (out / "all_results.json").exists()
     step_2 = out / "step_2"

@@ -15,26 +15,34 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
+from helpers import (
+    HUB_FILES,
+    HUB_LABELS,
+    TOKEN,
+    TOKENS,
+    consumer_env,
+    go_online,
+    local_logits,
+    make_image,
+    make_model,
+    point_client_at,
+    repo_files,
+    snapshot,
+)
 from hub_server import HubServer
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 from huggingface_hub.utils.sha import git_hash
 from isolated import last_json_line, run_isolated
 
-from vit_hf import VitHfConfig, VitHfForImageClassification, VitHfImageProcessor
+from vit_hf import VitHfForImageClassification, VitHfImageProcessor
 from vit_hf.hub import REMOTE_FILES, HubFolderError, HubPushError, hub_files, pinned_usage, push_folder, save_hub_folder
 
-LABELS = ["sneaker", "bag", "coat"]
-TOKENS = {"hf_tester_write": "tester", "hf_bob_write": "bob"}
-TOKEN = "hf_tester_write"
-EXPECTED_FILES = {".gitattributes", "README.md", "config.json", "model.safetensors", "preprocessor_config.json",
-                  *REMOTE_FILES}
 # What a training run leaves next to the hub files; none of it may reach the Hub.
 DECOYS = ("optimizer.pt", "scheduler.pt", "checkpoints/step_1/model.safetensors", "runs/events.out.tfevents.1",
           ".cache/huggingface/upload.lock", "all_results.json", "unreferenced_plot.png", "train.py")
@@ -47,29 +55,9 @@ def hub() -> Iterator[HubServer]:
         yield server
 
 
-def go_online(monkeypatch) -> None:
-    """This process's huggingface_hub was imported offline (conftest): switch it online for the loopback Hub only.
-
-    Both flags are read on every call. Xet off: the client then speaks the LFS batch protocol the server implements.
-    """
-    import huggingface_hub.constants as constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-
-
 @pytest.fixture(autouse=True)
 def online_client(monkeypatch) -> None:
     go_online(monkeypatch)
-
-
-def make_model(seed: int) -> tuple[VitHfForImageClassification, VitHfImageProcessor]:
-    config = VitHfConfig.from_preset(
-        "test", num_labels=3, id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)}
-    )
-    torch.manual_seed(seed)
-    model = VitHfForImageClassification(config).eval()
-    return model, VitHfImageProcessor.from_model_config(config)
 
 
 def make_folder(
@@ -83,35 +71,6 @@ def make_folder(
         (path / name).parent.mkdir(parents=True, exist_ok=True)
         (path / name).write_bytes(os.urandom(64))
     return model, processor
-
-
-def snapshot(folder) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def make_image(tmp_path) -> tuple[PIL.Image.Image, Path]:
-    image = PIL.Image.fromarray((np.random.default_rng(0).random((40, 52, 3)) * 255).astype("uint8"))
-    path = tmp_path / "image.png"
-    image.save(path)
-    return image, path
-
-
-def local_logits(model, processor, image) -> list[float]:
-    with torch.no_grad():
-        return model(**processor(image, return_tensors="pt")).logits[0].tolist()
-
-
-def consumer_env(hub: HubServer, hf_home, offline: bool = False) -> dict:
-    """A user's machine: its own cache, the loopback Hub as endpoint, a read token, LFS rather than Xet."""
-    env = dict(os.environ)
-    env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(hf_home), HF_TOKEN=TOKEN, HF_HUB_DISABLE_XET="1",
-               HF_HUB_OFFLINE="1" if offline else "0", HF_HUB_DISABLE_PROGRESS_BARS="1")
-    return env
-
-
-def repo_files(hub: HubServer, repo_id: str, revision: str = "main") -> set[str]:
-    api = HfApi(endpoint=hub.endpoint, token=TOKEN)
-    return {f.path for f in api.list_repo_tree(repo_id, revision=revision, recursive=True) if hasattr(f, "size")}
 
 
 # The consumer: load a repo at some revisions with the Auto classes and the pipeline, all as remote code.
@@ -150,10 +109,11 @@ def assert_same_predictions(result: dict, expected_logits: list[float], sha_pref
             assert sha_prefix in module, (module, sha_prefix)
     np.testing.assert_allclose(result["logits"], expected_logits, rtol=0, atol=1e-5)
     probs = torch.tensor(expected_logits).softmax(-1).tolist()
-    np.testing.assert_allclose([result["scores"][name] for name in LABELS], probs, rtol=0, atol=1e-5)
+    np.testing.assert_allclose([result["scores"][name] for name in HUB_LABELS], probs, rtol=0, atol=1e-5)
 
 
 # -- a) b) d): push twice, load both revisions anywhere, then offline from the cache ------------------------------
+@pytest.mark.slow
 def test_push_then_load_by_repo_id_online_and_offline(hub, tmp_path):
     image, image_path = make_image(tmp_path)
     repo = "tester/vit-tiny-fashion"
@@ -198,7 +158,7 @@ def test_repo_holds_only_hub_files_and_a_pinned_card(hub, tmp_path):
     assert snapshot(folder) == before  # the local folder is only read
 
     for rev in (sha, "main"):
-        assert repo_files(hub, repo, rev) == EXPECTED_FILES
+        assert repo_files(hub, repo, rev) == HUB_FILES
     assert not set(DECOYS) & repo_files(hub, repo)
 
     api = HfApi(endpoint=hub.endpoint, token=TOKEN)
@@ -217,7 +177,7 @@ def test_repo_holds_only_hub_files_and_a_pinned_card(hub, tmp_path):
     # The pinned revision's card only differs in that pin; everything else is byte-identical at both commits.
     at_sha = api.hf_hub_download(repo, "README.md", revision=sha, cache_dir=tmp_path / "cache")
     assert 'revision = "main"' in open(at_sha).read()
-    for name in EXPECTED_FILES - {"README.md", ".gitattributes"}:
+    for name in HUB_FILES - {"README.md", ".gitattributes"}:
         with open(api.hf_hub_download(repo, name, revision=sha, cache_dir=tmp_path / "cache"), "rb") as f:
             assert f.read() == before[name], name
     config = json.loads(before["config.json"])
@@ -251,7 +211,7 @@ def test_converter_style_folder_with_plots(hub, tmp_path):
     assert "parity.png" in hub_files(folder) and "unreferenced_plot.png" not in hub_files(folder)
     repo = "tester/vit-converted"
     sha = push_folder(folder, repo, token=TOKEN, endpoint=hub.endpoint)
-    assert repo_files(hub, repo, sha) == EXPECTED_FILES | {"parity.png"}
+    assert repo_files(hub, repo, sha) == HUB_FILES | {"parity.png"}
     api = HfApi(endpoint=hub.endpoint, token=TOKEN)
     card = ModelCard.load(api.hf_hub_download(repo, "README.md", cache_dir=tmp_path / "cache"))
     assert card.data.base_model == "timm/vit_tiny_patch16_224.augreg_in21k"
@@ -303,22 +263,15 @@ def test_push_failures_are_clear_and_leave_the_folder_intact(hub, tmp_path, monk
 
 
 # -- f): transformers' own push_to_hub path, then remote-code loading ---------------------------------------------
-def test_transformers_push_to_hub_loads_back_as_remote_code(hub, tmp_path):
-    image, image_path = make_image(tmp_path)
+@pytest.mark.slow
+def test_transformers_push_to_hub_loads_back_as_remote_code(hub, tmp_path, monkeypatch):
+    _, image_path = make_image(tmp_path)
     repo = "tester/plain-push"
-    push = f"""
-import json, sys, torch, PIL.Image
-sys.path.insert(0, {os.path.dirname(__file__)!r})
-from test_hub import make_model, local_logits
-model, processor = make_model(seed=5)
-model.push_to_hub({repo.split('/')[1]!r})  # no namespace: the Hub puts it under the token's user
-processor.push_to_hub({repo!r})
-print(json.dumps(local_logits(model, processor, PIL.Image.open({str(image_path)!r}))))
-"""
-    proc = subprocess.run([sys.executable, "-c", push], env=consumer_env(hub, tmp_path / "pusher_home"), cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    expected = json.loads(proc.stdout.strip().splitlines()[-1])
+    point_client_at(monkeypatch, hub, tmp_path / "pusher_cache")  # push_to_hub takes no endpoint: the client's own
+    model, processor = make_model(seed=5)
+    model.push_to_hub(repo.split("/")[1])  # no namespace: the Hub puts it under the token's user
+    processor.push_to_hub(repo)
+    expected = local_logits(model, processor, PIL.Image.open(image_path))  # what the consumer reads
     assert {"config.json", "model.safetensors", "preprocessor_config.json", *REMOTE_FILES} <= repo_files(hub, repo)
 
     out, _ = consume(hub, repo, [None], image_path, tmp_path / "consumer_home", tmp_path)
@@ -379,7 +332,7 @@ def test_xet_enabled_clients(tmp_path, monkeypatch, upload_mode):
         sha = push_folder(folder, "tester/inline", token=TOKEN, endpoint=server.endpoint)
         info = HfApi(endpoint=server.endpoint, token=TOKEN).model_info("tester/inline", revision=sha,
                                                                        files_metadata=True)
-        assert {s.rfilename for s in info.siblings} == EXPECTED_FILES
+        assert {s.rfilename for s in info.siblings} == HUB_FILES
         assert all(s.lfs is None for s in info.siblings)  # everything went inline in the NDJSON commit
         assert not any(r.path.endswith(("/objects/batch", "/xet-write-token/main")) for r in server.requests)
 

@@ -12,12 +12,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import REPO, SMALL, TESTS, TOKEN, TOKENS, child_env, run_train
 from hub_server import HubServer
 from isolated import last_json_line, run_isolated
-from test_train import REPO, SMALL, child_env, run_train
 
-TESTS = Path(__file__).resolve().parent
-TOKENS = {"hf_tester_write": "tester"}
+pytestmark = pytest.mark.slow  # a pushed data set and three interpreters per test
 REPO_ID = "tester/digits"
 SPLITS = {"train": 30, "validation": 12}
 
@@ -30,7 +29,7 @@ def hub(tmp_path_factory):
 
 def hub_env(hub: HubServer, home: Path) -> dict[str, str]:
     # HF_ENDPOINT is read when huggingface_hub is imported: children get it from the start
-    return {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": "hf_tester_write", "HF_HUB_OFFLINE": "0",
+    return {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": TOKEN, "HF_HUB_OFFLINE": "0",
             "HF_DATASETS_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(home)}
 
 
@@ -41,7 +40,7 @@ def pushed(hub, tmp_path_factory) -> str:
         import sys
         sys.path.insert(0, {str(TESTS)!r})
         from datasets import DatasetDict
-        from test_streaming import digits_dataset
+        from helpers import digits_dataset
         splits = DatasetDict(train=digits_dataset({SPLITS['train']}, 0),
                              validation=digits_dataset({SPLITS['validation']}, 1000))
         splits.push_to_hub({REPO_ID!r}, max_shard_size="3KB")

@@ -139,6 +139,7 @@ def test_save_load_round_trip(tmp_path):
     assert torch.equal(loaded(image).pixel_values, processor(image).pixel_values)
 
 
+@pytest.mark.slow
 def test_works_without_torchvision(tmp_path):
     code = """
 import sys

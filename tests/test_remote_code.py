@@ -18,11 +18,11 @@ from vit_hf.hub import HubFolderError, check_hub_folder
 LABELS = ["sneaker", "bag", "coat"]
 
 
-def save_folder(path):
+def save_folder(path, seed: int = 0):
     config = VitHfConfig.from_preset(
         "test", num_labels=3, id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)}
     )
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = VitHfForImageClassification(config).eval()
     processor = VitHfImageProcessor.from_model_config(config)
     model.save_pretrained(path)
@@ -30,48 +30,57 @@ def save_folder(path):
     return model, processor
 
 
-@pytest.mark.parametrize("dirname", ["plain", "my.model-v1.0"])
-def test_folder_loads_in_a_process_without_vit_hf(tmp_path, dirname):
-    folder = tmp_path / dirname
-    model, processor = save_folder(folder)
-    check_hub_folder(folder)
+@pytest.mark.slow
+def test_folders_load_in_a_process_without_vit_hf(tmp_path):
+    """Two folders, one named with dots and dashes (transformers makes a module name of it), in one consumer process:
+    each loads through every Auto class and the pipeline as its own remote code and gives its own model's logits."""
     image = PIL.Image.fromarray((np.random.default_rng(0).random((40, 52, 3)) * 255).astype("uint8"))
     image.save(tmp_path / "image.png")
-    with torch.no_grad():
-        expected = model(**processor(image)).logits[0].tolist()
+    expected = {}
+    for seed, dirname in enumerate(["plain", "my.model-v1.0"]):
+        folder = tmp_path / dirname
+        model, processor = save_folder(folder, seed)
+        check_hub_folder(folder)
+        with torch.no_grad():
+            expected[str(folder)] = model(**processor(image)).logits[0].tolist()
+    assert not np.allclose(*expected.values())  # otherwise one folder's model standing in for the other would pass
 
     proc = run_isolated(
         f"""
         import json, PIL.Image, torch
         from transformers import (AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification,
                                   pipeline)
-        folder = {str(folder)!r}
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
-        base = AutoModel.from_pretrained(folder, trust_remote_code=True)
-        model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
-        processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
-        fast = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True, resize_backend="torch")
         image = PIL.Image.open({str(tmp_path / "image.png")!r})
-        with torch.no_grad():
-            logits = model(**processor(image, return_tensors="pt")).logits[0].tolist()
-        preds = pipeline("image-classification", model=folder, trust_remote_code=True)(image)
-        print(json.dumps(dict(
-            modules=[type(o).__module__ for o in (config, base, model, processor)],
-            base=type(base).__name__, logits=logits, scores=dict((p["label"], p["score"]) for p in preds),
-            backends=[processor.resize_backend, fast.resize_backend],
-        )))
+        out = {{}}
+        for folder in {list(expected)!r}:
+            config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+            base = AutoModel.from_pretrained(folder, trust_remote_code=True)
+            model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
+            processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+            fast = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True, resize_backend="torch")
+            with torch.no_grad():
+                logits = model(**processor(image, return_tensors="pt")).logits[0].tolist()
+            preds = pipeline("image-classification", model=folder, trust_remote_code=True)(image)
+            out[folder] = dict(
+                modules=[type(o).__module__ for o in (config, base, model, processor)],
+                base=type(base).__name__, logits=logits, scores=dict((p["label"], p["score"]) for p in preds),
+                backends=[processor.resize_backend, fast.resize_backend],
+            )
+        print(json.dumps(out))
         """,
         cwd=tmp_path,
     )
-    out = last_json_line(proc)
-    assert all(m.startswith("transformers_modules.") for m in out["modules"]), out["modules"]
-    assert out["base"] == "VitHfModel"
-    assert out["backends"] == ["pil", "torch"]  # the kwarg reaches the remote processor through AutoImageProcessor
-    np.testing.assert_allclose(out["logits"], expected, rtol=0, atol=1e-6)
-    assert sorted(out["scores"]) == sorted(LABELS)
-    probabilities = torch.tensor(expected).softmax(-1).tolist()
-    for i, label in enumerate(LABELS):  # the pipeline's scores are this model's probabilities under our label names
-        assert abs(out["scores"][label] - probabilities[i]) < 1e-6
+    results = last_json_line(proc)
+    assert results.keys() == expected.keys()
+    for folder, out in results.items():
+        assert all(m.startswith("transformers_modules.") for m in out["modules"]), out["modules"]
+        assert out["base"] == "VitHfModel"
+        assert out["backends"] == ["pil", "torch"]  # the kwarg reaches the remote processor through AutoImageProcessor
+        np.testing.assert_allclose(out["logits"], expected[folder], rtol=0, atol=1e-6)
+        assert sorted(out["scores"]) == sorted(LABELS)
+        probabilities = torch.tensor(expected[folder]).softmax(-1).tolist()
+        for i, label in enumerate(LABELS):  # the pipeline's scores are this model's probabilities under our labels
+            assert abs(out["scores"][label] - probabilities[i]) < 1e-6
 
 
 def test_saved_config_names_every_auto_class(tmp_path):
@@ -148,6 +157,7 @@ def test_save_hub_folder_merges_into_a_folder_with_other_files(tmp_path):
         save_hub_folder(model, processor, tmp_path / "a_file")
 
 
+@pytest.mark.slow
 def test_wheel_ships_the_model_card_template(tmp_path):
     """A wheel install (not only a checkout) can write model cards: the top-level template is package data."""
     import shutil

@@ -15,6 +15,7 @@ from test_data import DIGIT_NAMES, digit_images
 from test_train import ACCELERATE, REPO, SMALL, _free_port, assert_same_weights, child_env, run_train
 
 from vit_hf import train as train_mod
+from vit_hf.train import _testing
 from vit_hf.train.data import _png_bytes
 from vit_hf.train.streaming import StreamPosition, records
 
@@ -100,7 +101,7 @@ def test_streaming_sigkill_and_resume_is_bit_exact(shards, tmp_path):
     finally:
         torch.set_num_threads(threads)
     killed = tmp_path / "killed"
-    run_train([*common, "--output_dir", str(killed)], expect=-9, **{train_mod.KILL_AFTER_STEP_ENV: "7"})
+    run_train([*common, "--output_dir", str(killed)], expect=-9, **{_testing.KILL_AFTER_STEP_ENV: "7"})
     assert not (killed / "all_results.json").exists()
     saved = json.loads((killed / "step_6" / train_mod.TRAINER_STATE).read_text())["stream"]
     assert len(saved) == 1 and saved[0]["batches"] == 12 and saved[0]["state"] is not None  # 48 of 40 records read

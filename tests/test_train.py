@@ -19,7 +19,7 @@ from test_data import add_odd_images, make_digits_folder
 
 from vit_hf import VitHfConfig, VitHfForImageClassification, VitHfImageProcessor
 from vit_hf import train as train_mod
-from vit_hf.train.data import DataError
+from vit_hf.train import _testing
 
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).parent / "accelerate"
@@ -148,14 +148,14 @@ def test_sigkill_and_resume_gives_identical_weights(digits, tmp_path):
     run_train([*common, "--output_dir", str(reference)])
 
     # SIGKILL after step 7 (step_6 is on disk, written mid-epoch 1): resume from latest
-    proc = run_train([*common, "--output_dir", str(killed)], expect=-9, **{train_mod.KILL_AFTER_STEP_ENV: "7"})
+    proc = run_train([*common, "--output_dir", str(killed)], expect=-9, **{_testing.KILL_AFTER_STEP_ENV: "7"})
     assert not (killed / "all_results.json").exists(), proc.stderr[-2000:]
     assert [p.name for _, p in train_mod.list_checkpoints(killed)] == ["step_3", "step_6"]
     run_train([*common, "--output_dir", str(killed), "--resume_from_checkpoint", "latest"])
     assert_same_weights(reference, killed)
 
     # SIGKILL while step_6 is being written: step_3 stays the latest complete checkpoint and loads standalone
-    run_train([*common, "--output_dir", str(torn)], expect=-9, **{train_mod.KILL_IN_CHECKPOINT_ENV: "6"})
+    run_train([*common, "--output_dir", str(torn)], expect=-9, **{_testing.KILL_IN_CHECKPOINT_ENV: "6"})
     assert [p.name for _, p in train_mod.list_checkpoints(torn)] == ["step_3"]
     assert (torn / ".tmp-step_6").is_dir() and not (torn / "step_6").exists()
     standalone = VitHfForImageClassification.from_pretrained(torn / "step_3" / train_mod.HF_MODEL_SUBDIR)
@@ -191,31 +191,79 @@ def ddp_run(digits, tmp_path_factory) -> Path:
     return out
 
 
-def test_ddp_two_processes_evaluates_each_example_once(ddp_run):
+def _predictions(folder: Path, images: list[Path]) -> torch.Tensor:
+    """Class probabilities of the saved model on `images`, through vit_hf's classes and the processor's own call (not
+    the training script's transforms or metrics)."""
+    model = VitHfForImageClassification.from_pretrained(folder).eval()
+    processor = VitHfImageProcessor.from_pretrained(folder)
+    import PIL.Image
+
+    with torch.no_grad():
+        pixels = processor([PIL.Image.open(p) for p in images], return_tensors="pt")["pixel_values"]
+        return model(pixel_values=pixels).logits.softmax(-1)
+
+
+def test_ddp_two_processes_evaluates_each_example_once(ddp_run, digits):
     results = json.loads((ddp_run / "all_results.json").read_text())
     assert results["num_processes"] == 2
     # 37 = 4 * 2 * 4 + 5: the last round is padded by the sampler; gather_for_metrics must drop exactly the padding
     assert results["eval_samples"] == results["eval_unique_samples"] == 37
-    assert sum(map(sum, results["eval_confusion_matrix"])) == 37
     assert results["completed_steps"] == 5  # 40 images / (4 per device x 2 processes)
-    assert 0.0 <= results["eval_accuracy"] <= 1.0 and results["eval_top5_accuracy"] == 1.0  # 3 classes
+    # The reported metrics are those of the saved model: re-predict every validation image independently
+    labels = results["labels"]
+    images = sorted((digits / "validation").glob("*/*.png"))
+    truth = torch.tensor([labels.index(p.parent.name) for p in images])
+    predicted = _predictions(ddp_run, images).argmax(-1)
+    confusion = torch.zeros(3, 3, dtype=torch.long).index_put_((truth, predicted), torch.ones(37, dtype=torch.long),
+                                                                accumulate=True)
+    reported = torch.tensor(results["eval_confusion_matrix"])
+    assert reported.sum(1).tolist() == confusion.sum(1).tolist()  # each true class counted once, DDP padding dropped
+    assert (reported - confusion).abs().sum() <= 2, (reported, confusion)  # at most one image's float-rounding flip
+    assert abs(results["eval_accuracy"] - float((predicted == truth).float().mean())) <= 1 / 37 + 1e-9
+    per_class = [results["eval_per_class_accuracy"][n] for n in labels]
+    assert per_class == [float(reported[i, i]) / float(reported[i].sum()) for i in range(3)]
     assert list(ddp_run.glob("vit_hf/events.out.tfevents.*")), "tensorboard tracking wrote no events"
     for name in (train_mod.CURVES_PNG, train_mod.CONFUSION_PNG, "README.md", "config.json"):
         assert (ddp_run / name).is_file()
     assert "confusion_matrix.png" in (ddp_run / "README.md").read_text()
 
 
+def test_top5_accuracy_counts_the_five_best_of_many_classes():
+    """Top-5 with 9 classes (with 3 it would always be 1): `evaluate` against torch.topk on the same logits."""
+    from accelerate import Accelerator
+
+    torch.manual_seed(0)
+    model = VitHfForImageClassification(VitHfConfig.from_preset("test", num_labels=9, image_size=16, patch_size=4,
+                                                                num_channels=1)).eval()
+    with torch.no_grad():
+        model.head.weight.mul_(40)  # spread the logits so that the ranking is far from ties
+    pixels, labels = torch.randn(24, 1, 16, 16), torch.arange(24) % 9
+    batches = [{"pixel_values": pixels[i:i + 8], "labels": labels[i:i + 8], "valid": torch.ones(8, dtype=torch.bool),
+                "index": torch.arange(i, i + 8)} for i in (0, 8, 16)]
+    metrics = train_mod.evaluate(model, batches, Accelerator(cpu=True), 9)
+    with torch.no_grad():
+        top5 = model(pixel_values=pixels).logits.topk(5, -1).indices
+    expected = (top5 == labels[:, None]).any(1).float().mean().item()
+    assert metrics["top5_accuracy"] == pytest.approx(expected) and 0.0 < expected < 1.0
+    assert metrics["accuracy"] == pytest.approx((top5[:, 0] == labels).float().mean().item())
+
+
 def test_output_loads_through_pipeline_without_vit_hf(ddp_run, digits, tmp_path):
+    """The pipeline's top-2 (of 3 classes) are the two most probable labels with their probabilities."""
     image = sorted((digits / "validation" / "two").glob("*.png"))[0]
     code = f"""
         import json
         from transformers import pipeline
         pipe = pipeline("image-classification", model={str(ddp_run)!r}, trust_remote_code=True)
-        preds = pipe({str(image)!r}, top_k=3)
-        print(json.dumps(sorted(p["label"] for p in preds)))
+        print(json.dumps({{p["label"]: p["score"] for p in pipe({str(image)!r}, top_k=2)}}))
     """
-    labels = last_json_line(run_isolated(code, cwd=tmp_path))
-    assert labels == ["one", "two", "zero"]
+    scores = last_json_line(run_isolated(code, cwd=tmp_path))
+    labels = json.loads((ddp_run / "all_results.json").read_text())["labels"]
+    probs = _predictions(ddp_run, [image])[0]
+    best = [labels[i] for i in probs.argsort(descending=True)[:2].tolist()]
+    assert list(scores) == best
+    for name, score in scores.items():
+        assert score == pytest.approx(float(probs[labels.index(name)]), abs=1e-4)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -240,17 +288,20 @@ def test_broken_grey_palette_images_train_and_are_counted(tmp_path):
     assert saved["skipped_images"] == 2 and saved["mixed_precision"] == "bf16"
 
 
-def test_one_class_or_empty_folder_fails_clearly(tmp_path):
+def test_one_class_or_empty_folder_fails_in_one_line_and_writes_nothing(tmp_path, capsys):
     make_digits_folder(tmp_path / "one", {"train": 6}, classes=(4,))
-    with pytest.raises(DataError, match="two or more class subfolders"):
-        train_mod.main([*SMALL, "--train_dir", str(tmp_path / "one" / "train"), "--output_dir", str(tmp_path / "o")])
-    (tmp_path / "empty" / "a").mkdir(parents=True)
-    with pytest.raises(DataError, match="empty"):
-        train_mod.main([*SMALL, "--train_dir", str(tmp_path / "empty"), "--output_dir", str(tmp_path / "o")])
+    for folder, says in ((tmp_path / "one" / "train", "one class subfolder (four); classification needs two or more"),
+                         (tmp_path / "empty", "is empty")):
+        (tmp_path / "empty" / "a").mkdir(parents=True, exist_ok=True)
+        with pytest.raises(SystemExit) as exit_info:
+            train_mod.main([*SMALL, "--train_dir", str(folder), "--output_dir", str(tmp_path / "o")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and len(err) == 1 and says in err[0], err
+        assert not (tmp_path / "o").exists()
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(digits, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv(train_mod.NAN_AT_STEP_ENV, "3")
+    monkeypatch.setenv(_testing.NAN_AT_STEP_ENV, "3")
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:
         train_mod.main([*SMALL, *data_args(digits), "--output_dir", str(out), "--max_train_steps", "6",
@@ -277,7 +328,7 @@ def test_finetune_new_labels_new_head_higher_resolution(digits, tmp_path):
     model, processor, base_model, notes = train_mod.build_model_and_processor(args, ["one", "two", "zero"])
     assert base_model is None and any("new head" in n for n in notes)
     assert model.config.id2label == {0: "one", 1: "two", 2: "zero"} and model.head.weight.shape == (3, 32)
-    # a new head as timm and transformers make one (issue 16: a zero head starves the trunk of gradient)
+    # a new head as timm and transformers make one (a zero head starves a random trunk of gradient)
     assert model.head.bias.abs().sum() == 0 and 0.01 < model.head.weight.std() < 0.04
     zeros = train_mod.parse_args(["--model_name_or_path", str(tmp_path / "src"), *data_args(digits), "--output_dir",
                                   str(tmp_path / "o"), "--head_init", "zeros"])

@@ -15,6 +15,7 @@ from test_train import SMALL, _fresh_accelerate_state, assert_same_weights, data
 
 from vit_hf import VitHfConfig, VitHfForImageClassification, VitHfImageProcessor
 from vit_hf import train as train_mod
+from vit_hf.train import _testing
 from vit_hf.train.ema import ModelEma, ema_decay
 
 
@@ -71,7 +72,7 @@ def test_ema_sigkill_resume_bit_exact_and_saved_accuracy_reevaluates(digits, tmp
               "3", "--drop_path_rate", "0.1", "--mixed_precision", "no", "--model_ema_decay", "0.9"]
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     run_train([*common, "--output_dir", str(reference)])
-    run_train([*common, "--output_dir", str(killed)], expect=-9, **{train_mod.KILL_AFTER_STEP_ENV: "7"})
+    run_train([*common, "--output_dir", str(killed)], expect=-9, **{_testing.KILL_AFTER_STEP_ENV: "7"})
     assert [p.name for _, p in train_mod.list_checkpoints(killed)] == ["step_3", "step_6"]
     run_train([*common, "--output_dir", str(killed), "--resume_from_checkpoint", "latest"])
     assert_same_weights(reference, killed)
@@ -154,7 +155,7 @@ def test_lora_merged_folder_equals_peft_merge_and_resumes_bit_exact(digits, trai
     assert "eval_accuracy_raw" not in results  # no EMA: one set of weights
 
     run_train([*lora_args(digits, trained_base), "--output_dir", str(killed)], expect=-9,
-              **{train_mod.KILL_AFTER_STEP_ENV: "7"})
+              **{_testing.KILL_AFTER_STEP_ENV: "7"})
     run_train([*lora_args(digits, trained_base), "--output_dir", str(killed), "--resume_from_checkpoint", "latest"])
     assert_same_weights(out, killed)
     assert_same_weights_file(out / "adapter" / "adapter_model.safetensors",

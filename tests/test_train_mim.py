@@ -19,7 +19,7 @@ from transformers import AutoModelForMaskedImageModeling
 from vit_hf import VitHfConfig, VitHfForMaskedImageModeling, VitHfImageProcessor
 from vit_hf import train as train_mod
 from vit_hf.registration import unregistered
-from vit_hf.train import mim
+from vit_hf.train import _testing, mim
 from vit_hf.train.args import parse_args
 from vit_hf.train.data import _arrays_to_dataset
 
@@ -85,7 +85,8 @@ def test_masks_change_per_epoch_and_example_but_not_in_evaluation():
         (["--task", "mim", "--mask_patch_size", "8", "--mixup", "0.2"], r"--mixup: classification only"),
         (["--task", "mim", "--mask_patch_size", "8", "--streaming", "--max_train_steps", "5"],
          r"--streaming: classification only"),
-        (["--mask_ratio", "0.5"], r"--mask_patch_size/--mask_ratio need --task mim"),
+        (["--mask_ratio", "0.5"], r"--mask_ratio needs --task mim"),
+        (["--mask_ratio", "0.5", "--mask_patch_size", "8"], r"--mask_patch_size/--mask_ratio need --task mim"),
     ],
 )
 def test_bad_mim_flags_fail_in_one_line(argv, message, tmp_path, capsys):
@@ -171,7 +172,7 @@ def test_mim_sigkill_and_resume_gives_identical_weights(pretrained, digits, tmp_
     reference, _ = pretrained
     killed = tmp_path / "killed"
     common = [*MIM, *STEPS, *data_args(digits), "--output_dir", str(killed)]
-    run_train(common, expect=-9, **{train_mod.KILL_AFTER_STEP_ENV: "4"})
+    run_train(common, expect=-9, **{_testing.KILL_AFTER_STEP_ENV: "4"})
     assert sorted(p.name for p in killed.glob("step_*")) == ["step_3"]
     proc = run_train([*common, "--resume_from_checkpoint", "latest"])
     assert "resumed from" in proc.stderr and "step 3" in proc.stderr
@@ -184,7 +185,7 @@ def test_mim_sigkill_and_resume_gives_identical_weights(pretrained, digits, tmp_
 def test_mim_output_fine_tunes_as_a_classifier(pretrained, digits, tmp_path):
     """Classification from the MIM folder: the encoder is reused as is, the decoder and mask token are dropped (one
     log line), a new head is made for the data set's labels."""
-    from vit_hf.train.model import build_model_and_processor
+    from vit_hf.train.classification import build_model_and_processor
 
     out, _ = pretrained
     args = parse_args([*data_args(digits), "--model_name_or_path", str(out), "--output_dir", str(tmp_path / "c")])

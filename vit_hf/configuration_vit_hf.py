@@ -264,8 +264,9 @@ class VitHfConfig(ConfigSavedByVersion, BackboneConfigMixin, PretrainedConfig):
         rope_grid_offset: added to the patch coordinates (PE: 1.0; dinov3: to the centres before normalising).
         rope_ref_grid: `(h, w)`; `"cat"` coordinates are rescaled so that any grid spans this one (EVA02's
             `ref_feat_shape`: 16x16 for 224 px / 14).
-        rope_numerics: whose float rounding of the table is reproduced, `"timm"` or `"transformers"` (DINOv3 only:
-            the same angles computed in float32 throughout, as `DINOv3ViTRopePositionEmbedding`).
+        rope_numerics: whose float rounding of the table is reproduced (the maths is the same): `"timm"` ('cat' and
+            'mixed' tables computed in float32, 'dinov3' in the model's precision from float32 coordinates and periods)
+            or `"transformers"` ('dinov3' only: float32 throughout, as `DINOv3ViTRopePositionEmbedding`).
         rope_shift_coords / rope_jitter_coords / rope_rescale_coords: DINOv3's training-time coordinate augmentation
             (uniform shift in [-s, s]; log-uniform per-axis scale in [1/j, j]; log-uniform shared scale in [1/r, r]);
             `None` disables each; never applied in eval mode.
@@ -585,12 +586,10 @@ class VitHfConfig(ConfigSavedByVersion, BackboneConfigMixin, PretrainedConfig):
             if value is not None and not (isinstance(value, (int, float)) and value >= low):
                 raise ValueError(f"{name} must be a number >= {low:g} or None, got {value!r}")
 
-    @classmethod
-    def from_preset(cls, name: str, **kwargs) -> VitHfConfig:
-        """Build a config from a size preset: `"base"`, `"small"`, ..., or big_vision's `"B/16"` / `"base/16"`.
-
-        Keyword arguments override any field (e.g. `image_size=384, num_labels=10`).
-        """
+    @staticmethod
+    def parse_preset(name: str) -> tuple[str, int | None]:
+        """`(size, patch size or None)` of a preset name (`"base"`, `"B/16"`, `"small/16"`, `"mu"`); ValueError when
+        `name` is not one. The one parser of preset names: `from_preset` and the training script's checks use it."""
         size, _, patch = name.strip().lower().partition("/")
         size = _PRESET_ALIASES.get(size, size)
         if size not in PRESETS:
@@ -598,14 +597,23 @@ class VitHfConfig(ConfigSavedByVersion, BackboneConfigMixin, PretrainedConfig):
                 f"unknown preset {name!r}: choose one of {sorted(PRESETS)} (optionally with a patch size, e.g. "
                 f"'base/16')"
             )
+        if patch and not patch.isdigit():
+            raise ValueError(f"preset {name!r}: the part after '/' must be a patch size, e.g. 'base/16'")
+        return size, int(patch) if patch else None
+
+    @classmethod
+    def from_preset(cls, name: str, **kwargs) -> VitHfConfig:
+        """Build a config from a size preset: `"base"`, `"small"`, ..., or big_vision's `"B/16"` / `"base/16"`.
+
+        Keyword arguments override any field (e.g. `image_size=384, num_labels=10`).
+        """
+        size, patch = cls.parse_preset(name)
         d, depth, heads, mlp = PRESETS[size]
         fields = dict(hidden_size=d, num_hidden_layers=depth, num_attention_heads=heads, intermediate_size=mlp)
-        if patch:
-            if not patch.isdigit():
-                raise ValueError(f"preset {name!r}: the part after '/' must be a patch size, e.g. 'base/16'")
-            fields["patch_size"] = int(patch)
+        if patch is not None:
+            fields["patch_size"] = patch
         if size == "test":
-            fields.update(image_size=32, patch_size=int(patch) if patch else 8)
+            fields.update(image_size=32, patch_size=patch or 8)
         fields.update(kwargs)
         return cls(**fields)
 

@@ -70,12 +70,14 @@ def index_coords(grid: tuple[int, int], indexing: str, offset: float = 0.0, ref_
 
 def centre_coords(grid: tuple[int, int], indexing: str, offset: float, numerics: str) -> torch.Tensor:
     """(gh * gw, 2) float32 patch centres in [-1, 1] (DINOv3), in timm's or transformers' operation order."""
+    # integer ranges + 0.5: the same float32 values as arange(0.5, n), and traceable for any n (torch.export / ONNX
+    # with a dynamic size: a float range's length would be specialised to the example's)
     if numerics == "transformers":  # get_patches_center_coordinates
-        ys = torch.arange(0.5, grid[0], dtype=torch.float32) / grid[0]
-        xs = torch.arange(0.5, grid[1], dtype=torch.float32) / grid[1]
+        ys = (torch.arange(grid[0]).to(torch.float32) + 0.5) / grid[0]
+        xs = (torch.arange(grid[1]).to(torch.float32) + 0.5) / grid[1]
         return 2.0 * torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).flatten(0, 1) - 1.0
     shape, indexing = _axis_order(grid, indexing)
-    axes = [(torch.arange(0.5, s, dtype=torch.float32) + offset) / float(s) for s in shape]
+    axes = [(torch.arange(s).to(torch.float32) + 0.5 + offset) / s for s in shape]
     return 2.0 * torch.stack(torch.meshgrid(axes, indexing=indexing), dim=-1).reshape(-1, 2) - 1.0
 
 

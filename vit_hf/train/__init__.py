@@ -16,36 +16,38 @@ guard, top-1/top-5/per-class metrics with plots, checkpoints that are written wh
 bit-exactly, a hub-ready output folder with a model card, a weight EMA (`--model_ema_decay`, `ema`) and LoRA
 through peft (`--lora_r`, `lora`: the merged model saved, the adapter beside it).
 
-Layout: `args` (flags, defaults, the recipe), `model` (what is trained, parameter groups), `data` (datasets,
-transforms, sampler, the demo's offline data), `loop` (set-up, one epoch, evaluation, checkpoint, finish),
-`checkpoints`, `metrics`, `plots`, `ema`, `lora`, `mim` (`--task mim`: SimMIM pretraining), `fsdp` (FSDP2
-sharding, DCP checkpoints, consolidation).
+Layout: `loop` (set-up, one epoch, evaluation, checkpoint, finish) runs a `task.Task` picked from the registry
+`tasks` by `--task`: `classification` (the default) or `mim` (SimMIM pretraining). Beside them: `args` (flags,
+defaults, the recipe), `model` (building the model for every task, parameter groups), `data` (datasets, transforms,
+sampler, the demo's offline data), `streaming`, `runs` (checks before work starts, the run fingerprint, resume),
+`checkpoints`, `metrics`, `plots`, `ema`, `lora`, `fsdp` (FSDP2 sharding, DCP checkpoints, consolidation).
 
 Exact resume: all randomness is a function of the seed and the position in training. The data order is a
 permutation of `(seed, epoch)`, each example's augmentation is seeded by `(seed, epoch, index)`, and the global torch
 RNG (dropout, drop-path, mixup) is re-seeded from `(seed, micro-step, rank)` before every micro-step, as big_vision
 folds the step into its RNG key. Nothing then depends on how far the data loader has read ahead or on when an
 iterator was created, so `skip_first_batches` after a restart reproduces the uninterrupted run.
+
+Runs that cannot be mixed up: every checkpoint records the run's fingerprint (model config, labels, data identity,
+batch geometry, recipe), and a resume compares it before loading anything (one line per difference, exit 2); an
+output dir that holds a run is refused unless resumed or `--overwrite_output_dir` is given. Every user error is one
+line naming the fix, exit 2, before any training or write (`--debug` or VIT_HF_DEBUG=1: the traceback too). The fault
+table, with the test of each row, is docs/faults-training.md.
 """
 
 from .args import DEFAULTS, RECIPES, parse_args, resolve_recipe
-from .checkpoints import (
-    HF_MODEL_SUBDIR,
-    KILL_AFTER_STEP_ENV,
-    KILL_IN_CHECKPOINT_ENV,
-    NAN_AT_STEP_ENV,
-    TRAINER_STATE,
-    list_checkpoints,
-    resolve_checkpoint,
-    save_checkpoint,
-)
-from .loop import CONFUSION_PNG, CURVES_PNG, NonFiniteLossError, main, training_function
+from .checkpoints import HF_MODEL_SUBDIR, TRAINER_STATE, list_checkpoints, resolve_checkpoint, save_checkpoint
+from .classification import CONFUSION_PNG, CURVES_PNG, build_model_and_processor
+from .errors import UserError
+from .loop import NonFiniteLossError, main, training_function
 from .metrics import evaluate, masked_cross_entropy, mix_batch
-from .model import build_model_and_processor, is_preset, parameter_groups
+from .model import is_preset, parameter_groups
+from .task import Task
+from .tasks import TASKS
 
 __all__ = [
-    "CONFUSION_PNG", "CURVES_PNG", "DEFAULTS", "HF_MODEL_SUBDIR", "KILL_AFTER_STEP_ENV", "KILL_IN_CHECKPOINT_ENV",
-    "NAN_AT_STEP_ENV", "RECIPES", "TRAINER_STATE", "NonFiniteLossError", "build_model_and_processor", "evaluate",
-    "is_preset", "list_checkpoints", "main", "masked_cross_entropy", "mix_batch", "parameter_groups", "parse_args",
+    "CONFUSION_PNG", "CURVES_PNG", "DEFAULTS", "HF_MODEL_SUBDIR", "RECIPES", "TASKS", "TRAINER_STATE",
+    "NonFiniteLossError", "Task", "UserError", "build_model_and_processor", "evaluate", "is_preset",
+    "list_checkpoints", "main", "masked_cross_entropy", "mix_batch", "parameter_groups", "parse_args",
     "resolve_checkpoint", "resolve_recipe", "save_checkpoint", "training_function",
 ]

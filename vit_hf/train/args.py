@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from . import mim
-from .model import is_preset
+from .errors import UserError
+from .model import is_preset, model_path_problem
+from .tasks import DEFAULT_TASK, TASKS
 
 DESCRIPTION = "Fine-tune (or train from scratch) the einops ViT with accelerate on a `datasets` image set."
 
@@ -35,7 +36,7 @@ DEFAULTS: dict[str, Any] = dict(
     mixup_switch_prob=0.5,
     drop_path_rate=None,
     logging_steps=10,
-    dataloader_num_workers=None,  # resolved at set-up: loop.default_num_workers (0 on CPU, else min(8, CPUs - 1))
+    dataloader_num_workers=None,  # resolved at set-up: data.default_num_workers (0 on CPU, else min(8, CPUs - 1))
     shuffle_buffer_size=1000,  # --streaming: records per seeded shuffle window (datasets' own default buffer size)
     adam_beta1=0.9,
     adam_beta2=0.999,
@@ -79,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     _optimisation_arguments(p.add_argument_group("optimisation"))
     _lora_arguments(p.add_argument_group("LoRA (peft)"))
     _output_arguments(p.add_argument_group("checkpoints, logging, hub"))
-    mim.add_arguments(p)
+    task_flags = _task_arguments(p)
     args = p.parse_args(argv)
     if args.dataset_name is None and args.train_dir is None:
         p.error("give --dataset_name or --train_dir")
@@ -93,10 +94,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.model_ema_decay is not None and not 0.0 < args.model_ema_decay < 1.0:
         p.error(f"--model_ema_decay must be in (0, 1), e.g. 0.999; got {args.model_ema_decay}")
     _check_lora(p, args)
-    mim.check_arguments(p, args)
+    why = model_path_problem(args.model_name_or_path)
+    if why:
+        raise UserError(why)  # vit_hf.train.main: one line, exit 2 (no usage text: the flags are fine)
+    _check_task(p, args, task_flags)
     if args.push_to_hub and not args.hub_model_id:
         p.error("--push_to_hub needs --hub_model_id")
     return args
+
+
+def _task_arguments(p: argparse.ArgumentParser) -> dict[str, list[argparse.Action]]:
+    """`--task` and each task's own flags, in a group per task; returns the flags of each task."""
+    p.add_argument("--task", choices=sorted(TASKS), default=DEFAULT_TASK,
+                   help="; ".join(task.help for task in TASKS.values()))
+    flags = {}
+    for name, task in TASKS.items():
+        group = p.add_argument_group(f"--task {name}")
+        task.add_arguments(group)
+        flags[name] = list(group._group_actions)
+    return flags
+
+
+def _check_task(p: argparse.ArgumentParser, args: argparse.Namespace, flags: dict) -> None:
+    """Another task's flags changed from their defaults are refused, then the chosen task checks its own."""
+    for name, actions in flags.items():
+        given = [a.option_strings[0] for a in actions if name != args.task and getattr(args, a.dest) != a.default]
+        if given:
+            p.error(f"{'/'.join(given)} {'needs' if len(given) == 1 else 'need'} --task {name}")
+    why = TASKS[args.task].check_arguments(args)
+    if why:
+        p.error(why)
 
 
 def _data_arguments(d) -> None:
@@ -204,6 +231,9 @@ def _output_arguments(c) -> None:
     c.add_argument("--checkpointing_steps", help="save the state every N optimizer steps, or 'epoch'")
     c.add_argument("--resume_from_checkpoint", help="a checkpoint folder, or 'latest' (newest complete one in "
                    "--output_dir; a fresh start when there is none)")
+    c.add_argument("--overwrite_output_dir", action="store_true", help="start afresh in an --output_dir that holds "
+                   "a run: its checkpoints and results are removed first")
+    c.add_argument("--debug", action="store_true", help="show the traceback of an error (also: VIT_HF_DEBUG=1)")
     c.add_argument("--logging_steps", type=int)
     c.add_argument("--with_tracking", action="store_true")
     c.add_argument("--report_to", help="tensorboard, wandb, comet_ml, clearml, or 'all'")

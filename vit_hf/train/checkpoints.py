@@ -1,5 +1,5 @@
 """Checkpoints written whole or not at all: `accelerator.save_state` plus a standalone hub-ready model, in a hidden
-folder renamed into place once complete; finding the latest complete one; the test hooks that kill a run."""
+folder renamed into place once complete; finding the latest complete one."""
 
 from __future__ import annotations
 
@@ -7,18 +7,14 @@ import json
 import logging
 import os
 import shutil
-import signal
 from pathlib import Path
 from typing import Any
 
 from ..hub import save_hub_folder
+from ._testing import KILL_IN_CHECKPOINT_ENV, maybe_fill_disk, maybe_kill
+from .errors import UserError
 
 logger = logging.getLogger("vit_hf.train")
-
-# Test hooks (not flags: no user should want them). Each makes the process SIGKILL itself at a chosen moment.
-KILL_AFTER_STEP_ENV = "VIT_HF_TEST_KILL_AFTER_STEP"  # after optimizer step N (and its checkpoint, if any) completes
-KILL_IN_CHECKPOINT_ENV = "VIT_HF_TEST_KILL_IN_CHECKPOINT"  # while writing the checkpoint of step N
-NAN_AT_STEP_ENV = "VIT_HF_TEST_NAN_AT_STEP"  # make the loss of optimizer step N non-finite
 
 TRAINER_STATE = "trainer_state.json"
 HF_MODEL_SUBDIR = "hf_model"  # a standalone, hub-ready copy of the model inside every checkpoint
@@ -35,6 +31,18 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _is_write_failure(err: BaseException) -> bool:
+    """An OSError, or what torch.save / safetensors make of one (a RuntimeError "file write failed", a
+    SafetensorError carrying the OS message)."""
+    text = str(err).lower()
+    return isinstance(err, OSError) or (isinstance(err, RuntimeError) and "write" in text) or (
+        type(err).__name__ == "SafetensorError" and ("space" in text or "write" in text))
+
+
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written (e.g. the disk is full); nothing of it is left, the earlier ones stay."""
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -63,13 +71,6 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
-def maybe_kill(env: str, step: int) -> None:
-    if os.environ.get(env) == str(step):
-        logger.warning("%s=%d: killing this process now (test hook)", env, step)
-        logging.shutdown()
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def save_checkpoint(accelerator, output_dir: Path, name: str, state: dict, model, processor, card_kwargs,
                     save_state=None) -> Path:
     """`accelerator.save_state` + a standalone hub-ready model (`hf_model/`) + `trainer_state.json`, written into a
@@ -82,13 +83,25 @@ def save_checkpoint(accelerator, output_dir: Path, name: str, state: dict, model
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    (save_state or accelerator.save_state)(str(tmp))
-    accelerator.wait_for_everyone()
+    try:
+        (save_state or accelerator.save_state)(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            maybe_fill_disk(state["completed_steps"])
+            save_hub_folder(accelerator.unwrap_model(model), processor, tmp / HF_MODEL_SUBDIR,
+                            card_kwargs=card_kwargs)
+            maybe_kill(KILL_IN_CHECKPOINT_ENV, state["completed_steps"])
+            write_json(tmp / TRAINER_STATE, state)
+            _fsync_dir(tmp)
+    except Exception as err:  # a full disk, a quota: the half-written folder goes, the previous checkpoint stays
+        if not _is_write_failure(err):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = list_checkpoints(output_dir)
+        kept = f"{previous[-1][1].name} is intact" if previous else "no earlier checkpoint"
+        raise CheckpointWriteError(f"writing checkpoint {name} in {output_dir} failed ({err}); {kept}: free space, "
+                                   f"then continue with --resume_from_checkpoint latest") from err
     if accelerator.is_main_process:
-        save_hub_folder(accelerator.unwrap_model(model), processor, tmp / HF_MODEL_SUBDIR, card_kwargs=card_kwargs)
-        maybe_kill(KILL_IN_CHECKPOINT_ENV, state["completed_steps"])
-        write_json(tmp / TRAINER_STATE, state)
-        _fsync_dir(tmp)
         if final.exists():  # re-running over an old output folder: replace it, never merge
             old = output_dir / f".old-{name}-{os.getpid()}"
             os.replace(final, old)
@@ -113,6 +126,8 @@ def resolve_checkpoint(spec: str | None, output_dir: Path) -> Path | None:
         return found[-1][1]
     path = Path(spec)
     if not (path / TRAINER_STATE).is_file():
-        raise FileNotFoundError(f"{path} is not a complete checkpoint (no {TRAINER_STATE})")
+        found = ", ".join(p.name for _, p in list_checkpoints(path if path.is_dir() else output_dir)) or "none"
+        raise UserError(f"--resume_from_checkpoint {spec}: not a complete checkpoint (no {TRAINER_STATE}); pass a "
+                        f"step_N / epoch_N folder or 'latest' (complete checkpoints there: {found})")
     return path
 

@@ -33,6 +33,8 @@ import numpy as np
 import PIL.Image
 import torch
 
+from .errors import UserError
+
 logger = logging.getLogger(__name__)
 
 INDEX_COLUMN = "__index__"
@@ -51,8 +53,9 @@ FASHION_MNIST_LABELS = (
 )
 
 
-class DataError(ValueError):
-    """A data set that cannot be trained on (missing labels, one class, an empty split, ...)."""
+class DataError(UserError):
+    """A data set that cannot be trained on (missing labels, one class, an empty split, ...); the message names the
+    flag or the step that fixes it."""
 
 
 @dataclass
@@ -84,7 +87,7 @@ class ImageClassificationData:
 def _folder_data_files(folder: str | Path) -> str:
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(f"image folder {folder} does not exist")
+        raise DataError(f"image folder {folder}: no such folder (--train_dir / --validation_dir)")
     if not any(p.is_file() for p in folder.rglob("*")):
         raise DataError(
             f"image folder {folder} is empty: expected class subfolders with images (e.g. {folder}/cat/1.png)"
@@ -164,32 +167,24 @@ def prepare_splits(
         raise DataError(f"{source}: no 'train' split (splits: {list(raw)})")
     train = raw["train"]
     columns = train.column_names
-    if label_column not in columns:
-        hint = ""
-        if "image" in columns or image_column in columns:
-            hint = (
-                " An image folder gets a label column only from two or more class subfolders at the same depth "
-                "(train/cat/1.png, train/dog/2.png); one class folder, or images at mixed depths, give no labels."
-            )
-        raise DataError(f"{source}: no label column {label_column!r} (columns: {columns}).{hint}")
     if image_column not in columns:
         raise DataError(f"{source}: no image column {image_column!r} (columns: {columns}); pass --image_column_name")
+    if label_column not in columns:
+        raise DataError(_no_label_column(source, label_column, columns))
     validation = next((raw[name] for name in VALIDATION_SPLIT_NAMES if name in raw), None)
     notes = []
     train, labels = _label_names(train, label_column, f"{source} train")
     if validation is not None:
-        validation, val_labels = _label_names(validation, label_column, f"{source} validation")
-        if val_labels != labels:
-            raise DataError(f"{source}: train labels {labels} and validation labels {val_labels} differ")
+        validation = encode_as_train(validation, label_column, labels, f"{source} validation")
     if len(labels) < 2:
-        raise DataError(
-            f"{source}: only one class ({labels}); classification needs at least two (one subfolder per class)"
-        )
+        raise DataError(f"{source}: only one class ({', '.join(labels)}); classification needs two or more (one "
+                        f"subfolder per class), or train without labels with --task mim")
     if len(train) == 0:
         raise DataError(f"{source}: the train split is empty")
     if validation is None:
         if not 0 < train_val_split < 1:
-            raise DataError(f"{source}: no validation split and --train_val_split={train_val_split} is not in (0, 1)")
+            raise DataError(f"{source}: no validation split and --train_val_split {train_val_split} is not in (0, 1): "
+                            f"pass --train_val_split 0.15 or a validation split (--validation_dir)")
         try:
             parts = train.train_test_split(train_val_split, seed=seed, stratify_by_column=label_column)
         except ValueError:  # a class too small to stratify: fall back to a plain random split
@@ -204,6 +199,42 @@ def prepare_splits(
         validation = validation.shuffle(seed=seed).select(range(max_eval_samples))
     train, validation = (finish_split(split, image_column, label_column) for split in (train, validation))
     return ImageClassificationData(train, validation, labels, image_column, label_column, source, notes)
+
+
+def _no_label_column(source: str, label_column: str, columns: list[str]) -> str:
+    """The one line for a split without `label_column`: an image folder without class subfolders (flat) or with one,
+    else the flag that names the column."""
+    folder = Path(source)
+    if folder.is_dir() and not (folder / "dataset_dict.json").is_file() and not (folder / "state.json").is_file():
+        subfolders = [p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        if not subfolders:
+            return (f"{source}: no class subfolders (a flat folder of images): put each class's images in its own "
+                    f"subfolder ({source}/cat/1.png, {source}/dog/2.png), or train without labels with --task mim")
+        if len(subfolders) == 1:
+            return (f"{source}: one class subfolder ({subfolders[0]}); classification needs two or more, or train "
+                    f"without labels with --task mim")
+        return (f"{source}: no labels: class subfolders must sit at the same depth ({source}/cat/1.png, "
+                f"{source}/dog/2.png)")
+    return f"{source}: no label column {label_column!r} (columns: {columns}): pass --label_column_name COLUMN"
+
+
+def encode_as_train(validation, label_column: str, labels: list[str], where: str):
+    """The validation split with its labels encoded as the train split's names (as transformers' example does): a
+    validation split holding only some of the classes is valid; a class train does not have is refused."""
+    from datasets import ClassLabel, Value
+
+    validation, names = _label_names(validation, label_column, where)
+    if names == labels:
+        return validation
+    unknown = [n for n in names if n not in labels]
+    if unknown:
+        raise DataError(f"{where}: classes {', '.join(unknown)} are not in the train split ({', '.join(labels)}): "
+                        f"remove them from the validation data or add training images for them")
+    to_train = np.array([labels.index(n) for n in names], dtype=np.int64)
+    validation = validation.cast_column(label_column, Value("int64"))
+    validation = validation.map(lambda ids: {label_column: to_train[np.asarray(ids, dtype=np.int64)].tolist()},
+                                batched=True, input_columns=[label_column], desc="train label ids")
+    return validation.cast_column(label_column, ClassLabel(names=labels))
 
 
 def finish_split(split, image_column: str, label_column: str):

@@ -1,98 +1,41 @@
 """The training loop, top to bottom: `set_up`, then per epoch `train_epoch` and `evaluate_epoch` (with `checkpoint`
-where asked), then `finish`. Everything the phases share lives in one `Run`; what changes as training goes (and what
-a checkpoint records) in its `TrainState`."""
+where asked), then `finish`. What differs between tasks (data, model, loss, evaluation, results, card) is asked of
+`run.task` (a `task.Task`); everything the phases share lives in one `state.Run`, what changes as training goes (and
+what a checkpoint records) in its `state.TrainState`."""
 
 from __future__ import annotations
 
 import argparse
 import functools
-import json
 import logging
 import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+import traceback
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..hub import save_hub_folder
-from . import fsdp, mim
+from . import fsdp, runs
+from ._testing import KILL_AFTER_STEP_ENV, maybe_kill, nan_at_step
 from .args import parse_args, resolve_recipe
-from .checkpoints import (
-    HF_MODEL_SUBDIR,
-    KILL_AFTER_STEP_ENV,
-    NAN_AT_STEP_ENV,
-    TRAINER_STATE,
-    maybe_kill,
-    resolve_checkpoint,
-    save_checkpoint,
-    write_json,
-)
+from .checkpoints import HF_MODEL_SUBDIR, save_checkpoint, write_json
+from .data import default_num_workers, example_seed
+from .errors import DEBUG_ENV, UserError
 from .lora import ADAPTER_SUBDIR, apply_lora, is_lora, merged_copy, parameter_counts, save_adapter
-from .metrics import evaluate, masked_cross_entropy, mix_batch, results_markdown
-from .model import build_model_and_processor, parameter_groups
-from .streaming import STREAM_RECORD_KEY, load_streaming_data, make_stream_loaders, stream_record
+from .model import parameter_groups
+from .state import Run
+from .streaming import stream_record
+from .tasks import TASKS
 
 logger = logging.getLogger("vit_hf.train")
-CURVES_PNG, CONFUSION_PNG = "training_curves.png", "confusion_matrix.png"
 
 
 class NonFiniteLossError(RuntimeError):
     pass
-
-
-@dataclass
-class TrainState:
-    """Counters and logs that change as training goes; the part a checkpoint's `trainer_state.json` records."""
-
-    completed_steps: int = 0
-    epoch: int = 0
-    skip_batches: int = 0  # batches of `epoch` already trained before a resume
-    history: list[dict] = field(default_factory=list)
-    train_skipped: set[int] = field(default_factory=set)
-    last_checkpoint: Path | None = None
-    eval_metrics: dict | None = None  # of the weights the run saves (the EMA ones with --model_ema_decay)
-    eval_raw: dict | None = None  # with --model_ema_decay: of the trained (raw) weights
-    train_images: int = 0
-    train_seconds: float = 0.0
-
-    def record(self, epoch: int, batches_in_epoch: int, batches_per_epoch: int) -> dict:
-        return {"completed_steps": self.completed_steps, "epoch": epoch, "batches_in_epoch": batches_in_epoch,
-                "batches_per_epoch": batches_per_epoch, "log_history": self.history,
-                "train_skipped_indices": sorted(self.train_skipped)}
-
-
-@dataclass
-class Run:
-    """What `set_up` builds once and every phase reads."""
-
-    args: argparse.Namespace
-    accelerator: Any
-    output_dir: Path
-    data: Any  # vit_hf.train.data.ImageClassificationData
-    model: Any
-    processor: Any
-    optimizer: Any
-    scheduler: Any
-    train_dl: Any
-    eval_dl: Any
-    sampler: Any
-    train_transform: Any
-    seed: int
-    max_train_steps: int
-    num_epochs: int
-    card_base: dict
-    progress: Any = None
-    state: TrainState = field(default_factory=TrainState)
-    window: dict = field(default_factory=dict)  # loss/images since the last log line
-    pending: Any = None  # [non-finite losses, summed loss] of the optimizer step being accumulated
-    nan_at_step: int | None = None  # test hook: make this optimizer step's loss non-finite
-    ema: Any = None  # vit_hf.train.ema.ModelEma with --model_ema_decay
-    fsdp: Any = None  # vit_hf.train.fsdp.Sharding when FSDP was asked for (the model is then sharded by us)
 
 
 def training_function(args: argparse.Namespace) -> dict[str, Any]:
@@ -130,6 +73,8 @@ def make_accelerator(args: argparse.Namespace, output_dir: Path):
         )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         level=logging.INFO)
+    for name in ("httpx", "httpx2", "httpcore"):  # a line per Hub request at INFO: only their warnings
+        logging.getLogger(name).setLevel(logging.WARNING)
     quiet = not accelerator.is_main_process
     logger.setLevel(logging.ERROR if quiet else logging.INFO)
     for lib in (datasets, transformers):
@@ -148,53 +93,27 @@ def cpu_has_native_bf16() -> bool | None:
         return None
 
 
-def make_loaders(args: argparse.Namespace, data, processor, seed: int):
-    from .data import EpochShuffleSampler, ExampleTransform, collate_fn
-
-    if args.streaming:  # each rank's own endless stream, for --max_train_steps; not prepared by accelerate
-        return make_stream_loaders(args, data, processor, seed)
-    train_transform = ExampleTransform(processor, data.image_column, data.label_column, train=True, seed=seed)
-    eval_transform = ExampleTransform(processor, data.image_column, data.label_column, train=False, seed=seed)
-    train_ds, eval_ds = data.train.with_transform(train_transform), data.validation.with_transform(eval_transform)
-    sampler = EpochShuffleSampler(len(train_ds), seed=seed)
-    train_dl = torch.utils.data.DataLoader(train_ds, sampler=sampler, batch_size=args.per_device_train_batch_size,
-                                           collate_fn=collate_fn, num_workers=args.dataloader_num_workers)
-    eval_dl = torch.utils.data.DataLoader(eval_ds, batch_size=args.per_device_eval_batch_size, collate_fn=collate_fn,
-                                          num_workers=args.dataloader_num_workers)
-    return train_dl, eval_dl, sampler, train_transform
-
 
 def set_up(args: argparse.Namespace) -> Run:
-    """Accelerator, data, model, optimizer and schedule, prepared; then the resume, if asked."""
+    """Accelerator; the checks that need no data (output dir, model path, Hub access); the task's data, model and
+    loaders; optimizer and schedule, prepared; the resume check against the checkpoint's run fingerprint, then the
+    resume. Nothing is written before every check has passed."""
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
-    from .data import default_num_workers, load_image_classification_data
-
     output_dir = Path(args.output_dir).resolve()
     accelerator = make_accelerator(args, output_dir)
     if fsdp.requested():
-        fsdp.configure(args, accelerator)  # before anything is written: a run that cannot shard stops here
+        fsdp.configure(args, accelerator)  # a run that cannot shard stops here
+    checkpoint_dir = runs.check_start(args, output_dir)  # one-line refusals before any data is read
     seed = 0 if args.seed is None else args.seed
     set_seed(seed)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
+    task = TASKS[args.task](args)
     args.dataloader_num_workers = default_num_workers(args.dataloader_num_workers, accelerator)
     with accelerator.main_process_first():  # the main process fills the datasets cache, the others read it
-        if args.task == "mim":  # SimMIM pretraining: its data, model, masks, loss and results are in `mim`
-            data = mim.load_data(args, seed)
-        elif args.streaming:
-            data = load_streaming_data(args, seed)
-        else:
-            data = load_image_classification_data(
-                args.dataset_name, args.dataset_config_name, args.train_dir, args.validation_dir,
-                args.image_column_name, args.label_column_name, args.train_val_split, args.max_train_samples,
-                args.max_eval_samples, seed, args.cache_dir, args.hub_token,
-            )
-    build = mim.build_model_and_processor if args.task == "mim" else build_model_and_processor
-    model, processor, base_model, notes = build(args, data if args.task == "mim" else data.labels)
+        data = task.load_data(seed)
+    model, processor, base_model, notes = runs.explained_load(task.build_model, data, args)
     if args.lora_r is not None:
         model, note = apply_lora(model, args)
         notes.append(note)
@@ -202,16 +121,18 @@ def set_up(args: argparse.Namespace) -> Run:
         logger.info(note)
     if args.gradient_checkpointing:
         enable_activation_checkpointing(model)
-    loaders = mim.make_loaders if args.task == "mim" else make_loaders
-    train_dl, eval_dl, sampler, train_transform = loaders(args, data, processor, seed)
-    sharding = fsdp.shard(model, accelerator) if fsdp.requested() else None  # before the optimizer sees the params
-    if sharding is not None:
-        logger.info(sharding.log_line(accelerator.process_index))
+    train_dl, eval_dl, sampler, train_transform = task.make_loaders(data, processor, seed)
 
     n = accelerator.num_processes
     max_train_steps = args.max_train_steps or args.num_train_epochs * math.ceil(  # (a stream has no len: steps given)
         math.ceil(len(data.train) / n / args.per_device_train_batch_size) / args.gradient_accumulation_steps)
     logger.info(resolve_recipe(args, max_train_steps))
+    fingerprint = runs.fingerprint(args, task, data, model, accelerator)
+    saved = runs.check_resume(checkpoint_dir, fingerprint)  # before anything is loaded or written
+    runs.prepare_output_dir(args, output_dir, accelerator)
+    sharding = fsdp.shard(model, accelerator) if fsdp.requested() else None  # before the optimizer sees the params
+    if sharding is not None:
+        logger.info(sharding.log_line(accelerator.process_index))
     optimizer = torch.optim.AdamW(parameter_groups(model, args.learning_rate, args.weight_decay, args.layer_decay),
                                   lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                   eps=args.adam_epsilon)
@@ -224,22 +145,25 @@ def set_up(args: argparse.Namespace) -> Run:
     else:  # the sharded model is never handed to accelerate, which would wrap it in DDP as well
         optimizer, train_dl, eval_dl, scheduler = accelerator.prepare(optimizer, train_dl, eval_dl, scheduler)
     steps_per_epoch = math.ceil(len(train_dl) / args.gradient_accumulation_steps)  # exact, after sharding
-    run = Run(args, accelerator, output_dir, data, model, processor, optimizer, scheduler, train_dl, eval_dl, sampler,
-              train_transform, seed, max_train_steps, math.ceil(max_train_steps / steps_per_epoch),
-              _card_base(args, base_model), fsdp=sharding)
+    run = Run(args, task, accelerator, output_dir, data, model, processor, optimizer, scheduler, train_dl, eval_dl,
+              sampler, train_transform, seed, max_train_steps, math.ceil(max_train_steps / steps_per_epoch),
+              _card_base(args, base_model), fingerprint, fsdp=sharding)
     if args.model_ema_decay is not None:
-        attach_ema(run)  # before `resume`: load_state restores the average and its step with the rest of the state
+        attach_ema(run)  # before the resume: load_state restores the average and its step with the rest of the state
     if args.with_tracking:
         hparams = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool)) and "token" not in k}
         accelerator.init_trackers("vit_hf", config=hparams)
-    resume(run)
+    if checkpoint_dir is not None:
+        runs.resume(run, checkpoint_dir, saved)
     _log_plan(run)
     run.progress = tqdm(total=max_train_steps, initial=run.state.completed_steps, desc="train",
                         disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     run.window = {"loss": 0.0, "n": 0, "images": 0, "t": time.perf_counter()}
-    run.nan_at_step = int(os.environ[NAN_AT_STEP_ENV]) if NAN_AT_STEP_ENV in os.environ else None
+    run.nan_at_step = nan_at_step()
     run.model.train()
     return run
+
+
 
 
 def attach_ema(run: Run) -> None:
@@ -270,47 +194,10 @@ def _card_base(args: argparse.Namespace, base_model: str | None) -> dict:
     }
 
 
-def resume(run: Run) -> None:
-    checkpoint = resolve_checkpoint(run.args.resume_from_checkpoint, run.output_dir)
-    if checkpoint is None:
-        return
-    if run.fsdp is not None:
-        fsdp.load_state(run, checkpoint)
-    else:
-        fsdp.check_unsharded(checkpoint)
-        run.accelerator.load_state(str(checkpoint))
-    saved = json.loads((checkpoint / TRAINER_STATE).read_text())
-    batches = len(run.train_dl)
-    if saved.get("batches_per_epoch") not in (None, batches):
-        raise ValueError(f"{checkpoint} was written with {saved['batches_per_epoch']} batches per epoch, this run "
-                         f"has {batches}: resume with the same data, batch size and number of processes")
-    state = run.state
-    state.completed_steps, state.epoch, state.skip_batches = (saved["completed_steps"], saved["epoch"],
-                                                              saved["batches_in_epoch"])
-    state.history, state.train_skipped = saved.get("log_history", []), set(saved.get("train_skipped_indices", []))
-    state.last_checkpoint = checkpoint
-    if STREAM_RECORD_KEY in saved:
-        run.train_dl.load_state(saved[STREAM_RECORD_KEY], run.accelerator.process_index,
-                                run.accelerator.num_processes, checkpoint)
-    if state.skip_batches >= batches:
-        state.epoch, state.skip_batches = state.epoch + 1, 0
-    logger.info("resumed from %s: step %d, epoch %d, batch %d", checkpoint, state.completed_steps, state.epoch,
-                state.skip_batches)
-
-
-def _num_examples(split) -> int | str:
-    return "streamed" if not hasattr(split, "__len__") else len(split)
-
-
 def _log_plan(run: Run) -> None:
-    args, acc, labels = run.args, run.accelerator, run.data.labels
+    args, acc = run.args, run.accelerator
     logger.info("***** training *****")
-    if args.task == "mim":
-        logger.info("  examples: %s", mim.describe(run.data))
-    else:
-        logger.info("  examples: train %s, validation %d, classes %d (%s)", _num_examples(run.data.train),
-                    len(run.data.validation), len(labels),
-                    ", ".join(labels[:10]) + (" ..." if len(labels) > 10 else ""))
+    logger.info("  examples: %s", run.task.describe(run.data))
     logger.info("  images per optimizer step: %d (per device %d x processes %d x accumulation %d)",
                 args.per_device_train_batch_size * acc.num_processes * args.gradient_accumulation_steps,
                 args.per_device_train_batch_size, acc.num_processes, args.gradient_accumulation_steps)
@@ -326,8 +213,6 @@ def _log_plan(run: Run) -> None:
 
 
 def _seed_for(seed: int, a: int, b: int) -> int:
-    from .data import example_seed
-
     return example_seed(seed, a, b) % (2**63)
 
 
@@ -343,7 +228,6 @@ def train_epoch(run: Run, epoch: int) -> None:
     elif first:
         batches = run.accelerator.skip_first_batches(run.train_dl, first)
     every = int(args.checkpointing_steps) if args.checkpointing_steps not in (None, "epoch") else None
-    kill_after = os.environ.get(KILL_AFTER_STEP_ENV)
     run.pending = torch.zeros(2, device=run.accelerator.device)
     start = time.perf_counter()
     for batch_index, batch in enumerate(batches, start=first):
@@ -358,8 +242,7 @@ def train_epoch(run: Run, epoch: int) -> None:
         if every and state.completed_steps % every == 0:
             checkpoint(run, f"step_{state.completed_steps}", state.record(epoch, batch_index + 1, len(run.train_dl)),
                        f"Training in progress, step {state.completed_steps}")
-        if kill_after is not None and state.completed_steps == int(kill_after):
-            maybe_kill(KILL_AFTER_STEP_ENV, state.completed_steps)
+        maybe_kill(KILL_AFTER_STEP_ENV, state.completed_steps)
         if state.completed_steps >= run.max_train_steps:
             break
     state.train_seconds += time.perf_counter() - start
@@ -376,7 +259,7 @@ def train_micro_step(run: Run, batch: dict, micro_step: int) -> dict | None:
         run.state.train_skipped.update(batch["index"][~valid].tolist())
     result = None
     with acc.accumulate(run.model):
-        loss = mim.loss(run.model, batch) if args.task == "mim" else classification_loss(run, batch)
+        loss = run.task.loss(run, batch)
         if run.state.completed_steps + 1 == run.nan_at_step:
             loss = loss * float("nan")  # test hook: a loss that has gone non-finite
         run.pending += torch.stack([(~torch.isfinite(loss.detach())).float(),
@@ -391,15 +274,6 @@ def train_micro_step(run: Run, batch: dict, micro_step: int) -> dict | None:
     run.window["images"] += images
     run.state.train_images += images
     return result
-
-
-def classification_loss(run: Run, batch: dict) -> torch.Tensor:
-    args, pixel_values, targets = run.args, batch["pixel_values"], batch["labels"]
-    if args.mixup > 0 or args.cutmix > 0:
-        targets = F.one_hot(targets, len(run.data.labels)).float()
-        pixel_values, targets = mix_batch(pixel_values, targets, args)
-    logits = run.model(pixel_values=pixel_values).logits
-    return masked_cross_entropy(logits, targets, batch["valid"], args.label_smoothing)
 
 
 def _finish_gradients(run: Run) -> dict:
@@ -466,36 +340,30 @@ def saved_model(run: Run):
 
 def evaluate_saved(run: Run) -> None:
     """Evaluate the saved weights into `state.eval_metrics`, and with EMA the raw ones into `state.eval_raw`."""
-    n = len(run.data.labels)
-    raw = evaluate(run.model, run.eval_dl, run.accelerator, n)
+    if run.eval_dl is None:
+        return
+    raw = run.task.evaluate(run, run.model)
     run.state.eval_raw = raw if run.ema is not None else None
-    run.state.eval_metrics = evaluate(run.ema.module, run.eval_dl, run.accelerator, n) if run.ema is not None else raw
+    run.state.eval_metrics = run.task.evaluate(run, run.ema.module) if run.ema is not None else raw
 
 
 def evaluate_epoch(run: Run, epoch: int) -> None:
-    if run.args.task == "mim":
-        return mim.evaluate_epoch(run, epoch)
     evaluate_saved(run)
-    metrics, raw = run.state.eval_metrics, run.state.eval_raw
-    entry = {"step": run.state.completed_steps, "epoch": epoch + 1, "eval_accuracy": metrics["accuracy"],
-             "eval_top5_accuracy": metrics["top5_accuracy"], "eval_loss": metrics["loss"]}
-    if raw is not None:
-        entry.update(eval_accuracy_raw=raw["accuracy"], eval_accuracy_ema=metrics["accuracy"])
-        logger.info("epoch %d: raw weights' eval accuracy %.4f, EMA's %.4f", epoch, raw["accuracy"],
-                    metrics["accuracy"])
-    run.state.history.append(entry)
-    logger.info("epoch %d: eval accuracy %.4f, top-5 %.4f, loss %.4f (%d images, %.0f images/s)", epoch,
-                metrics["accuracy"], metrics["top5_accuracy"], metrics["loss"], metrics["valid_samples"],
-                metrics["images_per_second"])
+    if run.state.eval_metrics is None:
+        return
+    entry, line = run.task.eval_entry(run.state.eval_metrics, run.state.eval_raw)
+    run.state.history.append({"step": run.state.completed_steps, "epoch": epoch + 1, **entry})
+    logger.info("epoch %d: %s", epoch, line)
     if run.args.with_tracking:
-        run.accelerator.log({"eval/accuracy": metrics["accuracy"], "eval/top5_accuracy": metrics["top5_accuracy"],
-                             "eval/loss": metrics["loss"]}, step=run.state.completed_steps)
+        metrics = {f"eval/{k[5:]}": v for k, v in entry.items() if k.startswith("eval_") and isinstance(v, float)}
+        run.accelerator.log(metrics, step=run.state.completed_steps)
 
 
 def checkpoint(run: Run, name: str, record: dict, message: str) -> None:
     save_state = functools.partial(fsdp.save_state, run) if run.fsdp is not None else None
     if run.args.streaming:
         record = dict(record, **stream_record(run.train_dl))
+    record[runs.FINGERPRINT_KEY] = run.fingerprint
     run.state.last_checkpoint = save_checkpoint(run.accelerator, run.output_dir, name, record, saved_model(run),
                                                 run.processor, run.card_base, save_state=save_state)
     if run.args.push_to_hub and run.accelerator.is_main_process:
@@ -512,103 +380,71 @@ def _push(folder: Path, args: argparse.Namespace, message: str) -> str | None:
 
 
 def collect_results(run: Run) -> dict[str, Any]:
+    """The task's results, then what every run reports (a collective: every process calls it)."""
     from accelerate.utils import gather_object
 
-    state, acc, labels = run.state, run.accelerator, run.data.labels
-    metrics = state.eval_metrics
+    state, acc = run.state, run.accelerator
+    results = run.task.results(run)
     all_skipped: set[int] = set()
     for part in gather_object([sorted(state.train_skipped)]):
         all_skipped.update(part)
-    extra = {}
-    if state.eval_raw is not None:
-        extra = {"eval_accuracy_raw": state.eval_raw["accuracy"], "eval_accuracy_ema": metrics["accuracy"]}
-    return {
-        "eval_accuracy": metrics["accuracy"],
-        **extra,
-        "eval_top5_accuracy": metrics["top5_accuracy"],
-        "eval_loss": metrics["loss"],
-        "eval_samples": metrics["samples"],
-        "eval_unique_samples": metrics["unique_samples"],
-        "eval_valid_samples": metrics["valid_samples"],
-        "eval_per_class_accuracy": dict(zip(labels, metrics["per_class_accuracy"])),
-        "eval_confusion_matrix": metrics["confusion_matrix"],
-        "eval_images_per_second": metrics["images_per_second"],
-        "eval_skipped_images": metrics["skipped_images"],
+    trainable, total = parameter_counts(acc.unwrap_model(run.model))
+    results.update({
         "train_skipped_images": len(all_skipped),
-        "skipped_images": len(all_skipped) + metrics["skipped_images"],
-        "train_samples": _num_examples(run.data.train),
+        "skipped_images": len(all_skipped) + results.get("eval_skipped_images", 0),
         "train_images_per_second": state.train_images / max(state.train_seconds, 1e-9),
         "train_runtime": state.train_seconds,
         "completed_steps": state.completed_steps,
-        **dict(zip(("trainable_parameters", "total_parameters"), parameter_counts(acc.unwrap_model(run.model)))),
+        "trainable_parameters": trainable,
+        "total_parameters": total,
         "epochs": run.num_epochs,
         "num_processes": acc.num_processes,
         "mixed_precision": acc.mixed_precision,
         **(run.fsdp.results() if run.fsdp is not None else {}),
-        "labels": labels,
         "data_source": run.data.source,
-    }
+    })
+    return results
 
 
 def finish(run: Run) -> dict[str, Any]:
-    """Results, plots and the hub-ready output folder (main process), the push; returns the results everywhere."""
-    from .plots import plot_confusion_matrix, plot_training_curves
-
-    if run.args.task == "mim":
-        return mim.finish(run)
+    """Results, figures and the hub-ready output folder (main process), the push; returns the results everywhere."""
     run.progress.close()
-    acc, out, labels = run.accelerator, run.output_dir, run.data.labels
+    acc, out = run.accelerator, run.output_dir
     if run.state.eval_metrics is None:  # resumed from a finished run: nothing trained, still report the metrics
         evaluate_saved(run)
-    metrics, results = run.state.eval_metrics, collect_results(run)
+    results = collect_results(run)
     if results["skipped_images"]:
         logger.warning("skipped %d unreadable image(s): %d in train, %d in validation", results["skipped_images"],
-                       results["train_skipped_images"], results["eval_skipped_images"])
+                       results["train_skipped_images"], results.get("eval_skipped_images", 0))
     acc.wait_for_everyone()
     hub_model = saved_model(run) if run.fsdp is not None or acc.is_main_process else None  # FSDP: a collective
     if acc.is_main_process:
-        plot_training_curves(run.state.history, out / CURVES_PNG)
-        plot_confusion_matrix(metrics["confusion_matrix"], labels, out / CONFUSION_PNG,
-                              title=f"validation, top-1 {metrics['accuracy']:.2%}")
-        card = dict(run.card_base, eval_results={"accuracy": metrics["accuracy"]}, plots=[CURVES_PNG, CONFUSION_PNG],
-                    results=results_markdown(metrics, labels, {"optimizer steps": run.state.completed_steps,
-                                                               "mixed precision": acc.mixed_precision}))
+        card, figures = run.task.card(run, results, out)
         # merges the hub files into output_dir; checkpoints, logs and tracker files stay where they are
-        save_hub_folder(hub_model, run.processor, out, card,
-                        {CURVES_PNG: out / CURVES_PNG, CONFUSION_PNG: out / CONFUSION_PNG})
+        save_hub_folder(hub_model, run.processor, out, dict(run.card_base, **card), figures)
         if is_lora(trained_model(run)):
             save_adapter(trained_model(run), out / ADAPTER_SUBDIR)
-        write_results(run, results, f"eval_accuracy {results['eval_accuracy']:.4f}")
-    return end_run(run, results)
-
-
-def write_results(run: Run, results: dict[str, Any], summary: str) -> None:
-    """Main process, after the hub folder: all_results.json, the log history, the summary line, the push."""
-    out = run.output_dir
-    write_json(out / "all_results.json", results)
-    write_json(out / "log_history.json", run.state.history)
-    logger.info("%s -> %s", summary, out / "all_results.json")
-    if run.args.push_to_hub:
-        _push(out, run.args, "End of training")
-
-
-def end_run(run: Run, results: dict[str, Any]) -> dict[str, Any]:
-    """Every process: wait for the main one's writing, close the trackers."""
-    run.accelerator.wait_for_everyone()
+        write_json(out / "all_results.json", results)
+        write_json(out / "log_history.json", run.state.history)
+        logger.info("%s -> %s", run.task.summary(results), out / "all_results.json")
+        if run.args.push_to_hub:
+            _push(out, run.args, "End of training")
+    acc.wait_for_everyone()
     if run.args.with_tracking:
-        run.accelerator.end_training()
+        acc.end_training()
     return results
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
+    """`python -m vit_hf.train`: a user error (`errors.UserError`, an FSDP refusal) is one line on stderr and exit 2,
+    a non-finite loss exit 3; with --debug or VIT_HF_DEBUG=1 the traceback is shown as well."""
+    given = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in given or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
-        return training_function(args)
-    except NonFiniteLossError as err:
-        logger.error("%s", err)
-        print(f"vit_hf.train: {err}", file=sys.stderr)
-        raise SystemExit(3) from None
-    except fsdp.FsdpError as err:
-        if os.environ.get("RANK", "0") == "0":  # one line, not one per process
-            print(f"vit_hf.train: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        return training_function(parse_args(argv))
+    except (UserError, fsdp.FsdpError, NonFiniteLossError) as err:
+        if debug:
+            traceback.print_exc()
+        if os.environ.get("RANK", "0") == "0":  # once, not once per process
+            print("\n".join(f"vit_hf.train: {line}" for line in str(err).splitlines()), file=sys.stderr)
+        raise SystemExit(3 if isinstance(err, NonFiniteLossError) else 2) from None

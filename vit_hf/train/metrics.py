@@ -70,7 +70,8 @@ def evaluate(model, dataloader, accelerator, num_labels: int) -> dict[str, Any]:
     confusion = torch.zeros(num_labels, num_labels, dtype=torch.long)
     confusion.index_put_((labels[valid], topk[valid, 0]), torch.ones(n_valid, dtype=torch.long), accumulate=True)
     support = confusion.sum(1)
-    per_class = (confusion.diag().float() / support.clamp(min=1).float()).tolist()
+    # a class without validation images has no accuracy (None, JSON null), not 0
+    per_class = [float(c) / n if n else None for c, n in zip(confusion.diag().tolist(), support.tolist())]
     model.train()
     return {
         "accuracy": float(top1[valid].float().mean()) if n_valid else float("nan"),
@@ -99,7 +100,7 @@ def results_markdown(metrics: dict, labels: list[str], extra: dict) -> str:
     lines += [f"| {k} | {v} |" for k, v in extra.items()]
     lines += ["", "| class | accuracy | images |", "|---|---|---|"]
     lines += [
-        f"| {name} | {acc:.4f} | {n} |"
+        f"| {name} | {'n/a' if acc is None else f'{acc:.4f}'} | {n} |"
         for name, acc, n in zip(labels, metrics["per_class_accuracy"], metrics["support"])
     ]
     return "\n".join(lines)

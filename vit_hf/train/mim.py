@@ -11,8 +11,9 @@ grid; the train transform is SimMIM's RandomResizedCrop (scale 0.67-1, ratio 3/4
 example, the validation images get the deterministic eval transform and one fixed mask each, so that `eval_loss` (the
 L1 loss over the masked pixels, averaged over the validation images) is comparable from epoch to epoch.
 
-The loop (`loop.py`) is shared with classification: checkpoints, exact resume, EMA, mixed precision, DDP. What
-differs lives here: the data (labels ignored), the model, the masks, the loss, the evaluation and the results.
+`MimTask` is one implementation of `task.Task` beside classification's: the loop (checkpoints, exact resume, EMA,
+mixed precision, DDP) is shared; the data (labels ignored), the model, the masks, the loss, the evaluation and the
+results live here.
 Masks are a function of `(seed, epoch, example index)`, like the augmentations, so a resumed run sees the same masks.
 """
 
@@ -24,6 +25,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,65 +33,24 @@ import torch
 import torch.nn.functional as F
 from einops import repeat
 
-from .data import INDEX_COLUMN, VALIDATION_SPLIT_NAMES, DataError, EpochShuffleSampler, ExampleTransform
+from .data import (
+    INDEX_COLUMN,
+    VALIDATION_SPLIT_NAMES,
+    DataError,
+    EpochShuffleSampler,
+    ExampleTransform,
+    load_raw_dataset,
+)
+from .model import build_model, model_config
+from .task import Task
 
 logger = logging.getLogger("vit_hf.train")
 
-TASKS = ("classification", "mim")
+CURVES_PNG = "training_curves.png"
 SIMMIM_CROP_SCALE = (0.67, 1.0)  # SimMIM's data_simmim.py and run_mim.py; the crop ratio (3/4, 4/3) is ours already
 MASK_STREAM = 0x4D494D  # separates the mask RNG from the augmentation RNG of the same example
 # Flags whose meaning is classification's; refused with --task mim rather than silently ignored.
 CLASSIFICATION_ONLY = {"lora_r": None, "mixup": 0.0, "cutmix": 0.0, "label_smoothing": 0.0, "streaming": False}
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Flags
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("masked-image modeling (--task mim)")
-    g.add_argument("--task", choices=TASKS, default="classification", help="classification (labelled images) or mim: "
-                   "SimMIM pretraining of VitHfForMaskedImageModeling on images whose labels, if any, are ignored")
-    g.add_argument("--mask_patch_size", type=int, default=32, help="side of the square mask patches (run_mim.py's; a "
-                   "multiple of the model's patch size that divides the image size)")
-    g.add_argument("--mask_ratio", type=float, default=0.6, help="fraction of the mask patches masked (rounded up)")
-
-
-def check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """`p.error` (one line, exit 2, nothing written) for flags that do not fit the task or the model's geometry."""
-    if args.task != "mim":
-        if (args.mask_patch_size, args.mask_ratio) != (32, 0.6):
-            p.error("--mask_patch_size/--mask_ratio need --task mim")
-        return
-    given = [f"--{k}" for k, off in CLASSIFICATION_ONLY.items() if getattr(args, k) != off]
-    if given:
-        p.error(f"{', '.join(given)}: classification only; --task mim trains every weight on the masked L1 loss")
-    if not 0.0 < args.mask_ratio < 1.0:
-        p.error(f"--mask_ratio must be in (0, 1), e.g. 0.6; got {args.mask_ratio}")
-    if not 0.0 <= args.train_val_split < 1.0:
-        p.error(f"--train_val_split must be in [0, 1) with --task mim (0: no validation); got {args.train_val_split}")
-    try:
-        image_hw, patch_hw = model_geometry(args)
-        MaskGenerator(image_hw, args.mask_patch_size, patch_hw, args.mask_ratio)
-    except (ValueError, OSError) as err:
-        p.error(str(err))
-
-
-def model_geometry(args: argparse.Namespace) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(image (h, w), patch (h, w)) of the model the run will train, read from the preset or the folder's config."""
-    from ..configuration_vit_hf import VitHfConfig
-    from .model import _parse_overrides, is_preset
-
-    if is_preset(args.model_name_or_path):
-        overrides = _parse_overrides(args.config_overrides)
-        overrides.update({k: getattr(args, k) for k in ("image_size", "patch_size") if getattr(args, k) is not None})
-        config = VitHfConfig.from_preset(args.model_name_or_path, **overrides)
-    else:
-        config = VitHfConfig.from_pretrained(args.model_name_or_path, token=args.hub_token)
-        if args.image_size is not None:
-            config.image_size = args.image_size
-    return tuple(config.image_hw), tuple(config.patch_hw)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -166,8 +127,6 @@ def load_data(args: argparse.Namespace, seed: int) -> MimData:
     `--train_val_split` of train (0: none)."""
     from datasets import DatasetDict
 
-    from .data import load_raw_dataset
-
     source = args.dataset_name or args.train_dir
     raw = load_raw_dataset(args.dataset_name, args.dataset_config_name, args.train_dir, args.validation_dir,
                            args.cache_dir, args.hub_token)
@@ -229,8 +188,9 @@ def collate_fn(examples: list[dict]) -> dict[str, torch.Tensor]:
 
 
 def make_loaders(args: argparse.Namespace, data: MimData, processor, seed: int):
-    """(train loader, validation loader or None, sampler, train transform), as `loop.make_loaders`. The train crop is
-    SimMIM's unless --train_crop_scale is given; the saved processor keeps its own (fine-tuning) defaults."""
+    """(train loader, validation loader or None, sampler, train transform), as `classification.make_loaders`. The
+    train crop is SimMIM's unless --train_crop_scale is given; the saved processor keeps its own (fine-tuning)
+    defaults."""
     train_processor = copy.deepcopy(processor)
     if args.train_crop_scale is None:
         train_processor.train_crop_scale = list(SIMMIM_CROP_SCALE)
@@ -253,8 +213,8 @@ def make_loaders(args: argparse.Namespace, data: MimData, processor, seed: int):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _loading_note(name: str, info: dict) -> str | None:
-    new, dropped = sorted(info["missing_keys"]), sorted(info["unexpected_keys"])
+def _loading_note(name: str, missing: set[str], unexpected: set[str]) -> str | None:
+    new, dropped = sorted(missing), sorted(unexpected)
     if not new and not dropped:
         return None
     return (f"{name}: encoder reused; initialised new: {', '.join(new) or 'nothing'}; dropped: "
@@ -265,49 +225,17 @@ def build_model_and_processor(args: argparse.Namespace, data: MimData):
     """(VitHfForMaskedImageModeling, processor, base_model id or None, notes): a preset from scratch, or a folder /
     Hub id (a classifier gets a new mask token and decoder, its head dropped). No labels: `num_labels` 0, so a
     classifier fine-tuned from the result always gets a new head. Sets `data.masks` for the model's patch grid."""
-    import os
-
-    from ..configuration_vit_hf import VitHfConfig
-    from ..image_processing_vit_hf import VitHfImageProcessor
     from ..modeling_vit_hf import VitHfForMaskedImageModeling
-    from .model import _parse_overrides, apply_processor_flags, is_preset
 
-    name, notes, base_model = args.model_name_or_path, [], None
-    if is_preset(name):
-        overrides = _parse_overrides(args.config_overrides)
-        for key in ("image_size", "patch_size", "num_channels", "drop_path_rate"):
-            if getattr(args, key) is not None:
-                overrides[key] = getattr(args, key)
-        config = VitHfConfig.from_preset(name, num_labels=0, **overrides)
-        model = VitHfForMaskedImageModeling(config)
-        processor = VitHfImageProcessor.from_model_config(config)
-        notes.append(f"masked-image modeling from scratch: preset {name!r} with {overrides or 'no overrides'}")
+    built = build_model(args, VitHfForMaskedImageModeling, num_labels=0)
+    model, notes = built.model, built.notes
+    if built.notes and built.notes[0].startswith("from scratch"):
+        notes[0] = "masked-image modeling " + notes[0]
     else:
-        if args.patch_size is not None or args.num_channels is not None or args.config_overrides:
-            raise ValueError("--patch_size/--num_channels/--config_overrides apply to presets (training from scratch)")
-        kwargs = {"token": args.hub_token, "output_loading_info": True,
-                  "ignore_mismatched_sizes": args.ignore_mismatched_sizes}
-        if args.drop_path_rate is not None:
-            kwargs["drop_path_rate"] = args.drop_path_rate
-        model, info = VitHfForMaskedImageModeling.from_pretrained(name, **kwargs)
-        if getattr(model.config, "model_type", None) != "vit_hf":
-            raise ValueError(
-                f"{name} is a {model.config.model_type!r} model; convert it first: python -m convert {name} OUT_DIR"
-            )
-        notes += filter(None, [_loading_note(name, info)])
-        try:
-            processor = VitHfImageProcessor.from_pretrained(name, token=args.hub_token)
-        except OSError:
-            processor = VitHfImageProcessor.from_model_config(model.config)
+        notes[:0] = filter(None, [_loading_note(args.model_name_or_path, built.missing, built.unexpected)])
         model.config.num_labels = 0  # the folder's labels (if a classifier) do not describe this model
-        base_model = None if os.path.isdir(name) else name
-        if args.image_size is not None and tuple(model.config.image_hw) != (args.image_size, args.image_size):
-            model.vit.resize_position_embeddings(args.image_size)
-            processor.size = {"height": args.image_size, "width": args.image_size}
-            notes.append(f"resolution -> {args.image_size}: positions resampled")
-    apply_processor_flags(args, model, processor)
     data.masks = MaskGenerator(model.config.image_hw, args.mask_patch_size, model.config.patch_hw, args.mask_ratio)
-    return model, processor, base_model, notes
+    return model, built.processor, built.base_model, notes
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -354,69 +282,6 @@ def evaluate(model, dataloader, accelerator) -> dict[str, Any]:
             "skipped_images": int(valid.numel()) - n_valid, "images_per_second": valid.numel() / max(seconds, 1e-9)}
 
 
-def evaluate_saved(run) -> None:
-    """`loop.evaluate_saved` for MIM: the saved weights into `state.eval_metrics`, with EMA the raw ones too."""
-    if run.eval_dl is None:
-        return
-    raw = evaluate(run.model, run.eval_dl, run.accelerator)
-    run.state.eval_raw = raw if run.ema is not None else None
-    run.state.eval_metrics = evaluate(run.ema.module, run.eval_dl, run.accelerator) if run.ema is not None else raw
-
-
-def evaluate_epoch(run, epoch: int) -> None:
-    evaluate_saved(run)
-    metrics, raw = run.state.eval_metrics, run.state.eval_raw
-    if metrics is None:
-        return
-    entry = {"step": run.state.completed_steps, "epoch": epoch + 1, "eval_loss": metrics["loss"]}
-    if raw is not None:
-        entry.update(eval_loss_raw=raw["loss"], eval_loss_ema=metrics["loss"])
-    run.state.history.append(entry)
-    logger.info("epoch %d: eval masked L1 loss %.4f%s (%d images, %.0f images/s)", epoch, metrics["loss"],
-                f" (raw weights {raw['loss']:.4f})" if raw is not None else "", metrics["valid_samples"],
-                metrics["images_per_second"])
-    if run.args.with_tracking:
-        run.accelerator.log({"eval/loss": metrics["loss"]}, step=run.state.completed_steps)
-
-
-def collect_results(run) -> dict[str, Any]:
-    from accelerate.utils import gather_object
-
-    from .lora import parameter_counts
-
-    state, acc, metrics, masks = run.state, run.accelerator, run.state.eval_metrics, run.data.masks
-    skipped: set[int] = set()
-    for part in gather_object([sorted(state.train_skipped)]):
-        skipped.update(part)
-    evals = {}
-    if metrics is not None:
-        evals = {"eval_loss": metrics["loss"], "eval_samples": metrics["samples"],
-                 "eval_valid_samples": metrics["valid_samples"], "eval_skipped_images": metrics["skipped_images"],
-                 "eval_images_per_second": metrics["images_per_second"]}
-        if state.eval_raw is not None:
-            evals.update(eval_loss_raw=state.eval_raw["loss"], eval_loss_ema=metrics["loss"])
-    trainable, total = parameter_counts(acc.unwrap_model(run.model))
-    return {
-        "task": "mim",
-        **evals,
-        "mask_patch_size": run.args.mask_patch_size,
-        "mask_ratio": run.args.mask_ratio,
-        "masked_patches_per_image": masks.masked_patches,
-        "train_samples": len(run.data.train),
-        "train_skipped_images": len(skipped),
-        "train_images_per_second": state.train_images / max(state.train_seconds, 1e-9),
-        "train_runtime": state.train_seconds,
-        "completed_steps": state.completed_steps,
-        "trainable_parameters": trainable,
-        "total_parameters": total,
-        "epochs": run.num_epochs,
-        "num_processes": acc.num_processes,
-        "mixed_precision": acc.mixed_precision,
-        "data_source": run.data.source,
-        **(run.fsdp.results() if run.fsdp is not None else {}),  # a collective, as is everything here
-    }
-
-
 def _results_markdown(results: dict) -> str:
     rows = [("validation masked L1 loss", results.get("eval_loss", "no validation split")),
             ("mask patch size / ratio", f"{results['mask_patch_size']} / {results['mask_ratio']}"),
@@ -425,34 +290,90 @@ def _results_markdown(results: dict) -> str:
     return "\n".join(["| SimMIM pretraining | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
 
 
-def finish(run) -> dict[str, Any]:
-    """`loop.finish` for MIM: results, the training curves, the hub-ready `VitHfForMaskedImageModeling` folder."""
-    from ..hub import save_hub_folder
-    from .loop import CURVES_PNG, end_run, saved_model, write_results
-    from .plots import plot_training_curves
-
-    run.progress.close()
-    acc, out = run.accelerator, run.output_dir
-    if run.state.eval_metrics is None:  # resumed from a finished run: nothing trained, still report the loss
-        evaluate_saved(run)
-    results = collect_results(run)
-    acc.wait_for_everyone()
-    hub_model = saved_model(run) if run.fsdp is not None or acc.is_main_process else None  # FSDP: a collective
-    if acc.is_main_process:
-        plot_training_curves(run.state.history, out / CURVES_PNG)
-        card = dict(run.card_base, tags=["masked-image-modeling", "simmim"], plots=[CURVES_PNG],
-                    pipeline_tag="image-feature-extraction",
-                    results=_results_markdown(results))
-        save_hub_folder(hub_model, run.processor, out, card, {CURVES_PNG: out / CURVES_PNG})
-        write_results(run, results, f"eval_loss {results.get('eval_loss', '(no validation)')}")
-    return end_run(run, results)
+# ----------------------------------------------------------------------------------------------------------------------
+# The task
+# ----------------------------------------------------------------------------------------------------------------------
 
 
-def dropped_weights_note(name: str, unexpected: set[str]) -> str | None:
-    """The classifier's log line for weights of `name` it does not use (a MIM checkpoint's decoder and mask token)."""
-    if not unexpected:
+class MimTask(Task):
+    name = "mim"
+    help = "mim: SimMIM pretraining of VitHfForMaskedImageModeling on images whose labels, if any, are ignored"
+    # Flags whose meaning is classification's; refused with --task mim rather than silently ignored.
+    CLASSIFICATION_ONLY = {"lora_r": None, "mixup": 0.0, "cutmix": 0.0, "label_smoothing": 0.0, "streaming": False}
+
+    @classmethod
+    def add_arguments(cls, group) -> None:
+        group.add_argument("--mask_patch_size", type=int, default=32, help="side of the square mask patches "
+                           "(run_mim.py's; a multiple of the model's patch size that divides the image size)")
+        group.add_argument("--mask_ratio", type=float, default=0.6, help="fraction of the mask patches masked "
+                           "(rounded up)")
+
+    @classmethod
+    def check_arguments(cls, args: argparse.Namespace) -> str | None:
+        given = [f"--{k}" for k, off in cls.CLASSIFICATION_ONLY.items() if getattr(args, k) != off]
+        if given:
+            return f"{', '.join(given)}: classification only; --task mim trains every weight on the masked L1 loss"
+        if not 0.0 < args.mask_ratio < 1.0:
+            return f"--mask_ratio must be in (0, 1), e.g. 0.6; got {args.mask_ratio}"
+        if not 0.0 <= args.train_val_split < 1.0:
+            return f"--train_val_split must be in [0, 1) with --task mim (0: no validation); got {args.train_val_split}"
+        try:
+            config = model_config(args)
+            MaskGenerator(tuple(config.image_hw), args.mask_patch_size, tuple(config.patch_hw), args.mask_ratio)
+        except (ValueError, OSError) as err:
+            return str(err)
         return None
-    keys = ", ".join(sorted(unexpected))
-    if any(k.startswith("decoder.") or k == "vit.mask_token" for k in unexpected):
-        return f"{name} is a masked-image-modeling checkpoint: encoder reused, decoder and mask token dropped ({keys})"
-    return f"{name}: weights the classifier does not use, dropped ({keys})"
+
+    def load_data(self, seed: int) -> MimData:
+        return load_data(self.args, seed)
+
+    def build_model(self, data: MimData):
+        return build_model_and_processor(self.args, data)
+
+    def make_loaders(self, data: MimData, processor, seed: int):
+        return make_loaders(self.args, data, processor, seed)
+
+    def describe(self, data: MimData) -> str:
+        return describe(data)
+
+    def identity(self, data: MimData) -> dict[str, Any]:
+        return {"mask_patch_size": self.args.mask_patch_size, "mask_ratio": self.args.mask_ratio}
+
+    def loss(self, run, batch: dict) -> torch.Tensor:
+        return loss(run.model, batch)
+
+    def evaluate(self, run, model) -> dict[str, Any]:
+        return evaluate(model, run.eval_dl, run.accelerator)
+
+    def eval_entry(self, metrics: dict, raw: dict | None) -> tuple[dict, str]:
+        entry = {"eval_loss": metrics["loss"]}
+        if raw is not None:
+            entry.update(eval_loss_raw=raw["loss"], eval_loss_ema=metrics["loss"])
+        raw_part = f" (raw weights {raw['loss']:.4f})" if raw is not None else ""
+        line = (f"eval masked L1 loss {metrics['loss']:.4f}{raw_part} ({metrics['valid_samples']} images, "
+                f"{metrics['images_per_second']:.0f} images/s)")
+        return entry, line
+
+    def results(self, run) -> dict[str, Any]:
+        state, metrics = run.state, run.state.eval_metrics
+        evals = {}
+        if metrics is not None:
+            evals = {"eval_loss": metrics["loss"], "eval_samples": metrics["samples"],
+                     "eval_valid_samples": metrics["valid_samples"], "eval_skipped_images": metrics["skipped_images"],
+                     "eval_images_per_second": metrics["images_per_second"]}
+            if state.eval_raw is not None:
+                evals.update(eval_loss_raw=state.eval_raw["loss"], eval_loss_ema=metrics["loss"])
+        return {"task": "mim", **evals, "mask_patch_size": self.args.mask_patch_size,
+                "mask_ratio": self.args.mask_ratio, "masked_patches_per_image": run.data.masks.masked_patches,
+                "train_samples": len(run.data.train)}
+
+    def card(self, run, results: dict, out: Path) -> tuple[dict, dict[str, Path]]:
+        from .plots import plot_training_curves
+
+        plot_training_curves(run.state.history, out / CURVES_PNG)
+        card = {"tags": ["masked-image-modeling", "simmim"], "plots": [CURVES_PNG],
+                "pipeline_tag": "image-feature-extraction", "results": _results_markdown(results)}
+        return card, {CURVES_PNG: out / CURVES_PNG}
+
+    def summary(self, results: dict) -> str:
+        return f"eval_loss {results.get('eval_loss', '(no validation)')}"

@@ -49,6 +49,7 @@ from .data import (
     ImageClassificationData,
     _folder_data_files,
     collate_fn,
+    encode_as_train,
     example_seed,
     finish_split,
 )
@@ -169,6 +170,7 @@ def load_streaming_data(args, seed: int) -> ImageClassificationData:
     if validation is None:
         raise DataError(f"{source}: --streaming needs a validation split (a 'validation'/'test' split in the data, "
                         f"or --validation_dir): a stream cannot be split without reading it")
+    validation = encode_as_train(validation, label_column, labels, f"{source} validation")
     train = train.cast_column(image_column, Image(decode=False)).select_columns([image_column, label_column])
     if args.max_train_samples is not None:
         train = train.take(args.max_train_samples)
@@ -321,7 +323,8 @@ class StreamLoader:
 
 def make_stream_loaders(args, data: ImageClassificationData, processor, seed: int, state=None):
     """(train StreamLoader of `--max_train_steps` optimizer steps, eval DataLoader, sampler stand-in, train transform):
-    what `loop.make_loaders` returns. `state`: rank, world size and device (accelerate's PartialState by default)."""
+    what `classification.make_loaders` returns. `state`: rank, world size and device (accelerate's PartialState by
+    default)."""
     from accelerate import PartialState
     from datasets.distributed import split_dataset_by_node
 
