@@ -299,6 +299,14 @@ def _training_checkpoint(tmp: Path, tiny: Path) -> list:
     return [step, tmp / "onnx"]
 
 
+def _naflex(tmp: Path, tiny: Path) -> list:
+    """A folder whose processor is a NaFlex one (SigLIP2: patches, masks and grids in, not NCHW)."""
+    folder = shutil.copytree(tiny, tmp / "model")
+    processor = json.loads((folder / "preprocessor_config.json").read_text())
+    (folder / "preprocessor_config.json").write_text(json.dumps({**processor, "max_num_patches": 16, "patch_size": 8}))
+    return [folder, tmp / "onnx"]
+
+
 def _out_dir_is_a_file(tmp: Path, tiny: Path) -> list:
     (tmp / "onnx").write_text("not a folder")
     return [tiny, tmp / "onnx"]
@@ -320,6 +328,8 @@ REFUSALS = {  # case -> (argv builder (tmp_path, a valid model folder), expected
                               "--revision is for a Hub repo id, but"),
     "out_dir_is_model_dir": (_out_dir_is_model_dir, "is MODEL_DIR: the export would replace the model's config.json"),
     "out_dir_is_a_file": (_out_dir_is_a_file, "is an existing file: choose a folder path"),
+    "naflex": (_naflex, "is a NaFlex model (its processor emits patches, pixel_attention_mask and spatial_shapes); "
+                        "the ONNX graph takes fixed-size NCHW pixel_values only: not exported"),
     "training_checkpoint": (_training_checkpoint, "is a vit_hf.train checkpoint (for --resume_from_checkpoint), not "
                                                   "a model folder: export its model, "),
 }

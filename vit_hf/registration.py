@@ -16,6 +16,7 @@ Not remote code: never imported by the `*_vit_hf.py` files.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 from collections.abc import Iterator
 
 from transformers import (
@@ -55,8 +56,10 @@ def register() -> None:
     AutoImageProcessor.register(VitHfConfig, image_processor_classes=processors, exist_ok=True)
     # No video processor, said out loud: `pipeline` tries AutoVideoProcessor too, which reads the folder's
     # AutoImageProcessor entry as a video processor's and, with nothing registered, would ask whether to run the
-    # folder's code (a prompt with a 15 s timeout in a terminal).
-    AutoVideoProcessor.register(VitHfConfig, video_processor_classes={}, exist_ok=True)
+    # folder's code (a prompt with a 15 s timeout in a terminal). Video processors need torchvision: without it
+    # pipeline() looks for none, and the registration itself would raise.
+    if importlib.util.find_spec("torchvision") is not None:
+        AutoVideoProcessor.register(VitHfConfig, video_processor_classes={}, exist_ok=True)
 
 
 def unregister() -> None:

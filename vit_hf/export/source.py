@@ -115,7 +115,11 @@ def load_folder(folder: Path, name: str | None = None) -> tuple[torch.nn.Module,
     if not folder.is_dir():
         raise ExportError(f"{name} is a file: pass the model folder that holds it")
     _read_config(folder, name)
-    return _load_model(folder, name), _load_processor(folder, name)
+    processor = _load_processor(folder, name)
+    if getattr(processor, "max_num_patches", None):  # checked before the weights are read
+        raise ExportError(f"{name} is a NaFlex model (its processor emits patches, pixel_attention_mask and "
+                          f"spatial_shapes); the ONNX graph takes fixed-size NCHW pixel_values only: not exported")
+    return _load_model(folder, name), processor
 
 
 def _hub_message(e: Exception, repo_id: str, revision: str | None) -> str:
