@@ -411,9 +411,6 @@ PENDING: dict[str, list[str]] = {
     "vit_hf/layers_vit_hf.py": ["bench/proposals.py"],
     "vit_hf/modeling_vit_hf.py": ["timm/models/vision_transformer.py"],
     "vit_hf/export/verify.py": ["vit_hf.data.prepare_sklearn_digits"],
-    "vit_hf/train/args.py": ["loop.default_num_workers"],
-    "vit_hf/train/model.py": ["(issue 16)"],
-    "tests/test_train.py": ["(issue 16:"],
     "tests/test_train_parity.py": ["(issue 16)", "recipe of issue 16", "defect of issue 16", "Issue 16's"],
 }
 

@@ -339,7 +339,7 @@ def saved_model(run: Run):
 
 
 def evaluate_saved(run: Run) -> None:
-    """Evaluate the saved weights into `state.eval_metrics`, and with EMA the raw ones into `state.eval_raw`."""
+    """Evaluate the saved weights into `run.state.eval_metrics`, and with EMA the raw ones into `eval_raw` beside it."""
     if run.eval_dl is None:
         return
     raw = run.task.evaluate(run, run.model)
