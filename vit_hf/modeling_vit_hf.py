@@ -168,7 +168,7 @@ class VitHfModel(VitHfPreTrainedModel):
         # from the config once here: a config attribute costs microseconds (transformers' __getattribute__ hooks),
         # and a batch-1 forward read a dozen of them.
         self.num_prefix_tokens = config.num_prefix_tokens
-        self.pos_covered_prefix = 0 if config.pos_embed_type == "sincos2d" else config.num_pos_prefix_tokens
+        self.pos_covered_prefix = 0 if config.pos_embed_type.startswith("sincos2d") else config.num_pos_prefix_tokens
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -187,8 +187,9 @@ class VitHfModel(VitHfPreTrainedModel):
                 return self.pos_embed
             prefix = self.pos_covered_prefix
             return resample_position_embedding(self.pos_embed, old_grid, grid, prefix, cfg.pos_embed_interpolation)
-        if cfg.pos_embed_type == "sincos2d":
-            return sincos_2d_position_embedding(grid, cfg.hidden_size).to(device=device, dtype=dtype)
+        if cfg.pos_embed_type.startswith("sincos2d"):
+            mae = cfg.pos_embed_type == "sincos2d_mae"
+            return sincos_2d_position_embedding(grid, cfg.hidden_size, mae=mae).to(device=device, dtype=dtype)
         return None
 
     @torch.no_grad()
