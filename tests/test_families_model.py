@@ -134,18 +134,19 @@ def test_gradient_checkpointing_gives_same_gradients(family):
     """Including the learned RoPE-Mixed frequencies, which reach the blocks through the rotary tables."""
     x, labels = pixels(), torch.tensor([1, 3])
     grads = []
-    for checkpointing in (False, True):
+    for checkpointing in (None, False, True):  # off, non-reentrant, reentrant
         model = make(family, dtype=torch.float64).train()
-        if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if checkpointing is not None:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": checkpointing})
         loss = model(x.double(), labels=labels).loss
         loss.backward()
         grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
-    assert grads[0].keys() == grads[1].keys()
+    assert grads[0].keys() == grads[1].keys() == grads[2].keys()
     if family == "rope_mixed":
         assert grads[0]["vit.rope.freqs"].abs().sum() > 0
-    for name in grads[0]:
-        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=0, atol=1e-12, msg=name)
+    for other in grads[1:]:
+        for name in grads[0]:
+            torch.testing.assert_close(other[name], grads[0][name], rtol=0, atol=1e-12, msg=name)
 
 
 def test_zero_key_bias_has_no_parameter_and_trains_nothing():

@@ -336,8 +336,12 @@ class Block(GradientCheckpointingLayer):
         x: torch.Tensor,
         output_attentions: bool = False,
         attention: Callable | None = None,
-        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        rope_cos: torch.Tensor | None = None,
+        rope_sin: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`rope_cos` / `rope_sin`: this block's rotary table, passed as tensors of their own (not a tuple) so that
+        reentrant gradient checkpointing carries their gradients (RoPE-Mixed's learned frequencies)."""
+        rope = None if rope_cos is None else (rope_cos, rope_sin)
         if self.post_norm:
             attn_out, weights = self.attn(x, output_attentions, attention, rope)
             x = x + self.drop_path1(self.norm1(attn_out))
