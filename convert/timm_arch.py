@@ -183,8 +183,9 @@ class TimmArch:
         problems = []
         if config.representation_size:
             problems.append("representation_size (the tanh pre_logits representation layer; timm >= 0.6 has none)")
-        if config.pos_embed_type == "sincos2d":
-            problems.append("pos_embed_type='sincos2d' (timm's VisionTransformer has only learned or no positions)")
+        if config.pos_embed_type.startswith("sincos2d"):
+            problems.append(f"pos_embed_type={config.pos_embed_type!r} (timm's VisionTransformer has only learned or "
+                            f"no positions)")
         if config.pooling == "token" and not config.class_token:
             problems.append("pooling='token' without a class token (timm asserts class_token for global_pool='token')")
         if config.patch_bias != (not config.pre_norm):

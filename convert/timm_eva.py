@@ -184,6 +184,10 @@ def eva_kwargs(arch: TimmArch, json_safe: bool) -> dict:
     """`timm.models.eva.Eva` constructor arguments of `arch` (`json_safe`: plain values only, else refused)."""
     from functools import partial
 
+    if arch.num_prefix_tokens and arch.pool_include_prefix != (arch.global_pool == "map"):
+        raise ConversionError(f"timm's Eva pools {'with' if arch.global_pool == 'map' else 'without'} the prefix "
+                              f"tokens for global_pool={arch.global_pool!r}; this model pools "
+                              f"{'with' if arch.pool_include_prefix else 'without'} them")
     h, w = arch.img_size
     ph, pw = arch.patch_size
     kwargs = dict(

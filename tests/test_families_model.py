@@ -134,18 +134,19 @@ def test_gradient_checkpointing_gives_same_gradients(family):
     """Including the learned RoPE-Mixed frequencies, which reach the blocks through the rotary tables."""
     x, labels = pixels(), torch.tensor([1, 3])
     grads = []
-    for checkpointing in (False, True):
+    for checkpointing in (None, False, True):  # off, non-reentrant, reentrant
         model = make(family, dtype=torch.float64).train()
-        if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if checkpointing is not None:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": checkpointing})
         loss = model(x.double(), labels=labels).loss
         loss.backward()
         grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
-    assert grads[0].keys() == grads[1].keys()
+    assert grads[0].keys() == grads[1].keys() == grads[2].keys()
     if family == "rope_mixed":
         assert grads[0]["vit.rope.freqs"].abs().sum() > 0
-    for name in grads[0]:
-        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=0, atol=1e-12, msg=name)
+    for other in grads[1:]:
+        for name in grads[0]:
+            torch.testing.assert_close(other[name], grads[0][name], rtol=0, atol=1e-12, msg=name)
 
 
 def test_zero_key_bias_has_no_parameter_and_trains_nothing():
@@ -246,3 +247,42 @@ def test_onnx_export(family, flags, tmp_path, capsys):
         with torch.no_grad():
             expected = model(x).logits.numpy()
         assert abs(session(x) - expected).max() <= 1e-4, hw
+
+
+def test_aimv2_parts_equal_transformers_own():
+    """The AIMv2 pieces against transformers' modules in float64: the `map_kv` head (Aimv2AttentionPoolingHead, its
+    k_proj / v_proj fused into `kv`), `rmsnorm_fp32` (Aimv2RMSNorm) and `sincos2d_mae` (the native variant's table,
+    whose halves transformers swaps to AIMv2's [w | h] layout)."""
+    from transformers import Aimv2VisionConfig
+    from transformers.models.aimv2.modeling_aimv2 import (
+        Aimv2AttentionPoolingHead,
+        Aimv2RMSNorm,
+        build_2d_sinusoidal_position_embedding,
+    )
+
+    from vit_hf.layers_vit_hf import AttentionPoolKV, RMSNorm, sincos_2d_position_embedding
+
+    config = VitHfConfig(**{**BASE, **FAMILIES["aimv2"], "qkv_bias": True})
+    hf_config = Aimv2VisionConfig(hidden_size=32, num_attention_heads=2, qkv_bias=True)
+    torch.manual_seed(0)
+    theirs = Aimv2AttentionPoolingHead(hf_config).double()
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.normal_()
+    ours = AttentionPoolKV(config).double()
+    ours.load_state_dict({"latent": theirs.cls_token, "proj.weight": theirs.output_proj.weight,
+                          "proj.bias": theirs.output_proj.bias,
+                          "kv.weight": torch.cat([theirs.k_proj.weight, theirs.v_proj.weight]),
+                          "kv.bias": torch.cat([theirs.k_proj.bias, theirs.v_proj.bias])})
+    x = torch.randn(3, 17, 32, dtype=torch.float64)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=1e-12)
+
+    norm_theirs, norm_ours = Aimv2RMSNorm(32, eps=1e-5).double(), RMSNorm(32, 1e-5, fp32=True).double()
+    with torch.no_grad():
+        norm_theirs.weight.normal_()
+        norm_ours.weight.copy_(norm_theirs.weight)
+    assert torch.equal(norm_ours(x), norm_theirs(x))
+
+    table = build_2d_sinusoidal_position_embedding(3, 5, 32, dtype=torch.float64)
+    table = torch.cat([table[..., 16:], table[..., :16]], dim=-1)
+    assert torch.equal(sincos_2d_position_embedding((3, 5), 32, mae=True)[0], table)

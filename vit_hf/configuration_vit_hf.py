@@ -35,7 +35,7 @@ _PRESET_ALIASES = {"ti": "tiny", "s": "small", "b": "base", "l": "large", "h": "
 
 POOLINGS = ("token", "mean", "map", "map_kv", "token_mean", "none")
 MLP_LAYERS = ("mlp", "glu")
-POS_EMBED_TYPES = ("learned", "sincos2d", "none")
+POS_EMBED_TYPES = ("learned", "sincos2d", "sincos2d_mae", "none")
 NORM_TYPES = ("layernorm", "rmsnorm", "rmsnorm_fp32")
 # Rotary position embeddings on q/k: kind -> default rope_theta (the sources' defaults)
 ROPE_TYPES: dict[str, float | None] = {"none": None, "cat": 10_000.0, "dinov3": 100.0, "mixed": 10.0}
@@ -204,7 +204,9 @@ class VitHfConfig(ConfigSavedByVersion, BackboneConfigMixin, PretrainedConfig):
         distilled: a distillation token after the class token and a second head (`head_dist`) on it; the logits
             are the average of both heads (DeiT distilled; timm `VisionTransformerDistilled` at inference).
             `pooler_output` stays the class token's features.
-        pos_embed_type: `"learned"`, `"sincos2d"` (fixed MoCo-v3 / big_vision table, not stored) or `"none"`.
+        pos_embed_type: `"learned"`, `"sincos2d"` (fixed MoCo-v3 / big_vision table, not stored), `"sincos2d_mae"`
+            (the MAE-style fixed table with frequencies 10000^-(k / (D/4)), bands `[sin x, cos x, sin y, cos y]`:
+            AIMv2's "native" variant) or `"none"`.
         pos_embed_interpolation: algorithm used to resample the position table at run time
             (`interpolate_pos_encoding=True`) and by `resize_position_embeddings`: one of `"timm"`, `"timm_npz"`,
             `"google"`, `"hf"`, `"hf_dinov2"`, `"hf_dinov2_reg"`, `"hf_siglip2"`, `"timm_naflex"` (see
@@ -487,8 +489,9 @@ class VitHfConfig(ConfigSavedByVersion, BackboneConfigMixin, PretrainedConfig):
                 f"pos_embed_interpolation={self.pos_embed_interpolation!r} is not one of "
                 f"{tuple(POS_EMBED_INTERPOLATIONS)}"
             )
-        if self.pos_embed_type == "sincos2d" and self.hidden_size % 4:
-            raise ValueError(f"pos_embed_type='sincos2d' needs hidden_size divisible by 4, got {self.hidden_size}")
+        if self.pos_embed_type.startswith("sincos2d") and self.hidden_size % 4:
+            raise ValueError(f"pos_embed_type={self.pos_embed_type!r} needs hidden_size divisible by 4, got "
+                             f"{self.hidden_size}")
         (h, w), (ph, pw) = self.image_hw, self.patch_hw
         if (h % ph or w % pw) and not self.crop_remainder:
             raise ValueError(

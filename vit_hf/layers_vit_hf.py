@@ -25,15 +25,18 @@ from .rope_vit_hf import apply_rotary
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def sincos_2d_position_embedding(grid: tuple[int, int], dim: int, temperature: float = 10_000.0) -> torch.Tensor:
-    """Fixed 2-D sin-cos table of big_vision's `posemb_sincos_2d` (MoCo-v3), shape (1, gh * gw, dim), float64.
+def sincos_2d_position_embedding(
+    grid: tuple[int, int], dim: int, temperature: float = 10_000.0, mae: bool = False
+) -> torch.Tensor:
+    """Fixed 2-D sin-cos table of big_vision's `posemb_sincos_2d` (MoCo-v3), shape (1, gh * gw, dim), float64;
+    `mae=True`: MAE's frequencies temperature^-(k / (dim/4)) instead of temperature^-(k / (dim/4 - 1)) (AIMv2 native).
 
     Order of the four bands is `[sin x, cos x, sin y, cos y]` with x the column index (not stored in checkpoints, so
     the order is part of the model's definition).
     """
     gh, gw = grid
     y, x = torch.meshgrid(torch.arange(gh, dtype=torch.float64), torch.arange(gw, dtype=torch.float64), indexing="ij")
-    omega = 1.0 / temperature ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4 - 1))
+    omega = 1.0 / temperature ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4 - (0 if mae else 1)))
     x = rearrange(x, "gh gw -> (gh gw) 1") * omega
     y = rearrange(y, "gh gw -> (gh gw) 1") * omega
     return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)[None]
@@ -335,9 +338,13 @@ class Block(GradientCheckpointingLayer):
         x: torch.Tensor,
         output_attentions: bool = False,
         attention: Callable | None = None,
-        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        rope_cos: torch.Tensor | None = None,
+        rope_sin: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`rope_cos` / `rope_sin`: this block's rotary table, passed as tensors of their own (not a tuple) so that
+        reentrant gradient checkpointing carries their gradients (RoPE-Mixed's learned frequencies)."""
+        rope = None if rope_cos is None else (rope_cos, rope_sin)
         if self.post_norm:
             attn_out, weights = self.attn(x, output_attentions, attention, rope, attention_mask)
             x = x + self.drop_path1(self.norm1(attn_out))

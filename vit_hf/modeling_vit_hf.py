@@ -169,7 +169,7 @@ class VitHfModel(VitHfPreTrainedModel):
         # from the config once here: a config attribute costs microseconds (transformers' __getattribute__ hooks),
         # and a batch-1 forward read a dozen of them.
         self.num_prefix_tokens = config.num_prefix_tokens
-        self.pos_covered_prefix = 0 if config.pos_embed_type == "sincos2d" else config.num_pos_prefix_tokens
+        self.pos_covered_prefix = 0 if config.pos_embed_type.startswith("sincos2d") else config.num_pos_prefix_tokens
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -188,8 +188,9 @@ class VitHfModel(VitHfPreTrainedModel):
                 return self.pos_embed
             prefix = self.pos_covered_prefix
             return resample_position_embedding(self.pos_embed, old_grid, grid, prefix, cfg.pos_embed_interpolation)
-        if cfg.pos_embed_type == "sincos2d":
-            return sincos_2d_position_embedding(grid, cfg.hidden_size).to(device=device, dtype=dtype)
+        if cfg.pos_embed_type.startswith("sincos2d"):
+            mae = cfg.pos_embed_type == "sincos2d_mae"
+            return sincos_2d_position_embedding(grid, cfg.hidden_size, mae=mae).to(device=device, dtype=dtype)
         return None
 
     @torch.no_grad()
@@ -257,10 +258,10 @@ class VitHfModel(VitHfPreTrainedModel):
         return self.pos_drop(x)
 
     def rotary_tables(self, pixel_values: torch.Tensor, x: torch.Tensor) -> list:
-        """Each block's rotary (cos, sin) table for this input's patch grid (None per block without RoPE): built once
-        per grid and cached by `self.rope` (per forward for learned 'mixed' frequencies), never per block."""
+        """Each block's rotary (cos, sin) table for this input's patch grid ((None, None) per block without RoPE):
+        built once per grid and cached by `self.rope` (per forward for learned 'mixed' frequencies), never per block."""
         if self.rope is None:
-            return [None] * len(self.blocks)
+            return [(None, None)] * len(self.blocks)
         ph, pw = self.patch_embed.patch_size
         grid = (pixel_values.shape[-2] // ph, pixel_values.shape[-1] // pw)
         return self.rope(grid, self.num_prefix_tokens, x.dtype, x.device)
@@ -311,7 +312,7 @@ class VitHfModel(VitHfPreTrainedModel):
         all_attn = () if output_attentions else None
         attention = _attention_interface(self.config, output_attentions)
         for block, rope in zip(self.blocks, self.rotary_tables(pixel_values, x)):
-            x, weights = block(x, output_attentions, attention, rope, mask)
+            x, weights = block(x, output_attentions, attention, *rope, mask)
             if output_hidden_states:
                 all_hidden += (x,)
             if output_attentions:
@@ -361,7 +362,7 @@ class VitHfModel(VitHfPreTrainedModel):
         blocks = self.blocks[: max(take) + 1] if intermediates_only else self.blocks
         attention = _attention_interface(self.config, False)
         for i, (block, rope) in enumerate(zip(blocks, self.rotary_tables(pixel_values, x))):
-            x, _ = block(x, False, attention, rope)
+            x, _ = block(x, False, attention, *rope)
             if i in take:
                 features.append(self.norm(x) if norm else x)
         prefix = self.config.num_prefix_tokens
