@@ -428,8 +428,13 @@ def test_dinov2_resampling_is_transformers_own_in_float32(algorithm, embeddings)
         ours = resample_position_embedding(table, (7, 7), (h // 8, w // 8), 1, algorithm)
         assert ours.dtype == torch.float64
         assert torch.equal(ours, expected.reshape(ours.shape)), (h, w)
-    # the same interpolation computed in float64 ("hf" / "timm") is ~1e-7 away: the float32 rounding is the point
-    in_float64 = resample_position_embedding(table, (7, 7), (10, 10), 1, "hf" if algorithm == "hf_dinov2" else "timm")
+    # the same interpolation computed in float64 is ~1e-7 away: the float32 rounding is the point
+    if algorithm == "hf_dinov2":
+        in_float64 = resample_position_embedding(table, (7, 7), (10, 10), 1, "hf")
+    else:  # torch's antialiased bicubic itself (vit_hf's "timm" rounds through float32 too, as timm does)
+        grid = table[:, 1:].reshape(1, 7, 7, 8).permute(0, 3, 1, 2)
+        resized = F.interpolate(grid, size=(10, 10), mode="bicubic", align_corners=False, antialias=True)
+        in_float64 = torch.cat([table[:, :1], resized.permute(0, 2, 3, 1).reshape(1, 100, 8)], dim=1)
     assert 0 < (in_float64 - ours).abs().max() < 1e-5
 
 
