@@ -5,8 +5,6 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# One pytest-xdist worker per core; tests sharing a module/session fixture stay on one worker (tests/conftest.py).
-PYTEST := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -n auto --dist loadgroup
 
 .PHONY: setup demo test test-fast bench lint clean
 
@@ -21,11 +19,12 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m vit_hf.demo
 
+# One pytest-xdist worker per core; tests that share a module/session fixture stay on one worker (tests/conftest.py).
 test: $(STAMP)
-	$(PYTEST) --durations=15
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -n auto --dist loadgroup --durations=15
 
 test-fast: $(STAMP)
-	$(PYTEST) -m "not slow"
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -n auto --dist loadgroup -m "not slow"
 
 bench: $(STAMP)
 	$(PY) -m bench all

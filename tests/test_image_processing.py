@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -143,13 +145,16 @@ def test_save_load_round_trip(tmp_path):
 def test_works_without_torchvision(tmp_path):
     code = """
 import sys
+from pathlib import Path
 sys.modules["torchvision"] = None  # any import of torchvision now fails
 import numpy as np, PIL.Image
 from vit_hf import VitHfImageProcessor
 p = VitHfImageProcessor(size=16)
 print(tuple(p(PIL.Image.fromarray(np.zeros((20, 20, 3), np.uint8))).pixel_values.shape))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))  # this checkout's vit_hf
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                         env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("(1, 3, 16, 16)")
 
