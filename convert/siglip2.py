@@ -155,7 +155,7 @@ def _timm_refusals(model) -> list[str]:
     from timm.layers.mlp import Mlp
     from timm.models.vision_transformer import Block
 
-    from convert.timm_arch import _activation_name
+    from convert.timm_eva import activation_name
 
     e, block, pool = model.embeds, model.blocks[0], model.attn_pool
     checks = [
@@ -173,7 +173,7 @@ def _timm_refusals(model) -> list[str]:
         (model.global_pool in ("map", "avg", "token"), f"global_pool={model.global_pool!r}"),
         (pool is None or (type(pool) is AttentionPoolLatent and pool.latent_len == 1 and pool.pos_embed is None
                           and isinstance(pool.q_norm, torch.nn.Identity)), "this attention pool"),
-        (_activation_name(block.mlp.act) in ("gelu", "gelu_tanh", "quick_gelu"), "this activation"),
+        (activation_name(block.mlp.act) in ("gelu", "gelu_tanh", "quick_gelu"), "this activation"),
     ]
     return [what for ok, what in checks if not ok]
 
@@ -187,14 +187,15 @@ def _interpolation(model) -> str | None:
 
 
 def timm_fields(model, num_classes: int) -> dict:
-    from convert.timm_arch import ACT_TO_HF, _activation_name
+    from convert.timm_arch import ACT_TO_HF
+    from convert.timm_eva import activation_name
 
     e, block = model.embeds, model.blocks[0]
     (gh, gw), (ph, pw) = e.pos_embed.shape[1:3], e.patch_size
     ln = torch.nn.LayerNorm
     return dict(
         hidden_size=model.embed_dim, num_hidden_layers=len(model.blocks), num_attention_heads=block.attn.num_heads,
-        intermediate_size=block.mlp.fc1.out_features, hidden_act=ACT_TO_HF[_activation_name(block.mlp.act)],
+        intermediate_size=block.mlp.fc1.out_features, hidden_act=ACT_TO_HF[activation_name(block.mlp.act)],
         layer_norm_eps=block.norm1.eps, image_size=[gh * ph, gw * pw], patch_size=[ph, pw],
         num_channels=e.in_chans, qkv_bias=block.attn.qkv.bias is not None, proj_bias=block.attn.proj.bias is not None,
         patch_bias=e.proj.bias is not None, class_token=e.cls_token is not None, num_register_tokens=e.num_reg_tokens,
@@ -280,12 +281,11 @@ def _refuse_fixed_size_options(opts) -> None:
                               f"(its processor resizes every image to its own grid, its positions follow): drop it")
 
 
-def _convert_naflex(state: dict, create, arch: str, out_dir, opts, origin: str) -> Path:
+def _convert_naflex(state: dict, create, arch: str, out_dir, opts, origin: str, write) -> Path:
     """The timm NaFlexVit state dict `state` -> `out_dir`; `create(**kwargs)` builds the timm model of its
-    architecture (on the meta device for the config, on the CPU with the weights for --verify)."""
+    architecture (on the meta device for the config, on the CPU with the weights for --verify); `write` is
+    `convert.timm.write_conversion`, passed in by the timm front ends (they import this module)."""
     import timm
-
-    from convert.timm import write_conversion
 
     num_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
     with torch.device("meta"):
@@ -306,26 +306,25 @@ def _convert_naflex(state: dict, create, arch: str, out_dir, opts, origin: str) 
     card = dict(source=f"Converted from {origin} with `python -m convert`.\n\n{note}",
                 parity=parity_markdown(parity) if parity else None, tags=["timm", "naflex"],
                 base_model=opts.source_repo, license=(meta.pretrained_cfg or {}).get("license") or "apache-2.0")
-    return write_conversion(model, processor, dict(parity=parity), out_dir, opts, card,
+    return write(model, processor, dict(parity=parity), out_dir, opts, card,
                             f"Convert {opts.source_repo or arch} from timm ({timm.__version__})")
 
 
-def convert_naflex_folder(folder: Path, out_dir, opts, config: dict) -> Path:
-    """A timm naflexvit folder (config.json + weights) -> `out_dir` (returned); `opts`: `convert.common.Options`."""
+def convert_naflex_folder(folder: Path, weights: Path, out_dir, opts, config: dict, write) -> Path:
+    """A timm naflexvit folder (config.json + `weights`) -> `out_dir` (returned); `opts`: `convert.common.Options`,
+    `write`: `convert.timm.write_conversion`."""
     import timm
 
     from convert.common import check_push
-    from convert.timm_hub import weights_file
 
     arch = config["architecture"]
     _refuse_fixed_size_options(opts)
-    weights = weights_file(folder)
     check_paths(weights, out_dir)
     check_push(opts)
     state = load_torch_state_dict(weights)
     where = f"the timm Hub repo `{opts.source_repo}`" if opts.source_repo else f"the timm folder `{folder.name}`"
     return _convert_naflex(state, lambda **kw: timm.create_model(f"local-dir:{folder}", pretrained=False, **kw), arch,
-                           out_dir, opts, f"{where} (architecture `{arch}`, NaFlexViT, weights `{weights.name}`)")
+                           out_dir, opts, f"{where} (architecture `{arch}`, NaFlexViT, weights `{weights.name}`)", write)
 
 
 def is_naflex_state(state) -> bool:
@@ -333,9 +332,9 @@ def is_naflex_state(state) -> bool:
     return "embeds.proj.weight" in state
 
 
-def convert_naflex_file(state: dict, src: Path, out_dir, opts, model_name: str | None) -> Path:
+def convert_naflex_file(state: dict, src: Path, out_dir, opts, model_name: str | None, write) -> Path:
     """A timm NaFlexVit state dict file -> `out_dir`: the architecture from `model_name` (its registry entry), the
-    position grid from the weights."""
+    position grid from the weights; `write`: `convert.timm.write_conversion`."""
     import timm
 
     if not model_name or not is_naflex_architecture(model_name.split(".")[0]):
@@ -346,4 +345,4 @@ def convert_naflex_file(state: dict, src: Path, out_dir, opts, model_name: str |
     extra = {"pos_embed_grid_size": grid} if grid else {}
     return _convert_naflex(
         state, lambda **kw: timm.create_model(model_name, pretrained=False, **extra, **kw), model_name, out_dir, opts,
-        f"the timm NaFlexViT state dict `{src.name}` (architecture `{model_name}`)")
+        f"the timm NaFlexViT state dict `{src.name}` (architecture `{model_name}`)", write)

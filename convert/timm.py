@@ -402,7 +402,7 @@ def convert_timm_file(
     state, weights_note = load_checkpoint(src, use_ema=use_ema)
     from convert.siglip2 import convert_naflex_file, is_naflex_state
     if is_naflex_state(state):  # timm NaFlexViT (SigLIP2): convert/siglip2.py
-        return convert_naflex_file(state, src, out_dir, opts, model_name)
+        return convert_naflex_file(state, src, out_dir, opts, model_name, write_conversion)
     model, processor, info = convert_timm_state_dict(
         state, model_name=model_name, num_heads=num_heads, global_pool=global_pool, image_size=opts.image_size,
         source_image_size=source_image_size, act=act, eps=eps, verify=opts.verify, preprocessing=opts.preprocessing)

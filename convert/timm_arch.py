@@ -12,6 +12,7 @@ from types import ModuleType
 import torch
 
 from convert.common import ConversionError, empty_model
+from convert.timm_eva import activation_name
 from vit_hf import VitHfConfig
 
 # timm global_pool <-> vit_hf pooling
@@ -224,7 +225,7 @@ class TimmArch:
         if self.pos_embed == "sincos2d":
             raise ConversionError("timm's VisionTransformer has no sincos2d positions (learned or none only)")
         if self.family == "eva":
-            from convert.timm_eva import eva_kwargs
+            from convert.timm_eva import eva_kwargs  # noqa: I001
 
             return eva_kwargs(self, json_safe)
         h, w = self.img_size
@@ -341,7 +342,7 @@ class TimmArch:
             final_norm=fc_norm or not isinstance(model.norm, torch.nn.Identity),
             fc_norm=fc_norm,
             pool_include_prefix=bool(getattr(model, "pool_include_prefix", False)),
-            act=_activation_name(block.mlp.act),
+            act=activation_name(block.mlp.act),
             eps=float(block.norm1.eps),
             distilled=getattr(model, "dist_token", None) is not None,
             mlp_layer="glu" if isinstance(block.mlp, (GluMlp, SwiGLU)) else "mlp",
@@ -363,21 +364,6 @@ class TimmArch:
 
 
 
-def _activation_name(act: torch.nn.Module) -> str | None:
-    """timm activation module -> TimmArch.act (None: not one vit_hf has)."""
-    from timm.layers.activations import GELU, GELUTanh, QuickGELU
-
-    if isinstance(act, GELUTanh) or (isinstance(act, torch.nn.GELU) and act.approximate == "tanh"):
-        return "gelu_tanh"
-    if isinstance(act, QuickGELU):
-        return "quick_gelu"
-    if isinstance(act, (GELU, torch.nn.GELU)):
-        return "gelu"
-    if isinstance(act, torch.nn.SiLU):
-        return "silu"
-    return None
-
-
 def _mlp_refusal(mlp: torch.nn.Module) -> str | None:
     from timm.layers.mlp import GluMlp, Mlp, SwiGLU
 
@@ -392,10 +378,9 @@ def _mlp_refusal(mlp: torch.nn.Module) -> str | None:
 
 def _refuse_unsupported(model: torch.nn.Module) -> None:
     """ConversionError listing every module type of `model` vit_hf does not implement."""
-    from timm.layers import AttentionPoolLatent, LayerNorm, PatchEmbed
+    from timm.layers import AttentionPoolLatent, LayerNorm, PatchEmbed, RmsNorm
     from timm.layers.attention import Attention
     from timm.models.deit import VisionTransformerDistilled
-    from timm.layers import RmsNorm
     from timm.models.vision_transformer import Block, ResPostBlock, VisionTransformer
 
     name = type(model).__name__
@@ -415,7 +400,7 @@ def _refuse_unsupported(model: torch.nn.Module) -> None:
 
         (model.global_pool in POOL_TO_HF, f"global_pool={model.global_pool!r}"),
         (pool is None or type(pool) is AttentionPoolLatent, "this attention pool"),
-        (_activation_name(block.mlp.act) is not None,
+        (activation_name(block.mlp.act) is not None,
          f"activation {type(block.mlp.act).__name__} (GELU, GELU-tanh, QuickGELU or SiLU only)"),
     ]
     refused = [what for ok, what in checks if not ok]

@@ -9,14 +9,9 @@ scale), `attn.norm` / `mlp.norm` (inner norms) and `rope.freqs` (RoPE-Mixed).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from convert.common import ConversionError
-
-if TYPE_CHECKING:
-    from convert.timm_arch import TimmArch
 
 EVA_POOLS = {"token": "token", "avg": "avg", "map": "map", "": ""}
 
@@ -77,15 +72,29 @@ def _attention(block) -> tuple[dict, list[str]]:
     return fields, refused
 
 
+def activation_name(act: torch.nn.Module) -> str | None:
+    """timm activation module -> TimmArch.act (None: not one vit_hf has)."""
+    from timm.layers.activations import GELU, GELUTanh, QuickGELU
+
+    if isinstance(act, GELUTanh) or (isinstance(act, torch.nn.GELU) and act.approximate == "tanh"):
+        return "gelu_tanh"
+    if isinstance(act, QuickGELU):
+        return "quick_gelu"
+    if isinstance(act, (GELU, torch.nn.GELU)):
+        return "gelu"
+    if isinstance(act, torch.nn.SiLU):
+        return "silu"
+    return None
+
+
+
 def _mlp(block) -> tuple[dict, list[str]]:
     from timm.layers.mlp import GluMlp, Mlp, SwiGLU
-
-    from convert.timm_arch import _activation_name
 
     mlp = block.mlp
     inner = dict(mlp_inner_norm=not isinstance(mlp.norm, torch.nn.Identity), mlp_hidden=mlp.fc2.in_features)
     if type(mlp) is Mlp:
-        act = _activation_name(mlp.act)
+        act = activation_name(mlp.act)
         return dict(inner, mlp_layer="mlp", act=act), ([] if act else [f"activation {type(mlp.act).__name__}"])
     if type(mlp) in (GluMlp, SwiGLU) and isinstance(mlp.act, torch.nn.SiLU) and not getattr(mlp, "gate_last", False):
         return dict(inner, mlp_layer="glu", act="silu"), []
@@ -112,8 +121,9 @@ def _pool(model) -> tuple[dict, list[str]]:
                 pool_mlp_hidden=pool.mlp.fc1.out_features), refused
 
 
-def eva_arch(cls: type[TimmArch], model) -> TimmArch:
-    """The TimmArch of a (meta-device) timm Eva model; ConversionError naming every feature vit_hf lacks."""
+def eva_arch(cls: type, model):
+    """The `cls` (convert.timm_arch's TimmArch, passed in: that module imports this one) of a (meta-device) timm Eva
+    model; ConversionError naming every feature vit_hf lacks."""
     from timm.layers import LayerNorm, RmsNorm
     from timm.models.eva import EvaBlock, EvaBlockPostNorm
 
@@ -180,7 +190,7 @@ def _ratio(hidden: int, dim: int) -> float:
     return ratio if int(dim * ratio) == hidden else (hidden + 0.25) / dim
 
 
-def eva_kwargs(arch: TimmArch, json_safe: bool) -> dict:
+def eva_kwargs(arch, json_safe: bool) -> dict:
     """`timm.models.eva.Eva` constructor arguments of `arch` (`json_safe`: plain values only, else refused)."""
     from functools import partial
 
@@ -193,7 +203,8 @@ def eva_kwargs(arch: TimmArch, json_safe: bool) -> dict:
     kwargs = dict(
         img_size=h if h == w else [h, w], patch_size=ph if ph == pw else [ph, pw], in_chans=arch.in_chans,
         num_classes=arch.num_classes, global_pool=arch.global_pool, embed_dim=arch.embed_dim, depth=arch.depth,
-        num_heads=arch.num_heads, qkv_bias=arch.qkv_bias, qk_norm=arch.qk_norm, mlp_ratio=_ratio(arch.mlp_hidden, arch.embed_dim),
+        num_heads=arch.num_heads, qkv_bias=arch.qkv_bias, qk_norm=arch.qk_norm,
+        mlp_ratio=_ratio(arch.mlp_hidden, arch.embed_dim),
         swiglu_mlp=arch.mlp_layer == "glu", scale_mlp=arch.mlp_inner_norm, scale_attn_inner=arch.attn_inner_norm,
         init_values=arch.init_values, attn_only_layer_scale=arch.layer_scale_attn_only,
         class_token=arch.class_token, num_reg_tokens=arch.reg_tokens, no_embed_class=arch.no_embed_class,

@@ -102,7 +102,7 @@ def convert_timm_folder(
     check_architecture(arch)
     from convert.siglip2 import convert_naflex_folder, is_naflex_architecture
     if is_naflex_architecture(arch):  # NaFlexViT (SigLIP2): convert/siglip2.py
-        return convert_naflex_folder(folder, out_dir, opts, config)
+        return convert_naflex_folder(folder, weights_file(folder), out_dir, opts, config, write_conversion)
     weights = weights_file(folder)
     check_paths(weights, out_dir)
     check_push(opts)

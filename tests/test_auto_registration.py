@@ -200,6 +200,7 @@ print(json.dumps(dict(
 """
 
 
+@pytest.mark.slow
 def test_auto_backbone_and_classifier_by_repo_id(saved, tmp_path, monkeypatch):
     """By Hub repo id, in a process that has vit_hf installed and imports it: AutoBackbone (transformers 5.25's
     AutoBackbone asks the Hub whether a local folder is a repo, so a folder path cannot be tested with it)."""
@@ -234,6 +235,7 @@ def test_auto_backbone_and_classifier_by_repo_id(saved, tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------ (2) not installed
+@pytest.mark.slow
 def test_the_same_folder_loads_as_remote_code_where_vit_hf_is_not_installed(saved, tmp_path):
     folder, model, processor, image = saved
     image.save(tmp_path / "image.png")

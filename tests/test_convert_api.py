@@ -282,21 +282,11 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-# Import pairs of another area still to be untangled, named here so that the test stays exact about everything else
-# and fails on any new cycle: the EVA converter's timm_eva.py imports timm_arch's TimmArch (for annotations) and its
-# _activation_name, while timm_arch dispatches to timm_eva. Delete the entry once they no longer import each other.
-KNOWN_CYCLES = {frozenset({"convert.timm_arch", "convert.timm_eva"})}
 
 
 def test_no_import_cycle_in_convert_or_export():
     graph = _import_graph("convert", "vit_hf/export")
     graph = {k: {t for t in v if t in graph} for k, v in graph.items()}
-    for pair in KNOWN_CYCLES:
-        a, b = sorted(pair)
-        if a in graph and b in graph and b in graph[a] and a in graph[b]:
-            graph[a].discard(b)  # cut one edge of the known pair; any other cycle still shows
-        else:
-            raise AssertionError(f"{a} and {b} no longer import each other: drop them from KNOWN_CYCLES")
     assert _cycle(graph) is None
     assert "convert.google" not in graph["convert.google_verify"] and "convert.google_verify" in graph["convert.google"]
 

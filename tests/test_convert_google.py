@@ -283,6 +283,7 @@ def test_two_tower_suffix_and_ambiguous_prefix(tmp_path: Path):
         ("bv_bf16_scan_map", ["--image-size", "48"], "numpy"),
     ],
 )
+@pytest.mark.slow
 def test_cli_verify_writes_loadable_folder(name: str, extra: list[str], reference: str, npz_dir: Path,
                                            tmp_path: Path, pixels: np.ndarray):
     from transformers import AutoModelForImageClassification

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import HUB_FILES, TOKEN, TOKENS, consumer_env, go_online, make_image, repo_files, snapshot
 from hub_server import HubServer
 from huggingface_hub import HfApi, ModelCard
 from isolated import last_json_line, run_isolated
 from npz_factory import BY_NAME, make_params, write_npz
-from test_hub import EXPECTED_FILES, TOKEN, TOKENS, consumer_env, go_online, make_image, repo_files, snapshot
 from timm_variants import VARIANTS, make_timm, save_state
 
 from convert import google as convert_google
@@ -82,6 +82,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_converted_models_push_and_load_by_repo_id(hub, tmp_path):
     """`convert.timm ... --verify --push-to-hub` and `convert.google ... --push-to-hub`, then a consumer loads both
     repos by id (Auto classes and pipeline, remote code) and gets the local folders' logits; the cards parse."""
@@ -118,9 +119,9 @@ def test_converted_models_push_and_load_by_repo_id(hub, tmp_path):
         np.testing.assert_allclose(result["pipeline"], torch.tensor(local).softmax(-1).numpy(), rtol=0, atol=1e-6)
 
         # the repo holds the hub files, byte for byte the local folder's (the card differs only in its pin)
-        assert repo_files(hub, repo, sha) == EXPECTED_FILES
+        assert repo_files(hub, repo, sha) == HUB_FILES
         local_files = snapshot(Path(out))
-        for name in EXPECTED_FILES - {"README.md", ".gitattributes"}:
+        for name in HUB_FILES - {"README.md", ".gitattributes"}:
             with open(api.hf_hub_download(repo, name, revision=sha, cache_dir=tmp_path / "cache"), "rb") as f:
                 assert f.read() == local_files[name], (repo, name)
 
@@ -186,6 +187,7 @@ def test_push_with_a_rejected_token_or_to_a_foreign_namespace_is_refused_first(h
     assert "config.json" in HfApi(endpoint=hub.endpoint, token=TOKEN).list_repo_files("tester/x")
 
 
+@pytest.mark.slow
 def test_push_to_a_server_that_is_down_fails_in_one_line_and_keeps_the_folder(tmp_path):
     """The real CLI process with HF_ENDPOINT pointing at a closed port: exit 1, one line, OUT as written."""
     down = HubServer(tokens=TOKENS)

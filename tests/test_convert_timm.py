@@ -20,6 +20,7 @@ import torch
 pytest.importorskip("timm")  # timm is in the dev extra; without it there is no reference to convert from
 
 import timm  # noqa: E402
+from helpers import run_cli_captured  # noqa: E402
 from images import assert_same_pixels  # noqa: E402
 from timm.layers import resample_abs_pos_embed  # noqa: E402
 from timm.models.vision_transformer import VisionTransformer  # noqa: E402
@@ -40,21 +41,14 @@ from transformers import AutoModelForImageClassification  # noqa: E402
 
 from convert import timm as convert_timm  # noqa: E402
 from convert import to_timm  # noqa: E402
-from convert.common import ConversionError, run_cli  # noqa: E402
+from convert.common import ConversionError  # noqa: E402
 from vit_hf import resample_position_embedding  # noqa: E402
 from vit_hf.registration import unregistered  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 ATOL64 = 1e-10
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is faster, and immune to a busy machine's thread contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny matrices run faster on one thread
 
 
 def subprocess_env() -> dict[str, str]:
@@ -72,15 +66,6 @@ def run_module(module: str, *args, timeout: int = 300) -> subprocess.CompletedPr
         text=True,
         timeout=timeout,
     )
-
-
-def run_cli_captured(module, argv: list, capsys) -> tuple[int, str, str]:
-    """Run a converter's CLI entry point (`run_cli(main)`, what `python -m` runs): (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        run_cli(module.main, [str(a) for a in argv])
-    captured = capsys.readouterr()
-    return exc.value.code, captured.out, captured.err
 
 
 def run_cli_inprocess(module, argv: list, capsys) -> tuple[int, str]:
@@ -231,6 +216,7 @@ def test_representation_layer(tmp_path: Path):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_subprocess_round_trip(tmp_path: Path):
     """`python -m convert.timm ... --verify` then `python -m convert.to_timm`, as real processes (MAP pooling, a
     checkpoint wrapped under `model`). Every other variant runs the same entry point (`run_cli(main)`) in-process."""
@@ -335,6 +321,7 @@ def test_refusal(case: str, tmp_path: Path, capsys):
     assert not out.exists() and not list(tmp_path.glob(".out*")), "something was written"
 
 
+@pytest.mark.slow
 def test_refusal_subprocess_pickle_needing_code(tmp_path: Path):
     """A torch.save file holding a custom object is refused (weights_only); exit 2, nothing written."""
     src = tmp_path / "evil.pth"

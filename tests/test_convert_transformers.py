@@ -12,6 +12,12 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from helpers import TRANSFORMERS_LABELS as LABELS  # noqa: E402
+from helpers import TRANSFORMERS_SMALL as SMALL  # noqa: E402
+from helpers import TRANSFORMERS_TEXT as TEXT  # noqa: E402
+from helpers import TRANSFORMERS_VIT as VIT  # noqa: E402
+from helpers import randomize  # noqa: E402
+
 from convert.common import ConversionError  # noqa: E402
 from convert.transformers import (  # noqa: E402
     TRANSFORMERS_ALLOW_PATTERNS,
@@ -22,28 +28,11 @@ from convert.transformers import (  # noqa: E402
 )
 from convert.transformers_verify import load_source, verify  # noqa: E402
 
-SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8)
-VIT = dict(SMALL, intermediate_size=37, layer_norm_eps=1e-12)
 DINO = dict(SMALL, mlp_ratio=4, image_size=56)  # a 7x7 stored grid, run at a 4x4 crop as the repos are
-TEXT = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=20, vocab_size=50,
-            bos_token_id=0, eos_token_id=1, pad_token_id=1)
-LABELS = {0: "cat", 1: "dog", 2: "eel"}
 # DINOv2 repos' processor: shortest edge 256, crop 224 of a 518-px model; here 36 / 32 of a 56-px one
 DINO_PROCESSOR = (transformers.BitImageProcessor, dict(size={"shortest_edge": 36}, crop_size=dict(height=32, width=32)))
 # the crop size verify() also compares DINOv2 at (what the source's processor gives; 32 for every fixture)
 CROP = SimpleNamespace(size={"height": 32, "width": 32})
-
-
-def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Every tensor visibly random (LayerNorm scales != 1, LayerScale != init), so no mapping hides at init."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            values = torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.3
-            if p.ndim == 1 and ("norm" in name or "lambda" in name) and name.endswith(("weight", "lambda1")):
-                values = 1.0 + values
-            p.copy_(values.to(p.dtype))
-    return model
 
 
 def _vit_in21k():

@@ -12,6 +12,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from helpers import DIGIT_NAMES, add_odd_images, digit_images, make_digits_folder
 
 from vit_hf import VitHfImageProcessor
 from vit_hf.train.data import (
@@ -24,48 +25,6 @@ from vit_hf.train.data import (
     load_image_classification_data,
     prepare_sklearn_digits,
 )
-
-DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-
-
-def digit_images(num: int, classes=(0, 1, 2), size: int = 16, offset: int = 0) -> list[tuple[np.ndarray, int]]:
-    """`num` real handwritten digits of the given classes (round-robin), 8x8 upscaled to `size`, uint8."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    by_class = {c: np.flatnonzero(digits.target == c) for c in classes}
-    out = []
-    for i in range(num):
-        c = classes[i % len(classes)]
-        idx = by_class[c][(offset + i // len(classes)) % len(by_class[c])]
-        image = PIL.Image.fromarray((digits.images[idx] * 255 / 16).astype(np.uint8))
-        out.append((np.asarray(image.resize((size, size), PIL.Image.Resampling.BICUBIC)), int(c)))
-    return out
-
-
-def make_digits_folder(
-    root: Path, splits: dict[str, int], classes=(0, 1, 2), size: int = 16, names=DIGIT_NAMES
-) -> Path:
-    """An image folder `root/<split>/<class name>/<i>.png` of real digits (grey PNGs)."""
-    for s, (split, num) in enumerate(splits.items()):
-        for i, (array, label) in enumerate(digit_images(num, classes, size, offset=1000 * s)):
-            folder = root / split / names[label]
-            folder.mkdir(parents=True, exist_ok=True)
-            PIL.Image.fromarray(array).save(folder / f"{split}_{i:04d}.png")
-    return root
-
-
-def add_odd_images(folder: Path) -> dict[str, Path]:
-    """A corrupt PNG (truncated), an RGB-palette image and an RGBA image next to the grey ones of `folder`."""
-    grey = next(folder.glob("*.png"))
-    good = np.asarray(PIL.Image.open(grey))
-    corrupt = folder / "corrupt.png"
-    corrupt.write_bytes(grey.read_bytes()[:40])  # header only: PIL opens it and fails on load()
-    palette = folder / "palette.png"
-    PIL.Image.fromarray(np.stack([good] * 3, -1)).convert("P", palette=PIL.Image.Palette.ADAPTIVE).save(palette)
-    rgba = folder / "rgba.png"
-    PIL.Image.fromarray(np.stack([good] * 3 + [np.full_like(good, 200)], -1), "RGBA").save(rgba)
-    return {"corrupt": corrupt, "palette": palette, "rgba": rgba, "grey": grey}
 
 
 def test_image_folder_offline_labels_from_class_dirs(tmp_path):

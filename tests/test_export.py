@@ -15,10 +15,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import TOKEN, TOKENS
 from hub_server import HubServer
 from huggingface_hub import HfApi
-from test_convert_timm import one_thread  # noqa: F401 (autouse: tiny matrices run faster on one thread)
-from test_hub import TOKEN, TOKENS
 from timm_variants import BASE_KWARGS, VARIANTS, H, L, make_timm
 
 from convert import timm as convert_timm
@@ -30,6 +29,8 @@ from vit_hf.registration import unregistered
 REPO = Path(__file__).resolve().parent.parent
 ATOL = 1e-4  # float32 graph vs float32 PyTorch / timm (the export's acceptance bar)
 DIGITS = [str(d) for d in range(10)]
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny matrices run faster on one thread
 
 
 def save_folder(model, processor, folder: Path) -> Path:
@@ -82,6 +83,7 @@ def converted_timm(name: str, folder: Path) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.slow
 def test_converted_variant_matches_timm(name: str, tmp_path: Path, capsys):
     flags = CASES[name]
     reference = converted_timm(name, tmp_path / "model")
@@ -153,6 +155,7 @@ def digits_model_dir(tmp_path_factory) -> Path:
     return save_folder(model, processor, tmp_path_factory.mktemp("digits") / "model")
 
 
+@pytest.mark.slow
 def test_int8_agreement_and_accuracy_on_digits(digits_model_dir: Path, tmp_path: Path, capsys):
     out = tmp_path / "onnx"
     code, stdout, err = run([digits_model_dir, out, "--dynamic-batch", "--quantize", "int8", "--verify"], capsys)
@@ -173,6 +176,7 @@ def test_int8_agreement_and_accuracy_on_digits(digits_model_dir: Path, tmp_path:
     assert ops.count("MatMul") == 2 * 2 + 1  # the quantiser rewrites the Gemm head as MatMul + Add, left float
 
 
+@pytest.mark.slow
 def test_out_dir_processor_prepares_the_graph_input(digits_model_dir: Path, tmp_path: Path, capsys):
     """AutoImageProcessor from OUT_DIR (its own remote code) gives the pixels the PyTorch model was fed; the graph
     on them gives PyTorch's logits; config.json names the outputs."""
@@ -220,6 +224,7 @@ def tiny_model(seed: int) -> tuple[VitHfForImageClassification, VitHfImageProces
     return VitHfForImageClassification(config).eval(), VitHfImageProcessor.from_model_config(config)
 
 
+@pytest.mark.slow
 def test_hub_repo_at_revision(hub: HubServer, tmp_path: Path, capsys):
     """The first commit is exported although main has moved on; an earlier export's int8 graph in OUT_DIR goes (it
     would not match the new model.onnx), the user's own file stays."""
@@ -354,6 +359,7 @@ def test_refusal(case: str, tiny_dir: Path, tmp_path: Path, capsys, monkeypatch)
     assert _listing(out) == before and _listing(out.parent) == around  # nothing written, no temporary left
 
 
+@pytest.mark.slow
 def test_cli_module_and_import_boundary(tiny_dir: Path, tmp_path: Path):
     """`python -m vit_hf.export` runs (runpy, as -m does, after a probe in the same fresh process: one interpreter
     start instead of two); importing vit_hf or vit_hf.export loads no ONNX package."""
@@ -371,6 +377,7 @@ def test_cli_module_and_import_boundary(tiny_dir: Path, tmp_path: Path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_refusal_advice_works(tiny_dir: Path, tmp_path: Path, capsys):
     """What the refusals advise does export: a training checkpoint's hf_model/, and a transformers folder converted
     first (`python -m convert NAME MODEL_DIR`)."""
@@ -390,6 +397,7 @@ def test_refusal_advice_works(tiny_dir: Path, tmp_path: Path, capsys):
     assert code == 0 and (tmp_path / "b" / "model.onnx").is_file(), err
 
 
+@pytest.mark.slow
 def test_disk_full_during_export_writes_nothing(tiny_dir: Path, tmp_path: Path, capsys, monkeypatch):
     """ENOSPC injected where transformers writes config.json (after the graph): one line, exit 2, an earlier export
     in OUT_DIR unchanged, no temporary folder left."""
@@ -424,6 +432,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_sigkill_during_export_leaves_out_dir_as_it_was(tiny_dir: Path, tmp_path: Path, capsys):
     """The real CLI SIGKILLed after the graph, while the folder's description is written: an earlier export in
     OUT_DIR unchanged; only the hidden temporary sibling remains."""

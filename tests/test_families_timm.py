@@ -11,7 +11,6 @@ timm's `resample_abs_pos_embed` (vit_hf: `interpolate_pos_encoding=True`; RoPE t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -20,10 +19,10 @@ import torch
 pytest.importorskip("timm")
 
 import timm  # noqa: E402
-from huggingface_hub import HfApi  # noqa: E402
+from helpers import TOKEN, TOKENS, float64_rows, point_client_at, publish_folder, run_cli_captured, run_convert  # noqa: E402
 from hub_server import HubServer  # noqa: E402
+from huggingface_hub import HfApi  # noqa: E402
 from images import assert_same_pixels  # noqa: E402
-from test_convert_source import TOKEN, TOKENS, _online, _publish, convert, float64_rows  # noqa: E402
 from timm.layers import resample_abs_pos_embed  # noqa: E402
 from timm.models import save_for_hf  # noqa: E402
 from timm_variants import randomize_  # noqa: E402
@@ -31,6 +30,8 @@ from transformers import AutoModelForImageClassification  # noqa: E402
 
 from convert import timm as convert_timm  # noqa: E402
 from convert import to_timm  # noqa: E402
+from vit_hf import VitHfConfig  # noqa: E402
+from vit_hf.registration import unregistered  # noqa: E402
 
 ATOL64 = 1e-9
 TINY = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=5)
@@ -65,12 +66,7 @@ FAMILIES: dict[str, tuple[dict, dict]] = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny matrices run faster on one thread
 
 
 def build(name: str, dtype: torch.dtype = torch.float32, **overrides) -> torch.nn.Module:
@@ -95,7 +91,8 @@ def timm_reference(name: str, state: dict, hw: tuple[int, int]) -> tuple[torch.n
 
 
 def assert_matches_timm(out: Path, name: str, state: dict) -> None:
-    model = AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True).double().eval()
+    with unregistered():  # an installed vit_hf would otherwise build the folder with its own classes
+        model = AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True).double().eval()
     assert type(model).__module__.startswith("transformers_modules"), "not loaded through the folder's remote code"
     state = {k: v.double() if v.is_floating_point() else v for k, v in state.items()}
     for i, hw in enumerate(((32, 32), OTHER)):
@@ -116,13 +113,13 @@ def test_timm_folder_converts_exactly(name, tmp_path, capsys):
     reference = randomize_(build(name), seed=3)
     folder, out = tmp_path / name, tmp_path / "out"
     save_for_hf(reference, folder, safe_serialization=True)
-    code, stdout, err = convert([folder, out, "--verify"], capsys)
+    code, stdout, err = run_convert([folder, out, "--verify"], capsys)
     assert code == 0, err
     rows = float64_rows(stdout)
     assert rows and max(rows) <= ATOL64, stdout
-    config = json.loads((out / "config.json").read_text())
+    config = VitHfConfig.from_pretrained(out)  # config.json holds the non-default fields only
     expected = FAMILIES[name][1]
-    assert {k: config[k] for k in expected} == expected
+    assert {k: getattr(config, k) for k in expected} == expected
     assert_matches_timm(out, name, reference.state_dict())
     assert_exports_back(out, reference, tmp_path)
 
@@ -149,12 +146,12 @@ def assert_exports_back(out: Path, reference: torch.nn.Module, tmp_path: Path) -
                                    atol=ATOL64)
 
 
+@pytest.mark.slow
 def test_state_dict_file_with_model_name(tmp_path, capsys):
     """A state-dict file, named with --model-name (the only way to give RoPE's settings, which the weights do not
     hold): a real-size DINOv3-S/16, converted for 64 px and verified in float64 by the CLI, then loaded as remote code
     and compared with timm at 64 px and at 80x48 (DINOv3 runs at any size)."""
     from safetensors.torch import save_file
-    from test_convert_timm import run_cli_captured
 
     reference = randomize_(timm.create_model("vit_small_patch16_dinov3", pretrained=False), seed=4)
     src = tmp_path / "dinov3_s16.safetensors"
@@ -179,7 +176,7 @@ def test_unsupported_variant_is_one_line(tmp_path, capsys):
     folder = tmp_path / "pwee"
     save_for_hf(timm.create_model("vit_pwee_patch16_reg1_gap_256", pretrained=False, **TINY), folder,
                 safe_serialization=True)
-    code, _, err = convert([folder, tmp_path / "out"], capsys)
+    code, _, err = run_convert([folder, tmp_path / "out"], capsys)
     assert code == 2 and err.count("\n") == 1 and "ParallelScalingBlock" in err, err
     assert not (tmp_path / "out").exists()
 
@@ -197,11 +194,11 @@ HUB_REPOS = {"tester/vit_small_patch16_dinov3.tiny": "vit_small_patch16_dinov3",
 def hub(tmp_path_factory):
     root = tmp_path_factory.mktemp("family_repos")
     with HubServer(tokens=TOKENS) as server, pytest.MonkeyPatch.context() as mp:
-        _online(mp, server, root / "pusher_cache")
+        point_client_at(mp, server, root / "pusher_cache")
         api = HfApi(endpoint=server.endpoint, token=TOKEN)
         for repo, name in HUB_REPOS.items():
             save_for_hf(randomize_(build(name), seed=5), root / name, safe_serialization=True)
-            _publish(api, root / name, repo)
+            publish_folder(api, root / name, repo)
         yield server
 
 
@@ -211,9 +208,9 @@ def test_hub_repo_converts_exactly(hub, repo, tmp_path, capsys, monkeypatch):
 
     from vit_hf import VitHfImageProcessor
 
-    _online(monkeypatch, hub, tmp_path / "cache")
+    point_client_at(monkeypatch, hub, tmp_path / "cache")
     out = tmp_path / "out"
-    code, stdout, err = convert([repo, out, "--verify"], capsys)
+    code, stdout, err = run_convert([repo, out, "--verify"], capsys)
     assert code == 0, err
     assert max(float64_rows(stdout)) <= ATOL64, stdout
     oracle = timm.create_model(f"hf-hub:{repo}", pretrained=True).double().eval()

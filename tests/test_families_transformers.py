@@ -11,8 +11,12 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from helpers import TRANSFORMERS_LABELS as LABELS  # noqa: E402
+from helpers import TRANSFORMERS_SMALL as SMALL  # noqa: E402
+from helpers import TRANSFORMERS_TEXT as TEXT  # noqa: E402
+from helpers import TRANSFORMERS_VIT as VIT  # noqa: E402
+from helpers import randomize  # noqa: E402
 from images import max_pixel_difference, photos  # noqa: E402
-from test_convert_transformers import LABELS, SMALL, TEXT, VIT, randomize  # noqa: E402
 
 from convert.common import ConversionError  # noqa: E402
 from convert.transformers import convert_state, convert_transformers_folder  # noqa: E402
@@ -385,10 +389,9 @@ def test_dinov3_repo_id_converts_and_runs_as_remote_code_at_any_size(tmp_path, c
     """A DINOv3 repo on the loopback Hub: `python -m convert OWNER/NAME OUT --verify`, then the written folder, loaded
     as remote code, equals transformers' DINOv3ViTModel read from the same repo, at a size it was not stored for,
     and its processor gives the torchvision processor's pixels."""
+    from helpers import TOKEN, TOKENS, point_client_at
     from hub_server import HubServer
     from huggingface_hub import HfApi
-    from test_convert_source import _online
-    from test_hub import TOKEN, TOKENS
     from transformers import AutoImageProcessor, AutoModel
 
     from vit_hf import VitHfImageProcessor
@@ -396,7 +399,7 @@ def test_dinov3_repo_id_converts_and_runs_as_remote_code_at_any_size(tmp_path, c
     repo = "tester/dinov3-vit-tiny"
     folder = save_family("dinov3", tmp_path / "src")
     with HubServer(tokens=TOKENS) as hub:
-        _online(monkeypatch, hub, tmp_path / "cache")
+        point_client_at(monkeypatch, hub, tmp_path / "cache")
         api = HfApi(endpoint=hub.endpoint, token=TOKEN)
         api.create_repo(repo)
         commit = api.upload_folder(repo_id=repo, folder_path=folder).oid

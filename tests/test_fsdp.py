@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import assert_same_weights, data_args, weights
 from isolated import last_json_line, run_isolated
-from test_train import _fresh_accelerate_state, assert_same_weights, data_args, weights  # noqa: F401
 
 from vit_hf import train as train_mod
 from vit_hf.train import _testing
@@ -21,6 +21,7 @@ from scale_out import COMMON, FSDP, launch  # noqa: E402
 
 # the digits and the DDP run are session fixtures shared with test_multinode (one definition: a plugin module)
 pytest_plugins = ("scale_out",)
+pytestmark = pytest.mark.slow  # every test launches, or shares, a 2-process FSDP run
 
 
 @pytest.fixture(scope="module")

@@ -43,8 +43,6 @@ from isolated import last_json_line, run_isolated
 from vit_hf import VitHfForImageClassification, VitHfImageProcessor
 from vit_hf.hub import REMOTE_FILES, HubFolderError, HubPushError, hub_files, pinned_usage, push_folder, save_hub_folder
 
-EXPECTED_FILES = HUB_FILES  # test_convert_push imports it from here until it imports from helpers
-
 # What a training run leaves next to the hub files; none of it may reach the Hub.
 DECOYS = ("optimizer.pt", "scheduler.pt", "checkpoints/step_1/model.safetensors", "runs/events.out.tfevents.1",
           ".cache/huggingface/upload.lock", "all_results.json", "unreferenced_plot.png", "train.py")

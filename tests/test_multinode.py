@@ -8,7 +8,7 @@ import json
 import subprocess
 
 import pytest
-from test_train import ACCELERATE, REPO, _free_port, assert_same_weights, child_env, data_args
+from helpers import ACCELERATE, REPO, assert_same_weights, child_env, data_args, free_port
 
 pytest.register_assert_rewrite("scale_out")  # a helper and a plugin (pytest_plugins): rewrite it on first import
 from scale_out import COMMON  # noqa: E402
@@ -25,9 +25,10 @@ def machine(rank: int, port: int, argv: list[str]) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_two_machines_over_loopback_equal_single_node_ddp(ddp_reference, fsdp_digits, tmp_path):
     out = tmp_path / "shared"
-    port = _free_port()
+    port = free_port()
     launchers = [machine(rank, port, [*COMMON, *data_args(fsdp_digits), "--output_dir", str(out)]) for rank in (0, 1)]
     for rank, proc in enumerate(launchers):
         _, stderr = proc.communicate(timeout=300)

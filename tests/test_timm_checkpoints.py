@@ -17,15 +17,18 @@ import torch
 
 pytest.importorskip("timm")
 
+from helpers import run_cli_captured  # noqa: E402
 from timm.utils import CheckpointSaver  # noqa: E402
 from timm.utils.model_ema import ModelEmaV3  # noqa: E402
 from timm_variants import IMG, VARIANTS, H, make_timm, randomize_  # noqa: E402
 
 import convert.__main__ as front_door  # noqa: E402
 from convert import timm as convert_timm  # noqa: E402
-from convert.common import ConversionError, load_checkpoint, run_cli  # noqa: E402
+from convert.common import ConversionError, load_checkpoint  # noqa: E402
 
 HEADS = ["--num-heads", str(H)]
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny matrices run faster on one thread
 
 
 class Marker:
@@ -36,23 +39,6 @@ class Marker:
 
     def __reduce__(self):
         return (Path.touch, (Path(self.path),))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def run_cli_captured(module, argv: list, capsys) -> tuple[int, str, str]:
-    """A converter's CLI entry point as `python -m` runs it: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        run_cli(module.main, [str(a) for a in argv])
-    captured = capsys.readouterr()
-    return exc.value.code, captured.out, captured.err
 
 
 def assert_matches_timm(out_dir: Path, reference: torch.nn.Module, hw: tuple[int, int]) -> None:

@@ -10,8 +10,7 @@ from pathlib import Path
 import PIL.Image
 import pytest
 import torch
-from test_data import make_digits_folder
-from test_train import SMALL, _fresh_accelerate_state, assert_same_weights, data_args, run_train, weights  # noqa: F401
+from helpers import SMALL, assert_same_weights, data_args, make_digits_folder, run_train, weights
 
 from vit_hf import VitHfConfig, VitHfForImageClassification, VitHfImageProcessor
 from vit_hf import train as train_mod
@@ -66,6 +65,7 @@ def test_ema_matches_timm_model_ema_v3_with_warmup():
     assert not torch.equal(got["head.weight"], model.head.weight)  # averaged, not a copy of the last weights
 
 
+@pytest.mark.slow
 def test_ema_sigkill_resume_bit_exact_and_saved_accuracy_reevaluates(digits, tmp_path):
     common = [*SMALL, *data_args(digits), "--max_train_steps", "8", "--per_device_train_batch_size", "4",
               "--gradient_accumulation_steps", "2", "--learning_rate", "2e-3", "--seed", "11", "--checkpointing_steps",
@@ -121,6 +121,7 @@ def lora_args(digits: Path, base: Path) -> list[str]:
             "--checkpointing_steps", "3"]
 
 
+@pytest.mark.slow
 def test_lora_merged_folder_equals_peft_merge_and_resumes_bit_exact(digits, trained_base, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForImageClassification

@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_data import digit_images, make_digits_folder
-from test_train import SMALL, assert_same_weights, data_args, run_train
+from helpers import SMALL, assert_same_weights, data_args, digit_images, make_digits_folder, run_train
 from transformers import AutoModelForMaskedImageModeling
 
 from vit_hf import VitHfConfig, VitHfForMaskedImageModeling, VitHfImageProcessor
@@ -138,6 +137,7 @@ def test_labelled_saved_dataset_loads_with_labels_dropped(tmp_path):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_mim_run_loss_falls_and_output_loads_as_remote_code(pretrained, digits):
     out, log = pretrained
     results = json.loads((out / "all_results.json").read_text())
@@ -166,6 +166,7 @@ def test_mim_run_loss_falls_and_output_loads_as_remote_code(pretrained, digits):
     torch.testing.assert_close(torch.cat(per).mean().item(), results["eval_loss"], rtol=1e-6, atol=0)
 
 
+@pytest.mark.slow
 def test_mim_sigkill_and_resume_gives_identical_weights(pretrained, digits, tmp_path):
     """Killed after step 4 (step_3 on disk, mid-epoch 0), resumed: the same weights as the uninterrupted run, bit for
     bit (the masks, like the crops, are functions of (seed, epoch, example))."""
@@ -182,6 +183,7 @@ def test_mim_sigkill_and_resume_gives_identical_weights(pretrained, digits, tmp_
             == json.loads((reference / "all_results.json").read_text())["eval_loss"])
 
 
+@pytest.mark.slow
 def test_mim_output_fine_tunes_as_a_classifier(pretrained, digits, tmp_path):
     """Classification from the MIM folder: the encoder is reused as is, the decoder and mask token are dropped (one
     log line), a new head is made for the data set's labels."""

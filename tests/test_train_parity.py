@@ -16,7 +16,28 @@ Two kinds of test, for two kinds of defect:
   another seed does: so the margin is set from the seed-to-seed spread of the difference, measured below, and not
   from one machine's pair of numbers.
 
-SPREAD
+Measured spread (this machine: 2 cores with AVX-512, BF16, FP16 and VNNI; fp32; one torch thread per run, as under
+pytest-xdist; both loops from the same starting weights; validation accuracy after 15 epochs, in points):
+
+| runs | plain loop | vit_hf.train | same-seed difference | worst pair |
+|---|---|---|---|---|
+| from scratch, seeds 0-15 | 94.05 +- 0.96 (92.5-96.1) | 94.15 +- 2.28 (88.6-96.1) | +0.10 +- 2.41 (-5.6..+2.8) | -7.5 |
+| fine-tuning, seeds 0-7 | 95.76 +- 1.36 (94.4-98.3) | 95.49 +- 0.69 (94.4-96.7) | -0.28 +- 1.11 (-1.7..+1.1) | -3.9 |
+
+No sign of a gap in the means; the former two-sided single-seed check at 2 points failed on 6 of the 16 from-scratch
+seeds here.
+MARGIN_FROM_SCRATCH (10 points) is 4.1 standard deviations of the same-seed difference, and none of the 256 pairings
+of a vit_hf.train run with a plain-loop run comes within 2.5 points of it; MARGIN_FINETUNING (6 points) is 5.4
+standard deviations, 2.1 points beyond the worst of the 64 pairings (and beyond the widest range recorded before,
+on another machine with two threads: plain 94.4-95.6 %, vit_hf.train 91.1-96.7 % over seeds 0-2). vit_hf.train's
+from-scratch runs have the wider spread (4 of 16 end below 92 %, after a slow escape from chance); their mean is the
+plain loop's.
+What a loop that learns worse gives (plain loop, seed 0, from scratch): a zero-initialised new head 51.1 % (43 points
+down), a label slip (train labels by sorted folder name) 10.0 %, a cosine schedule that ends after the first epoch
+10.3 %: all far beyond the margins.
+The first epoch is at chance (10 %) in all 32 from-scratch runs of both loops, the second in 11 of 16 plain-loop runs
+and 13 of 16 vit_hf.train runs: that is the recipe (warm-up over the first 1.5 epochs from random weights), not a
+difference between the loops.
 """
 
 from __future__ import annotations
@@ -40,17 +61,8 @@ NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
 SIDE = 16
 RECIPE = dict(learning_rate=1e-3, weight_decay=0.05, warmup_fraction=0.1, batch_size=32, epochs=15)
 # How far below the plain loop `vit_hf.train` may end: from the measured spread (module docstring)
-MARGIN_FROM_SCRATCH = MFS
-MARGIN_FINETUNING = MFT
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState
-
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+MARGIN_FROM_SCRATCH = 0.10
+MARGIN_FINETUNING = 0.06
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -200,7 +212,7 @@ def all_digits(tmp_path_factory) -> Path:
 @pytest.mark.timeout(1800)  # two 15-epoch trainings: a minute on a quiet 2-core machine, more on a busy one
 def test_from_scratch_learns_as_the_plain_loop(all_digits, tmp_path):
     """From random weights, one run per loop (seed 0). A zero-initialised new head lands 43 points lower, a label
-    slip at chance: both far outside MARGIN_FROM_SCRATCH."""
+    slip at chance: both far outside MARGIN_FROM_SCRATCH (module docstring)."""
     start = random_vit(tmp_path / "start")
     plain, _ = plain_train(start, all_digits, RECIPE)
     ours = vit_hf_train(start, all_digits, tmp_path / "out", RECIPE)
@@ -222,6 +234,7 @@ def test_finetuning_learns_as_the_plain_loop(tmp_path):
     compare("fine-tuning", plain, ours, MARGIN_FINETUNING, floor=0.85)
 
 
+@pytest.mark.slow
 def test_same_batches_same_losses(all_digits, tmp_path):
     """Fed the same batches in the same order (vit_hf's epoch permutation) from the same starting weights, head
     included, the plain loop and `vit_hf.train` take the same steps: per-step losses agree to float rounding across

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import PIL.Image
+import pytest
 import torch
 
 
@@ -22,6 +23,7 @@ def digits_dataset(classes=(0, 1, 2), side: int = 16):
     return Dataset.from_dict({"image": images, "label": labels}, features=features).train_test_split(0.2, seed=0)
 
 
+@pytest.mark.slow
 def test_trainer_trains_a_vit_hf_model(tmp_path):
     from transformers import Trainer, TrainingArguments
 
