@@ -7,7 +7,7 @@ feature's name (`UNSUPPORTED_KEYS`).
 
 Google (.npz, Flax layout): a `Rule` says: the Flax parameter named `source` (a template; `{i}` is the block index)
 becomes the vit_hf parameter `target` after `transform`, optionally as part `part` of `parts` arrays concatenated
-along axis 0 (the fused `attn.qkv` = [q; k; v] and `attn_pool.kv` = [k; v] rows, reference/conversion-formats.md §2.4).
+along axis 0 (the fused `attn.qkv` = [q; k; v] and `attn_pool.kv` = [k; v] rows).
 
 Names here are *canonical*: the npz prefix (`params/`, `opt/target/`, `img/`, ...) is stripped, a scan-stacked
 `Transformer/encoderblock/...` is split into `encoderblock_{i}`, and an old inlined MAP head is moved under

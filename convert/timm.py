@@ -19,7 +19,7 @@ feature's name, and nothing is written to OUT_DIR then. timm Hub repos and folde
 `python -m convert` (convert/timm_hub.py).
 
 Key tables: convert/key_mapping.py; the architecture and its config <-> timm mapping: convert/timm_arch.py; shape
-inference: convert/timm_infer.py; verification: convert/timm_verify.py. Semantics: reference/conversion-formats.md §1.
+inference: convert/timm_infer.py; verification: convert/timm_verify.py.
 """
 
 from __future__ import annotations

@@ -144,8 +144,8 @@ class TimmArch:
 
     @property
     def mlp_ratio(self) -> float:
-        """A ratio for which timm's `int(embed_dim * mlp_ratio)` gives `mlp_hidden` back (M / D can truncate to M - 1,
-        reference/conversion-formats.md §1.1); a gated MLP's fc1 is twice as wide."""
+        """A ratio for which timm's `int(embed_dim * mlp_ratio)` gives `mlp_hidden` back (M / D can truncate to M - 1);
+        a gated MLP's fc1 is twice as wide."""
         hidden = self.mlp_hidden * (2 if self.mlp_layer == "glu" else 1)
         ratio = hidden / self.embed_dim
         if int(self.embed_dim * ratio) != hidden:

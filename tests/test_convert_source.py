@@ -315,8 +315,8 @@ def tiny_folder(tmp_path_factory) -> Path:
 
 def test_not_a_plain_vit_is_refused_by_family(tmp_path, capsys):
     swin = _saved(tmp_path, "swin_tiny_patch4_window7_224", embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))
-    # (timm's RoPE ViTs, refused here before, convert since issue 22: tests/test_families_timm.py)
-    # (SigLIP2-style NaFlexViTs convert since issue 23: tests/test_naflex.py; factorized positions do not)
+    # (timm's RoPE ViTs, refused here before, convert: tests/test_families_timm.py)
+    # (SigLIP2-style NaFlexViTs convert: tests/test_naflex.py; factorized positions do not)
     naflex = _saved(tmp_path, "naflexvit_base_patch16_parfac_gap", embed_dim=32, depth=1, num_heads=2)
     for folder, expected in ((swin, "swin is not a plain ViT"), (naflex, "NaFlexVit features vit_hf cannot represent")):
         code, _, err = convert([folder, tmp_path / "out"], capsys)

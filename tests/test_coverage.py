@@ -1,4 +1,4 @@
-"""Coverage of timm's ViT files (issue 22): every architecture registered in vision_transformer.py, deit.py, eva.py and
+"""Coverage of timm's ViT files: every architecture registered in vision_transformer.py, deit.py, eva.py and
 naflexvit.py is built on the meta device (no weights, no memory) and read by the converter; the converted and refused
 counts are asserted, and each refusal's reason, so that a regression (or a new timm architecture) shows here.
 

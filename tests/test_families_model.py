@@ -1,4 +1,4 @@
-"""The switches of the newer families (issue 22) in the model itself: RoPE kinds through every attention backend,
+"""The switches of the newer families in the model itself: RoPE kinds through every attention backend,
 attention maps, forward_intermediates, VitHfBackbone, gradient checkpointing, torch.compile(fullgraph=True) and ONNX
 export; rotary tables cached once per grid; the zero key bias that stays zero in training; any input size without
 interpolation; configuration errors; a saved folder loading in an interpreter without vit_hf.
@@ -8,13 +8,11 @@ interpolation; configuration errors; a saved folder loading in an interpreter wi
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from isolated import last_json_line, run_isolated
 
-from vit_hf import VitHfBackbone, VitHfConfig, VitHfForImageClassification, VitHfImageProcessor, VitHfModel
+from vit_hf import VitHfBackbone, VitHfConfig, VitHfForImageClassification, VitHfImageProcessor
 
 BASE = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=40, image_size=32,
             patch_size=8, num_labels=5)

@@ -1,4 +1,4 @@
-"""timm's newer ViT families through the converter (issue 22): eva.py (EVA, EVA02 and its CLIP towers, DINOv3 with and
+"""timm's newer ViT families through the converter: eva.py (EVA, EVA02 and its CLIP towers, DINOv3 with and
 without qkv bias, Perception Encoder Core / Lang / Spatial, timm's and Naver's RoPE ViTs incl. RoPE-Mixed and RoPE +
 APE, LingBot, Sapiens2 with grouped-query attention) and vision_transformer.py's AIMv2 and BEiT-3.
 

@@ -1,4 +1,4 @@
-"""The 2024-2026 transformers families (issue 22): I-JEPA, ViT-MSN, MetaCLIP 2, DINOv3, Sapiens2, AIMv2, written by the
+"""The 2024-2026 transformers families: I-JEPA, ViT-MSN, MetaCLIP 2, DINOv3, Sapiens2, AIMv2, written by the
 real `save_pretrained` as tiny random models, converted, and compared with the source class's own forward in float64
 (1e-9); their processors give transformers' pixels; what cannot be represented is refused by name, nothing written."""
 
@@ -353,7 +353,7 @@ REFUSED = {
 
 
 def test_other_vit_family_model_types_are_refused_with_the_missing_feature(tmp_path, capsys):
-    # (SigLIP2 NaFlex, refused here before, converts since issue 23: tests/test_naflex.py)
+    # (SigLIP2 NaFlex, refused here before, converts: tests/test_naflex.py)
     beit = transformers.BeitModel(transformers.BeitConfig(**SMALL, intermediate_size=37))
     beit.save_pretrained(tmp_path / "beit")
     for name, expected in (("beit", "beit is not supported: relative position bias"),):

@@ -368,8 +368,6 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one_and_resume_picks_i
     assert_same_weights(reference, full)
 
 
-@pytest.mark.xfail(strict=True, reason="the advice text lives in vit_hf/modeling_vit_hf.py (another owner); the new "
-                   "text is in the report: remove this mark when it lands")
 def test_image_size_error_advises_a_call_that_works():
     """Each call the error advises is run on the classification model as written, then the forward works."""
     torch.manual_seed(0)

@@ -40,7 +40,7 @@ NORM_TYPES = ("layernorm", "rmsnorm", "rmsnorm_fp32")
 # Rotary position embeddings on q/k: kind -> default rope_theta (the sources' defaults)
 ROPE_TYPES: dict[str, float | None] = {"none": None, "cat": 10_000.0, "dinov3": 100.0, "mixed": 10.0}
 ROPE_NUMERICS = ("timm", "transformers")
-# Position-table resampling algorithms (reference/conversion-formats.md §2.6), by the library whose results they
+# Position-table resampling algorithms, by the library whose results they
 # reproduce: name -> (torch interpolate mode, align_corners, antialias, always float32). "always float32" computes in
 # float32 whatever the table's dtype (float64 tables included, which then carry float32 rounding) because that library
 # does; otherwise the computation runs in the table's dtype, upcast to float32 at least.
@@ -219,8 +219,9 @@ class VitHfConfig(ConfigSavedByVersion, BackboneConfigMixin, PretrainedConfig):
         pooling: `"token"` (first token after the final norm: the class token, or big_vision `pool_type='0'`
             without one), `"mean"` (average of the patch tokens), `"map"` (multi-head attention pooling with a
             learned probe, SigLIP), `"map_kv"` (AIMv2's head: the learned query `attn_pool.latent` used as is, key
-            and value projections `attn_pool.kv` with `qkv_bias`, an output projection, no norm, no MLP), `"token_mean"` (`[class token; mean of the patch tokens]`, 2 x hidden_size wide,
-            transformers' Dinov2ForImageClassification), or `"none"` (no pooled output; the head is then unavailable).
+            and value projections `attn_pool.kv` with `qkv_bias`, an output projection, no norm, no MLP),
+            `"token_mean"` (`[class token; mean of the patch tokens]`, 2 x hidden_size wide, transformers'
+            Dinov2ForImageClassification), or `"none"` (no pooled output; the head is then unavailable).
         fc_norm: apply the final LayerNorm after pooling instead of on all tokens (timm `fc_norm`, MAE / BEiT
             style). `None` picks timm's default: `True` for `"mean"` pooling, else `False`. Google GAP models
             normalise before averaging: convert those with `fc_norm=False`.

@@ -1,5 +1,6 @@
 """Building blocks of the einops Vision Transformer: norms, patch embedding, attention, MLPs, blocks, pooling heads
-and position tables (the rotary ones are in `rope_vit_hf.py`). `modeling_vit_hf.py` assembles them into the transformers models.
+and position tables (the rotary ones are in `rope_vit_hf.py`). `modeling_vit_hf.py` assembles them into the
+transformers models.
 
 Remote code: this file is copied flat next to the weights with `modeling_vit_hf.py` (which imports it relatively);
 it imports only torch, einops, transformers and its sibling configuration module.
@@ -144,7 +145,7 @@ class PatchEmbed(nn.Module):
 
 def _dropout(p: float) -> nn.Module:
     """Dropout, or nothing when the rate is 0 (the common inference/fine-tuning case): one module call less per use,
-    measurable in per-forward Python overhead (bench/proposals.py), and identical numbers."""
+    measurable in per-forward Python overhead, and identical numbers."""
     return nn.Dropout(p) if p > 0 else nn.Identity()
 
 
@@ -299,8 +300,9 @@ class Mlp(nn.Module):
 
 
 class GluMlp(nn.Module):
-    """Gated MLP: fc1 -> [gate; up], act(gate) * up -> dropout -> [norm] -> fc2 -> dropout (timm `GluMlp(gate_last=
-    False)`; with SiLU, timm's `SwiGLUPacked`, and its `SwiGLU` / transformers' gate-up MLPs with `fc1 = [gate; up]`)."""
+    """Gated MLP: fc1 -> [gate; up], act(gate) * up -> dropout -> [norm] -> fc2 -> dropout (timm
+    `GluMlp(gate_last=False)`; with SiLU, timm's `SwiGLUPacked`, and its `SwiGLU` / transformers' gate-up MLPs with
+    `fc1 = [gate; up]`)."""
 
     def __init__(self, config: VitHfConfig):
         super().__init__()
@@ -415,8 +417,11 @@ class RepresentationLayer(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def check_pixel_values(model: nn.Module, pixel_values: torch.Tensor | None, interpolate_pos_encoding: bool) -> None:
-    """Refuse, with the fix, what `VitHfModel` cannot read: not a float (b, c, h, w) tensor of the right channels and size."""
+def check_pixel_values(
+    model: nn.Module, pixel_values: torch.Tensor | None, interpolate_pos_encoding: bool
+) -> None:
+    """Refuse, with the fix, what `VitHfModel` cannot read: not a float (b, c, h, w) tensor of the right channels and
+    size."""
     cfg = model.config
     if pixel_values is None:
         raise ValueError("pixel_values is required: pass a (batch, channels, height, width) tensor")
@@ -459,7 +464,8 @@ def check_pixel_values(model: nn.Module, pixel_values: torch.Tensor | None, inte
         raise ValueError(
             f"image size {h}x{w} does not match the model's {ih}x{iw} (config.image_size): pass "
             f"interpolate_pos_encoding=True to resample the positions for this call, or call "
-            f"model.resize_position_embeddings(({h}, {w})) to change the model's resolution for good"
+            f"model.vit.resize_position_embeddings(({h}, {w})) to change the model's resolution for good (on a bare "
+            f"VitHfModel, resize_position_embeddings is the model's own method)"
         )
 
 

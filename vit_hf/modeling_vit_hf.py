@@ -6,7 +6,7 @@ seed's defects removed: softmax over the keys (not the heads), `head_dim ** -0.5
 the softmax, the fused qkv split as `(qkv h d)` (timm's and Google's layout), out-of-place residuals and position
 adds, LayerNorm eps from the config (1e-6 for ViT), heads from the config, and ViT's head (final norm, then the
 class token) instead of the blog's mean-pooling head. The semantics are timm's `VisionTransformer`
-(timm/models/vision_transformer.py) and Google's vit_jax / big_vision models; parameter names are timm's state-dict
+(timm's `vision_transformer` module) and Google's vit_jax / big_vision models; parameter names are timm's state-dict
 keys (under the `vit.` prefix in the classification model), so timm conversion is a rename-free copy.
 
 Remote code: this file is copied flat next to the weights with its siblings `layers_vit_hf.py` (the building blocks)

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from .pixels_vit_hf import RESAMPLE, _hwc_array, _to_float
+
 
 def naflex_image_size(height: int, width: int, patch_size: int, max_num_patches: int) -> tuple[int, int]:
     """(height, width) in pixels, multiples of `patch_size`, of the largest resize of an image keeping its aspect
@@ -59,8 +61,6 @@ class NaFlexTransform:
         self.tf, self.patch, self.limit, self.train = tf, int(patch_size), int(max_num_patches), train
 
     def __call__(self, image) -> dict[str, torch.Tensor]:
-        from .image_processing_vit_hf import _hwc_array, _to_float  # the processor's own pixel steps (imports this)
-
         tf, p = self.tf, self.patch
         image = tf.prepare(image)
         box = self.train.crop_box(*image.size) if self.train is not None else (0, 0, *image.size)
@@ -93,8 +93,6 @@ def naflex_batch(tf, images: list, patch_size: int, max_num_patches: int) -> dic
 
 def describe_naflex(tf, patch_size: int, max_num_patches: int) -> str:
     """The NaFlex transform in one sentence (model cards)."""
-    from .image_processing_vit_hf import RESAMPLE
-
     filt = {int(v): k for k, v in RESAMPLE.items()}.get(tf.resample, str(tf.resample))
     mean, std = ", ".join(f"{v:.6g}" for v in tf.mean), ", ".join(f"{v:.6g}" for v in tf.std)
     return (f"Resize keeping the aspect ratio to the largest grid of at most {max_num_patches} patches of "
