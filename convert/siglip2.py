@@ -323,8 +323,9 @@ def convert_naflex_folder(folder: Path, weights: Path, out_dir, opts, config: di
     check_push(opts)
     state = load_torch_state_dict(weights)
     where = f"the timm Hub repo `{opts.source_repo}`" if opts.source_repo else f"the timm folder `{folder.name}`"
+    origin = f"{where} (architecture `{arch}`, NaFlexViT, weights `{weights.name}`)"
     return _convert_naflex(state, lambda **kw: timm.create_model(f"local-dir:{folder}", pretrained=False, **kw), arch,
-                           out_dir, opts, f"{where} (architecture `{arch}`, NaFlexViT, weights `{weights.name}`)", write)
+                           out_dir, opts, origin, write)
 
 
 def is_naflex_state(state) -> bool:
