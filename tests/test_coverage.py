@@ -18,8 +18,10 @@ from timm.models import list_models, model_entrypoint  # noqa: E402
 
 from convert.common import ConversionError, check_state_dict  # noqa: E402
 from convert.key_mapping import canonical_timm_keys  # noqa: E402
+from convert.siglip2 import _timm_refusals, is_naflex_architecture, timm_fields, timm_state  # noqa: E402
 from convert.timm_arch import TimmArch  # noqa: E402
 from convert.timm_hub import check_architecture  # noqa: E402
+from vit_hf import VitHfConfig, VitHfForImageClassification  # noqa: E402
 
 FILES = ("vision_transformer", "deit", "eva", "naflexvit")
 # refused architectures -> the feature the refusal names (timm 1.0.31)
@@ -34,12 +36,23 @@ EXPECTED = {  # file -> (converted, registered)
     "vision_transformer": (154, 163),
     "deit": (16, 16),
     "eva": (65, 65),
-    "naflexvit": (0, 14),  # NaFlex (variable patch counts, masks) is a separate issue
+    "naflexvit": (6, 14),  # SigLIP2 and so150m2 NaFlexViTs; RADIO and factorized / aspect-preserving positions refused
 }
 
 
 def architectures(file: str) -> list[str]:
     return sorted(n for n in list_models() if model_entrypoint(n).__module__ == f"timm.models.{file}")
+
+
+def naflex_on_meta(name: str, model) -> None:
+    """The NaFlexViT path of the converter (convert/siglip2.py): its refusals, its config and its key mapping."""
+    refused = _timm_refusals(model)
+    if refused:
+        raise ConversionError(f"{name}: timm NaFlexVit features vit_hf cannot represent: {'; '.join(refused)}")
+    config = VitHfConfig(**timm_fields(model, model.num_classes))
+    with torch.device("meta"):
+        expected = VitHfForImageClassification(config).state_dict()
+    check_state_dict(expected, timm_state(model.state_dict(), model), target="architecture")
 
 
 def convert_on_meta(name: str) -> str | None:
@@ -48,6 +61,9 @@ def convert_on_meta(name: str) -> str | None:
         check_architecture(name)
         with torch.device("meta"):
             model = timm.create_model(name, pretrained=False)
+        if is_naflex_architecture(name):
+            naflex_on_meta(name, model)
+            return None
         arch = TimmArch.from_timm_model(model)
         state, _ = canonical_timm_keys(model.state_dict())
         check_state_dict(arch.expected_state(), state, target="architecture")
@@ -72,8 +88,10 @@ def test_refusals_name_the_feature(results):
         for name, why in results[file].items():
             if why is not None:
                 assert name in REFUSED and REFUSED[name] in why, (name, why)
-    for why in results["naflexvit"].values():
-        assert "NaFlexViT is not a plain ViT" in why
+    for name, why in results["naflexvit"].items():
+        if why is not None:  # what timm's NaFlexVit has that vit_hf lacks, by name
+            assert "timm NaFlexVit features vit_hf cannot represent: " in why and (
+                "aspect-preserving / grid_sample pos." in why or "position embedding 'factorized'" in why), (name, why)
 
 
 def test_goal_of_the_issue(results):

@@ -9,13 +9,14 @@ to `TASKS` in `tasks.py`. `--task NAME` then selects it; its own flags are refus
 from __future__ import annotations
 
 import argparse
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
 import torch
 
 
-class Task:
+class Task(ABC):
     """One training task. An instance is made per run from the parsed arguments (`self.args`)."""
 
     name: str = ""
@@ -27,7 +28,8 @@ class Task:
     # -- flags ----------------------------------------------------------------------------------------------------
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-        """This task's own flags (refused with the other tasks when changed from their defaults)."""
+        """This task's own flags (refused with the other tasks when changed from their defaults); none by default."""
+        return None
 
     @classmethod
     def check_arguments(cls, args: argparse.Namespace) -> str | None:
@@ -35,22 +37,22 @@ class Task:
         return None
 
     # -- set-up ---------------------------------------------------------------------------------------------------
+    @abstractmethod
     def load_data(self, seed: int) -> Any:
         """The data: an object with `train`, `validation` (None: no evaluation), `source`, `notes` (log lines) and
         `labels` (empty for a task without labels). Raise `errors.UserError` (a `data.DataError`) for bad data."""
-        raise NotImplementedError
 
+    @abstractmethod
     def build_model(self, data: Any) -> tuple[Any, Any, str | None, list[str]]:
         """(model, image processor, base model Hub id or None, log lines), through `model.build_model`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def make_loaders(self, data: Any, processor: Any, seed: int) -> tuple[Any, Any, Any, Any]:
         """(train loader, eval loader or None, sampler with `set_epoch`, train transform with `epoch`)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def describe(self, data: Any) -> str:
         """The plan's examples line."""
-        raise NotImplementedError
 
     def identity(self, data: Any) -> dict[str, Any]:
         """What, beyond the model config, data and recipe, a checkpoint of this task must match to be resumed,
@@ -59,27 +61,27 @@ class Task:
         return {}
 
     # -- training and evaluation ----------------------------------------------------------------------------------
+    @abstractmethod
     def loss(self, run: Any, batch: dict) -> torch.Tensor:
         """The scalar training loss of one batch (invalid examples, `batch["valid"]` False, weigh nothing)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def evaluate(self, run: Any, model: Any) -> dict[str, Any]:
         """Metrics of `model` on `run.eval_dl` (called on every process; each example counted once)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def eval_entry(self, metrics: dict, raw: dict | None) -> tuple[dict, str]:
         """(the log-history fields of one evaluation, the log line). `raw`: the raw weights' metrics beside EMA ones."""
-        raise NotImplementedError
 
     # -- the end --------------------------------------------------------------------------------------------------
+    @abstractmethod
     def results(self, run: Any) -> dict[str, Any]:
         """The task's part of `all_results.json` (called on every process: it may gather)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def card(self, run: Any, results: dict, out: Path) -> tuple[dict, dict[str, Path]]:
         """Main process: (model-card fields, {file name: path} of figures written into `out` for the card)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def summary(self, results: dict) -> str:
         """The last log line's headline, e.g. 'eval_accuracy 0.9512'."""
-        raise NotImplementedError
