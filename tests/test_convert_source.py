@@ -261,6 +261,7 @@ def test_network_failure_is_one_line_and_fast(online, tmp_path, capsys, monkeypa
     assert time.perf_counter() - start < 5 and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_cli_then_a_consumer_without_vit_hf(hub, tmp_path):
     """The real CLI against the loopback Hub (HF_ENDPOINT, HF_HOME, HF_TOKEN from the environment), then the folder
     loads with AutoModelForImageClassification as remote code where neither vit_hf nor timm is installed."""
@@ -553,6 +554,7 @@ run_cli(main, sys.argv[1:])
 """
 
 
+@pytest.mark.slow
 def test_sigkill_while_writing_leaves_out_dir_as_it_was(tiny_folder, tmp_path, capsys):
     """The real CLI SIGKILLed in the middle of writing: OUT_DIR (an earlier conversion) byte for byte as it was and
     loadable; only the hidden temporary sibling remains, and the next run writes OUT_DIR whole."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+# every registered architecture built on the meta device: a minute and a half of CPU
+pytestmark = pytest.mark.slow
 pytest.importorskip("timm")
 
 import timm  # noqa: E402

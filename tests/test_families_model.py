@@ -157,6 +157,7 @@ def test_zero_key_bias_has_no_parameter_and_trains_nothing():
     assert model.vit.blocks[0].attn.q_bias.grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["dinov3", "eva02", "rope_mixed"])
 def test_torch_compile_fullgraph(family):
     model = make(family)
@@ -201,6 +202,7 @@ def test_configuration_errors_are_one_line(bad, needle):
     assert needle in str(info.value) and "\n" not in str(info.value), str(info.value)
 
 
+@pytest.mark.slow
 def test_saved_folder_loads_without_vit_hf(tmp_path):
     """A RoPE + RMSNorm + GQA model saved by save_pretrained: the folder holds rope_vit_hf.py and loads with
     trust_remote_code in an interpreter that has torch, einops and transformers only."""
@@ -226,6 +228,7 @@ def test_saved_folder_loads_without_vit_hf(tmp_path):
     torch.testing.assert_close(torch.tensor(result["logits"]), torch.tensor(expected), rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family, flags", [("dinov3", ["--dynamic-size"]), ("eva02", [])])
 def test_onnx_export(family, flags, tmp_path, capsys):
     """`python -m vit_hf.export` of a RoPE model; the graph against PyTorch with onnxruntime."""

@@ -381,6 +381,7 @@ def test_switches_agree_with_the_nchw_path_and_ignore_padding(variant):
     assert (pad.last_hidden_state[:, : prefix + 16] - nchw.last_hidden_state).abs().max().item() <= 1e-13
 
 
+@pytest.mark.slow
 def test_timm_naflexvit_state_dict_file_converts_with_its_model_name(tmp_path):
     """A bare NaFlexVit state dict (embeds.* keys): the architecture comes from --model-name (refused without one), the
     grid from the weights; the converted model computes timm's features on a NaFlex batch."""

@@ -165,6 +165,7 @@ def test_resume_latest_into_a_finished_run_without_checkpoints_is_refused(first_
     assert snapshot(out) == before
 
 
+@pytest.mark.slow
 def test_overwrite_output_dir_removes_the_old_checkpoints_before_training(first_run, digits, tmp_path):
     """Killed after its first step, the overwriting run has already removed every checkpoint of the old run: nothing
     of it can be resumed by mistake; run to the end, the folder holds only the new run."""
@@ -281,6 +282,7 @@ def hub():
     ("hf_wrong", "tester/model", "rejected the token (401): pass a valid write token with --hub_token"),
     ("hf_tester_write", "bob/model", "--hub_model_id bob/model: 'tester' cannot write to the namespace 'bob'"),
 ])
+@pytest.mark.slow
 def test_push_to_hub_is_checked_at_start(hub, digits, tmp_path, token, repo, says):
     """Token and namespace checked before any data is read: one line, exit 2, no output dir, no write to the Hub."""
     argv = [*SMALL, *data_args(digits), "--output_dir", str(tmp_path / "out"), "--push_to_hub", "--hub_model_id",
@@ -348,6 +350,7 @@ def test_class_without_validation_images_has_null_accuracy(tmp_path):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_disk_full_during_a_checkpoint_keeps_the_previous_one_and_resume_picks_it(digits, tmp_path):
     """ENOSPC while step_4 is saved: one line naming the intact step_2, no half-written folder left; step_2 loads
     standalone; resume from latest ends with the weights of an uninterrupted run, bit for bit."""

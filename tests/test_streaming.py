@@ -88,6 +88,7 @@ def test_window_shuffle_resumes_from_any_position(shards, tmp_path):
         assert [b for b, _ in resumed] == [b for b, _ in full[cut:]], cut
 
 
+@pytest.mark.slow
 def test_streaming_sigkill_and_resume_is_bit_exact(shards, tmp_path):
     """Checkpoints every 3 steps, SIGKILL after step 7; the step_6 position lies mid-window of the second local
     epoch, so resuming reloads a datasets state_dict. No Arrow file of the train split is ever written."""
@@ -115,6 +116,7 @@ def test_streaming_sigkill_and_resume_is_bit_exact(shards, tmp_path):
     assert arrow and all("validation" in name for name in arrow), arrow  # only the validation split was prepared
 
 
+@pytest.mark.slow
 def test_streaming_ddp_unequal_shards_finishes(shards, tmp_path):
     """2 processes, one shard each (24 vs 16 examples): 8 steps of 4 read 32 records per rank, so both cycle their
     shards a different number of times, and both stop at step 8 together."""

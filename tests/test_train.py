@@ -137,6 +137,7 @@ def test_gradient_accumulation_matches_large_batch(digits, tmp_path):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_gives_identical_weights(digits, tmp_path):
     """40 images, batch 4, accumulation 2: 5 steps per epoch, 8 steps over 2 epochs, checkpoints every 3 steps.
     drop-path and mixup draw from the RNG, so the RNG discipline is checked too."""
@@ -203,6 +204,7 @@ def _predictions(folder: Path, images: list[Path]) -> torch.Tensor:
         return model(pixel_values=pixels).logits.softmax(-1)
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_evaluates_each_example_once(ddp_run, digits):
     results = json.loads((ddp_run / "all_results.json").read_text())
     assert results["num_processes"] == 2
@@ -248,6 +250,7 @@ def test_top5_accuracy_counts_the_five_best_of_many_classes():
     assert metrics["accuracy"] == pytest.approx((top5[:, 0] == labels).float().mean().item())
 
 
+@pytest.mark.slow
 def test_output_loads_through_pipeline_without_vit_hf(ddp_run, digits, tmp_path):
     """The pipeline's top-2 (of 3 classes) are the two most probable labels with their probabilities."""
     image = sorted((digits / "validation" / "two").glob("*.png"))[0]

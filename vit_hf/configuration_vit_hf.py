@@ -75,7 +75,7 @@ def _pair(x: int | list[int] | tuple[int, int]) -> tuple[int, int]:
 # switch at its default" from "a switch in use", a saved file holds only the fields a load without them would not give
 # back: transformers' `to_diff_dict` drops only PretrainedConfig's own defaults and writes every field of a subclass.
 # A switch added later and left at its default is then absent, and an older version loads the folder unchanged.
-VIT_HF_VERSION = "0.1.0"
+VIT_HF_VERSION = "0.2.0"
 
 
 def _release(version: str) -> tuple[int, ...]:
