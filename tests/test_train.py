@@ -5,37 +5,27 @@ broken data, the non-finite-loss guard, new heads / higher resolution, and loadi
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import (  # noqa: F401 (test_streaming imports some of these from here)
+    ACCELERATE,
+    REPO,
+    SMALL,
+    assert_same_weights,
+    child_env,
+    run_train,
+    weights,
+)
+from helpers import free_port as _free_port
 from isolated import last_json_line, run_isolated
-from safetensors.torch import load_file
 from test_data import add_odd_images, make_digits_folder
 
 from vit_hf import VitHfConfig, VitHfForImageClassification, VitHfImageProcessor
 from vit_hf import train as train_mod
 from vit_hf.train import _testing
-
-REPO = Path(__file__).resolve().parents[1]
-ACCELERATE = Path(sys.executable).parent / "accelerate"
-# A 16x16 grey digit, patch 4: 16 tokens + class token; the "test" preset's odd widths (head_dim != heads).
-SMALL = ["--model_name_or_path", "test", "--image_size", "16", "--patch_size", "4", "--num_channels", "1",
-         "--crop_pct", "1.0", "--logging_steps", "1"]
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    """In-process runs each build an Accelerator with other settings; accelerate keeps process-wide singletons."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
 
 
 @pytest.fixture(scope="module")
@@ -46,35 +36,6 @@ def digits(tmp_path_factory) -> Path:
 
 def data_args(root: Path) -> list[str]:
     return ["--train_dir", str(root / "train"), "--validation_dir", str(root / "validation")]
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), HF_DATASETS_DISABLE_PROGRESS_BARS="1", TQDM_DISABLE="1")
-    env.update(extra)
-    return env
-
-
-def run_train(argv: list[str], timeout: int = 300, expect: int = 0, **env: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "vit_hf.train", *argv], cwd=REPO, env=child_env(**env),
-                          capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != expect:
-        raise AssertionError(f"exit {proc.returncode} (expected {expect})\nSTDERR:\n{proc.stderr[-6000:]}")
-    return proc
-
-
-def weights(folder: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(folder / "model.safetensors"))
-
-
-def assert_same_weights(a: Path, b: Path, exact: bool = True) -> None:
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
-    for key in wa:
-        if exact:
-            assert torch.equal(wa[key], wb[key]), f"{key} differs: max |d| = {(wa[key] - wb[key]).abs().max()}"
-        else:
-            torch.testing.assert_close(wa[key], wb[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -170,12 +131,6 @@ def test_sigkill_and_resume_gives_identical_weights(digits, tmp_path):
 # ----------------------------------------------------------------------------------------------------------------------
 # DDP (3) and loading without vit_hf (4)
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
