@@ -172,6 +172,11 @@ def point_client_at(monkeypatch: pytest.MonkeyPatch, hub, cache: Path) -> None:
                         hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_TOKEN", TOKEN)
+    # transformers keeps one HfApi, made with the endpoint of its first use (an earlier test's, in the same xdist
+    # worker): drop it so that push_to_hub makes one for this Hub
+    import transformers.utils.hub as transformers_hub
+
+    monkeypatch.setattr(transformers_hub, "_hf_api", None)
 
 
 def consumer_env(hub, hf_home, offline: bool = False) -> dict:
