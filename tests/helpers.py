@@ -270,6 +270,18 @@ TRANSFORMERS_TEXT = dict(hidden_size=16, num_hidden_layers=1, num_attention_head
 TRANSFORMERS_LABELS = {0: "cat", 1: "dog", 2: "eel"}
 
 
+def save_random_family(families: dict, name: str, folder, safe_serialization: bool = True):
+    """`families[name]` = (model builder, (processor class, kwargs) or None): a randomised model (seeded by the name)
+    and its processor written by transformers' own `save_pretrained` into `folder` (returned)."""
+    build, processor = families[name]
+    model = randomize(build(), seed=len(name))
+    model.save_pretrained(folder, safe_serialization=safe_serialization)
+    if processor is not None:
+        cls, kwargs = processor
+        cls(**kwargs).save_pretrained(folder)
+    return folder
+
+
 def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Every tensor visibly random (LayerNorm scales != 1, LayerScale != init), so no mapping hides at init."""
     g = torch.Generator().manual_seed(seed)

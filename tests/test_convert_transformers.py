@@ -16,7 +16,7 @@ from helpers import TRANSFORMERS_LABELS as LABELS  # noqa: E402
 from helpers import TRANSFORMERS_SMALL as SMALL  # noqa: E402
 from helpers import TRANSFORMERS_TEXT as TEXT  # noqa: E402
 from helpers import TRANSFORMERS_VIT as VIT  # noqa: E402
-from helpers import randomize  # noqa: E402
+from helpers import save_random_family  # noqa: E402
 
 from convert.common import ConversionError  # noqa: E402
 from convert.transformers import (  # noqa: E402
@@ -86,13 +86,7 @@ FAMILIES = {
 
 
 def save_family(name: str, folder, safe_serialization: bool = True):
-    build, processor = FAMILIES[name]
-    model = randomize(build(), seed=len(name))
-    model.save_pretrained(folder, safe_serialization=safe_serialization)
-    if processor is not None:
-        cls, kwargs = processor
-        cls(**kwargs).save_pretrained(folder)
-    return folder
+    return save_random_family(FAMILIES, name, folder, safe_serialization)
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
