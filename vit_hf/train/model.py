@@ -62,14 +62,53 @@ def model_path_problem(name: str) -> str | None:
 
 
 def parse_overrides(text: str | None) -> dict[str, Any]:
-    """`--config_overrides 'hidden_size=128,num_hidden_layers=4'` as a dict (JSON values where they parse)."""
+    """`--config_overrides 'hidden_size=128,rope_type=mixed,pos_embed_type=none,rope_ref_grid=[4,4]'` as a dict: a
+    value that parses as JSON is that (numbers, true/false/null, lists), any other a string (`pooling=token`,
+    `pos_embed_type=none`: words that merely start like a JSON literal); commas inside brackets belong to the value.
+    A key that is not a config field is refused: the config would store it and nothing would change."""
     out: dict[str, Any] = {}
-    for item in filter(None, (text or "").split(",")):
-        key, sep, value = item.partition("=")
-        if not sep:
+    fields = _config_fields()
+    for item in _top_level_items(text or ""):
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not key:
             raise UserError(f"--config_overrides item {item!r} is not key=value (e.g. hidden_size=128)")
-        out[key.strip()] = json.loads(value) if value.strip()[:1] in "-0123456789[{tfn" else value.strip()
+        if key not in fields:
+            raise UserError(f"--config_overrides {key}={value}: {key!r} is not a VitHfConfig field: check the spelling "
+                            f"(e.g. hidden_size, mlp_layer, rope_type)")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
     return out
+
+
+def _top_level_items(text: str) -> list[str]:
+    """`text` split at the commas outside brackets, empty items dropped."""
+    items, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += (char in "[{") - (char in "]}")
+        if char == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    items.append(text[start:])
+    return [item for item in items if item.strip()]
+
+
+def _config_fields() -> set[str]:
+    import inspect
+
+    named = set(inspect.signature(VitHfConfig.__init__).parameters) - {"self", "kwargs"}
+    internal = {"_name_or_path", "model_type", "transformers_version", "architectures"}
+    return named | set(VitHfConfig().to_dict()) - internal
+
+
+def preset_config(name: str, **fields) -> VitHfConfig:
+    """`VitHfConfig.from_preset`, an invalid combination (e.g. `rope_type` with a head width not divisible by 4) a
+    one-line user error."""
+    try:
+        return VitHfConfig.from_preset(name, **fields)
+    except (ValueError, TypeError) as err:
+        raise UserError(f"--model_name_or_path {name} (from scratch) with --config_overrides: {err}") from None
 
 
 def _preset_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -83,7 +122,7 @@ def _preset_fields(args: argparse.Namespace) -> dict[str, Any]:
 def model_config(args: argparse.Namespace, **fields) -> VitHfConfig:
     """The config of the model this run trains, without building it (presets and `--image_size` applied)."""
     if is_preset(args.model_name_or_path):
-        return VitHfConfig.from_preset(args.model_name_or_path, **{**_preset_fields(args), **fields})
+        return preset_config(args.model_name_or_path, **{**_preset_fields(args), **fields})
     config = VitHfConfig.from_pretrained(args.model_name_or_path, token=args.hub_token)
     if args.image_size is not None:
         config.image_size = args.image_size
@@ -110,7 +149,7 @@ def build_model(args: argparse.Namespace, model_class, **fields) -> Built:
     name = args.model_name_or_path
     if is_preset(name):
         preset = _preset_fields(args)
-        config = VitHfConfig.from_preset(name, **fields, **preset)
+        config = preset_config(name, **{**fields, **preset})
         model = model_class(config)
         built = Built(model, VitHfImageProcessor.from_model_config(config), None,
                       [f"from scratch: preset {name!r} with {preset or 'no overrides'}"])
@@ -158,9 +197,10 @@ def _apply_processor_flags(args: argparse.Namespace, model, processor) -> None:
 
 def parameter_groups(model, learning_rate: float, weight_decay: float, layer_decay: float | None) -> list[dict]:
     """AdamW groups. No decay for norm and LayerScale parameters (by module type), biases and other vectors (ndim <= 1),
-    and the class/register tokens, positions, MAP probe and mask token (by their role on the trunk, looked up by
-    identity). With `layer_decay`, the embeddings are layer 0, block i is layer i + 1, and the norm/pooling/head (and a
-    SimMIM decoder) are layer L + 1, whose LR is `learning_rate`; layer j gets `learning_rate * layer_decay ** (L+1-j)`.
+    and the class/register tokens, positions, MAP probe, mask token and RoPE-Mixed's learned frequencies (by their
+    role on the trunk, looked up by identity). With `layer_decay`, the embeddings are layer 0, block i is layer i + 1,
+    and the norm/pooling/head (and a SimMIM decoder, and the frequencies of all blocks, as timm groups them) are layer
+    L + 1, whose LR is `learning_rate`; layer j gets `learning_rate * layer_decay ** (L+1-j)`.
     """
     from ..layers_vit_hf import LayerScale
 
@@ -169,8 +209,10 @@ def parameter_groups(model, learning_rate: float, weight_decay: float, layer_dec
     for module in model.modules():
         if isinstance(module, (nn.LayerNorm, LayerScale)):
             no_decay.update(id(p) for p in module.parameters(recurse=False))
+    # SimMIM does not decay its mask token either; nor RoPE-Mixed its learned frequencies (timm's and Naver's
+    # no_weight_decay): decay would pull every rotation towards angle 0, i.e. towards no position signal
     for role in (trunk.cls_token, trunk.reg_token, trunk.pos_embed, getattr(trunk.attn_pool, "latent", None),
-                 trunk.mask_token):  # SimMIM does not decay its mask token either
+                 trunk.mask_token, getattr(trunk.rope, "freqs", None)):
         if role is not None:
             no_decay.add(id(role))
     depth = len(trunk.blocks)
