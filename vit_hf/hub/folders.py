@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     from transformers.image_processing_base import ImageProcessingMixin
 
 REMOTE_FILES = (
-    "configuration_vit_hf.py", "layers_vit_hf.py", "rope_vit_hf.py", "modeling_vit_hf.py", "image_processing_vit_hf.py",
-    "naflex_vit_hf.py", "naflex_processing_vit_hf.py", "pixels_vit_hf.py",
+    "configuration_vit_hf.py", "switches_vit_hf.py", "layers_vit_hf.py", "rope_vit_hf.py", "modeling_vit_hf.py",
+    "image_processing_vit_hf.py", "naflex_vit_hf.py", "naflex_processing_vit_hf.py", "pixels_vit_hf.py",
 )
 HUB_FILE_NAMES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", *REMOTE_FILES)
 AUTO_CLASSES = ("AutoConfig", "AutoModel", "AutoModelForImageClassification")
