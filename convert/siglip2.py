@@ -20,7 +20,14 @@ import PIL.Image
 import torch
 from einops import rearrange
 
-from convert.common import ConversionError, build_model, check_paths, load_torch_state_dict, parity_markdown
+from convert.common import (
+    ConversionError,
+    VerificationError,
+    build_model,
+    check_paths,
+    load_torch_state_dict,
+    parity_markdown,
+)
 from vit_hf import VitHfConfig, VitHfImageProcessor
 
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-3}  # times max(1, largest reference magnitude)
@@ -60,8 +67,8 @@ def _check_rows(rows: list[dict], reference: str) -> list[dict]:
     bad = [r for r in rows if not r.pop("ok")]
     if bad:
         worst = max(bad, key=lambda r: r["max_abs_diff"])
-        raise ConversionError(f"--verify: the converted model differs from {reference} by {worst['max_abs_diff']:.3e} "
-                              f"({worst['dtype']}, {worst['outputs']}); nothing written")
+        raise VerificationError(f"--verify: the converted model differs from {reference} by "
+                                f"{worst['max_abs_diff']:.3e} ({worst['dtype']}, {worst['outputs']}); nothing written")
     return rows
 
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
-from convert.common import ConversionError, build_model, fixed_batch, parity_markdown, parity_row
+from convert.common import VerificationError, build_model, fixed_batch, parity_markdown, parity_row
 from convert.key_mapping import timm_to_hf_key
 from convert.timm_arch import TimmArch, import_timm
 from vit_hf import VitHfConfig
@@ -109,7 +109,7 @@ def verify_against_timm(
     reference: TimmReference,
     source_pos: tuple[torch.Tensor, tuple[int, int]] | None = None,
 ) -> list[dict]:
-    """Compare vit_hf with timm on `fixed_batch` in float32 and float64; ConversionError if over tolerance.
+    """Compare vit_hf with timm on `fixed_batch` in float32 and float64; VerificationError if over tolerance.
 
     Both models adopt the same (cast) tensors, so a pass adds at most one copy of the weights per dtype. When the
     positions were resampled, `source_pos` (the stored table and its grid) is resampled for the timm model by timm's
@@ -149,7 +149,7 @@ def verify_against_timm(
             rows.append(noise)
         del cast
     if any(r["tolerance"] is not None and not r["max_abs_diff"] <= r["tolerance"] for r in rows):  # NaN fails too
-        raise ConversionError(
+        raise VerificationError(
             "verification against timm failed (tolerance float64 1e-9, float32 max(1e-4, 4x timm's own float32 "
             "rounding noise); nothing written):\n" + parity_markdown(rows)
         )

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from convert.common import ConversionError, build_model, fixed_batch
+from convert.common import VerificationError, build_model, fixed_batch
 
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-3}  # times max(1, largest reference magnitude)
 # a source that rounds to float32 inside its float64 forward (Family.float32_inside: AIMv2's RMSNorm) carries float32
@@ -128,7 +128,7 @@ def _ours(info: dict, dtype: torch.dtype) -> torch.nn.Module:
 
 
 def verify(folder: Path, info: dict, processor) -> list[dict]:
-    """Parity rows against the source's transformers class; ConversionError if any is over tolerance.
+    """Parity rows against the source's transformers class; VerificationError if any is over tolerance.
 
     One model at a time is held in each dtype (the source's outputs are computed, the source freed, then ours), so
     the check adds one float64 copy of the weights at most."""
@@ -151,7 +151,7 @@ def verify(folder: Path, info: dict, processor) -> list[dict]:
     bad = [r for r in rows if not r.pop("ok")]
     if bad:
         worst = max(bad, key=lambda r: r["max_abs_diff"])
-        raise ConversionError(
+        raise VerificationError(
             f"--verify: the converted model differs from {reference} by {worst['max_abs_diff']:.3e} "
             f"({worst['dtype']}, {worst['outputs']}); nothing written"
         )

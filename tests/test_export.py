@@ -242,7 +242,8 @@ def test_hub_repo_at_revision(hub: HubServer, tmp_path: Path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "configuration_vit_hf.py",
                                                      "image_processing_vit_hf.py", "model.onnx",
                                                      "naflex_processing_vit_hf.py", "notes.txt",
-                                                     "pixels_vit_hf.py", "preprocessor_config.json"]
+                                                     "pixels_vit_hf.py", "preprocessor_config.json",
+                                                     "switches_vit_hf.py"]
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = first(x).logits.numpy()

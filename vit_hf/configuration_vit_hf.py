@@ -4,7 +4,8 @@ Field names follow transformers' `ViTConfig` (hidden_size, num_hidden_layers, ..
 know them; the switches that ViTConfig lacks use timm's / big_vision's vocabulary, and together they cover every
 plain-ViT checkpoint family (original ViT, AugReg, DeiT, DeiT-3, CLIP towers, SigLIP, big_vision, registers).
 
-This file is copied flat next to the weights by `save_pretrained` (remote code): it imports only transformers.
+This file is copied flat next to the weights by `save_pretrained` (remote code): it imports only transformers and its
+sibling `switches_vit_hf.py` (the values each switch takes and the checks of their combinations).
 """
 
 from __future__ import annotations
@@ -20,6 +21,17 @@ try:
 except ImportError:  # transformers < 5.2 kept it under utils
     from transformers.utils.backbone_utils import BackboneConfigMixin
 
+from .switches_vit_hf import (  # noqa: F401 (the switches' vocabularies are this module's public names too)
+    MLP_LAYERS,
+    NORM_TYPES,
+    POOLINGS,
+    POS_EMBED_INTERPOLATIONS,
+    POS_EMBED_TYPES,
+    ROPE_NUMERICS,
+    ROPE_TYPES,
+    check_config,
+)
+
 # Size presets: (hidden_size, num_hidden_layers, num_attention_heads, intermediate_size).
 # Ti/S/B/L/H from the ViT and DeiT papers; "test" is odd on purpose (head_dim != heads, mlp != 4 * width)
 # so that a swapped (h d) axis or an mlp/width mix-up cannot go unnoticed.
@@ -33,28 +45,6 @@ PRESETS: dict[str, tuple[int, int, int, int]] = {
 }
 _PRESET_ALIASES = {"ti": "tiny", "s": "small", "b": "base", "l": "large", "h": "huge", "mu": "test"}
 
-POOLINGS = ("token", "mean", "map", "map_kv", "token_mean", "none")
-MLP_LAYERS = ("mlp", "glu")
-POS_EMBED_TYPES = ("learned", "sincos2d", "sincos2d_mae", "none")
-NORM_TYPES = ("layernorm", "rmsnorm", "rmsnorm_fp32")
-# Rotary position embeddings on q/k: kind -> default rope_theta (the sources' defaults)
-ROPE_TYPES: dict[str, float | None] = {"none": None, "cat": 10_000.0, "dinov3": 100.0, "mixed": 10.0}
-ROPE_NUMERICS = ("timm", "transformers")
-# Position-table resampling algorithms, by the library whose results they
-# reproduce: name -> (torch interpolate mode, align_corners, antialias, always float32). "always float32" computes in
-# float32 whatever the table's dtype (float64 tables included, which then carry float32 rounding) because that library
-# does; otherwise the computation runs in the table's dtype, upcast to float32 at least.
-POS_EMBED_INTERPOLATIONS: dict[str, tuple[str, bool, bool, bool]] = {
-    "timm": ("bicubic", False, True, True),  # timm checkpoint_filter_fn / dynamic_img_size: resample_abs_pos_embed
-    "timm_npz": ("bilinear", False, False, False),  # timm _load_weights (npz path)
-    "google": ("bilinear", True, False, False),  # scipy.ndimage.zoom(order=1), corner-aligned: vit_jax, big_vision
-    "hf": ("bicubic", False, False, False),  # transformers ViTEmbeddings.interpolate_pos_encoding
-    "hf_dinov2": ("bicubic", False, False, True),  # transformers Dinov2Embeddings.interpolate_pos_encoding
-    "hf_dinov2_reg": ("bicubic", False, True, True),  # transformers Dinov2WithRegistersEmbeddings
-    # NaFlex (naflex_vit_hf.naflex_positions): per image, bilinear antialiased, float32
-    "hf_siglip2": ("bilinear", False, True, True),  # transformers Siglip2VisionEmbeddings (a weight matrix, always)
-    "timm_naflex": ("bilinear", False, True, True),  # timm NaFlexEmbeds (F.interpolate, skipped at the stored grid)
-}
 # Activation names are transformers' ACT2FN keys; the timm / JAX spellings people type are accepted too.
 _ACT_ALIASES = {"gelu_tanh": "gelu_pytorch_tanh", "gelu_exact": "gelu", "quickgelu": "quick_gelu"}
 
@@ -462,133 +452,7 @@ class VitHfConfig(ConfigSavedByVersion, BackboneConfigMixin, PretrainedConfig):
 
     def check_fields(self) -> None:
         """Raise a `ValueError` that names the field and the fix for any inconsistent setting."""
-        sizes = dict(
-            hidden_size=self.hidden_size,
-            num_hidden_layers=self.num_hidden_layers,
-            num_attention_heads=self.num_attention_heads,
-            intermediate_size=self.intermediate_size,
-            num_channels=self.num_channels,
-        )
-        sizes.update({f"image_size[{i}]": v for i, v in enumerate(self.image_hw)})
-        sizes.update({f"patch_size[{i}]": v for i, v in enumerate(self.patch_hw)})
-        for name, value in sizes.items():
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.representation_size is not None and self.representation_size <= 0:
-            raise ValueError(f"representation_size must be a positive integer or None, got {self.representation_size}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"hidden_size ({self.hidden_size}) is not divisible by num_attention_heads "
-                f"({self.num_attention_heads}): choose heads so that hidden_size / heads is an integer head_dim"
-            )
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling={self.pooling!r} is not one of {POOLINGS}")
-        if self.pos_embed_type not in POS_EMBED_TYPES:
-            raise ValueError(f"pos_embed_type={self.pos_embed_type!r} is not one of {POS_EMBED_TYPES}")
-        if self.pos_embed_interpolation not in POS_EMBED_INTERPOLATIONS:
-            raise ValueError(
-                f"pos_embed_interpolation={self.pos_embed_interpolation!r} is not one of "
-                f"{tuple(POS_EMBED_INTERPOLATIONS)}"
-            )
-        if self.pos_embed_type.startswith("sincos2d") and self.hidden_size % 4:
-            raise ValueError(f"pos_embed_type={self.pos_embed_type!r} needs hidden_size divisible by 4, got "
-                             f"{self.hidden_size}")
-        (h, w), (ph, pw) = self.image_hw, self.patch_hw
-        if (h % ph or w % pw) and not self.crop_remainder:
-            raise ValueError(
-                f"image_size {h}x{w} is not divisible by patch_size {ph}x{pw}: pick an image size that is a "
-                f"multiple of the patch size, or set crop_remainder=True to ignore the pixels past the last whole patch"
-            )
-        if self.num_register_tokens < 0:
-            raise ValueError(f"num_register_tokens must be >= 0, got {self.num_register_tokens}")
-        if self.pooling == "token" and not self.class_token and self.num_register_tokens:
-            # timm refuses this too; without registers it is big_vision's pool_type='0' (the first patch token)
-            raise ValueError(
-                "pooling='token' without a class token would pool register token 0: set class_token=True or use "
-                "pooling='mean' / 'map'"
-            )
-        if not 0.0 <= self.drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
-        if self.fc_norm and self.pooling == "none":
-            raise ValueError("fc_norm=True needs a pooling ('token', 'mean' or 'map'), got pooling='none'")
-        self._check_family_switches()
-        try:  # transformers is importable wherever this config is; ACT2FN is its activation registry
-            from transformers.activations import ACT2FN
-        except ImportError:  # pragma: no cover
-            return
-        if self.hidden_act not in ACT2FN:
-            raise ValueError(
-                f"hidden_act={self.hidden_act!r} is not a transformers activation; use 'gelu' (exact), "
-                f"'gelu_pytorch_tanh' (JAX/Flax tanh GELU) or 'quick_gelu' (OpenAI CLIP)"
-            )
-
-    def _check_family_switches(self) -> None:
-        """The switches added for transformers' and timm's newer families: each needs the layout it was made for."""
-        self._check_rope()
-        if self.norm_type not in NORM_TYPES:
-            raise ValueError(f"norm_type={self.norm_type!r} is not one of {NORM_TYPES}")
-        if self.layer_scale_attn_only and self.layer_scale_init_value is None:
-            raise ValueError("layer_scale_attn_only=True needs layer scale: set layer_scale_init_value (e.g. 1e-5)")
-        if self.post_norm and self.layer_scale_init_value is not None:
-            raise ValueError("post_norm=True blocks have no layer scale (as timm's): drop layer_scale_init_value")
-        for name in ("pool_num_heads", "pool_intermediate_size"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value <= 0):
-                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
-        kv = self.num_key_value_heads
-        if kv is not None:
-            per_block = kv if isinstance(kv, list) else [kv]
-            if isinstance(kv, list) and len(kv) != self.num_hidden_layers:
-                raise ValueError(f"num_key_value_heads has {len(kv)} entries for {self.num_hidden_layers} blocks")
-            if any(not isinstance(k, int) or k <= 0 or self.num_attention_heads % k for k in per_block):
-                raise ValueError(f"num_key_value_heads={kv!r} must divide num_attention_heads="
-                                 f"{self.num_attention_heads} (per block)")
-            if self.qkv_bias and not self.key_bias:
-                raise ValueError("num_key_value_heads with key_bias=False is not supported: give the keys a bias")
-        if self.pool_num_heads and self.hidden_size % self.pool_num_heads:
-            raise ValueError(f"pool_num_heads={self.pool_num_heads} does not divide hidden_size={self.hidden_size}")
-        if self.mlp_layer not in MLP_LAYERS:
-            raise ValueError(f"mlp_layer={self.mlp_layer!r} is not one of {MLP_LAYERS}")
-        if self.no_embed_registers and (self.no_embed_class or not self.class_token):
-            raise ValueError(
-                "no_embed_registers=True needs class_token=True and no_embed_class=False (with no_embed_class the "
-                "registers have no positions already): drop one of them"
-            )
-        if self.distilled and not (self.class_token and self.pooling == "token"):
-            raise ValueError(
-                "distilled=True reads the class and distillation tokens: it needs class_token=True and pooling='token'"
-            )
-        if self.pooling == "token_mean" and not self.class_token:
-            raise ValueError("pooling='token_mean' concatenates the class token: set class_token=True")
-        if self.pooling == "token_mean" and (self.fc_norm or self.representation_size):
-            raise ValueError(
-                "pooling='token_mean' gives 2 x hidden_size features: it cannot take fc_norm or representation_size"
-            )
-
-    def _check_rope(self) -> None:
-        if self.rope_type not in ROPE_TYPES:
-            raise ValueError(f"rope_type={self.rope_type!r} is not one of {tuple(ROPE_TYPES)}")
-        if self.rope_type == "none":
-            return
-        if self.head_dim % 4:
-            raise ValueError(f"rope_type={self.rope_type!r} needs head_dim divisible by 4, got {self.head_dim}")
-        if not self.rope_theta > 0:
-            raise ValueError(f"rope_theta must be a positive number, got {self.rope_theta!r}")
-        if self.rope_grid_indexing not in ("ij", "xy"):
-            raise ValueError(f"rope_grid_indexing={self.rope_grid_indexing!r} is not 'ij' or 'xy'")
-        if self.rope_numerics not in ROPE_NUMERICS:
-            raise ValueError(f"rope_numerics={self.rope_numerics!r} is not one of {ROPE_NUMERICS}")
-        if self.rope_numerics == "transformers" and (self.rope_type != "dinov3" or not self.rope_rotate_half):
-            raise ValueError("rope_numerics='transformers' exists for rope_type='dinov3' with rope_rotate_half=True")
-        if self.rope_ref_grid is not None and self.rope_type != "cat":
-            raise ValueError(f"rope_ref_grid rescales 'cat' coordinates only; rope_type={self.rope_type!r} has none")
-        if self.rope_type == "mixed" and (self.rope_rotate_half or self.rope_grid_offset):
-            raise ValueError("rope_type='mixed' rotates interleaved pairs without a grid offset: set "
-                             "rope_rotate_half=False and rope_grid_offset=0")
-        for name in ("rope_jitter_coords", "rope_rescale_coords", "rope_shift_coords"):
-            value, low = getattr(self, name), 0.0 if name == "rope_shift_coords" else 1.0
-            if value is not None and not (isinstance(value, (int, float)) and value >= low):
-                raise ValueError(f"{name} must be a number >= {low:g} or None, got {value!r}")
+        check_config(self)
 
     @staticmethod
     def parse_preset(name: str) -> tuple[str, int | None]:

@@ -20,8 +20,9 @@ ONNX_FILES = {"fp32": "model.onnx", "int8": "model_int8.onnx"}
 REPORT_FILE = "export_report.json"
 # what an export writes: only these are ever replaced or removed in an existing OUT_DIR
 OUTPUT_FILES = {*ONNX_FILES.values(), *(f"{n}.data" for n in ONNX_FILES.values()), REPORT_FILE, "config.json",
-                "preprocessor_config.json", "configuration_vit_hf.py", "image_processing_vit_hf.py",
-                "naflex_processing_vit_hf.py", "pixels_vit_hf.py"}  # the processor's sibling files, which it imports
+                "preprocessor_config.json", "configuration_vit_hf.py", "switches_vit_hf.py",
+                "image_processing_vit_hf.py", "naflex_processing_vit_hf.py",
+                "pixels_vit_hf.py"}  # the processor's sibling files, which it imports
 
 
 def _check_out_dir(out: Path, source_folder: Path) -> None:

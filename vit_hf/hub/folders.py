@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     from transformers.image_processing_base import ImageProcessingMixin
 
 REMOTE_FILES = (
-    "configuration_vit_hf.py", "layers_vit_hf.py", "rope_vit_hf.py", "modeling_vit_hf.py", "image_processing_vit_hf.py",
-    "naflex_vit_hf.py", "naflex_processing_vit_hf.py", "pixels_vit_hf.py",
+    "configuration_vit_hf.py", "switches_vit_hf.py", "layers_vit_hf.py", "rope_vit_hf.py", "modeling_vit_hf.py",
+    "image_processing_vit_hf.py", "naflex_vit_hf.py", "naflex_processing_vit_hf.py", "pixels_vit_hf.py",
 )
 HUB_FILE_NAMES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", *REMOTE_FILES)
 AUTO_CLASSES = ("AutoConfig", "AutoModel", "AutoModelForImageClassification")
@@ -37,7 +37,9 @@ def check_hub_folder(folder: str | Path) -> None:
     """Raise `HubFolderError` naming what is missing for `trust_remote_code` loading (the packaging doctor)."""
     folder = Path(folder)
     problems = []
-    for name in ("config.json", "model.safetensors", "preprocessor_config.json", *REMOTE_FILES):
+    # The code files a load imports, not this version's list: a folder saved by an earlier vit_hf has fewer files.
+    needed = code_files(folder)
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", *sorted(needed)):
         if not (folder / name).is_file():
             problems.append(f"{name} is missing")
     if (folder / "config.json").is_file():
@@ -47,12 +49,50 @@ def check_hub_folder(folder: str | Path) -> None:
         auto_map = json.loads((folder / "preprocessor_config.json").read_text()).get("auto_map", {})
         if "AutoImageProcessor" not in auto_map:
             problems.append("preprocessor_config.json auto_map has no AutoImageProcessor")
-    for name in REMOTE_FILES:
+    for name in sorted(needed):
         path = folder / name
         if path.is_file():
             problems += [f"{name} imports {m!r}, which a consumer machine may not have" for m in _foreign_imports(path)]
     if problems:
         raise HubFolderError(f"{folder} is not a loadable remote-code folder: " + "; ".join(problems))
+
+
+def code_files(folder: Path) -> set[str]:
+    """The `.py` files a remote-code load of `folder` imports: the modules its auto_maps name (values like
+    "module.Class", lists or dicts of them; "repo--module.Class" lives in another repo) and, transitively, their
+    relative imports (what transformers' `get_relative_import_files` follows)."""
+    from transformers.dynamic_module_utils import get_relative_imports
+
+    todo = [f"{ref.split('.')[0]}.py" for name in ("config.json", "preprocessor_config.json")
+            for ref in _auto_map_refs(folder / name) if ref and "--" not in ref]
+    found: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        found.add(name)
+        if (folder / name).is_file():
+            todo += [f"{module}.py" for module in get_relative_imports(str(folder / name))]
+    return found
+
+
+def _auto_map_refs(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    try:
+        auto_map = json.loads(path.read_text()).get("auto_map") or {}
+    except (json.JSONDecodeError, AttributeError):
+        return []
+    refs, todo = [], [auto_map]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, str):
+            refs.append(value)
+        elif isinstance(value, (list, tuple)):
+            todo += list(value)
+        elif isinstance(value, dict):
+            todo += list(value.values())
+    return refs
 
 
 def _foreign_imports(path: Path) -> list[str]:

@@ -13,7 +13,6 @@ machine. A commit id is only known once the commit exists, so `push_folder` make
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from pathlib import Path
 from huggingface_hub import CommitOperationAdd, HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-from .folders import REMOTE_FILES, check_hub_folder
+from .folders import REMOTE_FILES, check_hub_folder, code_files
 
 # Everything a consumer needs and nothing else: optimizer state, checkpoints, caches and tracker logs that a
 # training run leaves next to these files are never pushed.
@@ -60,30 +59,11 @@ def pin_card(text: str, repo_id: str, revision: str) -> str:
     return _REVISION_LINE.sub(lambda m: f'{m.group(1)}"{revision}"', text)
 
 
-def _auto_map_modules(path: Path) -> set[str]:
-    """`.py` files named by an `auto_map` (values like "module.Class", lists or dicts of them; "repo--x" is remote)."""
-    if not path.is_file():
-        return set()
-
-    def refs(value) -> Iterator[str]:
-        if isinstance(value, str):
-            yield value
-        elif isinstance(value, (list, tuple)):
-            for v in value:
-                yield from refs(v)
-        elif isinstance(value, dict):
-            for v in value.values():
-                yield from refs(v)
-
-    auto_map = json.loads(path.read_text()).get("auto_map") or {}
-    return {f"{ref.split('.')[0]}.py" for ref in refs(auto_map) if ref and "--" not in ref}
-
-
 def hub_files(folder: str | Path) -> list[str]:
-    """The files of `folder` to publish: the hub set, `.py` modules its auto_maps name, `.png` plots the card shows."""
+    """The files of `folder` to publish: the hub set, the `.py` modules its auto_maps name and those modules' relative
+    imports, `.png` plots the card shows."""
     folder = Path(folder).resolve()
-    names = set(HUB_FILES)
-    names |= _auto_map_modules(folder / "config.json") | _auto_map_modules(folder / "preprocessor_config.json")
+    names = set(HUB_FILES) | code_files(folder)
     readme = folder / "README.md"
     if readme.is_file():
         for ref in _IMAGE_REF.findall(readme.read_text(encoding="utf-8")):
