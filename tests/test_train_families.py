@@ -23,6 +23,8 @@ Validation accuracy (%), seeds 0-9, this 2-core AVX-512 machine, fp32, one torch
 * measured with Attention._qkv calling the qkv module (the fix test_lora_on_rope_attention_learns waits for); as it
 is, the qkv adapter of a model with a zero key bias never runs: 63.3 58.9 67.8 63.3 60.0 over seeds 0-4.
 RoPE-Mixed at 3e-3 reached 80-98 % on seeds 0-3 but fell back to chance on seed 4 (a loss spike at epoch 2): 2e-3.
+
+The trainings are marked slow (make test runs them, make test-fast not): about 30 s together on one core.
 """
 
 from __future__ import annotations
@@ -185,6 +187,7 @@ def dinov3(tmp_path_factory) -> Path:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_converted_dinov3_fine_tunes(dinov3, digits, tmp_path):
     config = VitHfConfig.from_pretrained(dinov3)
     assert (config.rope_type, config.mlp_layer, config.hidden_act, config.pos_embed_type) == \
@@ -218,6 +221,7 @@ def lora_pairs(out: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     return {k: tuple(v) for k, v in pairs.items()}
 
 
+@pytest.mark.slow
 def test_converted_dinov3_lora(dinov3, dinov3_lora, digits):
     """Adapters on the RoPE attention's qkv/proj and the gated MLP's fc1 ([gate; up]) / fc2 of every block; only they
     and the head train; the merged folder is the base plus scale * B @ A, and the base model with the adapter (peft)
@@ -258,6 +262,7 @@ def test_converted_dinov3_lora(dinov3, dinov3_lora, digits):
                                    rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="layers_vit_hf.Attention._qkv computes F.linear(x, self.qkv.weight, ...) when "
                                        "the key bias is fixed at zero (DINOv3, EVA02): peft's qkv adapter never runs")
 def test_lora_on_rope_attention_learns(dinov3_lora):
@@ -269,6 +274,7 @@ def test_lora_on_rope_attention_learns(dinov3_lora):
     assert results["eval_accuracy"] >= LEARNED, results["eval_accuracy"]
 
 
+@pytest.mark.slow
 def test_converted_timm_eva02_fine_tunes(digits, tmp_path):
     from convert.timm_hub import convert_timm_folder
 
@@ -297,6 +303,7 @@ def init_magnitudes(config: VitHfConfig) -> torch.Tensor:
     return torch.cat([mag, mag])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rope_type", ["dinov3", "mixed"])
 def test_rope_preset_trains_from_scratch(rope_type, digits, tmp_path):
     out = tmp_path / "out"
@@ -353,6 +360,7 @@ def test_invalid_rope_override_is_one_line(digits, tmp_path, capsys):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_rope_mixed_gradient_checkpointing_and_bf16_agree_with_fp32(digits, tmp_path):
     """6 steps from the same seed. Checkpointing recomputes the same fp32 forward: the same losses and weights, bit for
     bit, the learned frequencies included (their gradient flows through the checkpointed blocks' rotary inputs). bf16
