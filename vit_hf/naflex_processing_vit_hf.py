@@ -51,11 +51,39 @@ def patchify_padded(image: torch.Tensor, patch_size: int, max_num_patches: int) 
     return F.pad(patches, (0, 0, 0, max_num_patches - n)), mask
 
 
+def naflex_crop_box(width: int, height: int, scale, ratio) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of a random crop for NaFlex training, timm's `RandomResizedCropToSequence`: an area
+    fraction drawn uniformly from `scale`, an aspect ratio that is the image's own times a factor drawn log-uniformly
+    from `ratio` (relative, unlike RandomResizedCrop's absolute ratio, so a panorama stays a panorama), ten tries,
+    then the largest centred crop within those ratios (the whole image when `ratio` holds 1). Drawn from torch's RNG
+    (area, factor, top, left), which the training data seeds per example."""
+    area, aspect = width * height, width / height
+    low, high = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target = area * (scale[0] + (scale[1] - scale[0]) * torch.rand(()).item())
+        wanted = aspect * math.exp(low + (high - low) * torch.rand(()).item())
+        w, h = int(round(math.sqrt(target * wanted))), int(round(math.sqrt(target / wanted)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, ()).item())
+            left = int(torch.randint(0, width - w + 1, ()).item())
+            return left, top, left + w, top + h
+    w, h = width, height
+    if ratio[1] < 1:  # a ratio range without 1: the image's own aspect clamped to the range's nearer end
+        w = min(int(round(height * aspect * ratio[1])), width)
+    elif ratio[0] > 1:
+        h = min(int(round(width / (aspect * ratio[0]))), height)
+    w, h = max(1, w), max(1, h)
+    top, left = (height - h) // 2, (width - w) // 2
+    return left, top, left + w, top + h
+
+
 class NaFlexTransform:
     """One image -> its NaFlex `pixel_values` (max_num_patches, P * P * C), `pixel_attention_mask` and
     `spatial_shapes`, with the eval transform `tf`'s channels, filter, resize backend and normalisation. With `train`
-    (the processor's TrainTransform): RandomResizedCrop's box (scale, ratio) first, the crop keeping its own aspect
-    ratio, then the horizontal flip, drawn from torch's RNG in TrainTransform's order; always resized with PIL."""
+    (the processor's TrainTransform: its crop scale and ratio, flip probability), timm's NaFlex train transform: a
+    crop whose aspect ratio is the image's own jittered by `ratio` (`naflex_crop_box`), resized keeping the crop's
+    aspect ratio to the largest grid of at most `max_num_patches`, then the horizontal flip; randomness from torch's
+    RNG; always resized with PIL."""
 
     def __init__(self, tf, patch_size: int, max_num_patches: int, train=None):
         self.tf, self.patch, self.limit, self.train = tf, int(patch_size), int(max_num_patches), train
@@ -63,7 +91,8 @@ class NaFlexTransform:
     def __call__(self, image) -> dict[str, torch.Tensor]:
         tf, p = self.tf, self.patch
         image = tf.prepare(image)
-        box = self.train.crop_box(*image.size) if self.train is not None else (0, 0, *image.size)
+        box = (0, 0, *image.size) if self.train is None else naflex_crop_box(*image.size, self.train.scale,
+                                                                           self.train.ratio)
         h, w = naflex_image_size(box[3] - box[1], box[2] - box[0], p, self.limit)
         torch_resize = tf.torch_mode is not None and self.train is None and (w, h) != image.size
         if not torch_resize and ((w, h) != image.size or self.train is not None):
@@ -101,5 +130,6 @@ def describe_naflex(tf, patch_size: int, max_num_patches: int) -> str:
 
 
 __all__ = [
-    "NaFlexTransform", "naflex_collate", "naflex_batch", "naflex_image_size", "patchify_padded", "describe_naflex",
+    "NaFlexTransform", "naflex_collate", "naflex_batch", "naflex_crop_box", "naflex_image_size", "patchify_padded",
+    "describe_naflex",
 ]

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import EpochShuffleSampler, ExampleTransform, collate_fn, load_image_classification_data
+from .data import EpochShuffleSampler, ExampleTransform, collate_fn, load_image_classification_data, model_inputs
 from .metrics import evaluate, masked_cross_entropy, mix_batch, results_markdown
 from .model import build_model, is_preset
 from .streaming import load_streaming_data, make_stream_loaders
@@ -118,6 +118,14 @@ class ClassificationTask(Task):
     name = "classification"
     help = "classification: labelled images, VitHfForImageClassification"
 
+    @classmethod
+    def check_naflex(cls, args: argparse.Namespace, model: str) -> str | None:
+        mixing = [f"--{k} {getattr(args, k)}" for k in ("mixup", "cutmix") if getattr(args, k) > 0]
+        if mixing:  # timm mixes NaFlex batches patch-wise (naflex_mixup.py); not here yet
+            return (f"{model}: {' and '.join(mixing)} mix fixed-size images, a NaFlex batch holds images of different "
+                    f"grids: drop {'/'.join(m.split()[0] for m in mixing)}")
+        return None
+
     def load_data(self, seed: int):
         a = self.args
         if a.streaming:
@@ -143,11 +151,11 @@ class ClassificationTask(Task):
         return {"labels": list(data.labels)}
 
     def loss(self, run, batch: dict) -> torch.Tensor:
-        args, pixel_values, targets = run.args, batch["pixel_values"], batch["labels"]
-        if args.mixup > 0 or args.cutmix > 0:
+        args, inputs, targets = run.args, model_inputs(batch), batch["labels"]
+        if args.mixup > 0 or args.cutmix > 0:  # fixed-size images only: refused for NaFlex before the run starts
             targets = F.one_hot(targets, len(run.data.labels)).float()
-            pixel_values, targets = mix_batch(pixel_values, targets, args)
-        logits = run.model(pixel_values=pixel_values).logits
+            inputs["pixel_values"], targets = mix_batch(inputs["pixel_values"], targets, args)
+        logits = run.model(**inputs).logits
         return masked_cross_entropy(logits, targets, batch["valid"], args.label_smoothing)
 
     def evaluate(self, run, model) -> dict[str, Any]:

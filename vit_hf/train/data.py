@@ -33,6 +33,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+from ..naflex_processing_vit_hf import NaFlexTransform, naflex_collate
 from .errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -299,20 +300,41 @@ def example_seed(seed: int, epoch: int, index: int) -> int:
     return x ^ (x >> 29)
 
 
+MODEL_INPUTS = ("pixel_values", "pixel_attention_mask", "spatial_shapes")  # what a batch hands the model
+
+
+def image_transform(processor, train: bool):
+    """The processor's per-image transform: an image tensor (C, H, W), or for a NaFlex processor (`max_num_patches`
+    set) a dict of the image's patches padded to `max_num_patches`, their mask and grid (`NaFlexTransform`: aspect
+    kept, no fixed-size resize or crop; in training timm's NaFlex crop and the flip)."""
+    limit = getattr(processor, "max_num_patches", None)
+    if train:
+        return processor.train_transforms()  # a NaFlexTransform for a NaFlex processor
+    return NaFlexTransform(processor.eval_transforms(), processor.patch_size, limit) if limit else \
+        processor.eval_transforms()
+
+
+def model_inputs(batch: dict) -> dict[str, torch.Tensor]:
+    """The batch's model inputs: `pixel_values`, and for NaFlex `pixel_attention_mask` and `spatial_shapes`."""
+    return {k: batch[k] for k in MODEL_INPUTS if k in batch}
+
+
 class ExampleTransform:
     """The `with_transform` function: decode, apply the processor's train or eval transform, mark broken images.
 
-    Returns per-example `pixel_values` (C, H, W), `labels`, `valid` and `index`. Set `epoch` before each epoch: it
-    is part of the augmentation seed.
+    Returns per-example model inputs (`pixel_values` (C, H, W); NaFlex: patches, `pixel_attention_mask`,
+    `spatial_shapes`), `labels`, `valid` and `index`. Set `epoch` before each epoch: it is part of the augmentation
+    seed.
     """
 
     def __init__(self, processor, image_column: str, label_column: str, train: bool, seed: int = 0):
-        self.transform = processor.train_transforms() if train else processor.eval_transforms()
+        self.transform = image_transform(processor, train)
         self.shape = (processor.num_channels, processor.size["height"], processor.size["width"])
+        self.naflex = getattr(processor, "max_num_patches", None), getattr(processor, "patch_size", None)
         self.image_column, self.label_column = image_column, label_column
         self.train, self.seed, self.epoch = train, seed, 0
 
-    def _one(self, value: Any, index: int) -> torch.Tensor | None:
+    def _one(self, value: Any, index: int) -> torch.Tensor | dict | None:
         try:
             image = decode_image(value)
             if not self.train:
@@ -331,19 +353,39 @@ class ExampleTransform:
             logger.warning("skipping unreadable image #%d%s: %s", index, f" ({where})" if where else "", err)
             return None
 
+    def blank(self) -> dict[str, torch.Tensor]:
+        """A broken image's inputs: zeros of the right shape (NaFlex: one zero patch on a 1x1 grid, a grid the
+        model accepts); its loss and metrics weigh nothing."""
+        limit, patch = self.naflex
+        if not limit:
+            return {"pixel_values": torch.zeros(self.shape)}
+        mask = torch.zeros(limit, dtype=torch.int32)
+        mask[0] = 1
+        return {"pixel_values": torch.zeros(limit, patch * patch * self.shape[0]), "pixel_attention_mask": mask,
+                "spatial_shapes": torch.tensor([1, 1])}
+
+    def inputs(self, value: Any, index: int) -> tuple[dict[str, torch.Tensor], bool]:
+        """(the example's model inputs, whether its image decoded): `blank()` for a broken image."""
+        x = self._one(value, index)
+        if x is None:
+            return self.blank(), False
+        return (x if isinstance(x, dict) else {"pixel_values": x}), True
+
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        pixel_values, valid = [], []
+        out: dict[str, list] = {"valid": []}
         for value, index in zip(batch[self.image_column], batch[INDEX_COLUMN]):
-            x = self._one(value, index)
-            valid.append(x is not None)
-            pixel_values.append(x if x is not None else torch.zeros(self.shape))
-        return {"pixel_values": pixel_values, "labels": batch[self.label_column], "valid": valid,
-                "index": batch[INDEX_COLUMN]}
+            inputs, valid = self.inputs(value, index)
+            for key, tensor in inputs.items():
+                out.setdefault(key, []).append(tensor)
+            out["valid"].append(valid)
+        return {**out, "labels": batch[self.label_column], "index": batch[INDEX_COLUMN]}
 
 
 def collate_fn(examples: list[dict]) -> dict[str, torch.Tensor]:
+    """A batch: the model inputs stacked by the NaFlex collate (NaFlex examples come padded to the processor's
+    `max_num_patches`, the rows its model was converted and evaluated with), labels, validity and indices."""
     return {
-        "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
+        **naflex_collate([{k: e[k] for k in MODEL_INPUTS if k in e} for e in examples]),
         "labels": torch.tensor([e["labels"] for e in examples], dtype=torch.long),
         "valid": torch.tensor([e["valid"] for e in examples], dtype=torch.bool),
         "index": torch.tensor([e["index"] for e in examples], dtype=torch.long),

@@ -127,7 +127,7 @@ def set_up(args: argparse.Namespace) -> Run:
     max_train_steps = args.max_train_steps or args.num_train_epochs * math.ceil(  # (a stream has no len: steps given)
         math.ceil(len(data.train) / n / args.per_device_train_batch_size) / args.gradient_accumulation_steps)
     logger.info(resolve_recipe(args, max_train_steps))
-    fingerprint = runs.fingerprint(args, task, data, model, accelerator)
+    fingerprint = runs.fingerprint(args, task, data, model, processor, accelerator)
     saved = runs.check_resume(checkpoint_dir, fingerprint)  # before anything is loaded or written
     runs.prepare_output_dir(args, output_dir, accelerator)
     sharding = fsdp.shard(model, accelerator) if fsdp.requested() else None  # before the optimizer sees the params

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .data import model_inputs
+
 
 def mix_batch(pixel_values: torch.Tensor, targets: torch.Tensor, args: argparse.Namespace):
     """Mixup / CutMix on one batch (probability targets in, probability targets out); randomness from torch's global
@@ -49,7 +51,7 @@ def evaluate(model, dataloader, accelerator, num_labels: int) -> dict[str, Any]:
     topk_all, labels_all, valid_all, loss_all, index_all = [], [], [], [], []
     start, seen = time.perf_counter(), 0
     for batch in dataloader:
-        logits = model(pixel_values=batch["pixel_values"]).logits.float()
+        logits = model(**model_inputs(batch)).logits.float()
         loss = F.cross_entropy(logits, batch["labels"], reduction="none")
         topk = logits.topk(k, dim=-1).indices
         topk, labels, valid, loss, index = accelerator.gather_for_metrics(

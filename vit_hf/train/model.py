@@ -129,6 +129,36 @@ def model_config(args: argparse.Namespace, **fields) -> VitHfConfig:
     return config
 
 
+FIXED_SIZE_ONLY = ("image_size", "crop_pct")  # flags a NaFlex model has no use for (its images keep their shape)
+
+
+def naflex_patches(args: argparse.Namespace) -> int | None:
+    """`max_num_patches` of `--model_name_or_path`'s image processor: set for a NaFlex model (SigLIP2's variable
+    aspect ratio), None for a fixed-size one, a preset, or a processor not readable here (loading says why later)."""
+    from ..image_processing_vit_hf import VitHfImageProcessor
+
+    if is_preset(args.model_name_or_path):
+        return None
+    try:
+        processor = VitHfImageProcessor.from_pretrained(args.model_name_or_path, token=args.hub_token)
+    except (OSError, ValueError):
+        return None
+    return getattr(processor, "max_num_patches", None) or None
+
+
+def naflex_problem(args: argparse.Namespace, task) -> str | None:
+    """Why a run cannot train its NaFlex model (one line: the fixed-size flags, then the task's `check_naflex`), or
+    None (also for any fixed-size model)."""
+    limit = naflex_patches(args)
+    if limit is None:
+        return None
+    model = f"{args.model_name_or_path} is a NaFlex model (each image its own grid of at most {limit} patches)"
+    fixed = [f"--{k}" for k in FIXED_SIZE_ONLY if getattr(args, k) is not None]
+    if fixed:
+        return f"{model}: {'/'.join(fixed)} set a fixed input size: drop {'/'.join(fixed)}"
+    return task.check_naflex(args, model)
+
+
 @dataclass
 class Built:
     """What `build_model` made: the model, its processor, the Hub id it came from (None: a preset or a local folder),

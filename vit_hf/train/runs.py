@@ -1,11 +1,12 @@
-"""Runs that cannot be mixed up: the checks made before any data is read (output dir, paths, Hub access), the run
-fingerprint every checkpoint records and a resume compares before any state is loaded, and the resume itself.
+"""Runs that cannot be mixed up: the checks made before any data is read (output dir, paths, Hub access, flags a
+NaFlex model refuses), the run fingerprint every checkpoint records and a resume compares before any state is loaded,
+and the resume itself.
 
-A fingerprint has sections: the model config, the task's identity (`Task.identity`: label names; SimMIM's mask
-flags), the data (source, split sizes, a content fingerprint), the batch geometry (per device x accumulation x
-processes) and the recipe (optimizer, regularisation, seed, precision, augmentation). Resuming refuses any difference
-there, one line each. The schedule's length (epochs, steps, warm-up) may change: that is logged and allowed, as
-transformers' Trainer resumes with more epochs."""
+A fingerprint has sections: the model config (and a NaFlex model's input geometry, `max_num_patches`), the task's
+identity (`Task.identity`: label names; SimMIM's mask flags), the data (source, split sizes, a content fingerprint),
+the batch geometry (per device x accumulation x processes) and the recipe (optimizer, regularisation, seed,
+precision, augmentation). Resuming refuses any difference there, one line each. The schedule's length (epochs,
+steps, warm-up) may change: that is logged and allowed, as transformers' Trainer resumes with more epochs."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ from . import fsdp
 from .checkpoints import HF_MODEL_SUBDIR, TRAINER_STATE, resolve_checkpoint
 from .errors import UserError
 from .lora import ADAPTER_SUBDIR
+from .model import naflex_problem
 from .streaming import STREAM_RECORD_KEY
+from .tasks import TASKS
 
 logger = logging.getLogger("vit_hf.train")
 
@@ -47,8 +50,8 @@ RESULT_FILES = ("all_results.json", "log_history.json", "training_curves.png", "
 
 
 def check_start(args: argparse.Namespace, output_dir: Path) -> Path | None:
-    """Refuse (UserError) what can be seen from the flags and the file system alone; returns the checkpoint to resume
-    (None: a fresh start)."""
+    """Refuse (UserError) what can be seen from the flags, the file system and the model's processor config alone
+    (a NaFlex model with fixed-size flags); returns the checkpoint to resume (None: a fresh start)."""
     for flag in ("train_dir", "validation_dir"):
         path = getattr(args, flag)
         if path is not None and not Path(path).is_dir():
@@ -72,6 +75,9 @@ def check_start(args: argparse.Namespace, output_dir: Path) -> Path | None:
     if checkpoint is not None and args.overwrite_output_dir and checkpoint.resolve().is_relative_to(output_dir):
         raise UserError(f"--overwrite_output_dir would remove {checkpoint}, the checkpoint to resume: give one of the "
                         f"two")
+    why = naflex_problem(args, TASKS[args.task])  # reads the model's preprocessor_config.json, nothing else
+    if why:
+        raise UserError(why)
     if args.push_to_hub:
         check_hub_access(args.hub_model_id, args.hub_token)
     return checkpoint
@@ -195,7 +201,14 @@ def model_identity(config) -> dict[str, Any]:
     return {k: v for k, v in sorted(config.to_dict().items()) if k not in CONFIG_NOISE}
 
 
-def fingerprint(args: argparse.Namespace, task, data, model, accelerator) -> dict[str, Any]:
+def naflex_geometry(processor) -> dict[str, int] | None:
+    """A NaFlex processor's input geometry (the patch budget and patch side every image is cut to), None for a
+    fixed-size one, whose input size is in the model config."""
+    limit = getattr(processor, "max_num_patches", None)
+    return {"max_num_patches": int(limit), "patch_size": int(processor.patch_size)} if limit else None
+
+
+def fingerprint(args: argparse.Namespace, task, data, model, processor, accelerator) -> dict[str, Any]:
     """What this run is, for every checkpoint it writes (JSON-safe)."""
     label_column = getattr(data, "label_column", None)
     source = data.source
@@ -214,7 +227,14 @@ def fingerprint(args: argparse.Namespace, task, data, model, accelerator) -> dic
                   "processes": accelerator.num_processes},
         "recipe": {**{k: getattr(args, k) for k in RECIPE}, "mixed_precision": accelerator.mixed_precision},
         "schedule": {k: getattr(args, k) for k in SCHEDULE},
+        **({"naflex": naflex_geometry(processor)} if naflex_geometry(processor) else {}),  # fixed size: as before
     }
+
+
+def _naflex_text(geometry: dict | None) -> str:
+    if geometry is None:
+        return "fixed-size images"
+    return f"NaFlex, max_num_patches {geometry['max_num_patches']} of {geometry['patch_size']}px patches"
 
 
 def _batch_text(b: dict) -> str:
@@ -237,6 +257,9 @@ def differences(saved: dict, current: dict) -> tuple[list[str], list[str]]:
         lines.append(f"checkpoint model {', '.join(f'{k}={old.get(k)}' for k in changed)}; this run "
                      f"{', '.join(f'{k}={new.get(k)}' for k in changed)} (--model_name_or_path, --config_overrides, "
                      f"--image_size, --drop_path_rate)")
+    if saved.get("naflex") != current.get("naflex"):
+        lines.append(f"checkpoint input {_naflex_text(saved.get('naflex'))}; this run "
+                     f"{_naflex_text(current.get('naflex'))} (the model's preprocessor_config.json)")
     mine, theirs = saved.get("identity", {}), current["identity"]
     for key in sorted(mine.keys() & theirs.keys()):  # the task's own: label names, SimMIM's mask flags, ...
         if mine[key] != theirs[key]:

@@ -241,9 +241,8 @@ class _Decode(torch.utils.data.Dataset):
         record, key = item
         t = self.transform
         value = record[t.image_column]
-        pixels = t._one(value, key)  # the map-style path's own decode + seeded transform + skip-and-warn
-        return {"pixel_values": pixels if pixels is not None else torch.zeros(t.shape), "valid": pixels is not None,
-                "labels": record[t.label_column], "index": image_identity(value)}
+        inputs, valid = t.inputs(value, key)  # the map-style path's own decode + seeded transform + skip-and-warn
+        return {**inputs, "valid": valid, "labels": record[t.label_column], "index": image_identity(value)}
 
 
 def image_identity(value: Any) -> int:

@@ -36,6 +36,13 @@ class Task(ABC):
         """Why these flags do not fit the task (one line naming the flag), or None. Runs at parse time."""
         return None
 
+    @classmethod
+    def check_naflex(cls, args: argparse.Namespace, model: str) -> str | None:
+        """Why this run cannot train `model`, a NaFlex model (its processor sets `max_num_patches`: each image its own
+        grid, patches as input), one line; None when it can. By default a task trains fixed-size images only."""
+        return (f"{model}: --task {cls.name} trains fixed-size images only; fine-tune it with --task classification, "
+                f"or give a fixed-size model")
+
     # -- set-up ---------------------------------------------------------------------------------------------------
     @abstractmethod
     def load_data(self, seed: int) -> Any:
