@@ -1,4 +1,4 @@
-"""`vit_hf.train` on the 2024-2026 families (issue 22, item 6), real parts end to end, CPU, offline: a tiny DINOv3
+"""`vit_hf.train` on the 2024-2026 families, real parts end to end, CPU, offline: a tiny DINOv3
 with a gated MLP written by transformers' own `save_pretrained` and a tiny EVA02 written by timm's `save_for_hf`,
 converted by the project's converter, fine-tuned (fully and with LoRA); RoPE configurations (DINOv3's and
 RoPE-Mixed's learned frequencies) trained from a size preset; gradient checkpointing and bf16 autocast on a RoPE-Mixed
