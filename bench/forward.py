@@ -1,6 +1,7 @@
 """Inference forward throughput (images/s): vit_hf vs timm vs transformers ViT (sdpa, eager), equal weights.
 
     python -m bench forward [--quick] [--device {cpu,cuda}] [--cases S/16-b8,B/16-b1-fp32] [--compile] [--rounds N]
+    python -m bench forward --sizes DINOv3-S/16,EVA02-S/14 --candidates vit_hf,timm   # timm eva.py families
 
 Case names: "{size}-b{batch}-{precision}[-{sdpa backend}][-compiled[-frozen]]". Precisions (bench.device): on the
 CPU fp32, bf16-autocast (fp32 weights under torch.autocast) and bf16-weights (model and input cast to bfloat16); on
@@ -12,7 +13,10 @@ call added to the memory held before it (`call_mib`: activations and workspace).
 `--compile` adds torch.compile (inductor, default mode) for the subset S/16-b8 fp32 + bf16-autocast (compile time on
 2 cores is minutes per model); `--compile-cases` changes that subset; `--freezing` adds the same cases compiled with
 inductor's `freezing` option (weights folded as constants, oneDNN weight prepacking: the CPU inference setting).
-`--quick`: the toy size (bench.common.QUICK_SIZE), batch 1 and 2, 2 rounds of ~0.02 s: a smoke test, not a timing.
+`--quick`: the toy size (bench.common.QUICK_SIZE; or the `--sizes` given, e.g. toy-DINOv3/8,toy-EVA02/8), batch 1 and
+2, 2 rounds of ~0.02 s: a smoke test, not a timing.
+Sizes (bench.common.SIZES): S/16, B/16 (timm VisionTransformer, all four candidates) and DINOv3-S/16, EVA02-S/14
+(timm eva.py, converted by convert.timm; vit_hf and timm only, the hf_* candidates are skipped there).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from bench.common import (
     QUICK_SIZE,
     SIZES,
     add_ratios,
+    available,
     build_all,
     environment,
     gemm_peak,
@@ -118,7 +123,7 @@ def call_memory(fns: dict, device: torch.device) -> dict[str, tuple[float, float
 def gemm_shape(size: str) -> tuple[int, int, int]:
     """The reference matmul: GEMM_SHAPE, or the toy size's own MLP at batch 8 (a CPU without bf16 instructions takes
     seconds per bf16 GEMM of the real shape)."""
-    if size != QUICK_SIZE:
+    if not size.startswith("toy"):
         return GEMM_SHAPE
     s = SIZES[size]
     return 8 * ((s.image // s.patch) ** 2 + 1), s.width, s.mlp
@@ -232,7 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     dev.add_argument(ap)
     ap.add_argument("--quick", action="store_true", help="the toy size, batch 1 and 2, 2 short rounds (smoke test)")
-    ap.add_argument("--sizes", default="S/16,B/16")
+    ap.add_argument("--sizes", default=None, help="comma-separated bench.common.SIZES (default S/16,B/16; --quick: "
+                    "the toy size)")
     ap.add_argument("--cases", help="comma-separated substrings of case names to run, e.g. 'S/16-b8,B/16-b1-fp32'")
     ap.add_argument("--candidates", default=",".join(PEERS))
     ap.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,8,64; --quick: 1,2)")
@@ -253,13 +259,15 @@ def main(argv: list[str] | None = None) -> None:
     batches = (1, 2) if args.quick else (1, 8, 64)
     if args.batches:
         batches = tuple(int(b) for b in args.batches.split(","))
-    sizes = [QUICK_SIZE] if args.quick else args.sizes.split(",")
+    sizes = args.sizes.split(",") if args.sizes else [QUICK_SIZE] if args.quick else ["S/16", "B/16"]
+    if unknown := [s for s in sizes if s not in SIZES]:
+        ap.error(f"unknown size(s) {', '.join(unknown)}: choose from {', '.join(SIZES)}")
     rows: list[dict] = []
     for size in sizes:
         cases = plan(args, size, device, batches)
         if not cases:
             continue
-        models = build_all(names, size, device=device)
+        models = build_all(available(names, size), size, device=device)
         for b, p, sdpa, compiled in cases:
             rounds = args.rounds or (2 if args.quick else 5 if b == 1 else 4 if b == 8 else 2)
             t0 = time.perf_counter()
