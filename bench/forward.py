@@ -7,7 +7,9 @@ Case names: "{size}-b{batch}-{precision}[-{sdpa backend}][-compiled[-frozen]]". 
 CPU fp32, bf16-autocast (fp32 weights under torch.autocast) and bf16-weights (model and input cast to bfloat16); on
 CUDA also tf32, fp16-autocast and fp16-weights, and each case again with SDPA pinned to the flash (half precisions
 only) and memory-efficient kernels ("-flash", "-efficient"). All calls under torch.inference_mode(), each ending
-with a device synchronisation. Rounds interleave the candidates; medians, spread = (max - min) / median. On CUDA
+with a device synchronisation. Rounds interleave the candidates; medians, spread = (max - min) / median;
+`time_vs_timm` = the median over rounds of (candidate's time / timm's time in the same round), the ratio that
+survives a loaded machine best (both calls of a round see about the same load). On CUDA
 every row also has the allocator's peak during one call (`peak_mib`, all resident models included) and what the
 call added to the memory held before it (`call_mib`: activations and workspace).
 `--compile` adds torch.compile (inductor, default mode) for the subset S/16-b8 fp32 + bf16-autocast (compile time on
@@ -24,12 +26,14 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import statistics
 import time
 
 import torch
 
 from bench import device as dev
 from bench.common import (
+    CLEAN,
     PEERS,
     QUICK_SIZE,
     SIZES,
@@ -178,6 +182,7 @@ def run_case(
     fns[GEMM], gemm_flop = gemm_call(device, precision, call_s, gemm_shape(size))
     timings = interleaved(fns, warmup=1, rounds=rounds, collect=call_s >= CALL_S)
     gemm = timings.pop(GEMM)
+    paired = {n: paired_ratio(t, timings["timm"]) for n, t in timings.items()} if "timm" in timings else {}
     gemm_gflop_s, gemm_gflop_s_best = gemm_flop / gemm.median / 1e9, gemm_flop / gemm.best / 1e9
     case = f"{size}-b{batch}-{precision}" + ("" if sdpa == "default" else f"-{sdpa}") + SUFFIX[compiled]
     rows = []
@@ -205,6 +210,8 @@ def run_case(
                 "gemm_gflop_s": gemm_gflop_s,
                 "gemm_gflop_s_best": gemm_gflop_s_best,
                 "gemm_spread": gemm.spread,
+                "time_vs_timm": paired.get(n),
+                "round_s": t.times,  # every round's call, in round order (paired ratios, spreads)
             }
         )
     flops = vit_flops(size)
@@ -213,6 +220,14 @@ def run_case(
         r["frac_gemm_peak"] = r["gflop_s"] / r["gemm_gflop_s"]  # medians over the same rounds
     add_ratios(rows, "img_s", ("case",))
     return rows
+
+
+def paired_ratio(t, ref) -> float:
+    """Median over rounds of t / ref, each round's two calls timed next to each other (clean rounds of both when
+    there are any, else all)."""
+    pairs = list(zip(t.times, ref.times, t.foreign or [0.0] * len(t.times), ref.foreign or [0.0] * len(t.times)))
+    clean = [a / b for a, b, fa, fb in pairs if fa < CLEAN and fb < CLEAN]
+    return statistics.median(clean or [a / b for a, b, _, _ in pairs])
 
 
 def plan(args: argparse.Namespace, size: str, device: torch.device, batches: tuple[int, ...]) -> list[tuple]:
@@ -278,11 +293,12 @@ def main(argv: list[str] | None = None) -> None:
             rows += case_rows
             save(args.out, {"env": env, "gemm_peak_gflop_s": peaks, "args": vars(args), "rows": rows, "partial": True})
             print(f"\n## {case_rows[0]['case']}  ({time.perf_counter() - t0:.0f} s)")
-            cols = ["candidate", "img_s", "img_s_best", "ms_per_batch", "spread", "clean_rounds", "vs_best_peer"]
+            cols = ["candidate", "img_s", "img_s_best", "ms_per_batch", "spread", "clean_rounds", "vs_best_peer",
+                    "time_vs_timm"]
             cols += ["frac_gemm_peak"] + (["peak_mib", "call_mib"] if device.type == "cuda" else [])
             print(markdown(case_rows, cols))
         del models
-    cols = ["case", "candidate", "img_s", "spread", "vs_best_peer", "frac_gemm_peak", "compile_s"]
+    cols = ["case", "candidate", "img_s", "spread", "vs_best_peer", "time_vs_timm", "frac_gemm_peak", "compile_s"]
     print("\n" + markdown(rows, cols))
     env["loadavg_end"] = os.getloadavg()
     path = save(args.out, {"env": env, "gemm_peak_gflop_s": peaks, "args": vars(args), "rows": rows})
