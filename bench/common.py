@@ -332,12 +332,14 @@ class Timing:
 
 
 def interleaved(
-    fns: dict[str, Callable[[], object]], warmup: int, rounds: int, collect: bool = True
-) -> dict[str, Timing]:
+    fns: dict[str, Callable[[], object]], warmup: int, rounds: int, collect: bool = True,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, Timing]:  # fmt: skip
     """Warm every candidate up, then time rounds A, B, C, A, B, C, ... (rotating the start so order bias cancels).
     Garbage collection stays out of the timed calls: `collect` runs a full collection before every one (~0.5 s each
     with torch and transformers loaded, fine for 0.4 s calls); without it the automatic collector is off during the
-    rounds (short calls: smoke runs, GPU cases)."""
+    rounds (short calls: smoke runs, GPU cases). `clock`: wall time by default; `time.process_time` (this process's
+    CPU time) leaves out the time other processes hold the core, meaningful with one thread on the CPU only."""
     names = list(fns)
     for _ in range(warmup):
         for n in names:
@@ -353,11 +355,11 @@ def interleaved(
                 if collect:
                     gc.collect()
                 c0 = cpu_snapshot()
-                t = time.perf_counter()
+                t, w = clock(), time.perf_counter()
                 fns[n]()
-                dt = time.perf_counter() - t
+                dt, wall = clock() - t, time.perf_counter() - w
                 out[n].times.append(dt)
-                out[n].foreign.append(foreign_load(c0, cpu_snapshot(), dt))
+                out[n].foreign.append(foreign_load(c0, cpu_snapshot(), wall))
     finally:
         if was_enabled:
             gc.enable()

@@ -15,6 +15,9 @@ call added to the memory held before it (`call_mib`: activations and workspace).
 `--compile` adds torch.compile (inductor, default mode) for the subset S/16-b8 fp32 + bf16-autocast (compile time on
 2 cores is minutes per model); `--compile-cases` changes that subset; `--freezing` adds the same cases compiled with
 inductor's `freezing` option (weights folded as constants, oneDNN weight prepacking: the CPU inference setting).
+`--clock cpu` times every call by this process's CPU time instead of wall time (`time.process_time`; needs
+BENCH_THREADS=1 on the CPU): on a machine shared with other jobs it leaves out the time they hold the core, though
+not their effect on caches and memory bandwidth.
 `--quick`: the toy size (bench.common.QUICK_SIZE; or the `--sizes` given, e.g. toy-DINOv3/8,toy-EVA02/8), batch 1 and
 2, 2 rounds of ~0.02 s: a smoke test, not a timing.
 Sizes (bench.common.SIZES): S/16, B/16 (timm VisionTransformer, all four candidates) and DINOv3-S/16, EVA02-S/14
@@ -160,7 +163,7 @@ def gemm_call(device: torch.device, precision: str, target_s: float, shape: tupl
 
 def run_case(
     models: dict[str, torch.nn.Module], size: str, batch: int, precision: str, rounds: int, compiled: str | None,
-    sdpa: str = "default", call_s: float = CALL_S, backend: str = "inductor",
+    sdpa: str = "default", call_s: float = CALL_S, backend: str = "inductor", clock: str = "wall",
 ) -> list[dict]:  # fmt: skip
     device = next(next(iter(models.values())).parameters()).device
     x = images(size, batch, device)
@@ -180,7 +183,8 @@ def run_case(
     fns = {n: make_call(m, x, precision, inner_n, sdpa) for n, m in models.items()}
     memory = call_memory({n: make_call(m, x, precision, 1, sdpa) for n, m in models.items()}, device)
     fns[GEMM], gemm_flop = gemm_call(device, precision, call_s, gemm_shape(size))
-    timings = interleaved(fns, warmup=1, rounds=rounds, collect=call_s >= CALL_S)
+    timer = time.process_time if clock == "cpu" else time.perf_counter
+    timings = interleaved(fns, warmup=1, rounds=rounds, collect=call_s >= CALL_S, clock=timer)
     gemm = timings.pop(GEMM)
     paired = {n: paired_ratio(t, timings["timm"]) for n, t in timings.items()} if "timm" in timings else {}
     gemm_gflop_s, gemm_gflop_s_best = gemm_flop / gemm.median / 1e9, gemm_flop / gemm.best / 1e9
@@ -211,6 +215,7 @@ def run_case(
                 "gemm_gflop_s_best": gemm_gflop_s_best,
                 "gemm_spread": gemm.spread,
                 "time_vs_timm": paired.get(n),
+                "clock": clock,
                 "round_s": t.times,  # every round's call, in round order (paired ratios, spreads)
             }
         )
@@ -262,9 +267,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--compile-cases", default="S/16-b8-fp32,S/16-b8-bf16-autocast")
     ap.add_argument("--freezing", action="store_true", help="also compile the subset with options={'freezing': True}")
     ap.add_argument("--no-eager-cases", action="store_true", help="only the compiled cases")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="time calls by wall time, or by this process's CPU time (one thread, CPU only)")
     ap.add_argument("--out", default="forward")
     args = ap.parse_args(argv)
+    sizes = args.sizes.split(",") if args.sizes else [QUICK_SIZE] if args.quick else ["S/16", "B/16"]
+    if unknown := [s for s in sizes if s not in SIZES]:
+        ap.error(f"unknown size(s) {', '.join(unknown)}: choose from {', '.join(SIZES)}")
     device = dev.resolve(args.device)
+    if args.clock == "cpu" and (device.type != "cpu" or torch.get_num_threads() != 1):
+        ap.error("--clock cpu measures one thread on the CPU: set BENCH_THREADS=1 (and --device cpu)")
     names = args.candidates.split(",")
     env = environment(device)
     half = "fp16" if device.type == "cuda" else "bf16"
@@ -274,9 +286,6 @@ def main(argv: list[str] | None = None) -> None:
     batches = (1, 2) if args.quick else (1, 8, 64)
     if args.batches:
         batches = tuple(int(b) for b in args.batches.split(","))
-    sizes = args.sizes.split(",") if args.sizes else [QUICK_SIZE] if args.quick else ["S/16", "B/16"]
-    if unknown := [s for s in sizes if s not in SIZES]:
-        ap.error(f"unknown size(s) {', '.join(unknown)}: choose from {', '.join(SIZES)}")
     rows: list[dict] = []
     for size in sizes:
         cases = plan(args, size, device, batches)
@@ -286,7 +295,8 @@ def main(argv: list[str] | None = None) -> None:
         for b, p, sdpa, compiled in cases:
             rounds = args.rounds or (2 if args.quick else 5 if b == 1 else 4 if b == 8 else 2)
             t0 = time.perf_counter()
-            case_rows = run_case(models, size, b, p, rounds, compiled, sdpa, call_s=0.02 if args.quick else CALL_S)
+            case_rows = run_case(models, size, b, p, rounds, compiled, sdpa, call_s=0.02 if args.quick else CALL_S,
+                                 clock=args.clock)
             start_peak = peaks.get(p.split("-")[0])  # the start-of-run best-of-10 GEMM (none taken for tf32)
             for r in case_rows:
                 r["frac_gemm_peak_start"] = r["gflop_s"] / start_peak if start_peak else None
