@@ -41,7 +41,8 @@ def swap_pairs(x: torch.Tensor, half: bool) -> torch.Tensor:
     if half:
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat([x2, x1], dim=-1)
-    return rearrange(rearrange(x, "... (d two) -> ... d two", two=2).flip(-1), "... d two -> ... (d two)")
+    pairs = rearrange(x, "... (d two) -> ... d two", two=2)  # stack of two strided views: one copy (flip is slower)
+    return rearrange(torch.stack([pairs[..., 1], pairs[..., 0]], dim=-1), "... d two -> ... (d two)")
 
 
 def rotation_signs(head_dim: int, half: bool) -> torch.Tensor:
