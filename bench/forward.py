@@ -257,8 +257,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     dev.add_argument(ap)
     ap.add_argument("--quick", action="store_true", help="the toy size, batch 1 and 2, 2 short rounds (smoke test)")
-    ap.add_argument("--sizes", default=None, help="comma-separated bench.common.SIZES (default S/16,B/16; --quick: "
-                    "the toy size)")
+    ap.add_argument(
+        "--sizes", default=None, help="comma-separated bench.common.SIZES (default S/16,B/16; --quick: the toy size)"
+    )
     ap.add_argument("--cases", help="comma-separated substrings of case names to run, e.g. 'S/16-b8,B/16-b1-fp32'")
     ap.add_argument("--candidates", default=",".join(PEERS))
     ap.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,8,64; --quick: 1,2)")
@@ -267,8 +268,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--compile-cases", default="S/16-b8-fp32,S/16-b8-bf16-autocast")
     ap.add_argument("--freezing", action="store_true", help="also compile the subset with options={'freezing': True}")
     ap.add_argument("--no-eager-cases", action="store_true", help="only the compiled cases")
-    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                    help="time calls by wall time, or by this process's CPU time (one thread, CPU only)")
+    ap.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="time calls by wall time, or by this process's CPU time (one thread, CPU only)",
+    )
     ap.add_argument("--out", default="forward")
     args = ap.parse_args(argv)
     sizes = args.sizes.split(",") if args.sizes else [QUICK_SIZE] if args.quick else ["S/16", "B/16"]
@@ -295,16 +300,25 @@ def main(argv: list[str] | None = None) -> None:
         for b, p, sdpa, compiled in cases:
             rounds = args.rounds or (2 if args.quick else 5 if b == 1 else 4 if b == 8 else 2)
             t0 = time.perf_counter()
-            case_rows = run_case(models, size, b, p, rounds, compiled, sdpa, call_s=0.02 if args.quick else CALL_S,
-                                 clock=args.clock)
+            case_rows = run_case(
+                models, size, b, p, rounds, compiled, sdpa, call_s=0.02 if args.quick else CALL_S, clock=args.clock
+            )
             start_peak = peaks.get(p.split("-")[0])  # the start-of-run best-of-10 GEMM (none taken for tf32)
             for r in case_rows:
                 r["frac_gemm_peak_start"] = r["gflop_s"] / start_peak if start_peak else None
             rows += case_rows
             save(args.out, {"env": env, "gemm_peak_gflop_s": peaks, "args": vars(args), "rows": rows, "partial": True})
             print(f"\n## {case_rows[0]['case']}  ({time.perf_counter() - t0:.0f} s)")
-            cols = ["candidate", "img_s", "img_s_best", "ms_per_batch", "spread", "clean_rounds", "vs_best_peer",
-                    "time_vs_timm"]
+            cols = [
+                "candidate",
+                "img_s",
+                "img_s_best",
+                "ms_per_batch",
+                "spread",
+                "clean_rounds",
+                "vs_best_peer",
+                "time_vs_timm",
+            ]
             cols += ["frac_gemm_peak"] + (["peak_mib", "call_mib"] if device.type == "cuda" else [])
             print(markdown(case_rows, cols))
         del models

@@ -168,7 +168,8 @@ class RotaryEmbedding(nn.Module):
         return angles.flatten(1)
 
     def _table(self, grid, num_prefix, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cos, signed sin) for the prefix + patch tokens in the dtype q and k are rotated in (timm: at least float32)."""
+        """(cos, signed sin) for the prefix + patch tokens in the dtype q and k are rotated in (timm: at least
+        float32)."""
         out = torch.promote_types(dtype, torch.float32)
         coords = self.coordinates(grid).to(device)
         if self.kind == "mixed":  # timm get_mixed_freqs: everything in float32, the parameter included
@@ -203,4 +204,12 @@ class RotaryEmbedding(nn.Module):
         return [self._cache[key]] * self.depth
 
 
-__all__ = ["RotaryEmbedding", "apply_rotary", "swap_pairs", "rotation_signs", "index_coords", "centre_coords", "augment_coords"]
+__all__ = [
+    "RotaryEmbedding",
+    "apply_rotary",
+    "swap_pairs",
+    "rotation_signs",
+    "index_coords",
+    "centre_coords",
+    "augment_coords",
+]
