@@ -66,7 +66,7 @@ SIZES: dict[str, Size] = {
     # `--quick`: 2 blocks of width 32 on 32x32 images (16 patches of 8x8): every code path of a suite in seconds, for
     # smoke tests; its numbers measure overhead, not the models
     "toy/8": Size(32, 2, 4, 64, "vit_tiny_patch16_224", image=32, patch=8),
-    # timm eva.py families (issue 22): DINOv3-S/16 (4 registers, layer scale, rotate-half RoPE, no qkv bias) and
+    # timm eva.py families: DINOv3-S/16 (4 registers, layer scale, rotate-half RoPE, no qkv bias) and
     # EVA02-S/14 (q/v biases, interleaved RoPE on a 16x16 reference grid, SwiGLU)
     "DINOv3-S/16": Size(384, 12, 6, 1536, "vit_small_patch16_dinov3", eva=True, prefix=5),
     "EVA02-S/14": Size(384, 12, 6, 1024, "eva02_small_patch14_224", patch=14, eva=True, glu=True),

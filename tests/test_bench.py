@@ -75,7 +75,7 @@ def test_forward_quick_writes_every_precision_for_every_candidate(tmp_path, monk
 
 @pytest.mark.usefixtures("one_thread")
 def test_forward_rows_for_the_eva_families_against_timm(tmp_path, monkeypatch):
-    """The DINOv3 and EVA02 rows (issue 22) at their toy sizes, one round: timm's eva.py models converted by the
+    """The DINOv3 and EVA02 rows at their toy sizes, one round: timm's eva.py models converted by the
     project's converter (build_all checks the logits agree), vit_hf and timm only, the ratio to timm per case; timed
     by CPU time (`--clock cpu`, one thread)."""
     from bench import common, forward
