@@ -6,6 +6,10 @@ Candidates (all built from ONE timm state dict, so weights are identical, and mo
   hf_sdpa    - transformers ViTForImageClassification, attn_implementation="sdpa"
   hf_eager   - transformers ViTForImageClassification, attn_implementation="eager"
   vit_hf_eager - vit_hf with attn_implementation "eager" (its einops path; a probe, not a peer)
+
+The sizes of timm's eva.py families (DINOv3, EVA02: rotary embeddings, registers, layer scale, SwiGLU) are built by
+timm under their own architecture name and converted to vit_hf with the project's converter (`convert.timm`), so that
+both run the same weights; transformers' ViT cannot represent them (no hf_* candidates there).
 """
 
 from __future__ import annotations
@@ -45,10 +49,15 @@ class Size:
     timm_name: str  # the timm architecture it is built from (with the fields below as overrides)
     image: int = 224
     patch: int = 16
+    eva: bool = False  # a timm eva.py architecture: built under its own name, converted by convert.timm
+    prefix: int = 1  # class + register tokens (FLOP count)
+    glu: bool = False  # a gated MLP (two input projections of width `mlp`)
 
     def timm_kwargs(self) -> dict:
-        return dict(embed_dim=self.width, depth=self.depth, num_heads=self.heads, mlp_ratio=self.mlp / self.width,
-                    img_size=self.image, patch_size=self.patch)  # fmt: skip
+        shape = dict(embed_dim=self.width, depth=self.depth, num_heads=self.heads, img_size=self.image,
+                     patch_size=self.patch)  # fmt: skip
+        # eva.py: the MLP width comes from the architecture's own ratio (EVA02's 4 * 2 / 3 would round to 1 less)
+        return shape if self.eva else dict(shape, mlp_ratio=self.mlp / self.width)
 
 
 SIZES: dict[str, Size] = {
@@ -57,9 +66,21 @@ SIZES: dict[str, Size] = {
     # `--quick`: 2 blocks of width 32 on 32x32 images (16 patches of 8x8): every code path of a suite in seconds, for
     # smoke tests; its numbers measure overhead, not the models
     "toy/8": Size(32, 2, 4, 64, "vit_tiny_patch16_224", image=32, patch=8),
+    # timm eva.py families: DINOv3-S/16 (4 registers, layer scale, rotate-half RoPE, no qkv bias) and
+    # EVA02-S/14 (q/v biases, interleaved RoPE on a 16x16 reference grid, SwiGLU)
+    "DINOv3-S/16": Size(384, 12, 6, 1536, "vit_small_patch16_dinov3", eva=True, prefix=5),
+    "EVA02-S/14": Size(384, 12, 6, 1024, "eva02_small_patch14_224", patch=14, eva=True, glu=True),
+    # their toy versions (2 blocks, width 32 on 32x32 images), for smoke tests
+    "toy-DINOv3/8": Size(32, 2, 4, 128, "vit_small_patch16_dinov3", image=32, patch=8, eva=True, prefix=5),
+    "toy-EVA02/8": Size(32, 2, 4, 85, "eva02_small_patch14_224", image=32, patch=8, eva=True, glu=True),
 }
 QUICK_SIZE = "toy/8"
 PEERS = ("vit_hf", "timm", "hf_sdpa", "hf_eager")
+
+
+def available(names: list[str], size: str) -> list[str]:
+    """The candidates that exist at `size`: no transformers ViT for the eva.py families."""
+    return [n for n in names if not (SIZES[size].eva and n.startswith("hf_"))]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -72,9 +93,13 @@ def timm_model(size: str, num_classes: int = 1000, seed: int = 0) -> torch.nn.Mo
 
     torch.manual_seed(seed)
     m = timm.create_model(SIZES[size].timm_name, pretrained=False, num_classes=num_classes, **SIZES[size].timm_kwargs())
-    # timm zero-inits the head; give it random numbers so logits comparisons mean something
+    # timm zero-inits the head (and eva.py the q/v biases); give them random numbers so logits comparisons mean
+    # something
     with torch.no_grad():
         m.head.weight.normal_(std=0.02)
+        for name, p in m.named_parameters():
+            if name.endswith(("q_bias", "v_bias")):
+                p.normal_(std=0.02)
     return m.eval()
 
 
@@ -150,11 +175,16 @@ def build(name: str, size: str, sd: dict[str, torch.Tensor] | None = None, num_c
     if name.startswith("vit_hf"):
         from vit_hf import VitHfForImageClassification
 
-        m = VitHfForImageClassification(vit_hf_config(size, num_classes))
         impl = {"vit_hf": "sdpa", "vit_hf_eager": "eager"}.get(name, "sdpa")
+        if SIZES[size].eva:
+            m = eva_to_vit_hf(size, sd)
+        else:
+            m = VitHfForImageClassification(vit_hf_config(size, num_classes))
+            m.load_state_dict(timm_to_vit_hf_state(sd), strict=True)
         m.set_attn_implementation(impl)
-        m.load_state_dict(timm_to_vit_hf_state(sd), strict=True)
         return m.eval()
+    if SIZES[size].eva:
+        raise ValueError(f"candidate {name!r} does not exist at {size} (a timm eva.py family): use vit_hf, timm")
     if name.startswith("hf_"):
         from transformers import ViTForImageClassification
 
@@ -166,6 +196,17 @@ def build(name: str, size: str, sd: dict[str, torch.Tensor] | None = None, num_c
             raise RuntimeError(f"HF ViT key mismatch: missing={missing} unexpected={unexpected}")
         return m.eval()
     raise ValueError(f"unknown candidate {name!r}")
+
+
+def eva_to_vit_hf(size: str, sd: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """The project's converter on a timm eva.py state dict (copied: the converted model would adopt the tensors, and
+    the candidates should not share memory)."""
+    from convert.timm import convert_timm_state_dict
+
+    state = {k: v.clone() for k, v in sd.items()}
+    s = SIZES[size]
+    model, _, _ = convert_timm_state_dict(state, model_name=s.timm_name, create_kwargs=s.timm_kwargs())
+    return model
 
 
 def logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -207,9 +248,9 @@ def vit_flops(size: str, num_classes: int = 1000) -> float:
     s = SIZES[size]
     d, depth, mlp, image, patch = s.width, s.depth, s.mlp, s.image, s.patch
     p = (image // patch) ** 2
-    n = p + 1
+    n = p + s.prefix
     patch_embed = 2 * p * (3 * patch * patch) * d
-    block = 2 * n * d * 3 * d + 2 * 2 * n * n * d + 2 * n * d * d + 2 * 2 * n * d * mlp
+    block = 2 * n * d * 3 * d + 2 * 2 * n * n * d + 2 * n * d * d + (3 if s.glu else 2) * 2 * n * d * mlp
     return float(patch_embed + depth * block + 2 * d * num_classes)
 
 
@@ -291,12 +332,14 @@ class Timing:
 
 
 def interleaved(
-    fns: dict[str, Callable[[], object]], warmup: int, rounds: int, collect: bool = True
-) -> dict[str, Timing]:
+    fns: dict[str, Callable[[], object]], warmup: int, rounds: int, collect: bool = True,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, Timing]:  # fmt: skip
     """Warm every candidate up, then time rounds A, B, C, A, B, C, ... (rotating the start so order bias cancels).
     Garbage collection stays out of the timed calls: `collect` runs a full collection before every one (~0.5 s each
     with torch and transformers loaded, fine for 0.4 s calls); without it the automatic collector is off during the
-    rounds (short calls: smoke runs, GPU cases)."""
+    rounds (short calls: smoke runs, GPU cases). `clock`: wall time by default; `time.process_time` (this process's
+    CPU time) leaves out the time other processes hold the core, meaningful with one thread on the CPU only."""
     names = list(fns)
     for _ in range(warmup):
         for n in names:
@@ -312,11 +355,11 @@ def interleaved(
                 if collect:
                     gc.collect()
                 c0 = cpu_snapshot()
-                t = time.perf_counter()
+                t, w = clock(), time.perf_counter()
                 fns[n]()
-                dt = time.perf_counter() - t
+                dt, wall = clock() - t, time.perf_counter() - w
                 out[n].times.append(dt)
-                out[n].foreign.append(foreign_load(c0, cpu_snapshot(), dt))
+                out[n].foreign.append(foreign_load(c0, cpu_snapshot(), wall))
     finally:
         if was_enabled:
             gc.enable()

@@ -1,18 +1,27 @@
 """Inference forward throughput (images/s): vit_hf vs timm vs transformers ViT (sdpa, eager), equal weights.
 
     python -m bench forward [--quick] [--device {cpu,cuda}] [--cases S/16-b8,B/16-b1-fp32] [--compile] [--rounds N]
+    python -m bench forward --sizes DINOv3-S/16,EVA02-S/14 --candidates vit_hf,timm   # timm eva.py families
 
 Case names: "{size}-b{batch}-{precision}[-{sdpa backend}][-compiled[-frozen]]". Precisions (bench.device): on the
 CPU fp32, bf16-autocast (fp32 weights under torch.autocast) and bf16-weights (model and input cast to bfloat16); on
 CUDA also tf32, fp16-autocast and fp16-weights, and each case again with SDPA pinned to the flash (half precisions
 only) and memory-efficient kernels ("-flash", "-efficient"). All calls under torch.inference_mode(), each ending
-with a device synchronisation. Rounds interleave the candidates; medians, spread = (max - min) / median. On CUDA
+with a device synchronisation. Rounds interleave the candidates; medians, spread = (max - min) / median;
+`time_vs_timm` = the median over rounds of (candidate's time / timm's time in the same round), the ratio that
+survives a loaded machine best (both calls of a round see about the same load). On CUDA
 every row also has the allocator's peak during one call (`peak_mib`, all resident models included) and what the
 call added to the memory held before it (`call_mib`: activations and workspace).
 `--compile` adds torch.compile (inductor, default mode) for the subset S/16-b8 fp32 + bf16-autocast (compile time on
 2 cores is minutes per model); `--compile-cases` changes that subset; `--freezing` adds the same cases compiled with
 inductor's `freezing` option (weights folded as constants, oneDNN weight prepacking: the CPU inference setting).
-`--quick`: the toy size (bench.common.QUICK_SIZE), batch 1 and 2, 2 rounds of ~0.02 s: a smoke test, not a timing.
+`--clock cpu` times every call by this process's CPU time instead of wall time (`time.process_time`; needs
+BENCH_THREADS=1 on the CPU): on a machine shared with other jobs it leaves out the time they hold the core, though
+not their effect on caches and memory bandwidth.
+`--quick`: the toy size (bench.common.QUICK_SIZE; or the `--sizes` given, e.g. toy-DINOv3/8,toy-EVA02/8), batch 1 and
+2, 2 rounds of ~0.02 s: a smoke test, not a timing.
+Sizes (bench.common.SIZES): S/16, B/16 (timm VisionTransformer, all four candidates) and DINOv3-S/16, EVA02-S/14
+(timm eva.py, converted by convert.timm; vit_hf and timm only, the hf_* candidates are skipped there).
 """
 
 from __future__ import annotations
@@ -20,16 +29,19 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import statistics
 import time
 
 import torch
 
 from bench import device as dev
 from bench.common import (
+    CLEAN,
     PEERS,
     QUICK_SIZE,
     SIZES,
     add_ratios,
+    available,
     build_all,
     environment,
     gemm_peak,
@@ -118,7 +130,7 @@ def call_memory(fns: dict, device: torch.device) -> dict[str, tuple[float, float
 def gemm_shape(size: str) -> tuple[int, int, int]:
     """The reference matmul: GEMM_SHAPE, or the toy size's own MLP at batch 8 (a CPU without bf16 instructions takes
     seconds per bf16 GEMM of the real shape)."""
-    if size != QUICK_SIZE:
+    if not size.startswith("toy"):
         return GEMM_SHAPE
     s = SIZES[size]
     return 8 * ((s.image // s.patch) ** 2 + 1), s.width, s.mlp
@@ -151,7 +163,7 @@ def gemm_call(device: torch.device, precision: str, target_s: float, shape: tupl
 
 def run_case(
     models: dict[str, torch.nn.Module], size: str, batch: int, precision: str, rounds: int, compiled: str | None,
-    sdpa: str = "default", call_s: float = CALL_S, backend: str = "inductor",
+    sdpa: str = "default", call_s: float = CALL_S, backend: str = "inductor", clock: str = "wall",
 ) -> list[dict]:  # fmt: skip
     device = next(next(iter(models.values())).parameters()).device
     x = images(size, batch, device)
@@ -171,8 +183,10 @@ def run_case(
     fns = {n: make_call(m, x, precision, inner_n, sdpa) for n, m in models.items()}
     memory = call_memory({n: make_call(m, x, precision, 1, sdpa) for n, m in models.items()}, device)
     fns[GEMM], gemm_flop = gemm_call(device, precision, call_s, gemm_shape(size))
-    timings = interleaved(fns, warmup=1, rounds=rounds, collect=call_s >= CALL_S)
+    timer = time.process_time if clock == "cpu" else time.perf_counter
+    timings = interleaved(fns, warmup=1, rounds=rounds, collect=call_s >= CALL_S, clock=timer)
     gemm = timings.pop(GEMM)
+    paired = {n: paired_ratio(t, timings["timm"]) for n, t in timings.items()} if "timm" in timings else {}
     gemm_gflop_s, gemm_gflop_s_best = gemm_flop / gemm.median / 1e9, gemm_flop / gemm.best / 1e9
     case = f"{size}-b{batch}-{precision}" + ("" if sdpa == "default" else f"-{sdpa}") + SUFFIX[compiled]
     rows = []
@@ -200,6 +214,9 @@ def run_case(
                 "gemm_gflop_s": gemm_gflop_s,
                 "gemm_gflop_s_best": gemm_gflop_s_best,
                 "gemm_spread": gemm.spread,
+                "time_vs_timm": paired.get(n),
+                "clock": clock,
+                "round_s": t.times,  # every round's call, in round order (paired ratios, spreads)
             }
         )
     flops = vit_flops(size)
@@ -208,6 +225,14 @@ def run_case(
         r["frac_gemm_peak"] = r["gflop_s"] / r["gemm_gflop_s"]  # medians over the same rounds
     add_ratios(rows, "img_s", ("case",))
     return rows
+
+
+def paired_ratio(t, ref) -> float:
+    """Median over rounds of t / ref, each round's two calls timed next to each other (clean rounds of both when
+    there are any, else all)."""
+    pairs = list(zip(t.times, ref.times, t.foreign or [0.0] * len(t.times), ref.foreign or [0.0] * len(t.times)))
+    clean = [a / b for a, b, fa, fb in pairs if fa < CLEAN and fb < CLEAN]
+    return statistics.median(clean or [a / b for a, b, _, _ in pairs])
 
 
 def plan(args: argparse.Namespace, size: str, device: torch.device, batches: tuple[int, ...]) -> list[tuple]:
@@ -232,7 +257,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     dev.add_argument(ap)
     ap.add_argument("--quick", action="store_true", help="the toy size, batch 1 and 2, 2 short rounds (smoke test)")
-    ap.add_argument("--sizes", default="S/16,B/16")
+    ap.add_argument(
+        "--sizes", default=None, help="comma-separated bench.common.SIZES (default S/16,B/16; --quick: the toy size)"
+    )
     ap.add_argument("--cases", help="comma-separated substrings of case names to run, e.g. 'S/16-b8,B/16-b1-fp32'")
     ap.add_argument("--candidates", default=",".join(PEERS))
     ap.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,8,64; --quick: 1,2)")
@@ -241,9 +268,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--compile-cases", default="S/16-b8-fp32,S/16-b8-bf16-autocast")
     ap.add_argument("--freezing", action="store_true", help="also compile the subset with options={'freezing': True}")
     ap.add_argument("--no-eager-cases", action="store_true", help="only the compiled cases")
+    ap.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="time calls by wall time, or by this process's CPU time (one thread, CPU only)",
+    )
     ap.add_argument("--out", default="forward")
     args = ap.parse_args(argv)
+    sizes = args.sizes.split(",") if args.sizes else [QUICK_SIZE] if args.quick else ["S/16", "B/16"]
+    if unknown := [s for s in sizes if s not in SIZES]:
+        ap.error(f"unknown size(s) {', '.join(unknown)}: choose from {', '.join(SIZES)}")
     device = dev.resolve(args.device)
+    if args.clock == "cpu" and (device.type != "cpu" or torch.get_num_threads() != 1):
+        ap.error("--clock cpu measures one thread on the CPU: set BENCH_THREADS=1 (and --device cpu)")
     names = args.candidates.split(",")
     env = environment(device)
     half = "fp16" if device.type == "cuda" else "bf16"
@@ -253,28 +291,38 @@ def main(argv: list[str] | None = None) -> None:
     batches = (1, 2) if args.quick else (1, 8, 64)
     if args.batches:
         batches = tuple(int(b) for b in args.batches.split(","))
-    sizes = [QUICK_SIZE] if args.quick else args.sizes.split(",")
     rows: list[dict] = []
     for size in sizes:
         cases = plan(args, size, device, batches)
         if not cases:
             continue
-        models = build_all(names, size, device=device)
+        models = build_all(available(names, size), size, device=device)
         for b, p, sdpa, compiled in cases:
             rounds = args.rounds or (2 if args.quick else 5 if b == 1 else 4 if b == 8 else 2)
             t0 = time.perf_counter()
-            case_rows = run_case(models, size, b, p, rounds, compiled, sdpa, call_s=0.02 if args.quick else CALL_S)
+            case_rows = run_case(
+                models, size, b, p, rounds, compiled, sdpa, call_s=0.02 if args.quick else CALL_S, clock=args.clock
+            )
             start_peak = peaks.get(p.split("-")[0])  # the start-of-run best-of-10 GEMM (none taken for tf32)
             for r in case_rows:
                 r["frac_gemm_peak_start"] = r["gflop_s"] / start_peak if start_peak else None
             rows += case_rows
             save(args.out, {"env": env, "gemm_peak_gflop_s": peaks, "args": vars(args), "rows": rows, "partial": True})
             print(f"\n## {case_rows[0]['case']}  ({time.perf_counter() - t0:.0f} s)")
-            cols = ["candidate", "img_s", "img_s_best", "ms_per_batch", "spread", "clean_rounds", "vs_best_peer"]
+            cols = [
+                "candidate",
+                "img_s",
+                "img_s_best",
+                "ms_per_batch",
+                "spread",
+                "clean_rounds",
+                "vs_best_peer",
+                "time_vs_timm",
+            ]
             cols += ["frac_gemm_peak"] + (["peak_mib", "call_mib"] if device.type == "cuda" else [])
             print(markdown(case_rows, cols))
         del models
-    cols = ["case", "candidate", "img_s", "spread", "vs_best_peer", "frac_gemm_peak", "compile_s"]
+    cols = ["case", "candidate", "img_s", "spread", "vs_best_peer", "time_vs_timm", "frac_gemm_peak", "compile_s"]
     print("\n" + markdown(rows, cols))
     env["loadavg_end"] = os.getloadavg()
     path = save(args.out, {"env": env, "gemm_peak_gflop_s": peaks, "args": vars(args), "rows": rows})

@@ -20,6 +20,7 @@ PANELS = (  # (results name, value, ratio column, title, vit_hf candidates shown
     ("forward", "img_s", "vs_best_peer", "inference forward (images/s), vs best of timm / HF sdpa / HF eager",
      ("vit_hf",)),
     ("forward_b64", "img_s", "vs_best_peer", "inference forward, batch 64", ("vit_hf",)),
+    ("forward_rope", "img_s", "vs_best_peer", "inference forward, DINOv3-S/16 and EVA02-S/14, vs timm", ("vit_hf",)),
     ("forward_compiled", "img_s", "vs_best_peer", "forward, eager and torch.compile (default, freezing), batch 8",
      ("vit_hf",)),
     ("train_step", "img_s", "vs_timm", "train step (images/s, in-process interleaved), vs timm", ("vit_hf",)),

@@ -19,6 +19,9 @@ SECTIONS = (
      "frac_gemm_peak = model GFLOP/s / GEMM GFLOP/s timed in the same rounds)",
      ["case", "candidate", "img_s", "img_s_best", "spread", "vs_best_peer", "frac_gemm_peak", "gemm_gflop_s",
       "frac_gemm_peak_start"]),
+    ("forward_rope", "Inference forward, timm eva.py families (DINOv3-S/16, EVA02-S/14) converted by convert.timm, vs "
+     "timm (images/s, medians; time_vs_timm = median over rounds of vit_hf's time / timm's in the same round)",
+     ["case", "candidate", "img_s", "img_s_best", "spread", "vs_best_peer", "time_vs_timm", "frac_gemm_peak"]),
     ("forward_compiled", "Inference forward, eager and torch.compile(fullgraph=True) (inductor default, and "
      "options={'freezing': True}), batch 8, same process",
      ["case", "candidate", "img_s", "img_s_best", "spread", "vs_best_peer", "frac_gemm_peak", "compile_s",
@@ -123,7 +126,7 @@ def summary() -> None:
         )
 
     peers = ("timm", "hf_sdpa", "hf_eager")
-    for name in ("forward", "forward_b64", "forward_compiled"):
+    for name in ("forward", "forward_b64", "forward_rope", "forward_compiled"):
         rows, _ = load_rows(name)
         for case in dict.fromkeys(r["case"] for r in rows):
             if name == "forward_compiled" and "compiled" not in case:

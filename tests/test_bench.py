@@ -73,6 +73,37 @@ def test_forward_quick_writes_every_precision_for_every_candidate(tmp_path, monk
     assert sum(line.startswith("| toy/8-b2-") for line in report.splitlines()) == len(rows)
 
 
+@pytest.mark.usefixtures("one_thread")
+def test_forward_rows_for_the_eva_families_against_timm(tmp_path, monkeypatch):
+    """The DINOv3 and EVA02 rows at their toy sizes, one round: timm's eva.py models converted by the
+    project's converter (build_all checks the logits agree), vit_hf and timm only, the ratio to timm per case; timed
+    by CPU time (`--clock cpu`, one thread)."""
+    from bench import common, forward
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    forward.main(["--quick", "--sizes", "toy-DINOv3/8,toy-EVA02/8", "--batches", "2", "--rounds", "1",
+                  "--cases", "b2-fp32,b2-bf16-autocast", "--clock", "cpu", "--out", "forward_rope"])  # fmt: skip
+    data = json.loads((tmp_path / "forward_rope.json").read_text())
+    rows = data["rows"]
+    cases = {f"toy-{f}/8-b2-{p}" for f in ("DINOv3", "EVA02") for p in ("fp32", "bf16-autocast")}
+    assert {r["case"] for r in rows} == cases
+    for case in cases:
+        got = {r["candidate"]: r for r in rows if r["case"] == case}
+        assert set(got) == {"vit_hf", "timm"}  # no transformers ViT for these families
+        assert got["timm"]["vs_best_peer"] == 1.0 and got["timm"]["time_vs_timm"] == 1.0
+        assert got["vit_hf"]["time_vs_timm"] > 0 and got["vit_hf"]["best_peer"] == "timm"
+        assert all(len(r["round_s"]) == r["rounds"] == 1 and r["img_s"] > 0 and r["clock"] == "cpu"
+                   for r in got.values())
+
+
+def test_forward_refuses_an_unknown_size(capsys):
+    from bench import forward
+
+    with pytest.raises(SystemExit) as e:
+        forward.main(["--sizes", "DINOv3-S/17"])
+    assert e.value.code == 2 and "unknown size(s) DINOv3-S/17" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_train_step_quick_writes_one_file_per_case(tmp_path):
     proc = run_bench([sys.executable, "-m", "bench", "train_step", "--quick", "--cases", "fp32"], tmp_path)

@@ -12,8 +12,11 @@ reproduced, since the sources compute the same angles in different precisions an
 - `"mixed"`: Naver RoPE-Mixed (timm's `RotaryEmbeddingMixed`): learned frequencies per block and head
   (`rope.freqs`, shape (2, depth, heads, head_dim / 2)), angle = x * f_x + y * f_y; always computed in float32.
 
-A table holds `cos` and `sin` per token, with identity rows (cos 1, sin 0) for the prefix tokens (class, registers),
-which RoPE leaves alone: `q * cos + rotate(q) * sin` is then exactly `q` there, and no split / concatenation is needed.
+A table holds `cos` and a signed `sin` per token, with identity rows (cos 1, sin 0) for the prefix tokens (class,
+registers), which RoPE leaves alone: `q * cos + swap(q) * sin` is then exactly `q` there, and no split /
+concatenation is needed. The rotation's minus signs live in the table (`sin` negated on the channels that the
+rotation negates): `swap` only moves channels, and `x * -s` is bit-identical to `-x * s`, so the sources' numbers are
+kept with one elementwise pass less per query / key tensor.
 Tables depend only on the patch grid (not on the weights, except for "mixed"), so they are built once per grid, dtype
 and device and cached on the module; the trunk passes the same table to every block.
 
@@ -31,21 +34,29 @@ from torch import nn
 from .configuration_vit_hf import VitHfConfig
 
 
-def rotate_pairs(x: torch.Tensor, half: bool) -> torch.Tensor:
-    """The 90-degree rotation RoPE adds `sin` times: half layout `[-x2, x1]` (GPT-NeoX, DINOv3) or interleaved
-    pairs `[-x1, x0, -x3, x2, ...]` (EVA02, PE, RoPE-ViT)."""
+def swap_pairs(x: torch.Tensor, half: bool) -> torch.Tensor:
+    """The channel permutation of RoPE's 90-degree rotation, without its signs (they are in the table's `sin`): half
+    layout `[x2, x1]` (rotation `[-x2, x1]`: GPT-NeoX, DINOv3) or swapped pairs `[x1, x0, x3, x2, ...]` (rotation
+    `[-x1, x0, -x3, x2, ...]`: EVA02, PE, RoPE-ViT)."""
     if half:
         x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat([-x2, x1], dim=-1)
-    pairs = rearrange(x, "... (d two) -> ... d two", two=2)
-    return rearrange(torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1), "... d two -> ... (d two)")
+        return torch.cat([x2, x1], dim=-1)
+    pairs = rearrange(x, "... (d two) -> ... d two", two=2)  # stack of two strided views: one copy (flip is slower)
+    return rearrange(torch.stack([pairs[..., 1], pairs[..., 0]], dim=-1), "... d two -> ... (d two)")
+
+
+def rotation_signs(head_dim: int, half: bool) -> torch.Tensor:
+    """(head_dim,) float32: -1 on the channels the rotation negates (the first half, or the even channels), else 1."""
+    minus_plus = torch.tensor([-1.0, 1.0])
+    return minus_plus.repeat_interleave(head_dim // 2) if half else minus_plus.repeat(head_dim // 2)
 
 
 def apply_rotary(x: torch.Tensor, table: tuple[torch.Tensor, torch.Tensor], half: bool) -> torch.Tensor:
-    """Rotate queries or keys (b, h, n, d) by a (cos, sin) table of (n, d) or (h, n, d) rows; computed in the table's
-    precision (at least float32, as timm) and returned in `x`'s dtype."""
-    cos, sin = table
-    return (x * cos + rotate_pairs(x, half) * sin).to(x.dtype)
+    """Rotate queries or keys (b, h, n, d) by a (cos, signed sin) table of (n, d) or (h, n, d) rows (`x * cos +
+    rotate(x) * sin`, with rotate's signs in the table); computed in the table's precision (at least float32, as
+    timm) and returned in `x`'s dtype."""
+    cos, signed_sin = table
+    return (x * cos + swap_pairs(x, half) * signed_sin).to(x.dtype)
 
 
 def _layout(values: torch.Tensor, half: bool) -> torch.Tensor:
@@ -157,19 +168,21 @@ class RotaryEmbedding(nn.Module):
         return angles.flatten(1)
 
     def _table(self, grid, num_prefix, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cos, sin) for the prefix + patch tokens in the dtype q and k are rotated in (timm: at least float32)."""
+        """(cos, signed sin) for the prefix + patch tokens in the dtype q and k are rotated in (timm: at least
+        float32)."""
         out = torch.promote_types(dtype, torch.float32)
         coords = self.coordinates(grid).to(device)
         if self.kind == "mixed":  # timm get_mixed_freqs: everything in float32, the parameter included
             freqs, coords = self.freqs.float(), coords.float()
             angles = coords[:, 0, None] * freqs[0][..., None, :] + coords[:, 1, None] * freqs[1][..., None, :]
             cos, sin = _layout(angles.cos(), False), _layout(angles.sin(), False)
+            sin = sin * rotation_signs(self.head_dim, False).to(sin.device)
         else:
             # timm builds its 'cat' tables in float32 (the cached table of a fixed-size model; float32 models always)
             # and its DINOv3 tables in the model's precision; transformers' DINOv3 computes in float32 throughout
             compute = out if self.kind == "dinov3" and self.numerics == "timm" else torch.float32
             angles = _layout(self._angles(coords, compute), self.half)
-            cos, sin = angles.cos(), angles.sin()
+            cos, sin = angles.cos(), angles.sin() * rotation_signs(self.head_dim, self.half).to(compute)
         cos, sin = cos.to(device=device, dtype=out), sin.to(device=device, dtype=out)
         if num_prefix:  # identity rows: RoPE leaves the prefix tokens alone
             pad = (0, 0, num_prefix, 0)
@@ -191,4 +204,12 @@ class RotaryEmbedding(nn.Module):
         return [self._cache[key]] * self.depth
 
 
-__all__ = ["RotaryEmbedding", "apply_rotary", "rotate_pairs", "index_coords", "centre_coords", "augment_coords"]
+__all__ = [
+    "RotaryEmbedding",
+    "apply_rotary",
+    "swap_pairs",
+    "rotation_signs",
+    "index_coords",
+    "centre_coords",
+    "augment_coords",
+]
