@@ -8,10 +8,10 @@ dual-encoder repo), I-JEPA (IJepaModel, with or without its pooler, IJepaForImag
 (ViTMSNModel, ViTMSNForImageClassification), DINOv3 (DINOv3ViTModel / Backbone: 2-D RoPE, registers, gated MLP, a key
 without bias), Sapiens2 (Sapiens2Model / Backbone: DINOv3's RoPE with RMSNorm, qk-norm, grouped-query attention,
 attention-only LayerScale) and the AIMv2 vision tower (alone or in a full AIMv2 repo: RMSNorm, SwiGLU,
-attention-pooling head; learned positions, or the native variant's sin-cos table built for any size). The families'
-tables are in convert/transformers_families.py. Each converted model reproduces the source class's own outputs: its norms and their eps,
-activation, position layout and run-time position resampling, pooled output and heads; labels come from `id2label`.
-Anything else is refused by name before anything is written.
+attention-pooling head; learned positions, or the native variant's sin-cos table built for any size). Each converted
+model reproduces the source class's own outputs: its norms and their eps, activation, position layout and run-time
+position resampling, pooled output and heads; labels come from `id2label`. Anything else is refused by name before
+anything is written. The families' tables are in convert/transformers_families.py.
 
 Entry point for the front door (`python -m convert SOURCE OUT_DIR`): `convert_transformers_folder(folder, out_dir,
 **options)`; `TRANSFORMERS_ALLOW_PATTERNS` are the files it reads.
