@@ -16,7 +16,8 @@ def resize_model(model, info: dict, image_size: tuple[int, int] | None) -> str |
     config = model.config
     if image_size is None or tuple(image_size) == tuple(config.image_hw):
         return None
-    if not info["family"].resizable:
+    stored = config.pos_embed_type == "learned"  # else RoPE (DINOv3) or a sin-cos table built per grid (AIMv2 native)
+    if stored and not info["family"].resizable:
         raise ConversionError(
             f"--image-size: transformers' {info['source_class']} runs only at its stored size "
             f"{config.image_hw[0]}x{config.image_hw[1]} (it cannot resample its positions), so there is no source "
@@ -31,10 +32,10 @@ def resize_model(model, info: dict, image_size: tuple[int, int] | None) -> str |
     if h % ph or w % pw:
         raise ConversionError(f"--image-size {h}x{w} is not divisible by the patch size {ph}x{pw}: pick a multiple")
     old = config.image_hw
-    if config.pos_embed_type == "none":  # RoPE (DINOv3): nothing stored depends on the size
+    if not stored:  # nothing stored depends on the size
         config.image_size = [h, w]
         info["config"] = config
-        return f"image size set to {h}x{w} (no position table to resample: the model runs at any size)"
+        return f"image size set to {h}x{w} (no stored position table to resample: the model runs at any size)"
     # what --verify rebuilds in each dtype before resampling there, as transformers does at run time in that dtype
     info["unresized"] = (copy.deepcopy(config), info["state"]["vit.pos_embed"])
     model.vit.resize_position_embeddings((h, w), algorithm="hf")

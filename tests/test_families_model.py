@@ -287,3 +287,28 @@ def test_aimv2_parts_equal_transformers_own():
     table = build_2d_sinusoidal_position_embedding(3, 5, 32, dtype=torch.float64)
     table = torch.cat([table[..., 16:], table[..., :16]], dim=-1)
     assert torch.equal(sincos_2d_position_embedding((3, 5), 32, mae=True)[0], table)
+
+
+def test_aimv2_native_embedding_equals_transformers_bit_for_bit():
+    """AIMv2 native's embedding (patch convolution, float32 RMSNorm, sin-cos table of the input's grid) against
+    transformers' Aimv2VisionEmbeddings in float64 at a non-square size: equal, the float32 roundings inside the norm
+    included, because vit_hf's norm runs over the convolution's own output viewed as tokens, as transformers' does
+    (a contiguous copy sums in another order; the test fails by float32 ulps then)."""
+    from transformers import Aimv2VisionConfig
+    from transformers.models.aimv2.modeling_aimv2 import Aimv2VisionEmbeddings
+
+    from vit_hf import VitHfModel
+
+    theirs = Aimv2VisionEmbeddings(Aimv2VisionConfig(hidden_size=32, image_size=32, patch_size=8, is_native=True,
+                                                     rms_norm_eps=1e-5)).double()
+    config = VitHfConfig(**{**BASE, **FAMILIES["aimv2"], "pos_embed_type": "sincos2d_mae", "layer_norm_eps": 1e-5})
+    ours = VitHfModel(config).double()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.normal_()
+        ours.patch_embed.proj.load_state_dict(theirs.patch_embed.state_dict())
+        ours.patch_embed.norm.weight.copy_(theirs.rms_norm.weight)
+    x = torch.randn(2, 3, 40, 72, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.equal(ours.embed(x), theirs(x))

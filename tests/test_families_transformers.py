@@ -42,9 +42,9 @@ def _sapiens2(**kwargs):
     return transformers.Sapiens2Model(config)
 
 
-def _aimv2_full():
+def _aimv2_full(**vision):
     text = dict(TEXT, eos_token_id=1)
-    return transformers.Aimv2Model(transformers.Aimv2Config(vision_config=AIMV2, text_config=text))
+    return transformers.Aimv2Model(transformers.Aimv2Config(vision_config={**AIMV2, **vision}, text_config=text))
 
 
 def _metaclip_full():
@@ -86,10 +86,11 @@ FAMILIES = {
     "aimv2_no_head": (lambda: transformers.Aimv2VisionModel(
         transformers.Aimv2VisionConfig(**AIMV2, use_head=False)), None),
     "aimv2_full": (_aimv2_full, None),
+    # native: no stored positions, MAE's sin-cos table built for every input grid (any size, non-square included)
+    "aimv2_native": (lambda: transformers.Aimv2VisionModel(transformers.Aimv2VisionConfig(**AIMV2, is_native=True)),
+                     None),
+    "aimv2_native_full": (lambda: _aimv2_full(is_native=True, qkv_bias=True, mlp_bias=True), CLIP_PROCESSOR),
 }
-# AIMv2's RMSNorm computes in float32 inside the float64 forward (see test_aimv2_float64_parity_is_float32_rounding)
-FLOAT32_INSIDE = {name for name in FAMILIES if name.startswith("aimv2")}
-
 
 def save_family(name: str, folder, safe_serialization: bool = True):
     return save_random_family(FAMILIES, name, folder, safe_serialization)
@@ -105,35 +106,24 @@ def _float64_rows(name, tmp_path):
     return info, [row for row in rows if row["dtype"] == "float64"]
 
 
-@pytest.mark.parametrize("name", sorted(set(FAMILIES) - FLOAT32_INSIDE))
+@pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_family_reproduces_the_source_in_float64(tmp_path, name):
     info, rows = _float64_rows(name, tmp_path)
     for row in rows:
         assert row["max_abs_diff"] < 1e-9, row
-    if info["config"].rope_type != "none":  # RoPE: the stored grid and a larger non-square one, no interpolation
+    if info["config"].pos_embed_type != "learned":  # RoPE, sin-cos: the stored grid and a larger non-square one
         assert {r["outputs"] for r in rows} >= {"pooler_output at 32x32", "last_hidden_state at 40x48"} or \
             {r["outputs"] for r in rows} >= {"pooler_output at 56x56", "last_hidden_state at 64x72"}
 
 
-@pytest.mark.parametrize("name", sorted(FLOAT32_INSIDE))
-def test_aimv2_float64_parity_is_float32_rounding(tmp_path, name):
-    """transformers' Aimv2RMSNorm casts to float32 inside the float64 forward, so its float64 outputs carry float32
-    rounding, and the float32 sum of squares depends on the memory layout: after the patch projection transformers
-    normalises the convolution's (b, d, n) output viewed as (b, n, d), vit_hf its contiguous (b, n, d) einops product.
-    Same values, another summation order, float32 ulps apart, then carried through the blocks. Everything else is
-    exact: the rows stay at float32 rounding. (Measured: with the embedding's norm fed the convolution's layout,
-    `rearrange(conv2d(x), "b d gh gw -> b (gh gw) d")`, a view as transformers' and timm's, every output matches to
-    2e-15; the xfail below turns into a failure when the patch embedding does that.)"""
-    _, rows = _float64_rows(name, tmp_path)
-    for row in rows:
-        assert row["max_abs_diff"] < 1e-5, row
-
-
-@pytest.mark.xfail(strict=True, reason="vit_hf's patch embedding hands its norm a contiguous (b, n, d) tensor; "
-                                       "transformers' and timm's a transposed convolution output (see above)")
-def test_aimv2_reproduces_the_source_in_float64(tmp_path):
+def test_aimv2_float32_norms_round_as_the_sources(tmp_path):
+    """transformers' Aimv2RMSNorm normalises in float32 inside the float64 forward, and a float32 sum of squares
+    depends on the memory it runs over. vit_hf's patch embedding hands its norm the convolution's (b, d, gh, gw)
+    output viewed as (b, n, d), as transformers does, so even those float32 roundings agree. (Fed a contiguous copy,
+    the norm sums in another order and the float64 outputs differ by float32 ulps carried through the blocks: 6e-6.)
+    Measured: equal (0.0); held to float64 rounding, far below the float32 ulps a layout mismatch leaves."""
     _, rows = _float64_rows("aimv2_vision", tmp_path)
-    assert max(row["max_abs_diff"] for row in rows) < 1e-9, rows
+    assert rows and all(row["max_abs_diff"] < 1e-12 for row in rows), rows
 
 
 def test_family_switches_come_from_the_source(tmp_path):
@@ -157,6 +147,8 @@ def test_family_switches_come_from_the_source(tmp_path):
                          num_register_tokens=2, key_bias=True),
         "sapiens2_mha_no_qk_norm": dict(qk_norm=False, num_key_value_heads=None),
         "aimv2_no_head": dict(pooling="mean", fc_norm=False),
+        "aimv2_native": dict(pos_embed_type="sincos2d_mae", embed_norm=True, pooling="map_kv", image_size=32),
+        "aimv2_native_full": dict(pos_embed_type="sincos2d_mae", qkv_bias=True, proj_bias=True),
     }
     for name, fields in expected.items():
         config = convert_state(save_family(name, tmp_path / name))["config"]
@@ -175,6 +167,7 @@ def test_what_is_compared_is_what_the_source_outputs(tmp_path):
         "aimv2_vision": ("Aimv2VisionModel", "pooler_output", "last_hidden_state"),
         "aimv2_full": ("Aimv2VisionModel", "pooler_output", "last_hidden_state"),
         "aimv2_no_head": ("Aimv2VisionModel", "last_hidden_state"),
+        "aimv2_native_full": ("Aimv2VisionModel", "pooler_output", "last_hidden_state"),
     }
     for name, expected in compared.items():
         info = convert_state(save_family(name, tmp_path / name))
@@ -196,10 +189,11 @@ def test_vit_msn_classifier_blocks_saved_outside_the_backbone_prefix(tmp_path):
     assert state.keys() == reference.keys() and all(torch.equal(state[k], reference[k]) for k in state)
 
 
-@pytest.mark.parametrize("name", ["ijepa", "vit_msn_classifier", "metaclip_2_full", "dinov3"])
+@pytest.mark.parametrize("name", ["ijepa", "vit_msn_classifier", "metaclip_2_full", "dinov3", "aimv2_native_full"])
 def test_image_size_resamples_as_transformers_does(tmp_path, name):
     """--image-size on a fixed position table: resampled as interpolate_pos_encoding=True does (I-JEPA without a class
-    token), and --verify runs the source that way at the new, non-square size; DINOv3 has nothing to resample."""
+    token), and --verify runs the source that way at the new, non-square size; DINOv3 and AIMv2 native have nothing
+    to resample (RoPE; a sin-cos table built for every grid)."""
     folder = save_family(name, tmp_path / "src")
     convert_transformers_folder(folder, tmp_path / "out", verify=True, image_size=(48, 40))
     config = json.loads((tmp_path / "out" / "config.json").read_text())
@@ -237,18 +231,18 @@ def test_converted_folder_loads_as_remote_code_and_equals_the_source(tmp_path):
 
 
 def test_converted_aimv2_repo_loads_as_remote_code(tmp_path):
-    """A full AIMv2 repo (image and text towers): the vision tower converts with --verify, the card says why its float64
-    parity is float32 rounding, and the folder's pooled output is the tower's (Aimv2Model's own vision_model)."""
+    """A full AIMv2 repo (image and text towers): the vision tower converts with --verify, and the folder's pooled
+    output is the tower's (Aimv2Model's own vision_model) in float64."""
     from transformers import AutoModel
 
     folder = save_family("aimv2_full", tmp_path / "src")
     convert_transformers_folder(folder, tmp_path / "out", verify=True)
-    assert "Aimv2RMSNorm normalises in float32" in (tmp_path / "out" / "README.md").read_text()
+    assert "float32 rounding" not in (tmp_path / "out" / "README.md").read_text()
     model = AutoModel.from_pretrained(tmp_path / "out", trust_remote_code=True, dtype=torch.float64).eval()
     source = transformers.Aimv2Model.from_pretrained(folder, dtype=torch.float64).vision_model.eval()
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     with torch.no_grad():
-        torch.testing.assert_close(model(x).pooler_output, source(x).pooler_output, rtol=0, atol=1e-5)
+        torch.testing.assert_close(model(x).pooler_output, source(x).pooler_output, rtol=0, atol=1e-9)
 
 
 def _refused(folder, out, match):
@@ -332,8 +326,6 @@ def _cli(argv, capsys) -> tuple[int, str, str]:
 
 
 REFUSED = {
-    "aimv2 native": (lambda: transformers.Aimv2VisionModel(transformers.Aimv2VisionConfig(**AIMV2, is_native=True)),
-                     "AIMv2 native (is_native=true) is not supported: its 2-D sin-cos positions"),
     "aimv2 qkv bias without mlp bias": (lambda: transformers.Aimv2VisionModel(
         transformers.Aimv2VisionConfig(**AIMV2, qkv_bias=True)), "AIMv2 with qkv_bias=True, mlp_bias=False"),
     "dinov3 query bias without value bias": (lambda: _dinov3(value_bias=False),
@@ -379,10 +371,20 @@ def test_variants_not_covered_are_refused_in_one_line(tmp_path, capsys, case):
     assert "Traceback" not in err and not (tmp_path / "out").exists()
 
 
-def test_dinov3_repo_id_converts_and_runs_as_remote_code_at_any_size(tmp_path, capsys, monkeypatch):
-    """A DINOv3 repo on the loopback Hub: `python -m convert OWNER/NAME OUT --verify`, then the written folder, loaded
-    as remote code, equals transformers' DINOv3ViTModel read from the same repo, at a size it was not stored for,
-    and its processor gives the torchvision processor's pixels."""
+# repo name, fixture, the source as its users load it from the repo: models that run at any size (no stored table)
+ANY_SIZE_REPOS = {
+    "dinov3": ("tester/dinov3-vit-tiny", lambda repo: transformers.DINOv3ViTModel.from_pretrained(
+        repo, dtype=torch.float64)),
+    "aimv2_native_full": ("tester/aimv2-native-tiny", lambda repo: transformers.Aimv2Model.from_pretrained(
+        repo, dtype=torch.float64).vision_model),
+}
+
+
+@pytest.mark.parametrize("name", list(ANY_SIZE_REPOS))
+def test_repo_id_converts_and_runs_as_remote_code_at_any_size(tmp_path, capsys, monkeypatch, name):
+    """A DINOv3 repo and a full native AIMv2 repo (image and text towers) on the loopback Hub: `python -m convert
+    OWNER/NAME OUT --verify`, then the written folder, loaded as remote code, equals the source class read from the
+    same repo at a non-square size it was not stored for, and its processor gives the source processor's pixels."""
     from helpers import TOKEN, TOKENS, point_client_at
     from hub_server import HubServer
     from huggingface_hub import HfApi
@@ -390,8 +392,8 @@ def test_dinov3_repo_id_converts_and_runs_as_remote_code_at_any_size(tmp_path, c
 
     from vit_hf import VitHfImageProcessor
 
-    repo = "tester/dinov3-vit-tiny"
-    folder = save_family("dinov3", tmp_path / "src")
+    repo, load = ANY_SIZE_REPOS[name]
+    folder = save_family(name, tmp_path / "src")
     with HubServer(tokens=TOKENS) as hub:
         point_client_at(monkeypatch, hub, tmp_path / "cache")
         api = HfApi(endpoint=hub.endpoint, token=TOKEN)
@@ -399,9 +401,10 @@ def test_dinov3_repo_id_converts_and_runs_as_remote_code_at_any_size(tmp_path, c
         commit = api.upload_folder(repo_id=repo, folder_path=folder).oid
         code, stdout, err = _cli([repo, tmp_path / "out", "--verify"], capsys)
         assert code == 0, err
-        source = transformers.DINOv3ViTModel.from_pretrained(repo, dtype=torch.float64).eval()
-        source_processor = AutoImageProcessor.from_pretrained(repo)
-    assert "DINOv3ViTModel" in stdout and commit in (tmp_path / "out" / "README.md").read_text()
+        source = load(repo).eval()
+        # DINOv3's processor exists only on the torchvision backend; CLIP's is compared on its PIL backend
+        source_processor = AutoImageProcessor.from_pretrained(repo, **({} if name == "dinov3" else {"backend": "pil"}))
+    assert type(source).__name__ in stdout and commit in (tmp_path / "out" / "README.md").read_text()
     model = AutoModel.from_pretrained(tmp_path / "out", trust_remote_code=True, dtype=torch.float64).eval()
     x = torch.randn(2, 3, 48, 72, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     with torch.no_grad():

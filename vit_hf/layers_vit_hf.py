@@ -117,7 +117,14 @@ class PatchEmbed(nn.Module):
     """Cut the image into P x P patches and project each with one GEMM (the seed's `Rearrange` + `Linear`).
 
     The weight is kept as a Conv2d (`proj.weight` [D, C, P, P], timm's key and layout) but applied as a linear
-    map on `(c ph pw)`-flattened patches: the same numbers as the convolution, as a single matmul.
+    map on `(c ph pw)`-flattened patches: the same numbers as the convolution, as a single matmul (which the int8
+    ONNX export quantises with the other linear layers).
+
+    With a norm right after the projection (`embed_norm`, AIMv2) the projection is the convolution itself, its
+    (b, d, gh, gw) output read as tokens through a view: the norm's reduction over d then runs over the same strided
+    memory as timm's and transformers' (their `flatten(2).transpose(1, 2)`), so a norm computed in float32 inside a
+    float64 forward (transformers' Aimv2RMSNorm) rounds as theirs does. Over a contiguous (b, n, d) product the
+    float32 sums run in another order and the float64 outputs differ by float32 ulps carried through the blocks.
     """
 
     def __init__(self, config: VitHfConfig):
@@ -132,15 +139,19 @@ class PatchEmbed(nn.Module):
             bias=config.patch_bias,
         )
         self.norm = norm_or_identity(config, config.embed_norm)  # AIMv2: a norm right after the projection
+        self.norm_on_conv_layout = config.embed_norm
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if self.norm_on_conv_layout:  # a stride-P convolution never reads the pixels past the last whole patch
+            x = F.conv2d(pixel_values, self.proj.weight, self.proj.bias, stride=self.patch_size)
+            return self.norm(rearrange(x, "b d gh gw -> b (gh gw) d"))
         ph, pw = self.patch_size
         if self.crop_remainder:  # what a stride-P convolution never reads
             h, w = pixel_values.shape[-2:]
             pixel_values = pixel_values[..., : h - h % ph, : w - w % pw]
         patches = rearrange(pixel_values, "b c (gh ph) (gw pw) -> b (gh gw) (c ph pw)", ph=ph, pw=pw)
         weight = rearrange(self.proj.weight, "d c ph pw -> d (c ph pw)")
-        return self.norm(F.linear(patches, weight, self.proj.bias))
+        return F.linear(patches, weight, self.proj.bias)
 
 
 def _dropout(p: float) -> nn.Module:
