@@ -263,8 +263,6 @@ def test_converted_dinov3_lora(dinov3, dinov3_lora, digits):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="layers_vit_hf.Attention._qkv computes F.linear(x, self.qkv.weight, ...) when "
-                                       "the key bias is fixed at zero (DINOv3, EVA02): peft's qkv adapter never runs")
 def test_lora_on_rope_attention_learns(dinov3_lora):
     """Every qkv adapter trained (its B left its zero init), and the run learned. Measured with the qkv adapter
     bypassed: 63.3 58.9 67.8 63.3 60.0 % over seeds 0-4; with it running, the table in the module docstring."""

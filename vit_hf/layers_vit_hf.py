@@ -250,8 +250,9 @@ class Attention(nn.Module):
     def _qkv(self, x: torch.Tensor) -> torch.Tensor:
         if self.q_bias is None:
             return self.qkv(x)
-        # a key bias fixed at zero (not a parameter: with RoPE it would not cancel in the softmax, and train)
-        return F.linear(x, self.qkv.weight, torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias]))
+        # a key bias fixed at zero (not a parameter: with RoPE it would not cancel in the softmax, and train). Added
+        # after calling the module, not handed to F.linear with its weight: a LoRA adapter (peft) wraps the module
+        return self.qkv(x) + torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
 
     def forward(
         self,
