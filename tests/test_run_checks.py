@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_same_weights, data_args, run_train
+from helpers import DIGIT_NAMES, assert_same_weights, data_args, digit_images, make_digits_folder, run_train
 from hub_server import HubServer
-from test_data import DIGIT_NAMES, digit_images, make_digits_folder
 
 from vit_hf import VitHfConfig, VitHfForImageClassification
 from vit_hf import train as train_mod

@@ -10,18 +10,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import (  # noqa: F401 (test_streaming imports some of these from here)
+from helpers import (
     ACCELERATE,
     REPO,
     SMALL,
+    add_odd_images,
     assert_same_weights,
     child_env,
+    data_args,
+    free_port,
+    make_digits_folder,
     run_train,
     weights,
 )
-from helpers import free_port as _free_port
 from isolated import last_json_line, run_isolated
-from test_data import add_odd_images, make_digits_folder
 
 from vit_hf import VitHfConfig, VitHfForImageClassification, VitHfImageProcessor
 from vit_hf import train as train_mod
@@ -32,10 +34,6 @@ from vit_hf.train import _testing
 def digits(tmp_path_factory) -> Path:
     """train: 40 real digits of 3 classes; validation: 37 (odd, so DDP padding would show)."""
     return make_digits_folder(tmp_path_factory.mktemp("digits"), {"train": 40, "validation": 37}, classes=(0, 1, 2))
-
-
-def data_args(root: Path) -> list[str]:
-    return ["--train_dir", str(root / "train"), "--validation_dir", str(root / "validation")]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -137,7 +135,7 @@ def test_sigkill_and_resume_gives_identical_weights(digits, tmp_path):
 def ddp_run(digits, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ddp") / "out"
     cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
            "-m", "vit_hf.train", *SMALL, *data_args(digits), "--output_dir", str(out), "--num_train_epochs", "1",
            "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4", "--learning_rate", "1e-3",
            "--with_tracking", "--report_to", "tensorboard"]
