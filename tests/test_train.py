@@ -21,6 +21,7 @@ from helpers import (
     free_port,
     make_digits_folder,
     run_train,
+    train_in_process,
     weights,
 )
 from isolated import last_json_line, run_isolated
@@ -105,13 +106,14 @@ def test_sigkill_and_resume_gives_identical_weights(digits, tmp_path):
               "3", "--drop_path_rate", "0.1", "--mixup", "0.2", "--label_smoothing", "0.1", "--num_warmup_steps", "2",
               "--lr_scheduler_type", "cosine", "--mixed_precision", "no"]
     reference, killed, torn = tmp_path / "reference", tmp_path / "killed", tmp_path / "torn"
-    run_train([*common, "--output_dir", str(reference)])
+    train_in_process([*common, "--output_dir", str(reference)])  # only the killed runs need processes of their own
 
     # SIGKILL after step 7 (step_6 is on disk, written mid-epoch 1): resume from latest
     proc = run_train([*common, "--output_dir", str(killed)], expect=-9, **{_testing.KILL_AFTER_STEP_ENV: "7"})
     assert not (killed / "all_results.json").exists(), proc.stderr[-2000:]
     assert [p.name for _, p in train_mod.list_checkpoints(killed)] == ["step_3", "step_6"]
-    run_train([*common, "--output_dir", str(killed), "--resume_from_checkpoint", "latest"])
+    _, log = train_in_process([*common, "--output_dir", str(killed), "--resume_from_checkpoint", "latest"])
+    assert "resumed from" in log and "step 6" in log
     assert_same_weights(reference, killed)
 
     # SIGKILL while step_6 is being written: step_3 stays the latest complete checkpoint and loads standalone
@@ -120,7 +122,8 @@ def test_sigkill_and_resume_gives_identical_weights(digits, tmp_path):
     assert (torn / ".tmp-step_6").is_dir() and not (torn / "step_6").exists()
     standalone = VitHfForImageClassification.from_pretrained(torn / "step_3" / train_mod.HF_MODEL_SUBDIR)
     assert standalone.config.id2label == {0: "one", 1: "two", 2: "zero"}
-    run_train([*common, "--output_dir", str(torn), "--resume_from_checkpoint", "latest"])
+    _, log = train_in_process([*common, "--output_dir", str(torn), "--resume_from_checkpoint", "latest"])
+    assert "resumed from" in log and "step 3" in log
     assert_same_weights(reference, torn)
     history = json.loads((torn / "log_history.json").read_text())
     assert [h["step"] for h in history if "loss" in h] == list(range(1, 9))  # the log survives the restart too
