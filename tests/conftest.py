@@ -27,6 +27,7 @@ if XDIST_WORKER:
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from _pytest.nodeid import NodeId  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 torch.set_num_threads(1 if XDIST_WORKER else max(1, min(2, os.cpu_count() or 1)))
@@ -94,8 +95,8 @@ def _shared_fixtures(item: pytest.Item) -> list[str]:
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests that share an expensive set-up (a module- or session-scoped fixture: a DDP run, a pushed data set) run on
-    one worker, so it is built once: each connected set becomes one `xdist_group`. Slow groups are handed out first,
-    so that no long test starts last while the other worker idles."""
+    one worker, so it is built once: each connected set becomes one `xdist_group`. Groups are handed out by their number
+    of slow tests, most first, so that no long chain starts last while the other worker idles."""
     parent: dict[str, str] = {}
 
     def root(key: str) -> str:
@@ -111,9 +112,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     def group(item: pytest.Item) -> str:
         return root(shared[item.nodeid][0]) if shared[item.nodeid] else item.nodeid
 
-    slow_groups = {group(item) for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: group(item) not in slow_groups)  # stable: otherwise the collection order
-    if XDIST_WORKER and config.getoption("dist", "no") == "loadgroup":
+    slow_tests: dict[str, int] = {}
+    for item in items:
+        if item.get_closest_marker("slow"):
+            slow_tests[group(item)] = slow_tests.get(group(item), 0) + 1
+    items.sort(key=lambda item: -slow_tests.get(group(item), 0))  # stable: otherwise the collection order
+    # In a worker, xdist resets `dist` to "no" and keeps what was asked as `loadgroup` (xdist/remote.py setup_config).
+    if XDIST_WORKER and config.getoption("loadgroup", False):
         for item in items:
             if shared[item.nodeid]:
                 item.add_marker(pytest.mark.xdist_group(group(item)))
+                # xdist 3.8 groups by a "@group" suffix of the node id, which it writes to `item._nodeid`; pytest 9
+                # reads `item._id` instead, so without this the groups were silently ignored (each worker built the
+                # shared fixtures again)
+                if "@" not in item.nodeid:
+                    item._id = NodeId.parse(f"{item.nodeid}@{group(item)}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Hand the groups out in the order above (most slow tests first), not xdist's default of the most tests first:
+    a group of many quick tests would otherwise start before a long launch chain."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False

@@ -122,6 +122,41 @@ def run_train(argv: list[str], timeout: int = 300, expect: int = 0, **env: str) 
     return proc
 
 
+def reset_accelerate() -> None:
+    """accelerate keeps process-wide singletons (state, gradient state): clear them between in-process runs."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def train_in_process(argv: list[str]) -> tuple[dict, str]:
+    """`vit_hf.train.main(ARGV)` in this process, as a `run_train` child would run it (one thread: the same reduction
+    order, so the same weights to the bit; fresh accelerate state): (its results, what it logged).
+
+    For the runs of a test that need no process of their own (a reference, a resume); a run that is killed, or that
+    has to start from a fresh interpreter, stays a `run_train` subprocess."""
+    import io
+    import logging
+
+    from vit_hf import train as train_mod
+
+    log, threads = io.StringIO(), torch.get_num_threads()
+    handler = logging.StreamHandler(log)
+    handler.setLevel(logging.INFO)
+    logger = logging.getLogger("vit_hf.train")
+    logger.addHandler(handler)
+    torch.set_num_threads(1)
+    reset_accelerate()
+    try:
+        results = train_mod.main([str(a) for a in argv])
+    finally:
+        logger.removeHandler(handler)
+        torch.set_num_threads(threads)
+        reset_accelerate()
+    return results, log.getvalue()
+
+
 def weights(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 

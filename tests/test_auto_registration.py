@@ -10,9 +10,7 @@ needed, while one that leaves its new switches at their defaults (absent from co
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +18,8 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from helpers import TOKEN, TOKENS, point_client_at
+from hub_server import HubServer
 from isolated import last_json_line, run_isolated
 
 import vit_hf
@@ -182,56 +182,35 @@ def test_trust_remote_code_does_not_override_the_installed_classes(saved):
         assert torch.equal(remote(remote_processor(image).pixel_values).logits, model(pixels).logits)
 
 
-BY_REPO_ID = """
-import json, sys, torch
-import vit_hf
-from transformers import AutoBackbone, AutoImageProcessor, AutoModelForImageClassification
-repo, x = {repo!r}, torch.load({pixels!r})
-backbone = AutoBackbone.from_pretrained(repo, out_indices=[1, 2]).eval()
-classifier = AutoModelForImageClassification.from_pretrained(repo).eval()
-processor = AutoImageProcessor.from_pretrained(repo)
-with torch.no_grad():
-    maps, logits = backbone(x).feature_maps, classifier(x).logits
-print(json.dumps(dict(
-    modules=[type(o).__module__ for o in (backbone, classifier, processor)],
-    downloaded_code=sorted(m for m in sys.modules if m.startswith("transformers_modules")),
-    stages=backbone.out_features, maps=[m.tolist() for m in maps], logits=logits.tolist(),
-)))
-"""
-
-
-@pytest.mark.slow
-def test_auto_backbone_and_classifier_by_repo_id(saved, tmp_path, monkeypatch):
-    """By Hub repo id, in a process that has vit_hf installed and imports it: AutoBackbone (transformers 5.25's
-    AutoBackbone asks the Hub whether a local folder is a repo, so a folder path cannot be tested with it)."""
-    import huggingface_hub.constants as constants
-    from hub_server import HubServer
+def test_auto_backbone_and_classifier_by_repo_id(saved, tmp_path, monkeypatch, no_downloaded_code):
+    """By Hub repo id, with vit_hf imported (this process): AutoBackbone (transformers 5.25's AutoBackbone asks the Hub
+    whether a local folder is a repo, so a folder path cannot be tested with it), the classifier and the processor
+    are the installed classes, and none of the repo's code is imported (nor asked for: `no_downloaded_code`)."""
+    from transformers import AutoBackbone, AutoImageProcessor, AutoModelForImageClassification
 
     from vit_hf.hub import push_folder
 
     folder, model, processor, image = saved
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     x = processor(image).pixel_values
-    torch.save(x, tmp_path / "x.pt")
     with torch.no_grad():
         expected_maps = VitHfBackbone.from_pretrained(folder, out_indices=[1, 2]).eval()(x).feature_maps
         expected_logits = model(x).logits
-    with HubServer(tokens={"hf_tester_write": "tester"}) as hub:
-        push_folder(folder, "tester/vit-installed", token="hf_tester_write", endpoint=hub.endpoint)
-        env = dict(os.environ, PYTHONPATH=str(ROOT), HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "home"),
-                   HF_TOKEN="hf_tester_write", HF_HUB_DISABLE_XET="1", HF_HUB_OFFLINE="0",
-                   HF_HUB_DISABLE_PROGRESS_BARS="1")
-        code = BY_REPO_ID.format(repo="tester/vit-installed", pixels=str(tmp_path / "x.pt"))
-        proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = last_json_line(proc)
-    assert out["modules"] == ["vit_hf.modeling_vit_hf", "vit_hf.modeling_vit_hf", "vit_hf.image_processing_vit_hf"]
-    assert out["downloaded_code"] == [] and out["stages"] == ["stage1", "stage2"]
-    for e, g in zip(expected_maps, out["maps"], strict=True):
-        torch.testing.assert_close(torch.tensor(g), e, rtol=0, atol=1e-6)
-    torch.testing.assert_close(torch.tensor(out["logits"]), expected_logits, rtol=0, atol=1e-6)
+    code_before = {m for m in sys.modules if m.startswith("transformers_modules")}
+    with HubServer(tokens=TOKENS) as hub:
+        point_client_at(monkeypatch, hub, tmp_path / "cache")
+        push_folder(folder, "tester/vit-installed", token=TOKEN, endpoint=hub.endpoint)
+        backbone = AutoBackbone.from_pretrained("tester/vit-installed", out_indices=[1, 2]).eval()
+        classifier = AutoModelForImageClassification.from_pretrained("tester/vit-installed").eval()
+        auto_processor = AutoImageProcessor.from_pretrained("tester/vit-installed")
+    assert [type(o).__module__ for o in (backbone, classifier, auto_processor)] == [
+        "vit_hf.modeling_vit_hf", "vit_hf.modeling_vit_hf", "vit_hf.image_processing_vit_hf"]
+    assert {m for m in sys.modules if m.startswith("transformers_modules")} == code_before
+    assert backbone.out_features == ["stage1", "stage2"]
+    with torch.no_grad():
+        maps, logits = backbone(x).feature_maps, classifier(x).logits
+    for e, g in zip(expected_maps, maps, strict=True):
+        torch.testing.assert_close(g, e, rtol=0, atol=1e-6)
+    torch.testing.assert_close(logits, expected_logits, rtol=0, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------ (2) not installed

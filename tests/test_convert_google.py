@@ -10,14 +10,12 @@ Tolerance 1e-10 in float64: catches LayerNorm eps (1e-12 vs 1e-6) and GELU-varia
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import run_cli_captured
 
 from convert.common import ConversionError
 from convert.google import convert_npz, main
@@ -26,7 +24,6 @@ from tests.npz_factory import BY_NAME, IMG, VARIANTS, D, Variant, make_params, w
 from vit_hf import VitHfConfig, VitHfImageProcessor
 from vit_hf.registration import unregistered
 
-ROOT = Path(__file__).resolve().parent.parent
 ATOL = 1e-10
 TIMM_VARIANTS = [v for v in VARIANTS if v.timm]
 
@@ -285,17 +282,18 @@ def test_two_tower_suffix_and_ambiguous_prefix(tmp_path: Path):
 )
 @pytest.mark.slow
 def test_cli_verify_writes_loadable_folder(name: str, extra: list[str], reference: str, npz_dir: Path,
-                                           tmp_path: Path, pixels: np.ndarray):
+                                           tmp_path: Path, pixels: np.ndarray, capsys):
+    """`python -m convert.google NPZ OUT --verify` (its entry point, in-process), then the folder loads as remote code
+    and computes what the converter's model computes."""
     from transformers import AutoModelForImageClassification
 
+    from convert import google as convert_google
+
     out = tmp_path / name
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run(
-        [sys.executable, "-m", "convert.google", str(npz_dir / f"{name}.npz"), str(out), "--verify", *extra],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert ("| timm 1.x" in proc.stdout) == (reference == "timm") and "| numpy Flax forward" in proc.stdout
+    argv = [npz_dir / f"{name}.npz", out, "--verify", *extra]
+    code, stdout, stderr = run_cli_captured(convert_google, argv, capsys)
+    assert code == 0, stderr
+    assert ("| timm 1.x" in stdout) == (reference == "timm") and "| numpy Flax forward" in stdout
     for name_ in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "modeling_vit_hf.py"):
         assert (out / name_).is_file()
     card = (out / "README.md").read_text()

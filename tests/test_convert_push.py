@@ -1,10 +1,11 @@
 """The converters' `--push-to-hub`, end to end, against the loopback Hub: a converted model is published
 and loads by repo id as remote code.
 
-The converter CLIs run as real processes with the loopback Hub as `HF_ENDPOINT` (read when huggingface_hub is
-imported, hence the subprocess), online, over LFS rather than Xet. The consumer is a fresh interpreter that cannot
-import `vit_hf` (`tests/isolated.py`): it loads each repo by id with the Auto classes and `pipeline`, as remote code,
-and the local OUT folder the converter wrote, and the two must agree.
+The converter CLIs run through their entry points in this process, whose huggingface_hub is pointed at the loopback
+Hub (`helpers.point_client_at`), online, over LFS rather than Xet; the one with the Hub down runs as a real process
+with `HF_ENDPOINT` set, the variable a user sets (read when huggingface_hub is imported). The consumer is a fresh
+interpreter that cannot import `vit_hf` (`tests/isolated.py`): it loads each repo by id with the Auto classes and
+`pipeline`, as remote code, and the local OUT folder the converter wrote, and the two must agree.
 """
 
 from __future__ import annotations
@@ -19,7 +20,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import HUB_FILES, TOKEN, TOKENS, consumer_env, go_online, make_image, repo_files, snapshot
+from helpers import (
+    HUB_FILES,
+    TOKEN,
+    TOKENS,
+    consumer_env,
+    go_online,
+    make_image,
+    point_client_at,
+    repo_files,
+    run_cli_captured,
+    snapshot,
+)
 from hub_server import HubServer
 from huggingface_hub import HfApi, ModelCard
 from isolated import last_json_line, run_isolated
@@ -83,23 +95,26 @@ print(json.dumps(out))
 
 
 @pytest.mark.slow
-def test_converted_models_push_and_load_by_repo_id(hub, tmp_path):
-    """`convert.timm ... --verify --push-to-hub` and `convert.google ... --push-to-hub`, then a consumer loads both
-    repos by id (Auto classes and pipeline, remote code) and gets the local folders' logits; the cards parse."""
+def test_converted_models_push_and_load_by_repo_id(hub, tmp_path, monkeypatch, capsys):
+    """`convert.timm ... --verify --push-to-hub` and `convert.google ... --push-to-hub` (their entry points, in this
+    process, pointed at the loopback Hub), then a consumer process loads both repos by id (Auto classes and pipeline,
+    remote code) and gets the local folders' logits; the cards parse."""
+    from convert import timm as convert_timm
+
     timm_src = save_state(make_timm(VARIANTS[0], seed=11).state_dict(), tmp_path / "timm_ckpt", "safetensors")
     npz_src = write_npz(tmp_path / "google.npz", make_params(BY_NAME["vitjax_token"], seed=12))
-    env = consumer_env(hub, tmp_path / "pusher_home")
+    point_client_at(monkeypatch, hub, tmp_path / "pusher_cache")
     jobs = {
-        "tester/vit-from-timm": (tmp_path / "out_timm", convert_cli("timm", [
+        "tester/vit-from-timm": (tmp_path / "out_timm", convert_timm, [
             timm_src, tmp_path / "out_timm", "--num-heads", "4", "--verify",
-            "--push-to-hub", "tester/vit-from-timm", "--hub-token", TOKEN], env)),
-        "tester/vit-from-google": (tmp_path / "out_google", convert_cli("google", [
+            "--push-to-hub", "tester/vit-from-timm", "--hub-token", TOKEN]),
+        "tester/vit-from-google": (tmp_path / "out_google", convert_google, [
             npz_src, tmp_path / "out_google", "--verify", "--push-to-hub", "tester/vit-from-google",
-            "--hub-token", TOKEN], env)),
+            "--hub-token", TOKEN]),
     }
     targets = []
-    for repo, (out, proc) in jobs.items():
-        code, stdout, stderr = finish(proc)
+    for repo, (out, module, argv) in jobs.items():
+        code, stdout, stderr = run_cli_captured(module, argv, capsys)
         assert code == 0, stderr
         pushed = re.search(rf"pushed \S+ to {re.escape(repo)} at ([0-9a-f]{{40}})", stdout)
         assert pushed, stdout

@@ -19,11 +19,11 @@ import torch
 pytest.importorskip("timm")  # timm is in the dev extra: the writer and the oracle of timm repos
 
 import timm  # noqa: E402
+from helpers import TOKEN, TOKENS, consumer_env  # noqa: E402
 from hub_server import HubServer  # noqa: E402
 from huggingface_hub import HfApi, ModelCard  # noqa: E402
 from images import assert_same_pixels  # noqa: E402
 from isolated import last_json_line, run_isolated  # noqa: E402
-from test_hub import TOKEN, TOKENS, consumer_env  # noqa: E402
 from timm.models import save_for_hf  # noqa: E402
 from timm_variants import randomize_  # noqa: E402
 

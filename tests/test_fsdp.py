@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_same_weights, data_args, weights
+from helpers import assert_same_weights, data_args, reset_accelerate, weights
 from isolated import last_json_line, run_isolated
 
 from vit_hf import train as train_mod
@@ -30,14 +30,6 @@ def fsdp_run(fsdp_digits, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("fsdp") / "out"
     launch(FSDP, [*COMMON, *data_args(fsdp_digits), "--output_dir", str(out), "--gradient_checkpointing"])
     return out
-
-
-def reset_accelerate() -> None:
-    """Between in-process runs of one test: accelerate keeps process-wide singletons."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
 
 
 def results(folder: Path) -> dict:

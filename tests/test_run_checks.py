@@ -12,9 +12,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_same_weights, data_args, run_train
+from helpers import (
+    DIGIT_NAMES,
+    assert_same_weights,
+    data_args,
+    digit_images,
+    make_digits_folder,
+    point_client_at,
+    reset_accelerate,
+    run_train,
+    train_in_process,
+)
 from hub_server import HubServer
-from test_data import DIGIT_NAMES, digit_images, make_digits_folder
 
 from vit_hf import VitHfConfig, VitHfForImageClassification
 from vit_hf import train as train_mod
@@ -54,10 +63,7 @@ def first_run(digits, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("first") / "out"
     train_mod.main([*SMALL, *data_args(digits), "--output_dir", str(out), "--max_train_steps", "4",
                     "--checkpointing_steps", "2"])
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate()
     return out
 
 
@@ -177,7 +183,7 @@ def test_overwrite_output_dir_removes_the_old_checkpoints_before_training(first_
     run_train(argv, expect=-9, **{_testing.KILL_AFTER_STEP_ENV: "1"})
     assert train_mod.list_checkpoints(out) == [] and not (out / "all_results.json").exists()
     assert not (out / "model.safetensors").exists()
-    run_train([*argv, "--checkpointing_steps", "3"])
+    train_in_process([*argv, "--checkpointing_steps", "3"])  # only the killed run needs a process of its own
     assert [p.name for _, p in train_mod.list_checkpoints(out)] == ["step_3"]
     assert json.loads((out / "all_results.json").read_text())["completed_steps"] == 3
 
@@ -282,16 +288,24 @@ def hub():
     ("hf_wrong", "tester/model", "rejected the token (401): pass a valid write token with --hub_token"),
     ("hf_tester_write", "bob/model", "--hub_model_id bob/model: 'tester' cannot write to the namespace 'bob'"),
 ])
-@pytest.mark.slow
-def test_push_to_hub_is_checked_at_start(hub, digits, tmp_path, token, repo, says):
-    """Token and namespace checked before any data is read: one line, exit 2, no output dir, no write to the Hub."""
+def test_push_to_hub_is_checked_at_start(hub, digits, tmp_path, token, repo, says, monkeypatch, capsys, caplog):
+    """Token and namespace checked before any data is read: one line, exit 2, nothing logged before it, no output
+    dir, no write to the Hub."""
+    import huggingface_hub.constants as constants
+
     argv = [*SMALL, *data_args(digits), "--output_dir", str(tmp_path / "out"), "--push_to_hub", "--hub_model_id",
             repo, *(["--hub_token", token] if token else [])]
+    point_client_at(monkeypatch, hub, tmp_path / "cache")
+    monkeypatch.delenv("HF_TOKEN")  # and no stored login either
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no_token"))
     hub.clear_log()
-    proc = run_train(argv, expect=2, HF_ENDPOINT=hub.endpoint, HF_HUB_OFFLINE="0", HF_HOME=str(tmp_path / "home"),
-                     HF_TOKEN="", HF_HUB_DISABLE_XET="1")
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and says in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+    capsys.readouterr()
+    with caplog.at_level("INFO"), pytest.raises(SystemExit) as exit_info:
+        train_mod.main(argv)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1 and says in lines[0] and "Traceback" not in err, err
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("vit_hf")] == []
     assert not (tmp_path / "out").exists()
     assert all(r.method == "GET" for r in hub.requests), hub.requests  # whoami only: nothing created or pushed
 
@@ -356,7 +370,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one_and_resume_picks_i
     standalone; resume from latest ends with the weights of an uninterrupted run, bit for bit."""
     common = [*SMALL, *data_args(digits), "--max_train_steps", "6", "--checkpointing_steps", "2"]
     reference, full = tmp_path / "reference", tmp_path / "full"
-    run_train([*common, "--output_dir", str(reference)])
+    train_in_process([*common, "--output_dir", str(reference)])
     proc = run_train([*common, "--output_dir", str(full)], expect=2, **{_testing.ENOSPC_IN_CHECKPOINT_ENV: "4"})
     lines = [line for line in proc.stderr.splitlines() if line.startswith("vit_hf.train:")]
     assert len(lines) == 1 and lines[0] == (
@@ -366,8 +380,8 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one_and_resume_picks_i
     assert [p.name for _, p in train_mod.list_checkpoints(full)] == ["step_2"]
     assert not list(full.glob(".tmp-*")) and not (full / "all_results.json").exists()
     VitHfForImageClassification.from_pretrained(full / "step_2" / train_mod.HF_MODEL_SUBDIR)
-    proc = run_train([*common, "--output_dir", str(full), "--resume_from_checkpoint", "latest"])
-    assert f"resumed from {full / 'step_2'}" in proc.stderr
+    _, log = train_in_process([*common, "--output_dir", str(full), "--resume_from_checkpoint", "latest"])
+    assert f"resumed from {full / 'step_2'}" in log
     assert_same_weights(reference, full)
 
 

@@ -10,37 +10,25 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
-from test_data import DIGIT_NAMES, digit_images
-from test_train import ACCELERATE, REPO, SMALL, _free_port, assert_same_weights, child_env, run_train
+from helpers import (
+    ACCELERATE,
+    REPO,
+    SMALL,
+    assert_same_weights,
+    child_env,
+    digits_dataset,
+    free_port,
+    make_digits_folder,
+    run_train,
+    train_in_process,
+)
 
 from vit_hf import train as train_mod
 from vit_hf.train import _testing
-from vit_hf.train.data import _png_bytes
 from vit_hf.train.streaming import StreamPosition, records
 
 TRAIN_SHARDS = (24, 16)  # unequal on purpose: under 2-process DDP each rank gets one shard
 VALIDATION = 18
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState
-
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
-def digits_dataset(num: int, offset: int, broken: tuple[int, ...] = ()):
-    """Real digits as PNG bytes (the demo's own writer), classes round-robin; `broken` rows keep only the PNG header
-    (PIL opens them and fails on load())."""
-    from datasets import ClassLabel, Dataset, Features, Image
-
-    items = digit_images(num, classes=(0, 1, 2), offset=offset)
-    images = [{"bytes": _png_bytes(a)[: 40 if i in broken else None], "path": None} for i, (a, _) in enumerate(items)]
-    features = Features({"image": Image(), "label": ClassLabel(names=DIGIT_NAMES[:3])})
-    return Dataset.from_dict({"image": images, "label": [c for _, c in items]}, features=features)
 
 
 @pytest.fixture(scope="module")
@@ -95,18 +83,14 @@ def test_streaming_sigkill_and_resume_is_bit_exact(shards, tmp_path):
     cache = tmp_path / "cache"
     common = [*stream_args(shards, cache), "--checkpointing_steps", "3", "--shuffle_buffer_size", "5",
               "--gradient_accumulation_steps", "2", "--drop_path_rate", "0.1", "--mixup", "0.2"]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in the children (OMP_NUM_THREADS=1): the same reduction order, bit for bit
-    try:
-        reference = train_mod.main([*common, "--output_dir", str(tmp_path / "reference")])
-    finally:
-        torch.set_num_threads(threads)
+    reference, _ = train_in_process([*common, "--output_dir", str(tmp_path / "reference")])
     killed = tmp_path / "killed"
     run_train([*common, "--output_dir", str(killed)], expect=-9, **{_testing.KILL_AFTER_STEP_ENV: "7"})
     assert not (killed / "all_results.json").exists()
     saved = json.loads((killed / "step_6" / train_mod.TRAINER_STATE).read_text())["stream"]
     assert len(saved) == 1 and saved[0]["batches"] == 12 and saved[0]["state"] is not None  # 48 of 40 records read
-    run_train([*common, "--output_dir", str(killed), "--resume_from_checkpoint", "latest"])
+    _, log = train_in_process([*common, "--output_dir", str(killed), "--resume_from_checkpoint", "latest"])
+    assert "resumed from" in log and "step 6" in log
     assert_same_weights(tmp_path / "reference", killed)
 
     resumed = json.loads((killed / "all_results.json").read_text())
@@ -122,7 +106,7 @@ def test_streaming_ddp_unequal_shards_finishes(shards, tmp_path):
     shards a different number of times, and both stop at step 8 together."""
     out = tmp_path / "ddp"
     cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
            "-m", "vit_hf.train", *stream_args(shards, tmp_path / "cache"), "--output_dir", str(out),
            "--checkpointing_steps", "4", "--shuffle_buffer_size", "6"]
     proc = subprocess.run(cmd, cwd=REPO, env=child_env(ACCELERATE_USE_CPU="1"), capture_output=True, text=True,
@@ -146,8 +130,6 @@ def test_streaming_needs_max_train_steps(shards, tmp_path, capsys):
 def test_image_folder_streams_one_shard_per_file(tmp_path):
     """--train_dir --streaming: labels as the map-style loader infers them (from both folders), one shard per file so
     that every local epoch reshuffles the files, the validation folder alone prepared; no validation is refused."""
-    from test_data import make_digits_folder
-
     from vit_hf.train.data import DataError, load_image_classification_data
     from vit_hf.train.streaming import load_streaming_data
 

@@ -10,18 +10,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import (  # noqa: F401 (test_streaming imports some of these from here)
+from helpers import (
     ACCELERATE,
     REPO,
     SMALL,
+    add_odd_images,
     assert_same_weights,
     child_env,
+    data_args,
+    free_port,
+    make_digits_folder,
     run_train,
+    train_in_process,
     weights,
 )
-from helpers import free_port as _free_port
 from isolated import last_json_line, run_isolated
-from test_data import add_odd_images, make_digits_folder
 
 from vit_hf import VitHfConfig, VitHfForImageClassification, VitHfImageProcessor
 from vit_hf import train as train_mod
@@ -32,10 +35,6 @@ from vit_hf.train import _testing
 def digits(tmp_path_factory) -> Path:
     """train: 40 real digits of 3 classes; validation: 37 (odd, so DDP padding would show)."""
     return make_digits_folder(tmp_path_factory.mktemp("digits"), {"train": 40, "validation": 37}, classes=(0, 1, 2))
-
-
-def data_args(root: Path) -> list[str]:
-    return ["--train_dir", str(root / "train"), "--validation_dir", str(root / "validation")]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -107,13 +106,14 @@ def test_sigkill_and_resume_gives_identical_weights(digits, tmp_path):
               "3", "--drop_path_rate", "0.1", "--mixup", "0.2", "--label_smoothing", "0.1", "--num_warmup_steps", "2",
               "--lr_scheduler_type", "cosine", "--mixed_precision", "no"]
     reference, killed, torn = tmp_path / "reference", tmp_path / "killed", tmp_path / "torn"
-    run_train([*common, "--output_dir", str(reference)])
+    train_in_process([*common, "--output_dir", str(reference)])  # only the killed runs need processes of their own
 
     # SIGKILL after step 7 (step_6 is on disk, written mid-epoch 1): resume from latest
     proc = run_train([*common, "--output_dir", str(killed)], expect=-9, **{_testing.KILL_AFTER_STEP_ENV: "7"})
     assert not (killed / "all_results.json").exists(), proc.stderr[-2000:]
     assert [p.name for _, p in train_mod.list_checkpoints(killed)] == ["step_3", "step_6"]
-    run_train([*common, "--output_dir", str(killed), "--resume_from_checkpoint", "latest"])
+    _, log = train_in_process([*common, "--output_dir", str(killed), "--resume_from_checkpoint", "latest"])
+    assert "resumed from" in log and "step 6" in log
     assert_same_weights(reference, killed)
 
     # SIGKILL while step_6 is being written: step_3 stays the latest complete checkpoint and loads standalone
@@ -122,7 +122,8 @@ def test_sigkill_and_resume_gives_identical_weights(digits, tmp_path):
     assert (torn / ".tmp-step_6").is_dir() and not (torn / "step_6").exists()
     standalone = VitHfForImageClassification.from_pretrained(torn / "step_3" / train_mod.HF_MODEL_SUBDIR)
     assert standalone.config.id2label == {0: "one", 1: "two", 2: "zero"}
-    run_train([*common, "--output_dir", str(torn), "--resume_from_checkpoint", "latest"])
+    _, log = train_in_process([*common, "--output_dir", str(torn), "--resume_from_checkpoint", "latest"])
+    assert "resumed from" in log and "step 3" in log
     assert_same_weights(reference, torn)
     history = json.loads((torn / "log_history.json").read_text())
     assert [h["step"] for h in history if "loss" in h] == list(range(1, 9))  # the log survives the restart too
@@ -137,7 +138,7 @@ def test_sigkill_and_resume_gives_identical_weights(digits, tmp_path):
 def ddp_run(digits, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ddp") / "out"
     cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
            "-m", "vit_hf.train", *SMALL, *data_args(digits), "--output_dir", str(out), "--num_train_epochs", "1",
            "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4", "--learning_rate", "1e-3",
            "--with_tracking", "--report_to", "tensorboard"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import PIL.Image
 import pytest
 import torch
-from helpers import SMALL, assert_same_weights, data_args, make_digits_folder, run_train, weights
+from helpers import SMALL, assert_same_weights, data_args, make_digits_folder, run_train, train_in_process, weights
 
 from vit_hf import VitHfConfig, VitHfForImageClassification, VitHfImageProcessor
 from vit_hf import train as train_mod
@@ -71,10 +71,11 @@ def test_ema_sigkill_resume_bit_exact_and_saved_accuracy_reevaluates(digits, tmp
               "--gradient_accumulation_steps", "2", "--learning_rate", "2e-3", "--seed", "11", "--checkpointing_steps",
               "3", "--drop_path_rate", "0.1", "--mixed_precision", "no", "--model_ema_decay", "0.9"]
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    run_train([*common, "--output_dir", str(reference)])
+    train_in_process([*common, "--output_dir", str(reference)])  # only the killed run needs a process of its own
     run_train([*common, "--output_dir", str(killed)], expect=-9, **{_testing.KILL_AFTER_STEP_ENV: "7"})
     assert [p.name for _, p in train_mod.list_checkpoints(killed)] == ["step_3", "step_6"]
-    run_train([*common, "--output_dir", str(killed), "--resume_from_checkpoint", "latest"])
+    _, log = train_in_process([*common, "--output_dir", str(killed), "--resume_from_checkpoint", "latest"])
+    assert "resumed from" in log and "step 6" in log
     assert_same_weights(reference, killed)
 
     results = json.loads((reference / "all_results.json").read_text())
@@ -109,8 +110,8 @@ def test_ema_decay_out_of_range_is_refused(digits, tmp_path, capsys):
 def trained_base(digits, tmp_path_factory) -> Path:
     """A model fully fine-tuned on the digits for a few steps: the base a LoRA run starts from."""
     out = tmp_path_factory.mktemp("base") / "out"
-    run_train([*SMALL, *data_args(digits), "--output_dir", str(out), "--max_train_steps", "6",
-               "--per_device_train_batch_size", "8", "--learning_rate", "2e-3", "--seed", "3"])
+    train_in_process([*SMALL, *data_args(digits), "--output_dir", str(out), "--max_train_steps", "6",
+                      "--per_device_train_batch_size", "8", "--learning_rate", "2e-3", "--seed", "3"])
     return out
 
 
@@ -127,7 +128,7 @@ def test_lora_merged_folder_equals_peft_merge_and_resumes_bit_exact(digits, trai
     from transformers import AutoModelForImageClassification
 
     out, killed = tmp_path / "lora", tmp_path / "killed"
-    run_train([*lora_args(digits, trained_base), "--output_dir", str(out)])
+    train_in_process([*lora_args(digits, trained_base), "--output_dir", str(out)])
     results = json.loads((out / "all_results.json").read_text())
     base = weights(trained_base)
     # counted from the base model: r * (in + out) per adapted Linear, plus the head's trained copy
@@ -157,7 +158,9 @@ def test_lora_merged_folder_equals_peft_merge_and_resumes_bit_exact(digits, trai
 
     run_train([*lora_args(digits, trained_base), "--output_dir", str(killed)], expect=-9,
               **{_testing.KILL_AFTER_STEP_ENV: "7"})
-    run_train([*lora_args(digits, trained_base), "--output_dir", str(killed), "--resume_from_checkpoint", "latest"])
+    _, log = train_in_process([*lora_args(digits, trained_base), "--output_dir", str(killed),
+                               "--resume_from_checkpoint", "latest"])
+    assert "resumed from" in log and "step 6" in log
     assert_same_weights(out, killed)
     assert_same_weights_file(out / "adapter" / "adapter_model.safetensors",
                              killed / "adapter" / "adapter_model.safetensors")

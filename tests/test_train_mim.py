@@ -12,7 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import SMALL, assert_same_weights, data_args, digit_images, make_digits_folder, run_train
+from helpers import (
+    SMALL,
+    assert_same_weights,
+    data_args,
+    digit_images,
+    make_digits_folder,
+    run_train,
+    train_in_process,
+)
 from transformers import AutoModelForMaskedImageModeling
 
 from vit_hf import VitHfConfig, VitHfForMaskedImageModeling, VitHfImageProcessor
@@ -36,8 +44,8 @@ def digits(tmp_path_factory) -> Path:
 def pretrained(digits, tmp_path_factory) -> tuple[Path, str]:
     """A finished 8-step MIM run (checkpoints at steps 3 and 6) and its log."""
     out = tmp_path_factory.mktemp("mim") / "out"
-    proc = run_train([*MIM, *STEPS, *data_args(digits), "--output_dir", str(out)])
-    return out, proc.stderr
+    _, log = train_in_process([*MIM, *STEPS, *data_args(digits), "--output_dir", str(out)])
+    return out, log
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -175,8 +183,8 @@ def test_mim_sigkill_and_resume_gives_identical_weights(pretrained, digits, tmp_
     common = [*MIM, *STEPS, *data_args(digits), "--output_dir", str(killed)]
     run_train(common, expect=-9, **{_testing.KILL_AFTER_STEP_ENV: "4"})
     assert sorted(p.name for p in killed.glob("step_*")) == ["step_3"]
-    proc = run_train([*common, "--resume_from_checkpoint", "latest"])
-    assert "resumed from" in proc.stderr and "step 3" in proc.stderr
+    _, log = train_in_process([*common, "--resume_from_checkpoint", "latest"])  # only the killed run is a subprocess
+    assert "resumed from" in log and "step 3" in log
     assert_same_weights(killed, reference)
     assert_same_weights(killed / "step_6" / train_mod.HF_MODEL_SUBDIR, reference / "step_6" / train_mod.HF_MODEL_SUBDIR)
     assert (json.loads((killed / "all_results.json").read_text())["eval_loss"]
@@ -201,9 +209,10 @@ def test_mim_output_fine_tunes_as_a_classifier(pretrained, digits, tmp_path):
     assert encoder.keys() == model.vit.state_dict().keys()
     for key, tensor in model.vit.state_dict().items():
         assert torch.equal(tensor, encoder[key]), key
-    proc = run_train([*data_args(digits), "--model_name_or_path", str(out), "--crop_pct", "1.0", "--max_train_steps",
-                      "2", "--learning_rate", "1e-3", "--output_dir", str(tmp_path / "c")])
-    assert dropped[0] in proc.stderr
+    _, log = train_in_process([*data_args(digits), "--model_name_or_path", str(out), "--crop_pct", "1.0",
+                               "--max_train_steps", "2", "--learning_rate", "1e-3",
+                               "--output_dir", str(tmp_path / "c")])
+    assert dropped[0] in log
     results = json.loads((tmp_path / "c" / "all_results.json").read_text())
     assert results["labels"] == ["one", "two", "zero"] and results["completed_steps"] == 2
     config = json.loads((tmp_path / "c" / "config.json").read_text())
