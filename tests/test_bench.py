@@ -176,22 +176,28 @@ def test_onnx_quick_times_every_candidate_and_the_int8_accuracy(tmp_path, monkey
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
-@pytest.mark.slow
-def test_device_cuda_without_gpu_fails_with_one_line_and_writes_nothing(tmp_path):
-    proc = run_bench([sys.executable, "-m", "bench", "train_step", "--quick", "--device", "cuda"], tmp_path)
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--device cuda" in lines[0] and "--device cpu" in lines[0]
-    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+def test_device_cuda_without_gpu_fails_with_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    """The entry point in-process (`python -m bench` is `main(sys.argv[1:])`)."""
+    from bench import common
+    from bench.__main__ import main
+
+    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) as e:
+        main(["train_step", "--quick", "--device", "cuda"])
+    message = str(e.value.code)  # sys.exit(message): printed on stderr, exit status 1
+    assert len(message.splitlines()) == 1 and "--device cuda" in message and "--device cpu" in message
+    assert not (tmp_path / "results").exists()
 
 
-def test_unknown_suite_names_the_choices(tmp_path):
-    proc = run_bench([sys.executable, "-m", "bench", "forwards"], tmp_path)
-    assert proc.returncode == 2
-    from bench.__main__ import SUITES
+def test_unknown_suite_names_the_choices(capsys):
+    from bench.__main__ import SUITES, main
 
     assert {"forward", "convert", "onnx", "lora", "train_fsdp", "input_pipeline"} <= set(SUITES)
-    assert proc.stderr.strip().splitlines() == [
+    capsys.readouterr()
+    assert main(["forwards"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
         f"error: unknown suite 'forwards'; choose one of {', '.join(SUITES)}, all"
     ]
 

@@ -157,14 +157,15 @@ def test_zero_key_bias_has_no_parameter_and_trains_nothing():
     assert model.vit.blocks[0].attn.q_bias.grad.abs().sum() > 0
 
 
+# Inductor's code generation (~8 s a family here) once, for the family with the most parts (interleaved 'cat' RoPE,
+# q/v biases, SwiGLU); the other rotary kinds go through the same tracing (graph, guards, autograd) with aot_eager
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["dinov3", "eva02", "rope_mixed"])
-def test_torch_compile_fullgraph(family):
+@pytest.mark.parametrize("family, backend", [("eva02", "inductor"), ("dinov3", "aot_eager"),
+                                             ("rope_mixed", "aot_eager")])
+def test_torch_compile_fullgraph(family, backend):
     model = make(family)
     x = pixels()
-    explanation = torch._dynamo.explain(model)(x)
-    assert explanation.graph_break_count == 0, explanation.break_reasons
-    compiled = torch.compile(model, fullgraph=True, backend="inductor")
+    compiled = torch.compile(model, fullgraph=True, backend=backend)  # a graph break raises
     with torch.no_grad():
         torch.testing.assert_close(compiled(x).logits, model(x).logits, rtol=1e-4, atol=1e-5)
         other = pixels((48, 24))

@@ -193,9 +193,7 @@ def test_save_load_is_bit_identical(tmp_path, pixel_values):
 @pytest.mark.slow
 def test_torch_compile_fullgraph_matches_eager_without_graph_breaks(pixel_values):
     model = make(ALL_FEATURES, attn="sdpa", dtype=torch.float32)
-    explanation = torch._dynamo.explain(model)(pixel_values)
-    assert explanation.graph_break_count == 0, explanation.break_reasons
-    compiled = torch.compile(model, fullgraph=True, backend="inductor")
+    compiled = torch.compile(model, fullgraph=True, backend="inductor")  # a graph break raises
     other_size = torch.randn(2, 3, 48, 40)  # the runtime position resampling compiles too
     with torch.no_grad():
         torch.testing.assert_close(compiled(pixel_values).logits, model(pixel_values).logits, rtol=1e-4, atol=1e-5)
