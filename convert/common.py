@@ -1,6 +1,6 @@
 """Pieces shared by the converters: strict key/shape/dtype checks, the meta-device model, parity rows, the output
-folder and the Hub push, and CLI argument types and error handling. Safe loading is convert/checkpoints.py (its
-names are importable from here too, as the errors of convert/errors.py are)."""
+folder and the Hub push, and CLI argument types and error handling. Safe loading is convert/checkpoints.py; the errors
+(convert/errors.py) are importable from here too."""
 
 from __future__ import annotations
 
@@ -17,12 +17,6 @@ from pathlib import Path
 
 import torch
 
-from convert.checkpoints import (  # noqa: F401 (the converters' one import for loading)
-    load_checkpoint,
-    load_torch_state_dict,
-    read_json_object,
-    read_privately,
-)
 from convert.errors import ConversionError, VerificationError
 from vit_hf import VitHfConfig, VitHfForImageClassification
 from vit_hf.cli import ArgumentParser, add_debug_flag, debug_requested
@@ -417,18 +411,19 @@ def _one_line(e: BaseException) -> str:
 def _no_transformers_bars():
     """transformers' own progress bars ("Loading weights", "Writing model shards") off: a converter loads and saves
     small things several times, a bar each is noise. The Hub's download bars stay (long work shows progress)."""
-    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
     from transformers.utils import logging as hf_logging
 
     bars, hub_bars = hf_logging.is_progress_bar_enabled(), not are_progress_bars_disabled()
-    hf_logging.disable_progress_bar()  # also the Hub's: given back below
+    hf_logging.disable_progress_bar()  # turns the Hub's off too: each switch is set back to what it was
     if hub_bars:
         enable_progress_bars()
     try:
         yield
     finally:
         if bars:
-            hf_logging.enable_progress_bar()
+            hf_logging.enable_progress_bar()  # turns the Hub's on too
+        (enable_progress_bars if hub_bars else disable_progress_bars)()
 
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from convert.common import ConversionError, read_json_object
+from convert.checkpoints import read_json_object
+from convert.common import ConversionError
 
 TIMM_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 

@@ -20,14 +20,8 @@ import PIL.Image
 import torch
 from einops import rearrange
 
-from convert.common import (
-    ConversionError,
-    VerificationError,
-    build_model,
-    check_paths,
-    load_torch_state_dict,
-    parity_markdown,
-)
+from convert.checkpoints import load_torch_state_dict
+from convert.common import ConversionError, VerificationError, build_model, check_paths, parity_markdown
 from vit_hf import VitHfConfig, VitHfImageProcessor
 
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-3}  # times max(1, largest reference magnitude)

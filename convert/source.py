@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from convert.common import ConversionError, read_json_object
+from convert.checkpoints import read_json_object
+from convert.common import ConversionError
 from convert.hub import download
 from vit_hf.cli import hub_revision, parse_hub_ref
 

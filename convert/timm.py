@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from convert.checkpoints import load_checkpoint
 from convert.common import (
     ConversionError,
     Options,
@@ -44,7 +45,6 @@ from convert.common import (
     check_state_dict,
     converter_parser,
     image_size_arg,
-    load_checkpoint,
     make_options,
     parity_markdown,
     parse_image_size,

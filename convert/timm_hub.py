@@ -12,15 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from convert.common import (
-    ConversionError,
-    check_paths,
-    check_push,
-    load_torch_state_dict,
-    make_options,
-    parity_markdown,
-    read_json_object,
-)
+from convert.checkpoints import load_torch_state_dict, read_json_object
+from convert.common import ConversionError, check_paths, check_push, make_options, parity_markdown
 from convert.timm import convert_timm_state_dict, sha256_of, source_markdown, write_conversion
 from convert.timm_arch import import_timm
 

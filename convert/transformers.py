@@ -27,15 +27,8 @@ from pathlib import Path
 
 import torch
 
-from convert.common import (
-    ConversionError,
-    Options,
-    build_model,
-    check_paths,
-    load_torch_state_dict,
-    parity_markdown,
-    read_privately,
-)
+from convert.checkpoints import load_torch_state_dict, read_privately
+from convert.common import ConversionError, Options, build_model, check_paths, parity_markdown
 from convert.transformers_families import DUAL_ENCODERS, HEAD_KEYS, Family, family_of
 from convert.transformers_keys import map_keys
 from convert.transformers_resize import resize_model, scale_processor

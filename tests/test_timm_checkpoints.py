@@ -24,7 +24,8 @@ from timm_variants import IMG, VARIANTS, H, make_timm, randomize_  # noqa: E402
 
 import convert.__main__ as front_door  # noqa: E402
 from convert import timm as convert_timm  # noqa: E402
-from convert.common import ConversionError, load_checkpoint  # noqa: E402
+from convert.checkpoints import load_checkpoint  # noqa: E402
+from convert.common import ConversionError  # noqa: E402
 
 HEADS = ["--num-heads", str(H)]
 
