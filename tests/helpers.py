@@ -24,6 +24,10 @@ from vit_hf.hub import REMOTE_FILES
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
 ACCELERATE = Path(sys.executable).parent / "accelerate"
+# `accelerate launch` through its own module: the same parser and `launch_command`, without the CLI's other
+# subcommands (`estimate-memory` imports timm and transformers' models: 2.4 s of CPU per launch). test_train.py's DDP
+# run keeps the console script users type.
+ACCELERATE_LAUNCH = [sys.executable, "-m", "accelerate.commands.launch"]
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import ACCELERATE, REPO, SMALL, child_env, data_args, free_port, make_digits_folder
+from helpers import ACCELERATE_LAUNCH, REPO, SMALL, child_env, data_args, free_port, make_digits_folder
 
 # 40 images / (4 per device x 2 processes) = 5 batches per epoch, accumulation 2: optimizer steps 1, 2 and 3 (the
 # epoch's last, a lone batch), 5 steps in 2 epochs, checkpoints at 2 and 4. drop-path draws from the RNG; the default
@@ -28,7 +28,7 @@ def fsdp_digits(tmp_path_factory) -> Path:
 
 def launch(mode: list[str], argv: list[str], expect: int = 0, **env: str) -> subprocess.CompletedProcess:
     """`accelerate launch MODE --num_processes 2 -m vit_hf.train ARGV` on CPU (gloo)."""
-    cmd = [str(ACCELERATE), "launch", *mode, "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+    cmd = [*ACCELERATE_LAUNCH, *mode, "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
            "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "vit_hf.train", *argv]
     proc = subprocess.run(cmd, cwd=REPO, env=child_env(ACCELERATE_USE_CPU="1", **env), capture_output=True,
                           text=True, timeout=300)

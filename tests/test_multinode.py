@@ -8,7 +8,7 @@ import json
 import subprocess
 
 import pytest
-from helpers import ACCELERATE, REPO, assert_same_weights, child_env, data_args, free_port
+from helpers import ACCELERATE_LAUNCH, REPO, assert_same_weights, child_env, data_args, free_port
 
 pytest.register_assert_rewrite("scale_out")  # a helper and a plugin (pytest_plugins): rewrite it on first import
 from scale_out import COMMON  # noqa: E402
@@ -18,7 +18,7 @@ pytest_plugins = ("scale_out",)  # the digits and the 2-process DDP run, shared 
 
 def machine(rank: int, port: int, argv: list[str]) -> subprocess.Popen:
     """One "machine": a launcher with one process (--num_processes counts all machines' processes)."""
-    cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_machines", "2", "--machine_rank", str(rank),
+    cmd = [*ACCELERATE_LAUNCH, "--multi_gpu", "--num_machines", "2", "--machine_rank", str(rank),
            "--main_process_ip", "127.0.0.1", "--main_process_port", str(port), "--num_processes", "2",
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vit_hf.train", *argv]
     return subprocess.Popen(cmd, cwd=REPO, env=child_env(ACCELERATE_USE_CPU="1"), stdout=subprocess.PIPE,

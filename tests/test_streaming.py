@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from helpers import (
-    ACCELERATE,
+    ACCELERATE_LAUNCH,
     REPO,
     SMALL,
     assert_same_weights,
@@ -105,7 +105,7 @@ def test_streaming_ddp_unequal_shards_finishes(shards, tmp_path):
     """2 processes, one shard each (24 vs 16 examples): 8 steps of 4 read 32 records per rank, so both cycle their
     shards a different number of times, and both stop at step 8 together."""
     out = tmp_path / "ddp"
-    cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    cmd = [*ACCELERATE_LAUNCH, "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
            "-m", "vit_hf.train", *stream_args(shards, tmp_path / "cache"), "--output_dir", str(out),
            "--checkpointing_steps", "4", "--shuffle_buffer_size", "6"]
