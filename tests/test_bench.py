@@ -23,7 +23,7 @@ PEERS = {"vit_hf", "timm", "hf_sdpa", "hf_eager"}
 
 
 # what libraries do when a suite first imports them, not the suite: torch._inductor, scikit-learn and joblib set these
-# variables (and onnxruntime puts a folder of its own on sys.path)
+# variables (and onnxruntime puts a folder of its own on sys.path); pytest sets PYTEST_CURRENT_TEST per phase
 SET_ON_IMPORT = {"TORCHINDUCTOR_CACHE_DIR", "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK", "PYTEST_CURRENT_TEST"}
 INSTALLED = sysconfig.get_paths()["purelib"]
 
