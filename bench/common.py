@@ -30,14 +30,20 @@ import torch
 
 from bench.device import current_mib, describe, peak_mib, precision_context, sync
 
-# Where results are written and read: bench/results (the latest full run, cited by the READMEs); `python -m bench
-# SUITE --quick` points BENCH_RESULTS elsewhere so that smoke runs never overwrite it.
-RESULTS = Path(os.environ.get("BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
+# The measured results: bench/results (the latest full run, cited by the READMEs).
+RESULTS = Path(__file__).resolve().parent / "results"
 # BENCH_THREADS=N pins torch's intra-op threads for every script and child process. With other jobs on a 2-core
 # machine, 2 OpenMP threads stall at every barrier when one core is taken (10x slowdowns seen); 1 thread degrades
 # gracefully. The thread count is recorded in every JSON.
 if os.environ.get("BENCH_THREADS"):
     torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
+
+
+def results_dir() -> Path:
+    """Where results are written and read: BENCH_RESULTS when set, else bench/results. Read at every call, not at
+    import: `python -m bench SUITE --quick` points BENCH_RESULTS at a temporary folder so that smoke runs never
+    overwrite the measured results, and a test sets it before calling a suite's main() in-process."""
+    return Path(os.environ.get("BENCH_RESULTS") or RESULTS)
 
 
 @dataclass(frozen=True)
@@ -454,8 +460,9 @@ def add_ratios(rows: list[dict], key: str, group: tuple[str, ...], higher_better
 
 
 def save(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    results = results_dir()
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / f"{name}.json"
     path.write_text(json.dumps(payload, indent=1, default=str))
     return path
 
@@ -468,7 +475,7 @@ def case_slug(case: str) -> str:
 def save_case(out: str, case: str, payload: dict) -> Path:
     """Write one case's result to results/<out>/<slug>.json, so a run stopped part-way keeps every finished case and
     separate invocations (--cases ...) do not overwrite each other; bench.report merges these files."""
-    path = RESULTS / out / f"{case_slug(case)}.json"
+    path = results_dir() / out / f"{case_slug(case)}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=1, default=str))
     return path
@@ -478,12 +485,12 @@ def load_rows(name: str) -> tuple[list[dict], list[dict]]:
     """Rows and environments of results/<name>.json plus results/<name>/*.json (per-case files). A case present in
     several is taken from the newest file (recorded start time, else mtime; the aggregate may be an older, partial
     run)."""
-    sources = []
-    agg = RESULTS / f"{name}.json"
+    results, sources = results_dir(), []
+    agg = results / f"{name}.json"
     if agg.exists():
         sources.append(agg)
-    if (RESULTS / name).is_dir():
-        sources += sorted((RESULTS / name).glob("*.json"))
+    if (results / name).is_dir():
+        sources += sorted((results / name).glob("*.json"))
     by_case: dict[str, tuple[float, list[dict], dict]] = {}
     for path in sources:
         data = json.loads(path.read_text())

@@ -34,7 +34,7 @@ import time
 import torch
 
 from bench import device as dev
-from bench.common import QUICK_SIZE, RESULTS, build_all, environment, images, markdown, save
+from bench.common import QUICK_SIZE, build_all, environment, images, markdown, results_dir, save
 from bench.forward import SAME_ROUNDS_EAGER
 from bench.forward import run_case as forward_case
 from bench.train_step import run_case as train_case
@@ -183,13 +183,13 @@ def main(argv: list[str] | None = None) -> None:
     rows.sort(key=lambda r: order.get(r["section"], 3))
     columns = ["section", "case", "metric", *CANDIDATES, "vit_hf / best peer"]
     text = header(env, time.perf_counter() - t0, tiny, budget.skipped) + "\n" + markdown(rows, columns) + "\n"
-    name = f"device_check_{device.type}"
-    (RESULTS / f"{name}.md").parent.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.md").write_text(text)
+    name, results = f"device_check_{device.type}", results_dir()
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{name}.md").write_text(text)
     env["loadavg_end"] = os.getloadavg()
     save(name, {"env": env, "args": vars(args), "tiny": tiny, "config": cfg, "skipped": budget.skipped, "rows": rows})
     print(text)
-    print(f"wrote {RESULTS / name}.md")
+    print(f"wrote {results / name}.md")
 
 
 if __name__ == "__main__":

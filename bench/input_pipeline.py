@@ -22,9 +22,9 @@ photos, 0 and 1 workers (a smoke test).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,9 +43,9 @@ CLASSES = ("a", "b")
 def write_photos(root: Path, n: int, sizes: list[tuple[int, int]]) -> tuple[Path, Path]:
     """`root/images/<class>/<i>.jpg` and `root/parquet/data/train-0000k-of-00004.parquet` (+ a small validation
     split, which the streaming loader needs) holding the same JPEG bytes."""
-    sys.path.insert(0, str(ROOT / "tests"))
     from datasets import ClassLabel, Dataset, Features, Image
-    from images import photo
+
+    photo = test_images().photo
 
     images, parquet = root / "images", root / "parquet" / "data"
     parquet.mkdir(parents=True)
@@ -63,6 +63,14 @@ def write_photos(root: Path, n: int, sizes: list[tuple[int, int]]) -> tuple[Path
         table.shard(4, k, contiguous=True).to_parquet(str(parquet / f"train-{k:05d}-of-00004.parquet"))
     table.select(range(min(8, n))).to_parquet(str(parquet / "validation-00000-of-00001.parquet"))
     return images, parquet.parent
+
+
+def test_images():
+    """tests/images.py, loaded from its file: sys.path stays as it was (the suite may run inside a test process)."""
+    spec = importlib.util.spec_from_file_location("bench_test_images", ROOT / "tests" / "images.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def processor():

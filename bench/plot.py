@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from bench.common import RESULTS, load_rows  # noqa: E402
+from bench.common import load_rows, results_dir  # noqa: E402
 
 PANELS = (  # (results name, value, ratio column, title, vit_hf candidates shown)
     ("forward", "img_s", "vs_best_peer", "inference forward (images/s), vs best of timm / HF sdpa / HF eager",
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         ax.set_xlim(0, max(1.3, max(ratios) * 1.15))
     axes[-1, 0].set_xlabel("vit_hf / best peer, medians (higher is better); see tables.md for spreads")
     fig.tight_layout()
-    out = RESULTS / "ratios.png"
+    out = results_dir() / "ratios.png"
     fig.savefig(out, dpi=110)
     print(f"wrote {out}")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench.common import load_rows, markdown
+from bench.common import load_rows, markdown, results_dir
 
 SECTIONS = (
     ("forward", "Inference forward (images/s, medians; vs_best_peer = img/s / best of timm, hf_sdpa, hf_eager; "
@@ -72,8 +72,6 @@ def env_line(name: str, envs: list[dict]) -> str:
 
 
 def tables() -> None:
-    from bench.common import RESULTS
-
     for name, title, cols in SECTIONS:
         rows, envs = load_rows(name)
         if not rows:
@@ -81,7 +79,7 @@ def tables() -> None:
             continue
         print(f"### {title}\n")
         print(env_line(name, envs))
-        agg = RESULTS / f"{name}.json"
+        agg = results_dir() / f"{name}.json"
         if agg.exists() and agg.name in {v["file"] for v in envs}:  # only when its rows are the ones shown
             import json
 

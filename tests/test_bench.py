@@ -1,5 +1,7 @@
-"""Smoke tests of the benchmark entry point: `python -m bench SUITE --quick` and `bench/device_check.sh --device cpu`
-on the toy size, asserting the structure of what they write (rows, candidates, ratios, columns), never timings."""
+"""Smoke tests of the benchmarks on the toy size, asserting the structure of what they write (rows, candidates, ratios,
+columns), never timings. One test runs the entry point as a user does (`python -m bench forward --quick`, a process of
+its own); the other suites run in this process, as the entry point runs them (`bench.__main__.run_suite`), in a results
+folder the test picks: each subprocess would spend most of its CPU time importing torch, timm and transformers again."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -19,20 +22,50 @@ ROOT = Path(__file__).resolve().parent.parent
 PEERS = {"vit_hf", "timm", "hf_sdpa", "hf_eager"}
 
 
-def run_bench(args: list[str], results: Path | None, **env: str) -> subprocess.CompletedProcess:
-    """Run a bench command; results=None leaves the results folder to the entry point (quick runs: a temp folder)."""
-    full_env = {k: v for k, v in os.environ.items() if k != "BENCH_RESULTS"}
-    full_env.update({"HF_HUB_OFFLINE": "1", "BENCH_THREADS": "1", **env})
-    if results is not None:
-        full_env["BENCH_RESULTS"] = str(results)
-    return subprocess.run(args, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=300)
+# what libraries do when a suite first imports them, not the suite: torch._inductor, scikit-learn and joblib set these
+# variables (and onnxruntime puts a folder of its own on sys.path); pytest sets PYTEST_CURRENT_TEST per phase
+SET_ON_IMPORT = {"TORCHINDUCTOR_CACHE_DIR", "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK", "PYTEST_CURRENT_TEST"}
+INSTALLED = sysconfig.get_paths()["purelib"]
+
+
+def process_state() -> dict:
+    """What a suite run in-process could leave changed for the tests after it."""
+    from huggingface_hub.utils import are_progress_bars_disabled
+    from transformers.utils import logging as hf_logging
+
+    env = {f"${k}": v for k, v in os.environ.items() if k not in SET_ON_IMPORT}
+    return {**env, "cwd": os.getcwd(), "sys.path": [p for p in sys.path if not p.startswith(INSTALLED)],
+            "default dtype": torch.get_default_dtype(), "threads": torch.get_num_threads(),
+            "grad": torch.is_grad_enabled(), "matmul precision": torch.get_float32_matmul_precision(),
+            "bars": (hf_logging.is_progress_bar_enabled(), not are_progress_bars_disabled()),
+            "transformers verbosity": hf_logging.get_verbosity()}  # fmt: skip
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch, one_thread):
+    """The results folder of suites run in-process: BENCH_RESULTS (read at each call) points at it, and torch runs one
+    thread as BENCH_THREADS=1 gives a command-line run (one_thread sets the count back). The suites seed torch's
+    generator, which is restored after them; anything else they leave changed fails the test."""
+    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path))
+    before = process_state()
+    with torch.random.fork_rng():
+        yield tmp_path
+    after = process_state()
+    assert {k: (before.get(k), after.get(k)) for k in {*before, *after} if before.get(k) != after.get(k)} == {}
+
+
+def run_suite(name: str, argv: list[str]) -> None:
+    """`python -m bench NAME ARGV` in this process: the entry point's own dispatch (module and preset arguments)."""
+    from bench.__main__ import run_suite
+
+    run_suite(name, argv)
 
 
 def report_of(results: Path, monkeypatch, capsys) -> str:
     """`python -m bench report` on `results`, in-process: the markdown it prints."""
-    from bench import common, report
+    from bench import report
 
-    monkeypatch.setattr(common, "RESULTS", results)
+    monkeypatch.setenv("BENCH_RESULTS", str(results))
     capsys.readouterr()
     report.main([])
     return capsys.readouterr().out
@@ -49,10 +82,13 @@ def assert_ratios(rows: list[dict], key: str = "vs_best_peer") -> None:
 
 @pytest.mark.slow
 def test_forward_quick_writes_every_precision_for_every_candidate(tmp_path, monkeypatch, capsys):
+    """The one run of the entry point as a command: `python -m bench forward --quick` in a process of its own."""
     measured = (ROOT / "bench" / "results" / "forward.json").read_bytes()
     # no BENCH_RESULTS: a quick run must pick a temporary folder itself, never bench/results
+    env = {k: v for k, v in os.environ.items() if k != "BENCH_RESULTS"}
+    env.update(HF_HUB_OFFLINE="1", BENCH_THREADS="1", TMPDIR=str(tmp_path))
     argv = [sys.executable, "-m", "bench", "forward", "--quick", "--batches", "2"]
-    proc = run_bench(argv, None, TMPDIR=str(tmp_path))
+    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     quick = tmp_path / "vit_hf-bench-quick"
     assert f"results in {quick}" in proc.stdout
@@ -73,17 +109,13 @@ def test_forward_quick_writes_every_precision_for_every_candidate(tmp_path, monk
     assert sum(line.startswith("| toy/8-b2-") for line in report.splitlines()) == len(rows)
 
 
-@pytest.mark.usefixtures("one_thread")
-def test_forward_rows_for_the_eva_families_against_timm(tmp_path, monkeypatch):
+def test_forward_rows_for_the_eva_families_against_timm(results):
     """The DINOv3 and EVA02 rows at their toy sizes, one round: timm's eva.py models converted by the
     project's converter (build_all checks the logits agree), vit_hf and timm only, the ratio to timm per case; timed
     by CPU time (`--clock cpu`, one thread)."""
-    from bench import common, forward
-
-    monkeypatch.setattr(common, "RESULTS", tmp_path)
-    forward.main(["--quick", "--sizes", "toy-DINOv3/8,toy-EVA02/8", "--batches", "2", "--rounds", "1",
-                  "--cases", "b2-fp32,b2-bf16-autocast", "--clock", "cpu", "--out", "forward_rope"])  # fmt: skip
-    data = json.loads((tmp_path / "forward_rope.json").read_text())
+    run_suite("forward", ["--quick", "--sizes", "toy-DINOv3/8,toy-EVA02/8", "--batches", "2", "--rounds", "1",
+                          "--cases", "b2-fp32,b2-bf16-autocast", "--clock", "cpu", "--out", "forward_rope"])
+    data = json.loads((results / "forward_rope.json").read_text())
     rows = data["rows"]
     cases = {f"toy-{f}/8-b2-{p}" for f in ("DINOv3", "EVA02") for p in ("fp32", "bf16-autocast")}
     assert {r["case"] for r in rows} == cases
@@ -105,26 +137,40 @@ def test_forward_refuses_an_unknown_size(capsys):
 
 
 @pytest.mark.slow
-def test_train_step_quick_writes_one_file_per_case(tmp_path):
-    proc = run_bench([sys.executable, "-m", "bench", "train_step", "--quick", "--cases", "fp32"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    files = sorted(p.name for p in (tmp_path / "train_step").glob("*.json"))
+def test_train_step_quick_writes_one_file_per_case(results):
+    run_suite("train_step", ["--quick", "--cases", "fp32"])
+    files = sorted(p.name for p in (results / "train_step").glob("*.json"))
     assert files == ["toy8-b2-fp32-ckpt.json", "toy8-b2-fp32.json"]
     for name in files:
-        rows = json.loads((tmp_path / "train_step" / name).read_text())["rows"]
+        rows = json.loads((results / "train_step" / name).read_text())["rows"]
         assert {r["candidate"] for r in rows} == {"vit_hf", "timm", "hf_sdpa"}
         assert_ratios(rows)
         assert next(r["vs_timm"] for r in rows if r["candidate"] == "timm") == 1.0
         assert all(r["img_s"] > 0 and r["clean_rounds"] <= r["rounds"] == 2 for r in rows)
 
 
+def test_device_check_sh_runs_the_suite_from_the_repository_root(tmp_path):
+    """The wrapper's own work: the repository root as working directory, the interpreter from PYTHON, `--device cuda`
+    unless a device is given. PYTHON is a stand-in that prints what it was started with; the suite itself is the
+    next test's."""
+    python = tmp_path / "python"
+    python.write_text('#!/bin/sh\necho "$PWD" "$@"\n')
+    python.chmod(0o755)
+    script = ROOT / "bench" / "device_check.sh"
+    outside = {"cwd": tmp_path, "env": {**os.environ, "PYTHON": str(python)}, "capture_output": True, "text": True}
+    for args, passed in (([], "--device cuda"), (["--quick"], "--device cuda --quick"),
+                         (["--device", "cpu", "--quick"], "--device cpu --quick")):  # fmt: skip
+        proc = subprocess.run([str(script), *args], **outside, timeout=60)
+        assert proc.returncode == 0 and proc.stdout == f"{ROOT} -m bench device_check {passed}\n", proc
+
+
 @pytest.mark.slow
-def test_device_check_cpu_tiny_writes_one_table(tmp_path):
-    # PYTHON: the interpreter running the tests (the default, .venv/bin/python, exists only in a `make` checkout)
-    proc = run_bench([str(ROOT / "bench" / "device_check.sh"), "--device", "cpu"], tmp_path, BENCH_TINY="1",
-                     PYTHON=sys.executable)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    text = (tmp_path / "device_check_cpu.md").read_text()
+def test_device_check_cpu_tiny_writes_one_table(results, monkeypatch):
+    with monkeypatch.context() as env:
+        env.setenv("BENCH_TINY", "1")  # the tiny config (as --quick)
+        run_suite("device_check", ["--device", "cpu"])
+    torch._dynamo.reset()  # the compile section's compiled models: cached by dynamo, holding them in memory
+    text = (results / "device_check_cpu.md").read_text()
     assert text.startswith("# Device check: cpu") and "TINY CONFIG" in text
     table = [line for line in text.splitlines() if line.startswith("|")]
     assert table[0] == "| section | case | metric | vit_hf | timm | hf_sdpa | hf_eager | vit_hf / best peer |"
@@ -142,17 +188,17 @@ def test_device_check_cpu_tiny_writes_one_table(tmp_path):
         filled = [float(v) for v in values if v]
         assert len(filled) == (4 if section == "forward" else 3) and min(filled) > 0, (section, metric, values)
         assert float(ratio) > 0
-    data = json.loads((tmp_path / "device_check_cpu.json").read_text())
+    data = json.loads((results / "device_check_cpu.json").read_text())
     assert data["tiny"] and data["skipped"] == [] and len(data["rows"]) == len(rows)
 
 
 @pytest.mark.slow
-def test_onnx_quick_times_every_candidate_and_the_int8_accuracy(tmp_path, monkeypatch, capsys):
+def test_onnx_quick_times_every_candidate_and_the_int8_accuracy(results, monkeypatch, capsys):
     """`python -m bench onnx --quick`: every candidate in every case, ratios to PyTorch fp32, the fp32 graph's parity,
     and the digits rows carrying the accuracies that vit_hf.export's verification measured on the real test split."""
-    proc = run_bench([sys.executable, "-m", "bench", "onnx", "--quick"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    data = json.loads((tmp_path / "onnx.json").read_text())
+    run_suite("onnx", ["--quick"])
+    stdout = capsys.readouterr().out
+    data = json.loads((results / "onnx.json").read_text())
     rows, candidates = data["rows"], {"torch_fp32", "torch_bf16", "ort_fp32", "ort_int8"}
     assert {r["case"] for r in rows} == {"toy/8-b1", "toy/8-b2", "digits-b360"} and not data.get("partial")
     for case in {r["case"] for r in rows}:
@@ -170,19 +216,17 @@ def test_onnx_quick_times_every_candidate_and_the_int8_accuracy(tmp_path, monkey
         assert digits[candidate]["accuracy"] == verified["models"][key]["accuracy"]
     assert digits["ort_fp32"]["accuracy"] == digits["torch_fp32"]["accuracy"] and "accuracy" not in digits["torch_bf16"]
     native = data["env"]["native_bf16"]
-    assert ("computes bf16 natively" if native else "has NO native bf16") in proc.stdout
-    report = report_of(tmp_path, monkeypatch, capsys)
+    assert ("computes bf16 natively" if native else "has NO native bf16") in stdout
+    report = report_of(results, monkeypatch, capsys)
     assert sum(line.startswith(("| toy/8-b", "| digits-b360 |")) for line in report.splitlines()) == len(rows)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
 def test_device_cuda_without_gpu_fails_with_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
     """The entry point in-process (`python -m bench` is `main(sys.argv[1:])`)."""
-    from bench import common
     from bench.__main__ import main
 
     monkeypatch.setenv("BENCH_RESULTS", str(tmp_path / "results"))
-    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
     monkeypatch.chdir(ROOT)
     with pytest.raises(SystemExit) as e:
         main(["train_step", "--quick", "--device", "cuda"])
@@ -251,11 +295,10 @@ def test_device_precision_contexts_switch_tf32_and_restore_it():
 
 
 @pytest.mark.slow
-def test_input_pipeline_quick_rows_for_every_loader_and_worker_count(tmp_path):
-    proc = run_bench([sys.executable, "-m", "bench", "input_pipeline", "--quick", "--images", "40", "--batch", "8"],
-                     tmp_path, HF_DATASETS_OFFLINE="1")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads((tmp_path / "input_pipeline.json").read_text())["rows"]
+def test_input_pipeline_quick_rows_for_every_loader_and_worker_count(results):
+    # 16 photos, batch 8: per pass one untimed batch (worker start-up) and one timed
+    run_suite("input_pipeline", ["--quick", "--images", "16", "--batch", "8"])
+    rows = json.loads((results / "input_pipeline.json").read_text())["rows"]
     loaders = {"vit_hf", "timm", "vit_hf_parquet", "vit_hf_stream"}
     assert {(r["candidate"], r["workers"]) for r in rows} == {(c, w) for c in loaders for w in (0, 1)}
     assert all(r["img_s"] > 0 and r["per_worker"] == r["img_s"] for r in rows)  # 0 and 1 worker: per worker = total
