@@ -30,11 +30,10 @@ digits model: a smoke test of the code paths, not a timing.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +41,7 @@ import torch
 
 from bench.common import QUICK_SIZE, build, environment, images, interleaved, markdown, parse_cases, save, selected
 from bench.forward import CALL_S, calibrate
+from vit_hf.cli import no_transformers_bars
 
 CANDIDATES = ("torch_fp32", "torch_bf16", "ort_fp32", "ort_int8")
 BASELINE = "torch_fp32"
@@ -185,23 +185,6 @@ def train_digits_folder(folder: Path, mode: str, seed: int = 0) -> Path:
         model.eval().save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
-
-
-@contextlib.contextmanager
-def no_transformers_bars() -> Iterator[None]:
-    """transformers' progress bars off for the block, then both its switch and the Hub's as they were (transformers'
-    switch sets the Hub's too): the suite may run inside another process (a test), whose settings it leaves alone."""
-    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-    from transformers.utils import logging as hf_logging
-
-    bars, hub_bars = hf_logging.is_progress_bar_enabled(), not are_progress_bars_disabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-        (enable_progress_bars if hub_bars else disable_progress_bars)()
 
 
 def digits_rows(args: argparse.Namespace, work: Path, mode: str, rounds: int, call_s: float) -> tuple[list, dict]:

@@ -5,7 +5,6 @@ folder and the Hub push, and CLI argument types and error handling. Safe loading
 from __future__ import annotations
 
 import argparse
-import contextlib
 import inspect
 import math
 import os
@@ -19,7 +18,7 @@ import torch
 
 from convert.errors import ConversionError, VerificationError
 from vit_hf import VitHfConfig, VitHfForImageClassification
-from vit_hf.cli import ArgumentParser, add_debug_flag, debug_requested
+from vit_hf.cli import ArgumentParser, add_debug_flag, debug_requested, no_transformers_bars
 from vit_hf.hub import HubFolderError, HubPushError
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -407,25 +406,6 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())
 
 
-@contextlib.contextmanager
-def _no_transformers_bars():
-    """transformers' own progress bars ("Loading weights", "Writing model shards") off: a converter loads and saves
-    small things several times, a bar each is noise. The Hub's download bars stay (long work shows progress)."""
-    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-    from transformers.utils import logging as hf_logging
-
-    bars, hub_bars = hf_logging.is_progress_bar_enabled(), not are_progress_bars_disabled()
-    hf_logging.disable_progress_bar()  # turns the Hub's off too: each switch is set back to what it was
-    if hub_bars:
-        enable_progress_bars()
-    try:
-        yield
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()  # turns the Hub's on too
-        (enable_progress_bars if hub_bars else disable_progress_bars)()
-
-
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
     """Run a converter's main() without tracebacks for the errors a user can fix (`--debug` or VIT_HF_DEBUG=1 shows
     them).
@@ -436,7 +416,7 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     """
     debug = debug_requested(argv)
     try:
-        with _no_transformers_bars():
+        with no_transformers_bars(keep_hub_bars=True):
             code = main(argv)
     except VerificationError as e:
         if debug:

@@ -21,7 +21,7 @@ from convert import timm as convert_timm
 from convert.common import OPTION_NAMES, ConversionError, converter_parser, keywords, run_cli
 from convert.timm_hub import convert_timm_folder
 from convert.transformers import convert_transformers_folder
-from vit_hf.cli import hub_revision, parse_hub_ref, respell_flags
+from vit_hf.cli import hub_revision, no_transformers_bars, parse_hub_ref, respell_flags
 
 REPO = Path(__file__).resolve().parent.parent
 ENTRY_POINTS = {
@@ -211,6 +211,47 @@ def test_revision_given_twice_differently_is_one_line(cli, tmp_path, capsys):
         code = main(["owner/name@v1", str(tmp_path / "out"), "--revision", "v2"])
     err = capsys.readouterr().err
     assert code == 2 and err == "error: owner/name@v1 names revision v1 but --revision says v2: give one\n"
+
+
+# ----------------------------------------------------------------------------------------------- progress bars
+def bar_switches() -> tuple[bool, bool]:
+    from huggingface_hub.utils import are_progress_bars_disabled
+    from transformers.utils import logging as hf_logging
+
+    return hf_logging.is_progress_bar_enabled(), not are_progress_bars_disabled()
+
+
+def set_bar_switches(transformers_on: bool, hub_on: bool) -> None:
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    (hf_logging.enable_progress_bar if transformers_on else hf_logging.disable_progress_bar)()
+    (enable_progress_bars if hub_on else disable_progress_bars)()  # after: transformers' switch sets the Hub's
+
+
+@pytest.mark.parametrize("start", [(True, True), (True, False), (False, True), (False, False)])
+def test_progress_bar_switches_are_given_back_as_they_were(start, tmp_path):
+    """transformers' bars are off inside the block (the Hub's too, unless kept), and afterwards both switches are as
+    the caller had them, in every combination (transformers' switch also sets the Hub's): for the shared context
+    manager, and for the converter CLI and vit_hf.export's loading run in-process, as a notebook or a test runs them."""
+    from vit_hf.export.source import load_source
+
+    before = bar_switches()
+    src = save_state(make_timm(VARIANTS[0], seed=5).state_dict(), tmp_path / "w", "safetensors")
+    try:
+        for keep_hub_bars in (False, True):
+            set_bar_switches(*start)
+            with no_transformers_bars(keep_hub_bars=keep_hub_bars):
+                assert bar_switches() == (False, keep_hub_bars and start[1])
+            assert bar_switches() == start
+        set_bar_switches(*start)
+        with pytest.raises(SystemExit) as exc:
+            run_cli(convert_timm.main, [str(src), str(tmp_path / "vit"), "--num-heads", str(H)])
+        assert exc.value.code == 0 and bar_switches() == start
+        assert load_source(tmp_path / "vit", None).model is not None  # what vit_hf.export loads
+        assert bar_switches() == start
+    finally:
+        set_bar_switches(*before)
 
 
 # ----------------------------------------------------------------------------------------------- --debug

@@ -14,10 +14,11 @@ Not imported by `import vit_hf` or by the remote-code files.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 DEBUG_ENV = "VIT_HF_DEBUG"
 DEBUG_HELP = f"show the full traceback of an error (for a bug report; also {DEBUG_ENV}=1)"
@@ -84,3 +85,24 @@ def debug_requested(argv: Sequence[str] | None = None) -> bool:
     """`--debug` among the arguments (either spelling needs none) or `VIT_HF_DEBUG` set to a true value."""
     argv = sys.argv[1:] if argv is None else argv
     return "--debug" in argv or os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes", "on")
+
+
+@contextlib.contextmanager
+def no_transformers_bars(keep_hub_bars: bool = False) -> Iterator[None]:
+    """transformers' progress bars ("Loading weights", "Writing model shards") off for the block: a command that loads
+    and saves small things several times would print a bar each. `keep_hub_bars` leaves the Hub's download bars on
+    (long downloads show progress). Afterwards each switch is as it was: transformers' switch also sets the Hub's, and
+    a caller (a test, a notebook) may have either one off."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    bars, hub_bars = hf_logging.is_progress_bar_enabled(), not are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()
+    if keep_hub_bars and hub_bars:
+        enable_progress_bars()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+        (enable_progress_bars if hub_bars else disable_progress_bars)()

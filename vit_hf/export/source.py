@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..cli import hub_revision, parse_hub_ref
+from ..cli import hub_revision, no_transformers_bars, parse_hub_ref
 from .common import ExportError
 
 MODEL_TYPE = "vit_hf"
@@ -76,20 +76,18 @@ def _load_model(folder: Path, name: str) -> torch.nn.Module:
 
     # a progress bar per load is noise, and the loading report (missing / unexpected keys) is refused below in one
     # line instead
-    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar()
+    verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        model, info = VitHfForImageClassification.from_pretrained(
-            folder, config=config, dtype=torch.float32, attn_implementation="sdpa", output_loading_info=True
-        )
+        with no_transformers_bars():
+            model, info = VitHfForImageClassification.from_pretrained(
+                folder, config=config, dtype=torch.float32, attn_implementation="sdpa", output_loading_info=True
+            )
     except Exception as e:  # safetensors, torch and transformers each raise their own types for a damaged file
         detail = " ".join(str(e).split())[:200]
         raise ExportError(f"{name}: model.safetensors cannot be loaded ({type(e).__name__}: {detail})") from None
     finally:
         hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
     problems = {k: v for k, v in info.items() if k != "error_msgs" and v} | {"errors": info.get("error_msgs")}
     problems = {k: v for k, v in problems.items() if v}
     if problems:
