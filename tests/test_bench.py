@@ -150,6 +150,7 @@ def test_train_step_quick_writes_one_file_per_case(results):
         assert all(r["img_s"] > 0 and r["clean_rounds"] <= r["rounds"] == 2 for r in rows)
 
 
+@pytest.mark.slow
 def test_device_check_sh_runs_the_suite_from_the_repository_root(tmp_path):
     """The wrapper's own work, with the real interpreter, from another folder: it finds the suite from the repository
     root, and without `--device` it asks for CUDA, which this CPU machine refuses in one line before any model is
