@@ -81,16 +81,19 @@ def _max_diffs(ours, source, sizes=SIZES) -> dict:
     for hw in sizes:
         x = torch.randn(2, 3, *hw, generator=torch.Generator().manual_seed(sum(hw)), dtype=torch.float64)
         with torch.no_grad():
-            got, expected = ours(x), source(x)
+            got, expected = ours(x, output_hidden_states=True), source(x, output_hidden_states=True)
         for name in ("last_hidden_state", "pooler_output"):
             diffs[f"{name} at {hw[0]}x{hw[1]}"] = (getattr(got, name) - getattr(expected, name)).abs().max().item()
+        assert len(got.hidden_states) == len(expected.hidden_states) == TOWER["num_hidden_layers"] + 1
+        for k, (a, b) in enumerate(zip(got.hidden_states, expected.hidden_states)):  # embeddings, then each block
+            diffs[f"hidden_states[{k}] at {hw[0]}x{hw[1]}"] = (a - b).abs().max().item()
     return diffs
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_converted_tower_reproduces_transformers_in_float64(converted, name):
     """The written folder (as users load it) against the tower transformers builds from the source folder: every
-    token and the pooled class token, at the stored 4x4 grid and resampled to 5x3 and 2x2."""
+    token, the pooled class token and every block's output, at the stored 4x4 grid and resampled to 5x3 and 2x2."""
     folder, out = converted(name)
     ours = VitHfModel.from_pretrained(out, dtype=torch.float64).eval()
     diffs = _max_diffs(ours, FAMILIES[name][1](folder).eval())
