@@ -38,6 +38,9 @@ PIL_STEPS = ("process_image", "resize", "center_crop", "rescale", "normalize", "
 # before resizing (antialiased), then crops and normalises: `resize_backend="torch_float"` gives their pixels
 TORCH_FLOAT_CLASSES = ("DINOv3ViTImageProcessor",)
 TORCH_FLOAT_STEPS = tuple(step for step in PIL_STEPS if step != "_preprocess")
+# transformers processors that exist only on the torchvision backend and keep all its steps (resize the uint8 image,
+# antialiased, crop, then rescale and normalise): `resize_backend="torch"` makes the same uint8 interpolation call
+TORCH_UINT8_CLASSES = ("Tipsv2ImageProcessor",)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -58,15 +61,15 @@ def _transformers_class(config: Mapping) -> tuple[str, type, str]:
         raise ConversionError("preprocessor_config.json names no image_processor_type (nor feature_extractor_type)")
     for suffix in ("Fast", "Pil"):
         name = name.removesuffix(suffix)
-    if name in TORCH_FLOAT_CLASSES:
+    if name in TORCH_FLOAT_CLASSES + TORCH_UINT8_CLASSES:
         cls = get_image_processor_class_from_name(name)
         if cls is None or not issubclass(cls, TorchvisionBackend):
             raise ConversionError(f"image processor {name} needs torchvision to be read: pip install torchvision")
-        for step in TORCH_FLOAT_STEPS:
+        for step in TORCH_FLOAT_STEPS if name in TORCH_FLOAT_CLASSES else PIL_STEPS:
             if getattr(cls, step) is not getattr(TorchvisionBackend, step):
                 raise ConversionError(f"{name} has its own `{step}` step, which the converted processor cannot "
                                       f"reproduce")
-        return name, cls, "torch_float"
+        return name, cls, "torch_float" if name in TORCH_FLOAT_CLASSES else "torch"
     cls = get_image_processor_class_from_name(name + "Pil")
     if cls is None or not issubclass(cls, PilBackend):
         raise ConversionError(f"image processor {name} is not one transformers {_version()} has a PIL backend for")
@@ -158,21 +161,36 @@ def processor_from_transformers(
     std = _per_channel(src.image_std if normalize else 1.0, channels, "image_std", name)
     rescale = float(src.rescale_factor) if src.do_rescale else 1.0
     resample = _resample_id(src.resample, name)
-    if backend == "torch_float" and resample not in (RESAMPLE["bilinear"], RESAMPLE["bicubic"]):
+    if backend != "pil" and resample not in (RESAMPLE["bilinear"], RESAMPLE["bicubic"]):
+        what = "the rescaled floats" if backend == "torch_float" else "torchvision's uint8 images"
         raise ConversionError(f"{name} resamples with {RESAMPLE_NAME[resample]}: only bilinear and bicubic resizes "
-                              f"of the rescaled floats can be reproduced")
+                              f"of {what} can be reproduced")
+    if backend != "pil":
+        _check_torchvision_crop(name, resize, size)
     processor = VitHfImageProcessor(
         size=size, crop_pct=1.0, resize_size=resize, crop_offset="floor", resample=resample, image_mean=mean,
         image_std=std, num_channels=channels, rescale_factor=rescale, resize_backend=backend,
     )
     defaults = [k for k in ("size", "resample", "image_mean", "image_std") if k not in preprocessor_config]
-    how = "PIL backend" if backend == "pil" else "torchvision: rescaled, then resized as floats"
+    how = {"pil": "PIL backend", "torch_float": "torchvision: rescaled, then resized as floats",
+           "torch": "torchvision: uint8 resized antialiased, then rescaled"}[backend]
     note = (
         f"preprocessing from preprocessor_config.json ({name}, {how}): {describe(processor)}"
         + (f"; {name}'s defaults for {', '.join(defaults)}" if defaults else "")
         + _size_remark(size, model_config)
     )
     return processor, note
+
+
+def _check_torchvision_crop(name: str, resize: Mapping[str, int], crop: Mapping[str, int]) -> None:
+    """transformers' torchvision centre crop pads a resized image smaller than the crop with (C - L) // 2 zeros
+    before it, its PIL one (and `crop_offset="floor"`) with the rounded-up half: a crop that pads is refused."""
+    smallest = (resize["height"], resize["width"]) if "height" in resize else (resize["shortest_edge"],) * 2
+    if crop["height"] > smallest[0] or crop["width"] > smallest[1]:
+        raise ConversionError(
+            f"{name} centre-crops {crop['height']}x{crop['width']} out of images resized to {dict(resize)}: it pads "
+            f"them as torchvision does, which the converted processor cannot reproduce"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from convert.siglip2 import siglip2_fields
 from convert.transformers_keys import (
     CLIP_TOWER,
     DINOV2_BLOCKS,
+    TIPSV2_TOWER,
     VIT_BLOCKS,
     VIT_EMBEDDINGS,
     Rule,
@@ -228,6 +229,29 @@ def _aimv2_fields(hf, state) -> dict:
     }
 
 
+def _tipsv2_fields(hf, state) -> dict:
+    """TIPSv2's vision tower: DINOv2 with registers (class token, registers without positions, LayerScale, optional
+    SwiGLU), positions resampled at every call with bilinear antialiased interpolation in float32, skipped at the
+    stored grid: the `F.interpolate` call `"timm_naflex"` makes. Pooled output = the normed class token; register 0,
+    TIPSv2's second class token, is `last_hidden_state[:, 1]`."""
+    gh, gw = _grid(hf.image_size, hf.patch_size)
+    if gh != gw:
+        raise ConversionError(
+            f"TIPSv2 with image_size={hf.image_size}, patch_size={hf.patch_size}: a {gh}x{gw} position grid, which "
+            f"transformers reshapes as a square to resample it (it fails), so there is no source behaviour to reproduce"
+        )
+    for flag in ("apply_layernorm", "reshape_hidden_states"):
+        if not getattr(hf, flag):
+            raise ConversionError(f"TIPSv2 with {flag}=false: VitHfBackbone's feature maps are always normed and laid "
+                                  f"out as (b, hidden, h, w), Tipsv2VisionBackbone's would not be")
+    return {**_dinov2_registers_fields(hf, state), "pos_embed_interpolation": "timm_naflex"}
+
+
+def _grid(image_size, patch_size) -> tuple[int, int]:
+    (h, w), (ph, pw) = ((v, v) if isinstance(v, int) else tuple(v) for v in (image_size, patch_size))
+    return h // ph, w // pw
+
+
 _VIT_RULES = VIT_EMBEDDINGS + VIT_BLOCKS
 _DINO_RULES = VIT_EMBEDDINGS + DINOV2_BLOCKS
 FAMILIES = {
@@ -263,15 +287,19 @@ FAMILIES = {
     # NaFlex: fields, processor and --verify in convert/siglip2.py
     "siglip2": Family("SigLIP2 vision tower", ("vision_model.", ""), CLIP_TOWER, siglip2_fields,
                       {"none": "Siglip2VisionModel"}, "pooler_output", resizable=False),
+    "tipsv2": Family("TIPSv2 vision tower", ("vision_encoder.", ""), TIPSV2_TOWER, _tipsv2_fields,
+                     {"none": "Tipsv2VisionModel"}, "pooler_output", anchor="patch_embed.proj.",
+                     also=("last_hidden_state",)),
 }
 # Full dual-encoder repos and their vision-only configs: the vision config is the one to read
 VISION_CONFIG_OF = {
     "clip": "clip", "clip_vision_model": "clip", "siglip": "siglip", "siglip_vision_model": "siglip",
     "metaclip_2": "metaclip_2", "metaclip_2_vision_model": "metaclip_2", "aimv2": "aimv2",
     "aimv2_vision_model": "aimv2", "siglip2": "siglip2", "siglip2_vision_model": "siglip2",
+    "tipsv2": "tipsv2", "tipsv2_vision_model": "tipsv2",
 }
 # model types whose config.json nests a vision_config
-DUAL_ENCODERS = ("clip", "siglip", "metaclip_2", "aimv2", "siglip2")
+DUAL_ENCODERS = ("clip", "siglip", "metaclip_2", "aimv2", "siglip2", "tipsv2")
 HEAD_KEYS = ("classifier.", "cls_classifier.", "distillation_classifier.")
 # ViT-family model types that are refused, with the feature vit_hf lacks
 NOT_SUPPORTED = {

@@ -194,6 +194,25 @@ def aimv2_rules(biases: str) -> list[Rule]:
     ]
 
 
+# TIPSv2 keeps the original (timm / DINOv2 repository) names on disk; transformers renames them when it loads and
+# back when it saves: `attn.qkv` = [q; k; v], `ls1.gamma`, `mlp.w12` = [gate; up] (its SwiGLU chunks it in that
+# order), `mlp.c_fc` / `c_proj` (what save_pretrained writes) or `fc1` / `fc2` (both load), registers without positions.
+TIPSV2_TOWER = [
+    Rule("cls_token", "cls_token"),
+    Rule("register_tokens", "reg_token"),
+    Rule("pos_embed", "pos_embed"),
+    *_wb("patch_embed.proj", "patch_embed.proj"),
+    *_wb("norm", "norm"),
+    *_wb("blocks.{i}.norm1", "blocks.{i}.norm1"),
+    *_wb("blocks.{i}.norm2", "blocks.{i}.norm2"),
+    *_wb("blocks.{i}.attn.qkv", "blocks.{i}.attn.qkv"),
+    *_wb("blocks.{i}.attn.proj", "blocks.{i}.attn.proj"),
+    Rule("blocks.{i}.ls1.gamma", "blocks.{i}.ls1.gamma"),
+    Rule("blocks.{i}.ls2.gamma", "blocks.{i}.ls2.gamma"),
+    *[r for fc1, fc2 in (("c_fc", "c_proj"), ("fc1", "fc2"), ("w12", "w3")) for r in (
+        *_wb(f"blocks.{{i}}.mlp.{fc1}", "blocks.{i}.mlp.fc1"), *_wb(f"blocks.{{i}}.mlp.{fc2}", "blocks.{i}.mlp.fc2"))],
+]
+
 # Classification heads, outside the backbone prefix: their targets are top-level (`head`, `head_dist`).
 HEADS = [
     *_wb("classifier", "head"),
@@ -203,10 +222,11 @@ HEADS = [
 
 # Tensors the converted model has no use for, by pattern, with the reason the card gives.
 DROPPED = {
-    r"embeddings\.mask_token": "mask token (masked-image-modelling input only)",
+    r"(embeddings\.)?mask_token": "mask token (masked-image-modelling input only)",
     r"embeddings\.position_ids": "position ids buffer (transformers <= 4.30)",
     r"decoder\..*": "pixel decoder (masked-image-modelling pre-training only: MAE, SimMIM)",
-    r"text_model\..*|text_projection\.weight|logit_scale|logit_bias": "text tower and contrastive logit parameters",
+    r"text_model\..*|text_projection\.weight|logit_scale|logit_bias|text_encoder\..*|temperature": (
+        "text tower and contrastive logit parameters"),
     r"visual_projection\.weight": "image-text projection (the pooled output is the tower's, before it)",
 }
 
