@@ -8,7 +8,9 @@ dual-encoder repo), I-JEPA (IJepaModel, with or without its pooler, IJepaForImag
 (ViTMSNModel, ViTMSNForImageClassification), DINOv3 (DINOv3ViTModel / Backbone: 2-D RoPE, registers, gated MLP, a key
 without bias), Sapiens2 (Sapiens2Model / Backbone: DINOv3's RoPE with RMSNorm, qk-norm, grouped-query attention,
 attention-only LayerScale) and the AIMv2 vision tower (alone or in a full AIMv2 repo: RMSNorm, SwiGLU,
-attention-pooling head; learned positions, or the native variant's sin-cos table built for any size). Each converted
+attention-pooling head; learned positions, or the native variant's sin-cos table built for any size) and the TIPSv2
+vision tower (alone, as Tipsv2VisionBackbone or in a full TIPSv2 repo: DINOv2 with registers, positions resampled
+bilinear with antialiasing). Each converted
 model reproduces the source class's own outputs: its norms and their eps, activation, position layout and run-time
 position resampling, pooled output and heads; labels come from `id2label`. Anything else is refused by name before
 anything is written. The families' tables are in convert/transformers_families.py.

@@ -283,6 +283,25 @@ def test_bad_input_errors_name_the_problem(tiny_config):
         model.vit.resize_position_embeddings((40,))
 
 
+def test_a_keyword_the_forward_would_ignore_is_refused(tiny_config, pixel_values):
+    """`attention_mask` (a mask the caller believes applied), a misspelt flag, or NaFlex's patch mask without its grids:
+    refused by name in every head. What transformers itself hands a forward (the Trainer's `num_items_in_batch`) is
+    accepted and changes nothing."""
+    from vit_hf import VitHfBackbone, VitHfForMaskedImageModeling
+
+    for cls in (VitHfModel, VitHfForImageClassification, VitHfBackbone, VitHfForMaskedImageModeling):
+        model = cls(tiny_config).eval()
+        for name in ("attention_mask", "output_hidden_state"):
+            refused = rf"{cls.__name__}\.forward\(\) got unexpected keyword argument\(s\) {name}:"
+            with pytest.raises(TypeError, match=refused):
+                model(pixel_values, **{name: True})
+        with torch.no_grad():
+            plain, given = model(pixel_values), model(pixel_values, num_items_in_batch=7)
+        assert all(torch.equal(a, b) for a, b in zip(plain.to_tuple(), given.to_tuple()) if torch.is_tensor(a))
+    with pytest.raises(ValueError, match="pixel_attention_mask without spatial_shapes"):
+        VitHfForImageClassification(tiny_config)(pixel_values, pixel_attention_mask=torch.ones(2, 16))
+
+
 def test_crop_remainder_ignores_the_pixels_past_the_last_whole_patch():
     """A stride-P convolution never reads them (timm, transformers' SigLIP so400m/14 at 384 px): neither does the
     model with `crop_remainder`; the grid, not the pixel size, must match the position table."""

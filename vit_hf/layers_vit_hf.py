@@ -17,6 +17,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils.generic import TransformersKwargs
 
 from .configuration_vit_hf import POS_EMBED_INTERPOLATIONS, VitHfConfig
 from .rope_vit_hf import apply_rotary
@@ -478,6 +479,26 @@ def check_pixel_values(
             f"interpolate_pos_encoding=True to resample the positions for this call, or call "
             f"model.vit.resize_position_embeddings(({h}, {w})) to change the model's resolution for good (on a bare "
             f"VitHfModel, resize_position_embeddings is the model's own method)"
+        )
+
+
+# What transformers itself may hand a model's forward (the Trainer's `num_items_in_batch`, ...): accepted, unused
+TRANSFORMERS_KWARGS = frozenset(TransformersKwargs.__annotations__)
+
+
+def check_forward_kwargs(model: nn.Module, kwargs: dict, pixel_attention_mask=None, spatial_shapes=None) -> None:
+    """Refuse what a forward would otherwise ignore in silence: a keyword it does not read (`attention_mask`: a mask
+    the caller believes applied), or NaFlex's patch mask without the grids it belongs to."""
+    unknown = sorted(set(kwargs) - TRANSFORMERS_KWARGS)
+    if unknown:
+        raise TypeError(
+            f"{type(model).__name__}.forward() got unexpected keyword argument(s) {', '.join(unknown)}: it reads "
+            f"pixel_values (NaFlex inputs: with pixel_attention_mask and spatial_shapes), as the image processor gives"
+        )
+    if pixel_attention_mask is not None and spatial_shapes is None:
+        raise ValueError(
+            "pixel_attention_mask without spatial_shapes: the mask is NaFlex's patch mask, read with the patch grids; "
+            "pass all three NaFlex processor outputs (model(**processor(images, return_tensors='pt'))) or neither"
         )
 
 

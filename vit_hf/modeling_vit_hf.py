@@ -39,6 +39,7 @@ from .layers_vit_hf import (
     RMSNorm,
     _attention_interface,
     _dropout,
+    check_forward_kwargs,
     check_pixel_values,
     norm_or_identity,
     resample_position_embedding,
@@ -296,6 +297,7 @@ class VitHfModel(VitHfPreTrainedModel):
         spatial_shapes: torch.Tensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling | tuple:
+        check_forward_kwargs(self, kwargs, pixel_attention_mask, spatial_shapes)
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = (
             self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
@@ -416,6 +418,7 @@ class VitHfForImageClassification(VitHfPreTrainedModel):
         spatial_shapes: torch.Tensor | None = None,
         **kwargs,
     ) -> ImageClassifierOutput | tuple:
+        check_forward_kwargs(self, kwargs)
         return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.vit(
             pixel_values,
@@ -476,6 +479,7 @@ class VitHfBackbone(BackboneMixin, VitHfPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> BackboneOutput | tuple:
+        check_forward_kwargs(self, kwargs)
         output_hidden_states = (
             self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         )
@@ -542,6 +546,7 @@ class VitHfForMaskedImageModeling(VitHfPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> MaskedImageModelingOutput | tuple:
+        check_forward_kwargs(self, kwargs)
         return_dict = self.config.return_dict if return_dict is None else return_dict
         if bool_masked_pos is not None:
             self._check_stride()
