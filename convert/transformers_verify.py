@@ -78,15 +78,16 @@ def _outputs(model, x: torch.Tensor, compared: tuple[str, ...], source: bool, re
 
 
 def _sizes(config, processor) -> list[tuple[int, int]]:
-    """The stored size; DINOv2's processor crop (positions resampled at every call); for a model without a stored
-    position table (RoPE: DINOv3; sin-cos built per grid: AIMv2 native) a non-square grid as well, one and two patches
-    larger, which it runs as it is."""
+    """The stored size; DINOv2's and TIPSv2's processor crop (positions resampled at every call); and a non-square
+    grid one and two patches larger, run as it is by a model without a stored position table (RoPE: DINOv3; sin-cos
+    built per grid: AIMv2 native) and with its table resampled by one that resamples at every call (a processor crop
+    equal to the stored size would leave that resampling unchecked)."""
     sizes = [tuple(config.image_hw)]
     size = getattr(processor, "size", None) or {}
     crop = (size.get("height"), size.get("width"))
     if config.dynamic_img_size and None not in crop and crop not in sizes:
         sizes.append(crop)
-    if config.pos_embed_type != "learned":
+    if config.pos_embed_type != "learned" or config.dynamic_img_size:
         (gh, gw), (ph, pw) = config.grid_size, config.patch_hw
         sizes.append(((gh + 1) * ph, (gw + 2) * pw))
     return sizes

@@ -98,8 +98,10 @@ def test_converted_tower_reproduces_transformers_in_float64(converted, name):
     ours = VitHfModel.from_pretrained(out, dtype=torch.float64).eval()
     diffs = _max_diffs(ours, FAMILIES[name][1](folder).eval())
     assert max(diffs.values()) < ATOL64, diffs
-    if name.startswith("dual"):  # --verify ran and its rows are on the card
-        assert "float64" in (out / "README.md").read_text()
+    if name.startswith("dual"):  # --verify ran and its rows are on the card, a resampled non-square grid among them
+        card, config = (out / "README.md").read_text(), ours.config
+        (gh, gw), (ph, pw) = config.grid_size, config.patch_hw
+        assert "float64" in card and f"at {(gh + 1) * ph}x{(gw + 2) * pw}" in card
 
 
 def test_family_switches_come_from_the_source(converted):
