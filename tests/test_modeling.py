@@ -285,8 +285,8 @@ def test_bad_input_errors_name_the_problem(tiny_config):
 
 def test_a_keyword_the_forward_would_ignore_is_refused(tiny_config, pixel_values):
     """`attention_mask` (a mask the caller believes applied), a misspelt flag, or NaFlex's patch mask without its grids:
-    refused by name in every head. What transformers itself hands a forward (the Trainer's `num_items_in_batch`) is
-    accepted and changes nothing."""
+    refused by name in every head. What transformers itself hands a forward (the Trainer's `num_items_in_batch`) and a
+    keyword given as None (peft's task wrappers pass `attention_mask=None`) are accepted and change nothing."""
     from vit_hf import VitHfBackbone, VitHfForMaskedImageModeling
 
     for cls in (VitHfModel, VitHfForImageClassification, VitHfBackbone, VitHfForMaskedImageModeling):
@@ -296,7 +296,7 @@ def test_a_keyword_the_forward_would_ignore_is_refused(tiny_config, pixel_values
             with pytest.raises(TypeError, match=refused):
                 model(pixel_values, **{name: True})
         with torch.no_grad():
-            plain, given = model(pixel_values), model(pixel_values, num_items_in_batch=7)
+            plain, given = model(pixel_values), model(pixel_values, num_items_in_batch=7, attention_mask=None)
         assert all(torch.equal(a, b) for a, b in zip(plain.to_tuple(), given.to_tuple()) if torch.is_tensor(a))
     with pytest.raises(ValueError, match="pixel_attention_mask without spatial_shapes"):
         VitHfForImageClassification(tiny_config)(pixel_values, pixel_attention_mask=torch.ones(2, 16))

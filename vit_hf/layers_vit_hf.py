@@ -488,8 +488,9 @@ TRANSFORMERS_KWARGS = frozenset(TransformersKwargs.__annotations__)
 
 def check_forward_kwargs(model: nn.Module, kwargs: dict, pixel_attention_mask=None, spatial_shapes=None) -> None:
     """Refuse what a forward would otherwise ignore in silence: a keyword it does not read (`attention_mask`: a mask
-    the caller believes applied), or NaFlex's patch mask without the grids it belongs to."""
-    unknown = sorted(set(kwargs) - TRANSFORMERS_KWARGS)
+    the caller believes applied), or NaFlex's patch mask without the grids it belongs to. A keyword given as None asks
+    for nothing and passes (peft's task wrappers hand every model `input_ids=None, attention_mask=None`)."""
+    unknown = sorted(k for k, v in kwargs.items() if v is not None and k not in TRANSFORMERS_KWARGS)
     if unknown:
         raise TypeError(
             f"{type(model).__name__}.forward() got unexpected keyword argument(s) {', '.join(unknown)}: it reads "
