@@ -302,6 +302,19 @@ def test_a_keyword_the_forward_would_ignore_is_refused(tiny_config, pixel_values
         VitHfForImageClassification(tiny_config)(pixel_values, pixel_attention_mask=torch.ones(2, 16))
 
 
+def test_peft_task_wrapper_passes_its_none_keywords(tiny_config, pixel_values):
+    """peft's FEATURE_EXTRACTION wrapper calls the model with `input_ids=None, attention_mask=None, inputs_embeds=None`
+    beside the pixels: they ask for nothing and pass the keyword check; the adapters start at zero, so the output is
+    the base model's."""
+    peft = pytest.importorskip("peft")
+    model = VitHfModel(tiny_config).eval()
+    with torch.no_grad():
+        base = model(pixel_values).last_hidden_state
+        lora = peft.LoraConfig(task_type="FEATURE_EXTRACTION", target_modules=["qkv"], r=2)
+        wrapped = peft.get_peft_model(model, lora)
+        torch.testing.assert_close(wrapped(pixel_values=pixel_values).last_hidden_state, base, rtol=0, atol=0)
+
+
 def test_crop_remainder_ignores_the_pixels_past_the_last_whole_patch():
     """A stride-P convolution never reads them (timm, transformers' SigLIP so400m/14 at 384 px): neither does the
     model with `crop_remainder`; the grid, not the pixel size, must match the position table."""
