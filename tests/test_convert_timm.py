@@ -217,9 +217,10 @@ def test_representation_layer(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_cli_subprocess_round_trip(tmp_path: Path):
-    """`python -m convert.timm ... --verify` then `python -m convert.to_timm`, as real processes (MAP pooling, a
-    checkpoint wrapped under `model`). Every other variant runs the same entry point (`run_cli(main)`) in-process."""
+def test_cli_subprocess_round_trip(tmp_path: Path, capsys):
+    """`python -m convert.timm ... --verify` as a real process (MAP pooling, a checkpoint wrapped under `model`), then
+    `convert.to_timm` back through its entry point in this process (a second interpreter start would test the same
+    `run_cli`). Every other variant runs the entry point in-process too."""
     variant = next(v for v in VARIANTS if v.name == "map")
     reference = make_timm(variant, seed=3)
     state = {k: v.clone() for k, v in reference.state_dict().items()}
@@ -229,8 +230,8 @@ def test_cli_subprocess_round_trip(tmp_path: Path):
     proc = run_module("convert.timm", src, out, *variant.flags, "--verify")
     assert proc.returncode == 0, proc.stderr
     assert "float64" in proc.stdout and "max abs diff" in proc.stdout
-    proc = run_module("convert.to_timm", out, target)
-    assert proc.returncode == 0, proc.stderr
+    code, _, err = run_cli_captured(to_timm, [out, target], capsys)
+    assert code == 0, err
     assert_matches_timm(out, reference, variant.image_hw)
     from safetensors.torch import load_file
 
