@@ -19,7 +19,7 @@ import torch
 pytest.importorskip("timm")  # timm is in the dev extra: the writer and the oracle of timm repos
 
 import timm  # noqa: E402
-from helpers import TOKEN, TOKENS, consumer_env  # noqa: E402
+from helpers import TOKEN, TOKENS, consumer_env, publish_folder  # noqa: E402
 from hub_server import HubServer  # noqa: E402
 from huggingface_hub import HfApi, ModelCard  # noqa: E402
 from images import assert_same_pixels  # noqa: E402
@@ -47,11 +47,6 @@ def _online(mp: pytest.MonkeyPatch, hub: HubServer, cache: Path) -> None:
     mp.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
     mp.setattr(constants, "HF_HUB_CACHE", str(cache))
     mp.setenv("HF_TOKEN", TOKEN)
-
-
-def _publish(api: HfApi, folder: Path, repo: str) -> str:
-    api.create_repo(repo, exist_ok=True)
-    return api.upload_folder(repo_id=repo, folder_path=folder).oid
 
 
 def _write_tiny(folder: Path) -> None:
@@ -89,16 +84,16 @@ def hub(tmp_path_factory):
         server.commits = {}
         for repo, write in ((TINY, _write_tiny), (CLIP, _write_clip)):
             write(root / repo.split("/")[1])
-            server.commits[repo] = _publish(api, root / repo.split("/")[1], repo)
+            server.commits[repo] = publish_folder(api, root / repo.split("/")[1], repo)
         save_for_hf(timm.create_model("swin_tiny_patch4_window7_224", embed_dim=24, depths=(1, 1, 1, 1),
                                       num_heads=(1, 1, 1, 1)), root / "swin", safe_serialization=True)
-        _publish(api, root / "swin", "tester/swin-tiny")
+        publish_folder(api, root / "swin", "tester/swin-tiny")
         api.create_repo("tester/private-vit", private=True)
-        _publish(api, root / TINY.split("/")[1], "tester/private-vit")
+        publish_folder(api, root / TINY.split("/")[1], "tester/private-vit")
         _write_transformers(root / "hf_vit")
-        server.commits[HF_VIT] = _publish(api, root / "hf_vit", HF_VIT)
+        server.commits[HF_VIT] = publish_folder(api, root / "hf_vit", HF_VIT)
         bob = HfApi(endpoint=server.endpoint, token="hf_bob_write")
-        _publish(bob, root / TINY.split("/")[1], "bob/gated-vit")
+        publish_folder(bob, root / TINY.split("/")[1], "bob/gated-vit")
         server.set_gated("bob/gated-vit")
         yield server
 

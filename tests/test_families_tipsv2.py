@@ -309,7 +309,7 @@ def test_repo_id_converts_and_runs_as_remote_code(converted, tmp_path, capsys, m
     --verify`; the folder, loaded as remote code, equals `Tipsv2Model.from_pretrained(repo).vision_model` at the
     stored and a non-square size, the second class token (register 0) included, and its processor gives the repo
     processor's pixels."""
-    from helpers import TOKEN, TOKENS, point_client_at
+    from helpers import TOKEN, TOKENS, point_client_at, publish_folder
     from hub_server import HubServer
     from huggingface_hub import HfApi
     from transformers import AutoImageProcessor, AutoModel
@@ -318,9 +318,7 @@ def test_repo_id_converts_and_runs_as_remote_code(converted, tmp_path, capsys, m
     repo = "tester/tipsv2-tiny"
     with HubServer(tokens=TOKENS) as hub:
         point_client_at(monkeypatch, hub, tmp_path / "cache")
-        api = HfApi(endpoint=hub.endpoint, token=TOKEN)
-        api.create_repo(repo)
-        commit = api.upload_folder(repo_id=repo, folder_path=folder).oid
+        commit = publish_folder(HfApi(endpoint=hub.endpoint, token=TOKEN), folder, repo)
         code, stdout, err = run_convert([repo, tmp_path / "out", "--verify"], capsys)
         assert code == 0, err
         source = transformers.Tipsv2Model.from_pretrained(repo, dtype=torch.float64).vision_model.eval()

@@ -385,7 +385,7 @@ def test_repo_id_converts_and_runs_as_remote_code_at_any_size(tmp_path, capsys, 
     """A DINOv3 repo and a full native AIMv2 repo (image and text towers) on the loopback Hub: `python -m convert
     OWNER/NAME OUT --verify`, then the written folder, loaded as remote code, equals the source class read from the
     same repo at a non-square size it was not stored for, and its processor gives the source processor's pixels."""
-    from helpers import TOKEN, TOKENS, point_client_at
+    from helpers import TOKEN, TOKENS, point_client_at, publish_folder
     from hub_server import HubServer
     from huggingface_hub import HfApi
     from transformers import AutoImageProcessor, AutoModel
@@ -396,9 +396,7 @@ def test_repo_id_converts_and_runs_as_remote_code_at_any_size(tmp_path, capsys, 
     folder = save_family(name, tmp_path / "src")
     with HubServer(tokens=TOKENS) as hub:
         point_client_at(monkeypatch, hub, tmp_path / "cache")
-        api = HfApi(endpoint=hub.endpoint, token=TOKEN)
-        api.create_repo(repo)
-        commit = api.upload_folder(repo_id=repo, folder_path=folder).oid
+        commit = publish_folder(HfApi(endpoint=hub.endpoint, token=TOKEN), folder, repo)
         code, stdout, err = _cli([repo, tmp_path / "out", "--verify"], capsys)
         assert code == 0, err
         source = load(repo).eval()
