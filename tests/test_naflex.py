@@ -326,20 +326,19 @@ def test_naflex_train_transform_and_collate_feed_a_training_step(tmp_path):
 def test_hub_ids_through_the_front_door(tmp_path, capsys):
     """`python -m convert REPO_ID OUT --verify` for a transformers SigLIP2 repo and a timm naflexvit repo on the
     loopback Hub: downloaded, converted, verified, the card naming the repo."""
+    from helpers import TOKEN, TOKENS, point_client_at, publish_folder, run_convert
     from hub_server import HubServer
     from huggingface_hub import HfApi
-    from test_convert_source import _online, _publish, convert
-    from test_hub import TOKEN, TOKENS
 
     with HubServer(tokens=TOKENS) as server, pytest.MonkeyPatch.context() as mp:
-        _online(mp, server, tmp_path / "cache")
+        point_client_at(mp, server, tmp_path / "cache")
         api = HfApi(endpoint=server.endpoint, token=TOKEN)
         repos = {"tester/siglip2-naflex": save_siglip2(tmp_path / "hf"),
                  "tester/naflexvit_base_patch16_siglip.v2_webli": save_timm_naflex(tmp_path / "timm")}
         for repo, folder in repos.items():
-            _publish(api, folder, repo)
+            publish_folder(api, folder, repo)
             out = tmp_path / repo.split("/")[1]
-            code, stdout, err = convert([repo, out, "--verify"], capsys)
+            code, stdout, err = run_convert([repo, out, "--verify"], capsys)
             assert code == 0, err
             assert repo in (out / "README.md").read_text() and "NaFlex grids" in (out / "README.md").read_text()
             assert json.loads((out / "preprocessor_config.json").read_text())["max_num_patches"] in (16, 24)
