@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from convert.common import ConversionError
+from convert.common import ConversionError, pair
 from convert.siglip2 import siglip2_fields
 from convert.transformers_keys import (
     CLIP_TOWER,
@@ -234,7 +234,8 @@ def _tipsv2_fields(hf, state) -> dict:
     SwiGLU), positions resampled at every call with bilinear antialiased interpolation in float32, skipped at the
     stored grid: the `F.interpolate` call `"timm_naflex"` makes. Pooled output = the normed class token; register 0,
     TIPSv2's second class token, is `last_hidden_state[:, 1]`."""
-    gh, gw = _grid(hf.image_size, hf.patch_size)
+    (h, w), (ph, pw) = pair(hf.image_size), pair(hf.patch_size)
+    gh, gw = h // ph, w // pw
     if gh != gw:
         raise ConversionError(
             f"TIPSv2 with image_size={hf.image_size}, patch_size={hf.patch_size}: a {gh}x{gw} position grid, which "
@@ -245,11 +246,6 @@ def _tipsv2_fields(hf, state) -> dict:
             raise ConversionError(f"TIPSv2 with {flag}=false: VitHfBackbone's feature maps are always normed and laid "
                                   f"out as (b, hidden, h, w), Tipsv2VisionBackbone's would not be")
     return {**_dinov2_registers_fields(hf, state), "pos_embed_interpolation": "timm_naflex"}
-
-
-def _grid(image_size, patch_size) -> tuple[int, int]:
-    (h, w), (ph, pw) = ((v, v) if isinstance(v, int) else tuple(v) for v in (image_size, patch_size))
-    return h // ph, w // pw
 
 
 _VIT_RULES = VIT_EMBEDDINGS + VIT_BLOCKS
