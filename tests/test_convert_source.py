@@ -19,7 +19,7 @@ import torch
 pytest.importorskip("timm")  # timm is in the dev extra: the writer and the oracle of timm repos
 
 import timm  # noqa: E402
-from helpers import TOKEN, TOKENS, consumer_env, publish_folder  # noqa: E402
+from helpers import TOKEN, TOKENS, consumer_env, point_client_at, publish_folder  # noqa: E402
 from hub_server import HubServer  # noqa: E402
 from huggingface_hub import HfApi, ModelCard  # noqa: E402
 from images import assert_same_pixels  # noqa: E402
@@ -35,18 +35,6 @@ TINY = "tester/vit_tiny_patch16_224.augreg_in21k_ft_in1k"  # timm >= 1.0.31 writ
 CLIP = "tester/vit_xsmall_patch16_clip_224.tinyclip_yfcc15m"  # as timm 0.9.x wrote it: no model_args; .bin only
 LABELS = ["ant", "bee", "cat", "dog", "eel"]
 HF_VIT = "tester/vit-tiny-transformers"  # transformers format, both weight files (as many 4.x-era repos)
-
-
-def _online(mp: pytest.MonkeyPatch, hub: HubServer, cache: Path) -> None:
-    """This process's huggingface_hub (imported offline by conftest) talks to the loopback Hub, with its own cache."""
-    import huggingface_hub.constants as constants
-
-    mp.setattr(constants, "HF_HUB_OFFLINE", False)
-    mp.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    mp.setattr(constants, "ENDPOINT", hub.endpoint)
-    mp.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
-    mp.setattr(constants, "HF_HUB_CACHE", str(cache))
-    mp.setenv("HF_TOKEN", TOKEN)
 
 
 def _write_tiny(folder: Path) -> None:
@@ -79,7 +67,7 @@ def _write_transformers(folder: Path) -> None:
 def hub(tmp_path_factory):
     root = tmp_path_factory.mktemp("timm_repos")
     with HubServer(tokens=TOKENS) as server, pytest.MonkeyPatch.context() as mp:
-        _online(mp, server, root / "pusher_cache")
+        point_client_at(mp, server, root / "pusher_cache")
         api = HfApi(endpoint=server.endpoint, token=TOKEN)
         server.commits = {}
         for repo, write in ((TINY, _write_tiny), (CLIP, _write_clip)):
@@ -100,7 +88,7 @@ def hub(tmp_path_factory):
 
 @pytest.fixture
 def online(hub, monkeypatch, tmp_path):
-    _online(monkeypatch, hub, tmp_path / "cache")
+    point_client_at(monkeypatch, hub, tmp_path / "cache")
     return hub
 
 
@@ -200,7 +188,7 @@ def test_transformers_repo_through_the_front_door(online, tmp_path, capsys):
     fetched = {r.path.rsplit("/", 1)[-1] for r in online.requests if "/resolve/" in r.path and r.method == "GET"}
     assert "model.safetensors" in fetched and "pytorch_model.bin" not in fetched, fetched
     with pytest.MonkeyPatch.context() as mp:
-        _online(mp, online, tmp_path / "oracle_cache")
+        point_client_at(mp, online, tmp_path / "oracle_cache")
         source = ViTForImageClassification.from_pretrained(HF_VIT).double().eval()
     model = AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True).double().eval()
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -279,7 +267,7 @@ def test_cli_then_a_consumer_without_vit_hf(hub, tmp_path):
     assert got["module"].startswith("transformers_modules.")
     assert list(got["labels"].values()) == LABELS
     with pytest.MonkeyPatch.context() as mp:
-        _online(mp, hub, tmp_path / "oracle_cache")
+        point_client_at(mp, hub, tmp_path / "oracle_cache")
         expected = timm.create_model(f"hf-hub:{TINY}", pretrained=True).eval()(x)
     torch.testing.assert_close(torch.tensor(got["logits"]), expected.detach(), rtol=0, atol=1e-5)
 
